@@ -1,0 +1,228 @@
+"""Idempotency: request fingerprints and a bounded in-process fast-path table.
+
+The database decides what a key means (unique constraint, stored answer);
+``IdempotencyCache`` only saves a round trip for recent keys in this process.
+"""
+
+import hashlib
+import math
+from collections import OrderedDict
+
+import cython
+
+NEW = "new"
+REPLAY = "replay"
+IN_FLIGHT = "in_flight"
+REUSED = "reused"
+
+# Containers nested deeper than this are refused: the compiled writer recurses
+# on the C stack, and no valid API body comes near it (orjson stops at 1024).
+MAX_DEPTH = 512
+
+# JSON escapes for the characters that must be escaped, as json.dumps writes them.
+_ESCAPES = tuple(
+    {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}.get(chr(c), "\\u%04x" % c)
+    for c in range(0x20)
+)
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+@cython.locals(i=cython.Py_ssize_t, n=cython.Py_ssize_t, start=cython.Py_ssize_t, ch=cython.Py_UCS4)
+def _write_str(out: list, s: str) -> cython.int:
+    # Copy unescaped runs as slices; most strings have no escapes at all.
+    out.append('"')
+    start = 0
+    n = len(s)
+    for i in range(n):
+        ch = s[i]
+        if ord(ch) < 0x20 or ch == '"' or ch == "\\":
+            if i > start:
+                out.append(s[start:i])
+            if ord(ch) < 0x20:
+                out.append(_ESCAPES[ord(ch)])
+            else:
+                out.append('\\"' if ch == '"' else "\\\\")
+            start = i + 1
+    if start == 0:
+        out.append(s)
+    elif start < n:
+        out.append(s[start:])
+    out.append('"')
+    return 0
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+@cython.locals(first=cython.bint, f=cython.double)
+def _write(out: list, value: object, depth: cython.int) -> cython.int:
+    # Exact types first (the common case), then subclasses through the base
+    # type's own repr so an overridden __str__/__repr__ cannot change the bytes.
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        _write_str(out, str.__str__(value))
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        f = value
+        if math.isnan(f) or math.isinf(f):
+            raise ValueError(f"{value!r} is not a JSON number")
+        out.append(float.__repr__(value))  # shortest round-trip repr: 1.0 stays "1.0"
+    elif isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise ValueError("JSON value nested too deeply")
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
+        out.append("{")
+        first = True
+        for key in sorted(value):
+            if not first:
+                out.append(",")
+            first = False
+            _write_str(out, str.__str__(key))
+            out.append(":")
+            _write(out, value[key], depth + 1)
+        out.append("}")
+    elif isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            raise ValueError("JSON value nested too deeply")
+        out.append("[")
+        first = True
+        for item in value:
+            if not first:
+                out.append(",")
+            first = False
+            _write(out, item, depth + 1)
+        out.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON type")
+    return 0
+
+
+def canonical_json(value: object) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8.
+
+    Same text as ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False, allow_nan=False)``; 1, 1.0, true and "1" all differ.
+    Lone surrogates are kept (surrogatepass) so distinct strings stay distinct.
+    """
+    out: list = []
+    _write(out, value, 0)
+    return "".join(out).encode("utf-8", "surrogatepass")
+
+
+def request_fingerprint(method: object, path: object, merchant_id: object, body: object) -> bytes:
+    """sha256 over (method, path, merchant, canonical body); each field length-prefixed."""
+    h = hashlib.sha256(b"kassa.idempotency.v1\x00")
+    for part in (method, path, merchant_id):
+        if not isinstance(part, str):
+            raise TypeError(f"method, path and merchant_id must be str, not {type(part).__name__}")
+        raw = part.encode("utf-8", "surrogatepass")
+        h.update(len(raw).to_bytes(8, "big"))  # no separator can be forged inside a field
+        h.update(raw)
+    h.update(canonical_json(body))  # last field: it runs to the end
+    return h.digest()
+
+
+@cython.cclass
+class _Entry:
+    fingerprint = cython.declare(bytes)
+    created = cython.declare(cython.double)
+    status_code = cython.declare(cython.int)  # 0 while the request is in flight
+    body = cython.declare(bytes)
+
+
+@cython.cfunc
+@cython.locals(e=_Entry)
+def _entry(fingerprint: bytes, created: cython.double, status_code: cython.int, body: bytes) -> _Entry:
+    e = _Entry.__new__(_Entry)
+    e.fingerprint = fingerprint
+    e.created = created
+    e.status_code = status_code
+    e.body = body
+    return e
+
+
+@cython.cclass
+class IdempotencyCache:
+    """Bounded LRU of (merchant, key) -> in-flight or completed answer.
+
+    Entries older than ``retention_s`` (from when the key was claimed) count as
+    unknown.  Evicting an in-flight entry is harmless: the database still holds
+    the claim and answers the next lookup the slow way.
+    """
+
+    capacity = cython.declare(cython.Py_ssize_t, visibility="readonly")
+    retention_s = cython.declare(cython.double, visibility="readonly")
+    _entries = cython.declare(object)
+
+    def __init__(self, capacity: cython.Py_ssize_t, retention_s: cython.double):
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        if not retention_s > 0:
+            raise ValueError("retention_s must be > 0")
+        self.capacity = capacity
+        self.retention_s = retention_s
+        self._entries = OrderedDict()
+
+    @cython.locals(e=_Entry)
+    def lookup(self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double) -> tuple:
+        k = (merchant_id, key)
+        e = self._entries.get(k)
+        if e is None:
+            return (NEW, None)
+        if now - e.created > self.retention_s:
+            del self._entries[k]
+            return (NEW, None)
+        self._entries.move_to_end(k)
+        # In flight wins over a body mismatch: the first request may still fail
+        # and be discarded, after which this body is simply new.
+        if e.status_code == 0:
+            return (IN_FLIGHT, None)
+        if e.fingerprint != fingerprint:
+            return (REUSED, None)
+        return (REPLAY, (e.status_code, e.body))
+
+    def begin(self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double) -> None:
+        self._store((merchant_id, key), _entry(fingerprint, now, 0, b""))
+
+    @cython.locals(e=_Entry, created=cython.double)
+    def complete(
+        self,
+        merchant_id: object,
+        key: object,
+        fingerprint: bytes,
+        status_code: cython.int,
+        body: bytes,
+        now: cython.double,
+    ) -> None:
+        if not 100 <= status_code <= 599:
+            raise ValueError(f"not an HTTP status code: {status_code}")
+        k = (merchant_id, key)
+        created = now
+        e = self._entries.get(k)
+        # Retention runs from the claim, as in the database row.
+        if e is not None and e.status_code == 0 and e.fingerprint == fingerprint:
+            created = e.created
+        self._store(k, _entry(fingerprint, created, status_code, body))
+
+    def discard(self, merchant_id: object, key: object) -> None:
+        self._entries.pop((merchant_id, key), None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @cython.cfunc
+    @cython.exceptval(-1)
+    def _store(self, k: tuple, e: _Entry) -> cython.int:
+        self._entries[k] = e
+        self._entries.move_to_end(k)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return 0

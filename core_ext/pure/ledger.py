@@ -1,0 +1,185 @@
+"""Double-entry postings for payment events (TigerBeetle's two-phase model).
+
+Authorization is a pending transfer (processor pending <- merchant pending),
+capture posts part of it to receivable/available and releases the rest,
+void/expiry releases it all, a refund reverses posted money.
+
+Entries are ``(account, amount)`` with signed integer minor units: positive is
+a debit, negative a credit.  Every transaction sums to zero and has no zero
+entries; anything else raises ``LedgerImbalance`` (never swallowed).
+All entries of one transaction share one currency (it is in the account name).
+"""
+
+import cython
+
+from core_ext.errors import LedgerImbalance
+
+MERCHANT = "merchant"
+PROCESSOR = "processor"
+PENDING = "pending"
+AVAILABLE = "available"
+RECEIVABLE = "receivable"
+
+_BUCKETS = {MERCHANT: (PENDING, AVAILABLE), PROCESSOR: (PENDING, RECEIVABLE)}
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+def _check_part(name: str, value: object) -> cython.int:
+    # ':' separates the parts of an account name; allowing it would let two
+    # different (owner, currency) pairs spell the same account.
+    if not isinstance(value, str) or not value or ":" in value:
+        raise ValueError(f"{name} must be a non-empty string without ':', got {value!r}")
+    return 0
+
+
+def account(kind: object, owner: object, currency: object, bucket: object) -> str:
+    """``merchant:{id}:{currency}:pending|available`` or ``processor:{name}:{currency}:pending|receivable``."""
+    buckets = _BUCKETS.get(kind)
+    if buckets is None or bucket not in buckets:
+        raise ValueError(f"no {bucket!r} account for kind {kind!r}")
+    _check_part("owner", owner)
+    _check_part("currency", currency)
+    return f"{kind}:{owner}:{currency}:{bucket}"
+
+
+@cython.locals(total=cython.longlong, value=cython.longlong, i=cython.Py_ssize_t)
+def check_balanced(entries: list) -> None:
+    """Raise LedgerImbalance unless the entries sum to zero with no zero entry."""
+    total = 0
+    for i in range(len(entries)):
+        entry = entries[i]
+        amount = entry[1]
+        # Same rejection in both builds (the compiled one could not hold a float).
+        if isinstance(amount, bool) or not isinstance(amount, int) or not isinstance(entry[0], str):
+            raise TypeError(f"ledger entry must be (str, int), got {entry!r}")
+        value = amount
+        if value == 0:
+            raise LedgerImbalance(f"zero-amount ledger entry for {entry[0]}")
+        total += value
+    if total != 0:
+        raise LedgerImbalance(f"ledger transaction does not balance: sum {total} in {entries!r}")
+
+
+@cython.locals(moved=cython.longlong, released=cython.longlong, hold=cython.longlong)
+def postings(transition: object, merchant_id: object, processor: object, currency: object) -> list:
+    """The balanced entries one state Transition must post (empty when no money moved)."""
+    event: str = transition.event
+    moved = transition.amount
+    released = transition.released
+    _check_part("merchant_id", merchant_id)
+    _check_part("processor", processor)
+    _check_part("currency", currency)
+    if event == "decline" or event == "fail":
+        if moved != 0 or released != 0:
+            raise LedgerImbalance(f"{event} cannot move money ({moved}, released {released})")
+        return []
+    # Direct formatting: the parts were checked once above.
+    m_pending = f"merchant:{merchant_id}:{currency}:pending"
+    p_pending = f"processor:{processor}:{currency}:pending"
+    if moved <= 0 or released < 0 or (released != 0 and event != "capture"):
+        raise LedgerImbalance(f"{event} with amount={moved} released={released}")
+    if event == "authorize":
+        entries = [(p_pending, moved), (m_pending, -moved)]
+    elif event == "capture":
+        hold = moved + released  # the whole hold ends; `moved` of it is posted
+        entries = [
+            (m_pending, hold),
+            (p_pending, -hold),
+            (f"processor:{processor}:{currency}:receivable", moved),
+            (f"merchant:{merchant_id}:{currency}:available", -moved),
+        ]
+    elif event == "void" or event == "expire":
+        entries = [(m_pending, moved), (p_pending, -moved)]
+    elif event == "refund":
+        entries = [
+            (f"merchant:{merchant_id}:{currency}:available", moved),
+            (f"processor:{processor}:{currency}:receivable", -moved),
+        ]
+    else:
+        raise ValueError(f"unknown ledger event {event!r}")
+    check_balanced(entries)
+    return entries
+
+
+def expected_payment_balances(
+    merchant_id: object,
+    processor: object,
+    currency: object,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+) -> dict:
+    """Per-account sums a payment's entries must have; an account with no entries sums to 0."""
+    settled: cython.longlong
+    if amount_capturable < 0 or not (0 <= amount_refunded <= amount_captured):
+        raise LedgerImbalance(
+            f"impossible amounts capturable={amount_capturable} "
+            f"captured={amount_captured} refunded={amount_refunded}"
+        )
+    settled = amount_captured - amount_refunded
+    return {
+        account(MERCHANT, merchant_id, currency, PENDING): -amount_capturable,
+        account(MERCHANT, merchant_id, currency, AVAILABLE): -settled,
+        account(PROCESSOR, processor, currency, PENDING): amount_capturable,
+        account(PROCESSOR, processor, currency, RECEIVABLE): settled,
+    }
+
+
+def balance_differences(expected: object, actual: object) -> dict:
+    """``{account: (expected, actual)}`` where they differ; a missing account counts as 0."""
+    out = {}
+    for name in sorted(set(expected) | set(actual)):
+        want = expected.get(name, 0)
+        got = actual.get(name, 0)
+        if want != got:
+            out[name] = (want, got)
+    return out
+
+
+def balance_view(account_sums: object) -> list:
+    """``[{"currency", "pending", "available"}]`` by currency from one merchant's account sums.
+
+    Processor accounts are ignored; accounts of two merchants raise ValueError
+    (mixing them would show one merchant another's money).
+    """
+    merchant = None
+    by_currency = {}
+    for name, total in account_sums.items():
+        parts = name.split(":")
+        if len(parts) != 4:
+            raise ValueError(f"not a ledger account name: {name!r}")
+        kind, owner, currency, bucket = parts
+        if kind != MERCHANT:
+            continue
+        if merchant is None:
+            merchant = owner
+        elif owner != merchant:
+            raise ValueError(f"accounts of two merchants: {merchant!r} and {owner!r}")
+        if bucket not in (PENDING, AVAILABLE):
+            raise ValueError(f"unknown merchant bucket in {name!r}")
+        row = by_currency.get(currency)
+        if row is None:
+            row = by_currency[currency] = {"currency": currency, PENDING: 0, AVAILABLE: 0}
+        row[bucket] = -total  # merchant accounts are credit-normal
+    return [by_currency[c] for c in sorted(by_currency)]
+
+
+@cython.locals(i=cython.Py_ssize_t)
+def entry_columns(postings_per_txn: list) -> tuple:
+    """Flatten many transactions' entries into (txn_index, account, amount) columns.
+
+    Shaped for ``INSERT ... SELECT FROM unnest($1::int[], $2::text[], $3::bigint[])``;
+    each transaction is checked for balance here, the last stop before the database.
+    """
+    txn_index = []
+    accounts = []
+    amounts = []
+    for i in range(len(postings_per_txn)):
+        entries = postings_per_txn[i]
+        check_balanced(entries)
+        for name, amount in entries:
+            txn_index.append(i)
+            accounts.append(name)
+            amounts.append(amount)
+    return txn_index, accounts, amounts

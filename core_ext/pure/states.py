@@ -1,0 +1,287 @@
+"""The payment state machine: the only moves API.md allows, as pure functions.
+
+Each operation takes a payment's current status and amounts and returns a
+``Transition`` (the new status and amounts, plus the money the event moves, for
+the ledger), or raises ``CoreError`` for a client mistake.  ``LedgerImbalance``
+means the amounts handed in (or about to be handed out) are impossible: that is
+a bug or corrupted data, never something a client can cause.
+
+Precedence of checks: stored invariants, then the state, then the amount, so
+"capture -5 on a voided payment" answers 409 payment_state_invalid.
+"""
+
+import cython
+
+from core_ext.errors import CoreError, LedgerImbalance
+
+PROCESSING = "processing"
+AUTHORIZED = "authorized"
+DECLINED = "declined"
+FAILED = "failed"
+CAPTURED = "captured"
+PARTIALLY_REFUNDED = "partially_refunded"
+REFUNDED = "refunded"
+VOIDED = "voided"
+EXPIRED = "expired"
+
+STATUSES = (
+    PROCESSING,
+    AUTHORIZED,
+    DECLINED,
+    FAILED,
+    CAPTURED,
+    PARTIALLY_REFUNDED,
+    REFUNDED,
+    VOIDED,
+    EXPIRED,
+)
+
+APPROVED = "approved"
+OUTCOMES = (APPROVED, DECLINED, FAILED)
+
+
+@cython.cclass
+class Transition:
+    """The result of one legal move: new status and amounts, and the money moved."""
+
+    event = cython.declare(str, visibility="readonly")
+    status = cython.declare(str, visibility="readonly")
+    amount_capturable = cython.declare(cython.longlong, visibility="readonly")
+    amount_captured = cython.declare(cython.longlong, visibility="readonly")
+    amount_refunded = cython.declare(cython.longlong, visibility="readonly")
+    amount = cython.declare(cython.longlong, visibility="readonly")
+    released = cython.declare(cython.longlong, visibility="readonly")
+
+    def __init__(
+        self,
+        event: str,
+        status: str,
+        amount_capturable: cython.longlong,
+        amount_captured: cython.longlong,
+        amount_refunded: cython.longlong,
+        amount: cython.longlong,
+        released: cython.longlong,
+    ):
+        self.event = event
+        self.status = status
+        self.amount_capturable = amount_capturable
+        self.amount_captured = amount_captured
+        self.amount_refunded = amount_refunded
+        self.amount = amount
+        self.released = released
+
+    def as_dict(self) -> dict:
+        return {
+            "event": self.event,
+            "status": self.status,
+            "amount_capturable": self.amount_capturable,
+            "amount_captured": self.amount_captured,
+            "amount_refunded": self.amount_refunded,
+            "amount": self.amount,
+            "released": self.released,
+        }
+
+    def __repr__(self):
+        return "Transition(%s)" % ", ".join([f"{k}={v!r}" for k, v in self.as_dict().items()])
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+def _check_invariants(
+    total: cython.longlong,
+    capturable: cython.longlong,
+    captured: cython.longlong,
+    refunded: cython.longlong,
+) -> cython.int:
+    # Explicit, not `assert`: asserts vanish under -O and money bugs must not.
+    if not (0 <= refunded <= captured <= total):
+        raise LedgerImbalance(
+            f"amounts out of order: refunded={refunded} captured={captured} amount={total}"
+        )
+    if not (0 <= capturable <= total - captured):
+        raise LedgerImbalance(
+            f"capturable={capturable} out of range for amount={total} captured={captured}"
+        )
+    return 0
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+def _check_source(
+    status: object, capturable: cython.longlong, captured: cython.longlong, refunded: cython.longlong
+) -> cython.int:
+    # A legal source state must also have the amounts that status implies;
+    # otherwise the move would post zero or negative money.
+    ok: cython.bint
+    if status == AUTHORIZED:
+        ok = capturable > 0 and captured == 0 and refunded == 0
+    elif status == CAPTURED:
+        ok = capturable == 0 and captured > 0 and refunded == 0
+    else:  # PARTIALLY_REFUNDED
+        ok = capturable == 0 and 0 < refunded < captured
+    if not ok:
+        raise LedgerImbalance(
+            f"a {status} payment cannot have capturable={capturable} "
+            f"captured={captured} refunded={refunded}"
+        )
+    return 0
+
+
+@cython.cfunc
+def _illegal(operation: str, status: object) -> object:
+    if status not in STATUSES:
+        return ValueError(f"unknown payment status {status!r}")
+    return CoreError(
+        "payment_state_invalid",
+        f"cannot {operation} a payment that is {status}",
+        status=409,
+    )
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+def _requested(requested: object, limit: cython.longlong, what: str) -> cython.longlong:
+    """The amount a capture or refund moves: None means everything left."""
+    if requested is None:
+        return limit
+    # bool is an int subclass; both builds reject it (and floats) the same way.
+    if isinstance(requested, bool) or not isinstance(requested, int):
+        raise TypeError(f"amount must be an int or None, not {type(requested).__name__}")
+    # Compare as Python ints first so a huge value is a 400, not an OverflowError.
+    if requested < 1:
+        raise CoreError("amount_too_small", "amount must be at least 1", param="amount")
+    if requested > limit:
+        raise CoreError(
+            "amount_too_large",
+            f"amount {requested} exceeds the {what} amount {limit}",
+            param="amount",
+        )
+    return requested
+
+
+@cython.cfunc
+@cython.locals(t=Transition)
+def _make(
+    event: str,
+    status: object,
+    total: cython.longlong,
+    capturable: cython.longlong,
+    captured: cython.longlong,
+    refunded: cython.longlong,
+    moved: cython.longlong,
+    released: cython.longlong,
+) -> Transition:
+    _check_invariants(total, capturable, captured, refunded)
+    t = Transition.__new__(Transition)  # skips __init__'s argument parsing
+    t.event = event
+    t.status = status
+    t.amount_capturable = capturable
+    t.amount_captured = captured
+    t.amount_refunded = refunded
+    t.amount = moved
+    t.released = released
+    return t
+
+
+def settle_authorization(outcome: object, amount: cython.longlong) -> Transition:
+    """processing -> authorized (approved) | declined | failed."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown authorization outcome {outcome!r}")
+    if amount < 1:
+        raise ValueError(f"authorization amount must be at least 1, got {amount}")
+    if outcome == APPROVED:
+        return _make("authorize", AUTHORIZED, amount, amount, 0, 0, amount, 0)
+    if outcome == DECLINED:
+        return _make("decline", DECLINED, amount, 0, 0, 0, 0, 0)
+    return _make("fail", FAILED, amount, 0, 0, 0, 0, 0)
+
+
+def capture(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+    requested: object = None,
+) -> Transition:
+    """authorized -> captured; one capture only, the uncaptured remainder is released."""
+    c: cython.longlong
+    _check_invariants(amount, amount_capturable, amount_captured, amount_refunded)
+    if status != AUTHORIZED:
+        raise _illegal("capture", status)
+    _check_source(status, amount_capturable, amount_captured, amount_refunded)
+    c = _requested(requested, amount_capturable, "capturable")
+    return _make("capture", CAPTURED, amount, 0, c, 0, c, amount_capturable - c)
+
+
+@cython.cfunc
+def _release(
+    event: str,
+    new_status: str,
+    status: object,
+    amount: cython.longlong,
+    capturable: cython.longlong,
+    captured: cython.longlong,
+    refunded: cython.longlong,
+) -> Transition:
+    # void and expire are the same move: the whole hold goes back.
+    _check_invariants(amount, capturable, captured, refunded)
+    if status != AUTHORIZED:
+        raise _illegal(event, status)
+    _check_source(status, capturable, captured, refunded)
+    return _make(event, new_status, amount, 0, 0, 0, capturable, 0)
+
+
+def void(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+) -> Transition:
+    """authorized -> voided, releasing everything capturable."""
+    return _release(
+        "void", VOIDED, status, amount, amount_capturable, amount_captured, amount_refunded
+    )
+
+
+def expire(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+) -> Transition:
+    """authorized -> expired (not captured in time), releasing everything capturable."""
+    return _release(
+        "expire", EXPIRED, status, amount, amount_capturable, amount_captured, amount_refunded
+    )
+
+
+def refund(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+    requested: object = None,
+) -> Transition:
+    """captured | partially_refunded -> partially_refunded | refunded."""
+    f: cython.longlong
+    new_refunded: cython.longlong
+    _check_invariants(amount, amount_capturable, amount_captured, amount_refunded)
+    if status != CAPTURED and status != PARTIALLY_REFUNDED:
+        raise _illegal("refund", status)
+    _check_source(status, amount_capturable, amount_captured, amount_refunded)
+    f = _requested(requested, amount_captured - amount_refunded, "refundable")
+    new_refunded = amount_refunded + f
+    return _make(
+        "refund",
+        REFUNDED if new_refunded == amount_captured else PARTIALLY_REFUNDED,
+        amount,
+        0,
+        amount_captured,
+        new_refunded,
+        f,
+        0,
+    )
