@@ -1,0 +1,448 @@
+"""Request validation: JSON values in, a typed request or the first precise error out.
+
+Errors come in a fixed order of precedence (unknown fields first, then the
+fields in the order of API.md's example), so the same input always yields the
+same first error. No message ever contains a card number or a cvc.
+"""
+
+import ipaddress
+
+import cython
+
+from core_ext.errors import CoreError
+
+AMOUNT_MIN = 1
+AMOUNT_MAX = 99_999_999
+METADATA_KEYS_MAX = 20
+METADATA_KEY_CHARS_MAX = 40
+METADATA_VALUE_CHARS_MAX = 500
+REFERENCE_CHARS_MAX = 255
+DESCRIPTION_CHARS_MAX = 1000
+HOLDER_NAME_CHARS_MAX = 200
+EMAIL_CHARS_MAX = 320
+TOKEN_CHARS_MAX = 255
+EXPIRY_YEARS_AHEAD_MAX = 50
+LIST_LIMIT_DEFAULT = 10
+LIST_LIMIT_MAX = 100
+
+# ISO 4217 active alphabetic codes and their minor-unit exponents.
+_EXPONENT_0 = (
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
+).split()
+_EXPONENT_3 = "BHD IQD JOD KWD LYD OMR TND".split()
+_EXPONENT_4 = "CLF UYW".split()
+_EXPONENT_2 = (
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN "
+    "BWP BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB "
+    "EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS "
+    "KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN "
+    "MXV MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD "
+    "SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS "
+    "UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW ZWG"
+).split()
+CURRENCY_EXPONENTS = {
+    **{code: 2 for code in _EXPONENT_2},
+    **{code: 0 for code in _EXPONENT_0},
+    **{code: 3 for code in _EXPONENT_3},
+    **{code: 4 for code in _EXPONENT_4},
+}
+
+PAYMENT_FIELDS = ("amount", "currency", "capture", "payment_method", "reference",
+                  "description", "metadata", "customer")
+CARD_FIELDS = ("number", "exp_month", "exp_year", "cvc", "holder_name")
+CUSTOMER_FIELDS = ("email", "ip")
+CAPTURE_METHODS = ("automatic", "manual")
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+LIST_FIELDS = ("limit", "starting_after", "status")
+STATUSES = ("processing", "authorized", "declined", "failed", "captured",
+            "partially_refunded", "refunded", "voided", "expired")
+
+
+def _invalid(param, message, code="parameter_invalid"):
+    return CoreError(code, message, param=param)
+
+
+def _check_unknown(body: object, allowed: tuple, prefix: str) -> None:
+    unknown = sorted(str(k) for k in body if k not in allowed)
+    if unknown:
+        raise _invalid(prefix + unknown[0], f"unknown parameter: {prefix}{unknown[0]}",
+                       "parameter_unknown")
+
+
+def _is_int(value: object) -> cython.bint:
+    return type(value) is int
+
+
+def _object(value: object, param) -> dict:
+    if not isinstance(value, dict):
+        raise _invalid(param, f"{param or 'request body'} must be a JSON object")
+    return value
+
+
+def _optional_string(body: dict, name: str, param: str, chars_max: int,
+                     chars_min: int = 0):
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not chars_min <= len(value) <= chars_max:
+        raise _invalid(param, f"{param} must be a string of {chars_min} to {chars_max} "
+                              "characters")
+    return value
+
+
+def _amount(value: object, param: str) -> int:
+    if value is None:
+        raise _invalid(param, f"{param} is required", "parameter_missing")
+    if not _is_int(value):
+        raise _invalid(param, f"{param} must be an integer number of minor units")
+    if value < AMOUNT_MIN:
+        raise _invalid(param, f"{param} must be at least {AMOUNT_MIN}", "amount_too_small")
+    if value > AMOUNT_MAX:
+        raise _invalid(param, f"{param} must be at most {AMOUNT_MAX}", "amount_too_large")
+    return value
+
+
+# --- cards ----------------------------------------------------------------------------
+
+
+@cython.locals(total=cython.int, i=cython.Py_ssize_t, n=cython.Py_ssize_t, d=cython.int,
+               double=cython.bint)
+def luhn_valid(digits: str) -> bool:
+    n = len(digits)
+    if n == 0:
+        return False
+    total = 0
+    double = False
+    for i in range(n - 1, -1, -1):
+        d = ord(digits[i]) - 48
+        if d < 0 or d > 9:
+            return False
+        if double:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+        double = not double
+    return total % 10 == 0
+
+
+@cython.locals(p2=cython.int, p3=cython.int, p4=cython.int, p6=cython.int)
+def _brand_of(digits: str) -> str:
+    if len(digits) < 6:
+        return "unknown"
+    p2 = int(digits[:2])
+    p3 = int(digits[:3])
+    p4 = int(digits[:4])
+    p6 = int(digits[:6])
+    if digits[0] == "4":
+        return "visa"
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:
+        return "mastercard"
+    if p2 == 34 or p2 == 37:
+        return "amex"
+    if p4 == 6011 or 644 <= p3 <= 649 or p2 == 65 or 622126 <= p6 <= 622925:
+        return "discover"
+    if 3528 <= p4 <= 3589:
+        return "jcb"
+    if 300 <= p3 <= 305 or p4 == 3095 or p2 == 36 or p2 == 38 or p2 == 39:
+        return "diners"
+    if p2 == 62:
+        return "unionpay"
+    return "unknown"
+
+
+def card_brand(digits: str) -> str:
+    if not _all_digits(digits):
+        return "unknown"
+    return _brand_of(digits)
+
+
+@cython.locals(i=cython.Py_ssize_t, c=cython.Py_UCS4)
+def _all_digits(text: str) -> cython.bint:
+    if len(text) == 0:
+        return False
+    for c in text:
+        if c < "0" or c > "9":
+            return False
+    return True
+
+
+@cython.cclass
+class CardInput:
+    number = cython.declare(str, visibility="readonly")
+    exp_month = cython.declare(int, visibility="readonly")
+    exp_year = cython.declare(int, visibility="readonly")
+    cvc = cython.declare(str, visibility="readonly")
+    holder_name = cython.declare(object, visibility="readonly")
+    brand = cython.declare(str, visibility="readonly")
+    last4 = cython.declare(str, visibility="readonly")
+
+    def __init__(self, number: str, exp_month: int, exp_year: int, cvc: str,
+                 holder_name: object, brand: str):
+        self.number = number
+        self.exp_month = exp_month
+        self.exp_year = exp_year
+        self.cvc = cvc
+        self.holder_name = holder_name
+        self.brand = brand
+        self.last4 = number[len(number) - 4:]
+
+    def as_dict(self) -> dict:
+        return {"number": self.number, "exp_month": self.exp_month,
+                "exp_year": self.exp_year, "cvc": self.cvc, "holder_name": self.holder_name,
+                "brand": self.brand, "last4": self.last4}
+
+    def __repr__(self):  # never the number or the cvc
+        return f"CardInput(brand={self.brand!r}, last4={self.last4!r})"
+
+
+def _card(value: object, prefix: str, today_year: int, today_month: int) -> CardInput:
+    card = _object(value, prefix[:len(prefix) - 1])
+    _check_unknown(card, CARD_FIELDS, prefix)
+    number_param = prefix + "number"
+    number = card.get("number")
+    if number is None:
+        raise _invalid(number_param, "card number is required", "parameter_missing")
+    if not isinstance(number, str):
+        raise _invalid(number_param, "card number must be a string", "invalid_number")
+    digits = number.replace(" ", "")
+    if not 12 <= len(digits) <= 19 or not _all_digits(digits):
+        raise _invalid(number_param, "card number must be 12 to 19 digits", "invalid_number")
+    if not luhn_valid(digits):
+        raise _invalid(number_param, "card number failed the Luhn check", "invalid_number")
+    brand = _brand_of(digits)
+    exp_month = _expiry_month(card.get("exp_month"), prefix + "exp_month")
+    exp_year = _expiry_year(card.get("exp_year"), prefix + "exp_year", today_year)
+    if exp_year == today_year and exp_month < today_month:
+        raise _invalid(prefix + "exp_month", "the card has expired", "invalid_expiry_month")
+    cvc = _cvc(card.get("cvc"), prefix + "cvc", 4 if brand == "amex" else 3)
+    holder = _optional_string(card, "holder_name", prefix + "holder_name",
+                              HOLDER_NAME_CHARS_MAX, 1)
+    return CardInput(digits, exp_month, exp_year, cvc, holder, brand)
+
+
+def _expiry_month(value: object, param: str) -> int:
+    if value is None:
+        raise _invalid(param, "exp_month is required", "parameter_missing")
+    if not _is_int(value) or not 1 <= value <= 12:
+        raise _invalid(param, "exp_month must be an integer from 1 to 12",
+                       "invalid_expiry_month")
+    return value
+
+
+def _expiry_year(value: object, param: str, today_year: int) -> int:
+    if value is None:
+        raise _invalid(param, "exp_year is required", "parameter_missing")
+    if not _is_int(value) or not 1000 <= value <= 9999:
+        raise _invalid(param, "exp_year must be a four-digit year", "invalid_expiry_year")
+    if value < today_year:
+        raise _invalid(param, "the card has expired", "invalid_expiry_year")
+    if value > today_year + EXPIRY_YEARS_AHEAD_MAX:
+        raise _invalid(param, "exp_year is too far in the future", "invalid_expiry_year")
+    return value
+
+
+def _cvc(value: object, param: str, length: int) -> str:
+    if value is None:
+        raise _invalid(param, "cvc is required", "parameter_missing")
+    if not isinstance(value, str) or len(value) != length or not _all_digits(value):
+        raise _invalid(param, f"cvc must be a string of {length} digits for this card",
+                       "invalid_cvc")
+    return value
+
+
+# --- payments ---------------------------------------------------------------------------
+
+
+@cython.cclass
+class PaymentRequest:
+    amount = cython.declare(object, visibility="readonly")
+    currency = cython.declare(str, visibility="readonly")
+    capture = cython.declare(str, visibility="readonly")
+    card = cython.declare(object, visibility="readonly")
+    token = cython.declare(object, visibility="readonly")
+    reference = cython.declare(object, visibility="readonly")
+    description = cython.declare(object, visibility="readonly")
+    metadata = cython.declare(dict, visibility="readonly")
+    customer = cython.declare(object, visibility="readonly")
+
+    def __init__(self, amount, currency, capture, card, token, reference, description,
+                 metadata, customer):
+        self.amount = amount
+        self.currency = currency
+        self.capture = capture
+        self.card = card
+        self.token = token
+        self.reference = reference
+        self.description = description
+        self.metadata = metadata
+        self.customer = customer
+
+    def as_dict(self) -> dict:
+        return {"amount": self.amount, "currency": self.currency, "capture": self.capture,
+                "card": None if self.card is None else self.card.as_dict(),
+                "token": self.token, "reference": self.reference,
+                "description": self.description, "metadata": self.metadata,
+                "customer": self.customer}
+
+
+def currency_exponent(code: object) -> int:
+    if not isinstance(code, str) or len(code) != 3 or not code.isascii():
+        raise _invalid("currency", "currency must be a three-letter ISO 4217 code")
+    exponent = CURRENCY_EXPONENTS.get(code.upper())
+    if exponent is None:
+        raise _invalid("currency", "currency is not a supported ISO 4217 code")
+    return exponent
+
+
+def _currency(value: object) -> str:
+    if value is None:
+        raise _invalid("currency", "currency is required", "parameter_missing")
+    currency_exponent(value)
+    return value.upper()
+
+
+def _payment_method(value: object, today_year: int, today_month: int) -> tuple:
+    if value is None:
+        raise _invalid("payment_method", "payment_method is required", "parameter_missing")
+    method = _object(value, "payment_method")
+    _check_unknown(method, ("type", "card", "token"), "payment_method.")
+    kind = method.get("type")
+    if kind is None:
+        raise _invalid("payment_method.type", "payment_method.type is required",
+                       "parameter_missing")
+    if kind == "card":
+        if "token" in method:
+            raise _invalid("payment_method.token", "a card payment takes no token",
+                           "parameter_unknown")
+        if method.get("card") is None:
+            raise _invalid("payment_method.card", "payment_method.card is required",
+                           "parameter_missing")
+        return _card(method["card"], "payment_method.card.", today_year, today_month), None
+    if kind == "token":
+        if "card" in method:
+            raise _invalid("payment_method.card", "a token payment takes no card",
+                           "parameter_unknown")
+        token = method.get("token")
+        if token is None:
+            raise _invalid("payment_method.token", "payment_method.token is required",
+                           "parameter_missing")
+        if (not isinstance(token, str) or not token.startswith("tok_")
+                or len(token) > TOKEN_CHARS_MAX):
+            raise _invalid("payment_method.token", "payment_method.token must be a tok_ id")
+        return None, token
+    raise _invalid("payment_method.type", "payment_method.type must be card or token")
+
+
+def _metadata(value: object) -> dict:
+    if value is None:
+        return {}
+    metadata = _object(value, "metadata")
+    if len(metadata) > METADATA_KEYS_MAX:
+        raise _invalid("metadata", f"metadata has at most {METADATA_KEYS_MAX} keys")
+    for key in sorted(metadata):
+        if not 1 <= len(key) <= METADATA_KEY_CHARS_MAX:
+            raise _invalid("metadata", f"metadata keys are 1 to {METADATA_KEY_CHARS_MAX} "
+                                       "characters")
+        item = metadata[key]
+        if not isinstance(item, str) or len(item) > METADATA_VALUE_CHARS_MAX:
+            raise _invalid(f"metadata.{key}", "metadata values are strings of at most "
+                                              f"{METADATA_VALUE_CHARS_MAX} characters")
+    return dict(metadata)
+
+
+def _customer(value: object):
+    if value is None:
+        return None
+    customer = _object(value, "customer")
+    _check_unknown(customer, CUSTOMER_FIELDS, "customer.")
+    email = customer.get("email")
+    if email is not None:
+        if not isinstance(email, str) or len(email) > EMAIL_CHARS_MAX:
+            raise _invalid("customer.email", "customer.email must be an email address")
+        local, at, domain = email.partition("@")
+        if not at or not local or not domain or "@" in domain:
+            raise _invalid("customer.email", "customer.email must be an email address")
+    ip = customer.get("ip")
+    if ip is not None:
+        try:
+            if not isinstance(ip, str):
+                raise ValueError
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise _invalid("customer.ip", "customer.ip must be an IPv4 or IPv6 address") \
+                from None
+    return {"email": email, "ip": ip}
+
+
+def validate_payment(body: object, today_year: int, today_month: int) -> PaymentRequest:
+    body = _object(body, None)
+    _check_unknown(body, PAYMENT_FIELDS, "")
+    amount = _amount(body.get("amount"), "amount")
+    currency = _currency(body.get("currency"))
+    capture = body.get("capture", "automatic")
+    if capture not in CAPTURE_METHODS:
+        raise _invalid("capture", "capture must be automatic or manual")
+    card, token = _payment_method(body.get("payment_method"), today_year, today_month)
+    reference = _optional_string(body, "reference", "reference", REFERENCE_CHARS_MAX, 1)
+    description = _optional_string(body, "description", "description", DESCRIPTION_CHARS_MAX)
+    metadata = _metadata(body.get("metadata"))
+    customer = _customer(body.get("customer"))
+    return PaymentRequest(amount, currency, capture, card, token, reference, description,
+                          metadata, customer)
+
+
+def validate_token(body: object, today_year: int, today_month: int) -> CardInput:
+    body = _object(body, None)
+    _check_unknown(body, ("card",), "")
+    if body.get("card") is None:
+        raise _invalid("card", "card is required", "parameter_missing")
+    return _card(body["card"], "card.", today_year, today_month)
+
+
+def _no_params(body: object) -> dict:
+    if body is None:
+        return {}
+    return _object(body, None)
+
+
+def validate_capture(body: object):
+    body = _no_params(body)
+    _check_unknown(body, ("amount",), "")
+    if body.get("amount") is None:
+        return None
+    return _amount(body["amount"], "amount")
+
+
+def validate_void(body: object) -> None:
+    _check_unknown(_no_params(body), (), "")
+
+
+def validate_refund(body: object) -> tuple:
+    body = _no_params(body)
+    _check_unknown(body, ("amount", "reason"), "")
+    amount = None if body.get("amount") is None else _amount(body["amount"], "amount")
+    reason = body.get("reason")
+    if reason is not None and reason not in REFUND_REASONS:
+        raise _invalid("reason", "reason must be duplicate, fraudulent or "
+                                 "requested_by_customer")
+    return amount, reason
+
+
+def validate_list_query(query: object) -> tuple:
+    _check_unknown(query, LIST_FIELDS, "")
+    limit = LIST_LIMIT_DEFAULT
+    text = query.get("limit")
+    if text is not None:
+        if not (isinstance(text, str) and 1 <= len(text) <= 3 and _all_digits(text)
+                and 1 <= int(text) <= LIST_LIMIT_MAX):
+            raise _invalid("limit", f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
+        limit = int(text)
+    starting_after = query.get("starting_after")
+    if starting_after is not None and (not starting_after.startswith("pay_")
+                                       or len(starting_after) > TOKEN_CHARS_MAX):
+        raise _invalid("starting_after", "starting_after must be a pay_ id")
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise _invalid("status", "status must be one of " + ", ".join(STATUSES))
+    return limit, starting_after, status
