@@ -1,0 +1,197 @@
+"""Configuration: environment variables, overridden by command-line flags.
+
+Every value is validated at start; a bad one is reported by name with what
+was expected, never as a traceback. Limits carry their unit in their name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+
+class ConfigError(Exception):
+    """One or more settings are invalid; the message lists each of them."""
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"must be an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be one of 1, 0, true, false, yes, no, on, off")
+
+
+def _database_url(text: str) -> str | None:
+    if not text:
+        return None
+    if not text.startswith(("postgres://", "postgresql://")):
+        raise ValueError("must be a postgresql:// URL")
+    return text
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text.lower()
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _default_data_dir() -> str:
+    return platformdirs.user_data_dir("kassa", appauthor=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    env: str
+    parse: Callable[[str], Any]
+    default: Callable[[], str] | str
+    help: str
+
+
+FIELDS: dict[str, Field] = {
+    "host": Field("KASSA_HOST", _text, "127.0.0.1", "address to listen on"),
+    "port": Field("KASSA_PORT", _integer(1, 65535), "8080", "TCP port to listen on"),
+    "workers": Field("KASSA_WORKERS", _integer(1, 64), "1", "worker processes sharing the port"),
+    "database_url": Field(
+        "DATABASE_URL", _database_url, "", "PostgreSQL URL; empty starts the embedded server"
+    ),
+    "data_dir": Field(
+        "KASSA_DATA_DIR", _path, _default_data_dir, "embedded database and generated keys"
+    ),
+    "db_pool_min": Field("KASSA_DB_POOL_MIN", _integer(1, 100), "2", "connections per worker"),
+    "db_pool_max": Field("KASSA_DB_POOL_MAX", _integer(1, 100), "10", "connections per worker"),
+    "db_statement_timeout_ms": Field(
+        "KASSA_DB_STATEMENT_TIMEOUT_MS", _integer(100, 600_000), "5000", "per statement"
+    ),
+    "db_acquire_timeout_ms": Field(
+        "KASSA_DB_ACQUIRE_TIMEOUT_MS", _integer(10, 60_000), "2000", "wait for a pooled connection"
+    ),
+    "allow_pure_core": Field(
+        "KASSA_ALLOW_PURE_CORE", _boolean, "0", "development only: serve on the pure-Python core"
+    ),
+    "master_key": Field(
+        "KASSA_MASTER_KEY", _text, "", "base64 32-byte key; empty: generated into the data dir"
+    ),
+    "processor_timeout_ms": Field(
+        "KASSA_PROCESSOR_TIMEOUT_MS", _integer(10, 120_000), "3000", "one processor call"
+    ),
+    "sandbox_latency_ms": Field(
+        "KASSA_SANDBOX_LATENCY_MS", _integer(0, 60_000), "0", "simulated processor latency"
+    ),
+    "recovery_after_s": Field(
+        "KASSA_RECOVERY_AFTER_S", _integer(1, 86_400), "30", "age of a processing payment to recover"
+    ),
+    "recovery_interval_s": Field(
+        "KASSA_RECOVERY_INTERVAL_S", _integer(1, 3_600), "5", "how often recovery runs"
+    ),
+    "authorization_ttl_s": Field(
+        "KASSA_AUTHORIZATION_TTL_S", _integer(1, 31 * 86_400), str(7 * 86_400),
+        "uncaptured authorizations expire after this",
+    ),
+    "idempotency_retention_s": Field(
+        "KASSA_IDEMPOTENCY_RETENTION_S", _integer(86_400, 30 * 86_400), "86400",
+        "idempotency keys are kept at least this long",
+    ),
+    "idempotency_cache_entries": Field(
+        "KASSA_IDEMPOTENCY_CACHE_ENTRIES", _integer(0, 10_000_000), "100000",
+        "in-process replay cache size",
+    ),
+    "shutdown_grace_s": Field(
+        "KASSA_SHUTDOWN_GRACE_S", _integer(0, 600), "30", "time to finish in-flight requests"
+    ),
+    "log_level": Field(
+        "KASSA_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    workers: int
+    database_url: str | None
+    data_dir: Path
+    db_pool_min: int
+    db_pool_max: int
+    db_statement_timeout_ms: int
+    db_acquire_timeout_ms: int
+    allow_pure_core: bool
+    master_key: str
+    processor_timeout_ms: int
+    sandbox_latency_ms: int
+    recovery_after_s: int
+    recovery_interval_s: int
+    authorization_ttl_s: int
+    idempotency_retention_s: int
+    idempotency_cache_entries: int
+    shutdown_grace_s: int
+    log_level: str
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from ``environ`` (default ``os.environ``), then ``overrides`` (flags).
+
+    Overrides given as strings are parsed like the environment; ``None`` means
+    "not given". Raises ConfigError naming every bad value at once.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, field in FIELDS.items():
+        given = overrides.get(name)
+        source = f"--{name.replace('_', '-')}"
+        if given is None:
+            source = field.env
+            given = environ.get(field.env)
+        if given is None:
+            given = field.default() if callable(field.default) else field.default
+            source = f"{field.env} (default)"
+        if not isinstance(given, str):
+            given = str(given)
+        try:
+            values[name] = field.parse(given)
+        except ValueError as exc:
+            shown = "<hidden>" if name in ("master_key", "database_url") else repr(given)
+            problems.append(f"{source}={shown}: {exc}")
+    if not problems and values["db_pool_min"] > values["db_pool_max"]:
+        problems.append("KASSA_DB_POOL_MIN must not exceed KASSA_DB_POOL_MAX")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return Settings(**values)

@@ -1,0 +1,175 @@
+"""PostgreSQL: the given ``DATABASE_URL``, or an embedded server in the data dir.
+
+The embedded server is a real PostgreSQL from the ``pgserver`` wheel, listening
+on a unix socket only. The process that starts it (``kassa serve``'s
+supervisor, or a CLI command) owns it; workers only receive its DSN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from gateway.config import Settings
+
+log = logging.getLogger("kassa.database")
+
+MIGRATIONS_LOCK_ID = 0x6B61737361  # "kassa": one advisory lock serializes concurrent migrators
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    pass
+
+
+class EmbeddedPostgres:
+    """Start (or join) the embedded server for ``data_dir``; stop it on the last close."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "postgres"
+        self._server: Any = None
+
+    def start(self) -> str:
+        import pgserver  # imported lazily: only needed without DATABASE_URL
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises bare subprocess errors
+            log_path = self.pgdata / "log"
+            raise EmbeddedDatabaseError(
+                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc} "
+                f"(see {log_path})"
+            ) from exc
+        return self._server.get_uri()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def resolve_dsn(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The DSN to use, and the embedded server handle if we started one."""
+    if settings.database_url:
+        return settings.database_url, None
+    embedded = EmbeddedPostgres(settings.data_dir)
+    return embedded.start(), embedded
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns travel as text; orjson does the (de)serialization in gateway.
+    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        init=_init_connection,
+        server_settings={
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "application_name": "kassa",
+        },
+        # By default Pool.release runs RESET ALL/UNLISTEN/... on every release: a round
+        # trip per request we do not need, since Kassa never changes session state.
+        reset=_keep_session,
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without a reset query (asyncpg still clears its local listeners)."""
+
+
+# --- migrations -------------------------------------------------------------------
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("gateway.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return found
+
+
+LATEST_VERSION = len(load_migrations())
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+    """Apply pending migrations, each in its own transaction; forward only.
+
+    An applied migration whose text changed since is refused: history is not
+    rewritten, a new migration is written instead.
+    """
+    applied: list[Migration] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATIONS_LOCK_ID)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   checksum   text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        done = {row["version"]: row for row in rows}
+        for migration in load_migrations():
+            row = done.get(migration.version)
+            if row is not None:
+                if row["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{row['name']} was changed after "
+                        "it was applied; write a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            applied.append(migration)
+        if max(done, default=0) > LATEST_VERSION:
+            raise MigrationError(
+                f"database schema is at version {max(done)}, newer than this Kassa "
+                f"({LATEST_VERSION}); upgrade Kassa"
+            )
+    return applied
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")

@@ -1,0 +1,146 @@
+"""``kassa serve``: a supervisor and N worker processes sharing one port.
+
+The supervisor owns the embedded database (if any), applies migrations once,
+then starts workers that each bind the port with SO_REUSEPORT so the kernel
+spreads connections across them. SIGTERM/SIGINT: the supervisor forwards
+SIGTERM; each worker stops accepting, finishes in-flight requests (up to the
+shutdown grace), closes its pool and exits. A worker that dies unexpectedly
+is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+
+from gateway import database
+from gateway.config import Settings
+
+log = logging.getLogger("kassa.server")
+
+WORKER_RESTART_DELAY_S = 0.5  # bounds a crash loop's restart rate
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a hard dependency on POSIX; this is Windows only
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def run_worker(settings: Settings, dsn: str, index: int) -> None:
+    """Entry point of one worker process."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    _install_uvloop()
+    app = create_app(settings, dsn)
+    sock = bind_socket(settings.host, settings.port)
+    log.info("worker %d (pid %d) serving on %s:%d", index, os.getpid(), settings.host,
+             settings.port)
+    web.run_app(
+        app,
+        sock=sock,
+        shutdown_timeout=settings.shutdown_grace_s,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )
+
+
+def _check_port_free(settings: Settings) -> None:
+    # Bind once in the supervisor so "address in use" is one clear error, not N dying workers.
+    probe = bind_socket(settings.host, settings.port)
+    probe.close()
+
+
+def serve(settings: Settings) -> int:
+    from gateway.app import require_compiled_core
+
+    require_compiled_core(settings)
+    dsn, embedded = database.resolve_dsn(settings)
+    try:
+        applied = asyncio.run(_migrate(dsn))
+        for migration in applied:
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+        _check_port_free(settings)
+        return _supervise(settings, dsn)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _migrate(dsn: str) -> list[database.Migration]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await database.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def _supervise(settings: Settings, dsn: str) -> int:
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=run_worker, args=(settings, dsn, index), name=f"kassa-worker-{index}"
+        )
+        process.start()
+        return process
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workers = {index: start(index) for index in range(settings.workers)}
+    print(
+        f"kassa: serving on http://{settings.host}:{settings.port} with "
+        f"{settings.workers} worker(s) (pids {', '.join(str(p.pid) for p in workers.values())})",
+        file=sys.stderr, flush=True,
+    )
+    while not stopping:
+        time.sleep(0.2)
+        for index, process in list(workers.items()):
+            if not process.is_alive() and not stopping:
+                log.error("worker %d (pid %s) exited with %s; restarting", index, process.pid,
+                          process.exitcode)
+                time.sleep(WORKER_RESTART_DELAY_S)
+                workers[index] = start(index)
+    for process in workers.values():
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_grace_s + 5
+    for process in workers.values():
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("worker pid %s did not stop in time; killing it", process.pid)
+            process.kill()
+            process.join()
+    print("kassa: stopped", file=sys.stderr, flush=True)
+    return 0
