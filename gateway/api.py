@@ -1,0 +1,114 @@
+"""The /v1 routes of API.md. Handlers translate HTTP to service calls, nothing more."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import MERCHANT_ID, POOL, SERVICE
+from gateway.errors import invalid_request
+from gateway.idempotency import key_from
+
+
+async def _json_body(request: web.Request, required: bool = True) -> object:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise invalid_request("invalid_json", "request body must be a JSON object")
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise invalid_request("invalid_json", "request body is not valid JSON") from None
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[SERVICE].authorize(request[MERCHANT_ID], body, key_from(request))
+    return answer.response()
+
+
+async def capture_payment(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[SERVICE].capture(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request))
+    return answer.response()
+
+
+async def void_payment(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[SERVICE].void(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request))
+    return answer.response()
+
+
+async def refund_payment(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[SERVICE].refund(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request))
+    return answer.response()
+
+
+async def get_payment(request: web.Request) -> web.Response:
+    return _json(await request.app[SERVICE].get_payment(
+        request[MERCHANT_ID], request.match_info["id"]))
+
+
+async def list_payments(request: web.Request) -> web.Response:
+    return _json(await request.app[SERVICE].list_payments(request[MERCHANT_ID], request.query))
+
+
+async def get_refund(request: web.Request) -> web.Response:
+    return _json(await request.app[SERVICE].get_refund(
+        request[MERCHANT_ID], request.match_info["id"]))
+
+
+async def create_token(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[SERVICE].create_token(request[MERCHANT_ID], body, key_from(request))
+    return answer.response()
+
+
+async def get_balance(request: web.Request) -> web.Response:
+    return _json(await request.app[SERVICE].balance(request[MERCHANT_ID]))
+
+
+async def get_settlement_report(request: web.Request) -> web.Response:
+    from gateway.books import settlement, settlement_csv
+
+    unknown = sorted(set(request.query) - {"date", "format"})
+    if unknown:
+        raise invalid_request("parameter_unknown", f"unknown parameter: {unknown[0]}", unknown[0])
+    try:
+        day = date.fromisoformat(request.query.get("date", ""))
+    except ValueError:
+        raise invalid_request("parameter_invalid", "date must be a day as YYYY-MM-DD",
+                              "date") from None
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise invalid_request("parameter_invalid", "format must be json or csv", "format")
+    lines = await settlement(request.app[POOL], day, request[MERCHANT_ID])
+    if fmt == "csv":
+        return web.Response(text=settlement_csv(lines), content_type="text/csv")
+    return _json({"object": "settlement_report", "date": day.isoformat(), "lines": lines})
+
+
+def setup(app: web.Application) -> None:
+    """Register every /v1 route on ``app``."""
+    router = app.router
+    router.add_post("/v1/payments", create_payment)
+    router.add_get("/v1/payments", list_payments)
+    router.add_get("/v1/payments/{id}", get_payment)
+    router.add_post("/v1/payments/{id}/capture", capture_payment)
+    router.add_post("/v1/payments/{id}/void", void_payment)
+    router.add_post("/v1/payments/{id}/refunds", refund_payment)
+    router.add_get("/v1/refunds/{id}", get_refund)
+    router.add_post("/v1/tokens", create_token)
+    router.add_get("/v1/balance", get_balance)
+    router.add_get("/v1/reports/settlement", get_settlement_report)

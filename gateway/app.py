@@ -1,0 +1,175 @@
+"""The aiohttp application: typed app keys, resources in cleanup_ctx, thin handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+import core_ext
+from core_ext.errors import CoreError
+from gateway import api, database, recovery
+from gateway.appkeys import KEYS, MERCHANT_ID, POOL, SERVICE, SETTINGS
+from gateway.cards import CardVault, load_master_key
+from gateway.config import Settings
+from gateway.connectors import SandboxConnector
+from gateway.errors import ApiError, api_error, invalid_request
+from gateway.idempotency import IdempotencyStore
+from gateway.merchants import KeyCache
+from gateway.payments import PaymentService
+
+log = logging.getLogger("kassa.http")
+
+BODY_BYTES_MAX = 64 * 1024  # API.md: larger request bodies answer 413
+
+SANDBOX_POOL_CONNECTIONS_MAX = 4  # the sandbox processor's own books, apart from ours
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class CoreNotCompiledError(RuntimeError):
+    pass
+
+
+def require_compiled_core(settings: Settings) -> None:
+    """Production traffic is never served on the pure-Python core by accident."""
+    if not core_ext.COMPILED and not settings.allow_pure_core:
+        raise CoreNotCompiledError(
+            f"refusing to serve: {core_ext.BUILD}. Reinstall with a C compiler "
+            "(pip install .), or set KASSA_ALLOW_PURE_CORE=1 for development."
+        )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into an API.md error body; nothing else reaches a client."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except CoreError as exc:
+        return ApiError.from_core(exc).response()
+    except web.HTTPRequestEntityTooLarge:
+        return invalid_request(
+            "request_too_large", f"request body exceeds {BODY_BYTES_MAX} bytes", status=413
+        ).response()
+    except web.HTTPNotFound:
+        return invalid_request(
+            "resource_missing", f"unrecognized request URL ({request.method} {request.path})",
+            status=404,
+        ).response()
+    except web.HTTPMethodNotAllowed:
+        return invalid_request(
+            "method_not_allowed", f"{request.method} is not allowed on {request.path}",
+            status=405,
+        ).response()
+    except web.HTTPException as exc:
+        return invalid_request("request_invalid", exc.reason, status=exc.status).response()
+    except (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return api_error(
+            503, "database_unavailable", "the database is unavailable; retry with the same "
+            "Idempotency-Key", headers={"Retry-After": "1"},
+        ).response()
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return api_error(500, "internal_error", "an internal error occurred").response()
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    secret = _bearer(request)
+    if secret is None:
+        raise ApiError(401, "authentication_error", "api_key_missing",
+                       "no API key provided: use 'Authorization: Bearer <secret key>'")
+    merchant_id = await request.app[KEYS].authenticate(request.app[POOL], secret)
+    if merchant_id is None:
+        raise ApiError(401, "authentication_error", "api_key_invalid",
+                       "invalid or revoked API key")
+    request[MERCHANT_ID] = merchant_id
+    return await handler(request)
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire(timeout=1.0) as conn:
+            version = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations", timeout=1.0
+            )
+    except Exception as exc:
+        log.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
+        return json_response({"status": "unavailable", "reason": "database unreachable"}, 503)
+    if version != database.LATEST_VERSION:
+        return json_response(
+            {"status": "unavailable", "reason": "migrations not current",
+             "schema_version": version, "expected": database.LATEST_VERSION}, 503,
+        )
+    return json_response({"status": "ready", "schema_version": version, "core": core_ext.BUILD})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    from gateway.openapi import DOCUMENT_BYTES
+
+    return web.Response(body=DOCUMENT_BYTES, content_type="application/json")
+
+
+def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        vault = CardVault(load_master_key(settings.master_key, settings.data_dir))
+        pool = await database.create_pool(settings, dsn)
+        # The sandbox stands for another company's system: its own connections, so a
+        # processor call made while we hold a connection can never starve our pool.
+        sandbox_pool = await database.create_pool(
+            settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn)
+        connector = SandboxConnector(sandbox_pool, settings.sandbox_latency_ms)
+        idempotency = IdempotencyStore(settings.idempotency_cache_entries,
+                                       settings.idempotency_retention_s)
+        app[POOL] = pool
+        app[SERVICE] = PaymentService(pool, connector, vault, idempotency, settings)
+        background = asyncio.create_task(
+            recovery.run_forever(pool, app[SERVICE], connector, settings))
+        yield
+        background.cancel()
+        await asyncio.gather(background, return_exceptions=True)
+        await pool.close()
+        await sandbox_pool.close()
+
+    return ctx
+
+
+def create_app(settings: Settings, dsn: str) -> web.Application:
+    require_compiled_core(settings)
+    app = web.Application(
+        client_max_size=BODY_BYTES_MAX, middlewares=[error_middleware, auth_middleware]
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = KeyCache()
+    app.cleanup_ctx.append(_services_ctx(dsn))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_document)
+    api.setup(app)
+    return app

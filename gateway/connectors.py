@@ -1,0 +1,114 @@
+"""Processors. A connector authorizes, captures, voids, refunds and answers status
+lookups; the built-in ``sandbox`` answers by card number as API.md's table says.
+
+The sandbox keeps its own books in ``sandbox_operations`` (the processor's truth,
+separate from ours), idempotent by our operation reference, so recovery can ask
+it what really happened and tests can count what it really did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+APPROVED = "approved"
+DECLINED = "declined"
+ERROR = "error"
+NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str                       # APPROVED | DECLINED | ERROR | NOT_FOUND
+    decline_code: str | None = None
+    reference: str | None = None      # the processor's id for the operation
+
+
+class ProcessorError(Exception):
+    """The processor answered with an error: the operation did not happen."""
+
+
+class Connector(Protocol):
+    name: str
+
+    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Outcome: ...
+    async def capture(self, payment_id: str, amount: int) -> Outcome: ...
+    async def void(self, payment_id: str, amount: int) -> Outcome: ...
+    async def refund(self, payment_id: str, refund_id: str, amount: int) -> Outcome: ...
+    async def status(self, payment_id: str) -> Outcome: ...
+
+
+SANDBOX_DECLINES = {
+    "4000000000000002": "generic_decline",
+    "4000000000009995": "insufficient_funds",
+    "4000000000009987": "lost_card",
+    "4000000000000069": "expired_card",
+    "4000000000000127": "incorrect_cvc",
+}
+SANDBOX_ERROR_CARD = "4000000000000119"
+SANDBOX_TIMEOUT_CARD = "4000000000000259"
+SANDBOX_HANG_S = 3600.0  # the timeout card never answers; our own timeout cuts it
+
+
+class SandboxConnector:
+    name = "sandbox"
+
+    def __init__(self, pool: asyncpg.Pool, latency_ms: int = 0) -> None:
+        self._pool = pool
+        self._latency_s = latency_ms / 1000
+
+    async def _record(self, payment_id: str, operation: str, reference: str, outcome: str,
+                      amount: int) -> None:
+        await self._pool.execute(
+            """INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation, reference) DO NOTHING""",
+            payment_id, operation, reference, outcome, amount,
+        )
+
+    async def _wait(self) -> None:
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+
+    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Outcome:
+        await self._wait()
+        reference = "sbx_" + payment_id.removeprefix("pay_")
+        if number == SANDBOX_ERROR_CARD:
+            raise ProcessorError("sandbox processor error (test card 4000000000000119)")
+        if number == SANDBOX_TIMEOUT_CARD:
+            # The processor approves, but its answer never reaches us.
+            await self._record(payment_id, "authorize", payment_id, APPROVED, amount)
+            await asyncio.sleep(SANDBOX_HANG_S)
+        decline_code = SANDBOX_DECLINES.get(number)
+        result = DECLINED if decline_code else APPROVED
+        await self._record(payment_id, "authorize", payment_id, result, amount)
+        return Outcome(result, decline_code, reference)
+
+    async def capture(self, payment_id: str, amount: int) -> Outcome:
+        await self._wait()
+        await self._record(payment_id, "capture", payment_id, APPROVED, amount)
+        return Outcome(APPROVED)
+
+    async def void(self, payment_id: str, amount: int) -> Outcome:
+        await self._wait()
+        await self._record(payment_id, "void", payment_id, APPROVED, amount)
+        return Outcome(APPROVED)
+
+    async def refund(self, payment_id: str, refund_id: str, amount: int) -> Outcome:
+        await self._wait()
+        await self._record(payment_id, "refund", refund_id, APPROVED, amount)
+        return Outcome(APPROVED, reference="sbx_" + refund_id.removeprefix("re_"))
+
+    async def status(self, payment_id: str) -> Outcome:
+        row = await self._pool.fetchrow(
+            """SELECT outcome FROM sandbox_operations
+                WHERE operation = 'authorize' AND reference = $1""",
+            payment_id,
+        )
+        if row is None:
+            return Outcome(NOT_FOUND)
+        reference = "sbx_" + payment_id.removeprefix("pay_")
+        decline = None if row["outcome"] == APPROVED else "generic_decline"
+        return Outcome(row["outcome"], decline, reference)

@@ -1,0 +1,481 @@
+"""The OpenAPI 3.1 description of the HTTP contract in API.md, served at ``GET /openapi.json``.
+
+``DOCUMENT`` is built once at import; ``DOCUMENT_BYTES`` is what the app serves.
+``tests/test_openapi.py`` holds the running server to it, so a change to a handler or a
+rendered body that is not mirrored here fails the suite.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+AMOUNT_MAX = 99_999_999  # API.md: 1 <= amount <= 99_999_999 minor units
+METADATA_KEYS_MAX = 20
+METADATA_KEY_CHARS_MAX = 40
+METADATA_VALUE_CHARS_MAX = 500
+IDEMPOTENCY_KEY_CHARS_MAX = 255
+LIST_LIMIT_MAX = 100
+LIST_LIMIT_DEFAULT = 10
+
+PAYMENT_STATUSES = (
+    "processing", "authorized", "declined", "failed", "captured", "partially_refunded",
+    "refunded", "voided", "expired",
+)
+CAPTURE_METHODS = ("automatic", "manual")
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+ERROR_TYPES = (
+    "invalid_request_error", "card_error", "idempotency_error", "authentication_error",
+    "rate_limit_error", "api_error",
+)
+ERROR_CODES = (
+    "parameter_unknown", "parameter_missing", "parameter_invalid", "amount_too_small",
+    "amount_too_large", "invalid_number", "invalid_expiry_month", "invalid_expiry_year",
+    "invalid_cvc", "invalid_json", "request_too_large", "request_invalid", "resource_missing",
+    "method_not_allowed", "payment_state_invalid", "card_declined", "idempotency_key_in_use",
+    "idempotency_key_reused", "api_key_missing", "api_key_invalid", "rate_limited",
+    "processor_error", "processor_timeout", "database_unavailable", "internal_error",
+)
+
+DESCRIPTION = """\
+Kassa authorizes, captures, voids and refunds card payments.
+
+* **Amounts are integers in the currency's minor unit** (cents for EUR, yen for JPY, fils for
+  BHD: ISO 4217 exponents), `1 <= amount <= 99999999`. Never a decimal, never a float.
+* `currency` is an ISO 4217 alphabetic code, accepted in any case, returned upper-case.
+* IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`.
+* Timestamps are RFC 3339 UTC strings.
+* Requests and answers are JSON. Unknown fields are rejected (`400 parameter_unknown`);
+  bodies over 64 KiB answer `413`.
+* Every `POST` accepts an `Idempotency-Key` header: the same key with the same body returns
+  the stored answer with `Idempotent-Replayed: true`; with another body,
+  `422 idempotency_key_reused`; while the first request is still executing,
+  `409 idempotency_key_in_use`.
+* Another merchant's object answers `404 resource_missing`, never `403`.
+"""
+
+JSON = "application/json"
+
+
+# --- schema helpers ---------------------------------------------------------------------
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: dict) -> dict:
+    """``schema`` or JSON null (OpenAPI 3.1: a type array, not ``nullable: true``)."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def closed_object(properties: dict, required: tuple[str, ...] = (), **extra: object) -> dict:
+    """An object that rejects unknown fields, as the gateway does."""
+    schema: dict = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return {**schema, **extra}
+
+
+def record(properties: dict, **extra: object) -> dict:
+    """A response object: every field is always present, nothing else is."""
+    return closed_object(properties, tuple(properties), **extra)
+
+
+def enum(values: tuple[str, ...], **extra: object) -> dict:
+    return {"type": "string", "enum": list(values), **extra}
+
+
+def prefixed_id(prefix: str) -> dict:
+    return {"type": "string", "pattern": f"^{prefix}_[A-Za-z0-9]+$"}
+
+
+TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC."}
+MINOR_UNITS = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX}
+
+
+def schemas() -> dict:
+    return {
+        # --- shared ------------------------------------------------------------------
+        "Amount": {
+            "type": "integer", "minimum": 1, "maximum": AMOUNT_MAX,
+            "description": "Integer amount in the currency's minor unit (e.g. cents).",
+            "examples": [1999],
+        },
+        "Currency": {
+            "type": "string", "pattern": "^[A-Za-z]{3}$",
+            "description": "ISO 4217 alphabetic code, any case on input.", "examples": ["eur"],
+        },
+        "CurrencyCode": {
+            "type": "string", "pattern": "^[A-Z]{3}$",
+            "description": "ISO 4217 alphabetic code, upper-case.", "examples": ["EUR"],
+        },
+        "Metadata": {
+            "type": "object",
+            "maxProperties": METADATA_KEYS_MAX,
+            "propertyNames": {"maxLength": METADATA_KEY_CHARS_MAX},
+            "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_CHARS_MAX},
+            "description": f"Up to {METADATA_KEYS_MAX} string pairs, stored and returned "
+                           "as given.",
+        },
+        "PaymentStatus": enum(PAYMENT_STATUSES, description=(
+            "processing -> authorized | declined | failed; authorized -> captured | voided | "
+            "expired; captured -> partially_refunded -> refunded.")),
+        "CaptureMethod": enum(CAPTURE_METHODS),
+        "RefundReason": enum(REFUND_REASONS),
+        # --- requests ----------------------------------------------------------------
+        "CardInput": closed_object({
+            "number": {"type": "string", "description": "12 to 19 digits passing Luhn; "
+                       "spaces allowed. Never returned."},
+            "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
+            "exp_year": {"type": "integer", "description": "Four digits; expiry not past."},
+            "cvc": {"type": "string", "pattern": "^[0-9]{3,4}$",
+                    "description": "3 digits (4 for American Express). Never stored."},
+            "holder_name": {"type": "string", "maxLength": 200},
+        }, ("number", "exp_month", "exp_year", "cvc")),
+        "CardPaymentMethod": closed_object(
+            {"type": {"const": "card"}, "card": ref("CardInput")}, ("type", "card")),
+        "TokenPaymentMethod": closed_object(
+            {"type": {"const": "token"}, "token": prefixed_id("tok")}, ("type", "token")),
+        "Customer": closed_object({
+            "email": {"type": "string", "format": "email", "maxLength": 255},
+            "ip": {"type": "string", "description": "IPv4 or IPv6 address.", "maxLength": 45},
+        }),
+        "PaymentCreate": closed_object({
+            "amount": ref("Amount"),
+            "currency": ref("Currency"),
+            "capture": {**ref("CaptureMethod"), "default": "automatic"},
+            "payment_method": {
+                "oneOf": [ref("CardPaymentMethod"), ref("TokenPaymentMethod")],
+                "discriminator": {"propertyName": "type", "mapping": {
+                    "card": "#/components/schemas/CardPaymentMethod",
+                    "token": "#/components/schemas/TokenPaymentMethod",
+                }},
+            },
+            "reference": {"type": "string", "maxLength": 255},
+            "description": {"type": "string", "maxLength": 1000},
+            "metadata": ref("Metadata"),
+            "customer": ref("Customer"),
+        }, ("amount", "currency", "payment_method")),
+        "CaptureCreate": closed_object({"amount": {
+            **ref("Amount"), "description": "At most amount_capturable; default all of it."}}),
+        "VoidCreate": closed_object({}, description="A void takes no parameters."),
+        "RefundCreate": closed_object({
+            "amount": {**ref("Amount"),
+                       "description": "Default: all that is captured and not yet refunded."},
+            "reason": ref("RefundReason"),
+        }),
+        "TokenCreate": closed_object({"card": ref("CardInput")}, ("card",)),
+        # --- answers -----------------------------------------------------------------
+        "Card": record({
+            "brand": {"type": "string", "examples": ["visa", "mastercard", "amex"]},
+            "last4": {"type": "string", "pattern": "^[0-9]{4}$"},
+            "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
+            "exp_year": {"type": "integer"},
+            "fingerprint": {"type": "string",
+                            "description": "Keyed hash of the number, stable per merchant."},
+        }),
+        "Payment": record({
+            "id": prefixed_id("pay"),
+            "object": {"const": "payment"},
+            "status": ref("PaymentStatus"),
+            "amount": ref("Amount"),
+            "currency": ref("CurrencyCode"),
+            "amount_capturable": MINOR_UNITS,
+            "amount_captured": MINOR_UNITS,
+            "amount_refunded": MINOR_UNITS,
+            "capture": ref("CaptureMethod"),
+            "card": ref("Card"),
+            "processor": {"type": "string", "examples": ["sandbox"]},
+            "processor_reference": nullable({"type": "string"}),
+            "decline_code": nullable({"type": "string", "examples": ["insufficient_funds"]}),
+            "reference": nullable({"type": "string", "maxLength": 255}),
+            "description": nullable({"type": "string", "maxLength": 1000}),
+            "metadata": ref("Metadata"),
+            "created": TIMESTAMP,
+            "updated": TIMESTAMP,
+        }),
+        "PaymentList": record({
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("Payment"), "maxItems": LIST_LIMIT_MAX},
+            "has_more": {"type": "boolean"},
+        }, description="Newest first."),
+        "Refund": record({
+            "id": prefixed_id("re"),
+            "object": {"const": "refund"},
+            "payment_id": prefixed_id("pay"),
+            "amount": ref("Amount"),
+            "currency": ref("CurrencyCode"),
+            "status": enum(("succeeded",)),
+            "reason": {"type": ["string", "null"], "enum": [*REFUND_REASONS, None]},
+            "created": TIMESTAMP,
+        }),
+        "Token": record({
+            "id": prefixed_id("tok"),
+            "object": {"const": "token"},
+            "card": ref("Card"),
+        }),
+        "Balance": record({
+            "object": {"const": "balance"},
+            "currencies": {"type": "array", "items": record({
+                "currency": ref("CurrencyCode"),
+                "pending": {"type": "integer", "description": "Sum of amount_capturable "
+                            "over authorized payments, from the ledger."},
+                "available": {"type": "integer",
+                              "description": "Captured minus refunded, from the ledger."},
+            })},
+        }),
+        "SettlementLine": record({
+            "date": {"type": "string", "format": "date"},
+            "merchant_id": prefixed_id("mer"),
+            "currency": ref("CurrencyCode"),
+            "captured_amount": {"type": "integer"},
+            "captured_count": {"type": "integer", "minimum": 0},
+            "refunded_amount": {"type": "integer"},
+            "refunded_count": {"type": "integer", "minimum": 0},
+            "net_amount": {"type": "integer"},
+        }),
+        "SettlementReport": record({
+            "object": {"const": "settlement_report"},
+            "date": {"type": "string", "format": "date"},
+            "lines": {"type": "array", "items": ref("SettlementLine")},
+        }),
+        "Error": record({"error": record({
+            "type": enum(ERROR_TYPES),
+            "code": {"type": "string", "description": "Stable, machine-readable: "
+                     + ", ".join(f"`{code}`" for code in ERROR_CODES) + "."},
+            "message": {"type": "string", "description": "For humans; may change."},
+            "param": nullable({"type": "string", "description": "The offending field, "
+                               "dotted (`payment_method.card.number`)."}),
+            "decline_code": nullable({"type": "string", "description": "Why a card_error "
+                                      "declined (`generic_decline`, `insufficient_funds`...)."}),
+            "payment_id": nullable({"type": "string", "description": "The payment a "
+                                    "card_error or api_error concerns."}),
+        })}),
+        "Health": record({"status": {"const": "ok"}}),
+        "Readiness": closed_object({
+            "status": enum(("ready", "unavailable")),
+            "schema_version": {"type": "integer"},
+            "expected": {"type": "integer"},
+            "core": {"type": "string"},
+            "reason": {"type": "string"},
+        }, ("status",)),
+    }
+
+
+# --- response and parameter helpers -----------------------------------------------------
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request: a bad, missing or unknown parameter, malformed JSON, or an "
+         "amount over what can be captured or refunded (`amount_too_large`).",
+    401: "Missing (`api_key_missing`) or wrong (`api_key_invalid`) API key.",
+    402: "The card was declined (`card_error` / `card_declined`); `decline_code` says why "
+         "and `payment_id` names the stored declined payment.",
+    404: "No such object for this merchant (`resource_missing`).",
+    409: "`payment_state_invalid` (illegal state transition) or `idempotency_key_in_use` "
+         "(the same key is still executing, or its outcome is not settled yet).",
+    413: "The request body exceeds 64 KiB (`request_too_large`).",
+    422: "`idempotency_key_reused`: the same key was used with another request.",
+    429: "Per-key rate limit hit (`rate_limited`); see `Retry-After`.",
+    500: "Internal error (`internal_error`); safe to retry with the same Idempotency-Key.",
+    502: "The processor failed (`processor_error`); for an authorization the payment is "
+         "recorded `failed`. Safe to retry with the same Idempotency-Key.",
+    503: "The database is unavailable (`database_unavailable`); see `Retry-After`.",
+    504: "The processor timed out (`processor_timeout`): the outcome is unknown and the "
+         "payment stays `processing` until recovery settles it. Retry with the same "
+         "Idempotency-Key for the final answer.",
+}
+RETRY_AFTER_STATUSES = (429, 503)
+
+# Answers stored under an Idempotency-Key and replayed with Idempotent-Replayed: true.
+REPLAYABLE_STATUSES = (200, 201, 400, 402, 409, 502)
+
+
+def json_content(schema: dict) -> dict:
+    return {JSON: {"schema": schema}}
+
+
+def headers_for(status: int, post: bool) -> dict:
+    headers = {}
+    if post and status in REPLAYABLE_STATUSES:
+        headers["Idempotent-Replayed"] = {"$ref": "#/components/headers/IdempotentReplayed"}
+    if status in RETRY_AFTER_STATUSES:
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    return headers
+
+
+def response(status: int, description: str, schema: dict, post: bool = False) -> dict:
+    answer = {"description": description, "content": json_content(schema)}
+    headers = headers_for(status, post)
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def error_responses(*statuses: int, post: bool = False) -> dict:
+    return {str(status): response(status, ERROR_DESCRIPTIONS[status], ref("Error"), post)
+            for status in statuses}
+
+
+def param(name_or_parameter: str | dict) -> dict:
+    """A shared parameter by its components name, or an operation's own one as given."""
+    if isinstance(name_or_parameter, dict):
+        return name_or_parameter
+    return {"$ref": f"#/components/parameters/{name_or_parameter}"}
+
+
+def path_id(prefix: str, description: str) -> dict:
+    return {"name": "id", "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "examples": [f"{prefix}_..."]}}
+
+
+def parameters() -> dict:
+    return {
+        "IdempotencyKey": {
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "description": "Scoped to the merchant, kept at least 24 hours.",
+            "schema": {"type": "string", "minLength": 1,
+                       "maxLength": IDEMPOTENCY_KEY_CHARS_MAX, "pattern": "^[ -~]+$"},
+        },
+        "PaymentId": path_id("pay", "A payment id."),
+        "RefundId": path_id("re", "A refund id."),
+        "Limit": {"name": "limit", "in": "query", "required": False,
+                  "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX,
+                             "default": LIST_LIMIT_DEFAULT}},
+        "StartingAfter": {"name": "starting_after", "in": "query", "required": False,
+                          "description": "A payment id: list the payments older than it.",
+                          "schema": {"type": "string"}},
+        "Status": {"name": "status", "in": "query", "required": False,
+                   "schema": ref("PaymentStatus")},
+    }
+
+
+V1_ERRORS = (401, 429, 500, 503)  # any /v1 operation can answer these
+POST_ERRORS = (400, 401, 409, 413, 422, 429, 500, 503)  # any /v1 POST can answer these
+BEARER = [{"bearerAuth": []}]
+
+
+def v1_get(operation_id: str, summary: str, tag: str, ok: dict, *, params: tuple = (),
+           errors: tuple[int, ...] = ()) -> dict:
+    operation = {
+        "operationId": operation_id, "summary": summary, "tags": [tag], "security": BEARER,
+        "responses": {"200": ok, **error_responses(*sorted({*V1_ERRORS, *errors}))},
+    }
+    if params:
+        operation["parameters"] = [param(name) for name in params]
+    return operation
+
+
+def v1_post(operation_id: str, summary: str, tag: str, request: str, ok_status: int,
+            ok: dict, *, body_required: bool, params: tuple = (),
+            errors: tuple[int, ...] = ()) -> dict:
+    return {
+        "operationId": operation_id, "summary": summary, "tags": [tag], "security": BEARER,
+        "parameters": [param(name) for name in (*params, "IdempotencyKey")],
+        "requestBody": {"required": body_required, "content": json_content(ref(request))},
+        "responses": {str(ok_status): ok,
+                      **error_responses(*sorted({*POST_ERRORS, *errors}), post=True)},
+    }
+
+
+def ok(status: int, description: str, schema: str, post: bool = False) -> dict:
+    return response(status, description, ref(schema), post)
+
+
+# --- paths ------------------------------------------------------------------------------
+
+
+def paths() -> dict:
+    return {
+        "/healthz": {"get": {
+            "operationId": "healthz", "summary": "The process is alive.", "tags": ["operations"],
+            "responses": {"200": ok(200, "Alive.", "Health")},
+        }},
+        "/readyz": {"get": {
+            "operationId": "readyz", "tags": ["operations"],
+            "summary": "The database is reachable and its migrations are current.",
+            "responses": {"200": ok(200, "Ready.", "Readiness"),
+                          "503": ok(503, "Not ready; `reason` says why.", "Readiness")},
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document.", "tags": ["operations"],
+            "responses": {"200": response(200, "The OpenAPI 3.1 document.", {"type": "object"})},
+        }},
+        "/v1/payments": {
+            "post": v1_post(
+                "createPayment", "Authorize (and with capture automatic, capture) a payment.",
+                "payments", "PaymentCreate", 201,
+                ok(201, "Authorized, or captured with `capture: automatic`.", "Payment", True),
+                body_required=True, errors=(402, 404, 502, 504)),
+            "get": v1_get(
+                "listPayments", "List payments, newest first.", "payments",
+                ok(200, "A page of payments.", "PaymentList"),
+                params=("Limit", "StartingAfter", "Status"), errors=(400, 404)),
+        },
+        "/v1/payments/{id}": {"get": v1_get(
+            "getPayment", "Read a payment.", "payments", ok(200, "The payment.", "Payment"),
+            params=("PaymentId",), errors=(404,))},
+        "/v1/payments/{id}/capture": {"post": v1_post(
+            "capturePayment", "Capture an authorized payment, once; the rest is released.",
+            "payments", "CaptureCreate", 200, ok(200, "The captured payment.", "Payment", True),
+            body_required=False, params=("PaymentId",), errors=(404, 502))},
+        "/v1/payments/{id}/void": {"post": v1_post(
+            "voidPayment", "Release an authorized payment's hold.", "payments", "VoidCreate",
+            200, ok(200, "The voided payment.", "Payment", True), body_required=False,
+            params=("PaymentId",), errors=(404, 502))},
+        "/v1/payments/{id}/refunds": {"post": v1_post(
+            "refundPayment", "Refund part or all of a captured payment.", "refunds",
+            "RefundCreate", 201, ok(201, "The refund.", "Refund", True), body_required=False,
+            params=("PaymentId",), errors=(404, 502))},
+        "/v1/refunds/{id}": {"get": v1_get(
+            "getRefund", "Read a refund.", "refunds", ok(200, "The refund.", "Refund"),
+            params=("RefundId",), errors=(404,))},
+        "/v1/tokens": {"post": v1_post(
+            "createToken", "Store a card; pay with the token later.", "tokens", "TokenCreate",
+            201, ok(201, "The token.", "Token", True), body_required=True)},
+        "/v1/balance": {"get": v1_get(
+            "getBalance", "The merchant's balance per currency, from the ledger.", "balance",
+            ok(200, "The balance.", "Balance"))},
+        "/v1/reports/settlement": {"get": v1_get(
+            "getSettlementReport", "What was captured and refunded on one UTC day, per "
+            "currency, from the ledger.", "reports",
+            {"description": "The report, as JSON or CSV (`format`).",
+             "content": {**json_content(ref("SettlementReport")),
+                         "text/csv": {"schema": {"type": "string"}}}},
+            params=({"name": "date", "in": "query", "required": True,
+                     "schema": {"type": "string", "format": "date"}},
+                    {"name": "format", "in": "query", "required": False,
+                     "schema": enum(("json", "csv"), default="json")}),
+            errors=(400,))},
+    }
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Kassa payment gateway", "version": "1.0.0",
+                 "description": DESCRIPTION},
+        "tags": [{"name": name} for name in
+                 ("payments", "refunds", "tokens", "balance", "reports", "operations")],
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(),
+            "parameters": parameters(),
+            "headers": {
+                "IdempotentReplayed": {
+                    "description": "`true` when this is the stored answer to an earlier "
+                                   "request with the same Idempotency-Key and body.",
+                    "schema": {"const": "true"},
+                },
+                "RetryAfter": {"description": "Seconds to wait before retrying.",
+                               "schema": {"type": "integer", "minimum": 0}},
+            },
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "`Authorization: Bearer <secret key>`.",
+            }},
+        },
+    }
+
+
+DOCUMENT: dict = document()
+DOCUMENT_BYTES: bytes = orjson.dumps(DOCUMENT)

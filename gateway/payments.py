@@ -1,0 +1,423 @@
+"""Payments: authorize, capture, void, refund, tokens and reads.
+
+The core decides (validation, state machine, postings); this module does the
+I/O around it in the order that keeps money safe:
+
+  authorize: claim key + payment 'processing' (commit)  ->  processor  ->
+             outcome + ledger + stored answer (commit)  ->  answer
+  capture / void / refund: one transaction holding the payment's row lock,
+             so two requests racing on one payment are serialized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import asyncpg
+import orjson
+
+import core_ext
+from core_ext.errors import CoreError
+from gateway import ledger
+from gateway.cards import CardVault
+from gateway.config import Settings
+from gateway.connectors import APPROVED, DECLINED, Connector, Outcome, ProcessorError
+from gateway.errors import ApiError, api_error, resource_missing
+from gateway.idempotency import Answer, Claim, IdempotencyStore, complete_key
+from gateway.ids import new_id
+
+states = core_ext.states
+log = logging.getLogger("kassa.payments")
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_payment(row: asyncpg.Record) -> dict:
+    return {
+        "id": row["id"],
+        "object": "payment",
+        "status": row["status"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "amount_capturable": row["amount_capturable"],
+        "amount_captured": row["amount_captured"],
+        "amount_refunded": row["amount_refunded"],
+        "capture": row["capture_method"],
+        "card": {
+            "brand": row["card_brand"],
+            "last4": row["card_last4"],
+            "exp_month": row["card_exp_month"],
+            "exp_year": row["card_exp_year"],
+            "fingerprint": row["card_fingerprint"],
+        },
+        "processor": row["processor"],
+        "processor_reference": row["processor_reference"],
+        "decline_code": row["decline_code"],
+        "reference": row["reference"],
+        "description": row["description"],
+        "metadata": orjson.loads(row["metadata"]),
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
+def render_refund(row: asyncpg.Record) -> dict:
+    return {
+        "id": row["id"],
+        "object": "refund",
+        "payment_id": row["payment_id"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "created": rfc3339(row["created_at"]),
+    }
+
+
+def render_token(token_id: str, card: dict) -> dict:
+    return {"id": token_id, "object": "token", "card": card}
+
+
+def json_answer(status: int, payload: object) -> Answer:
+    return Answer(status, orjson.dumps(payload))
+
+
+def answer_for_authorization(row: asyncpg.Record) -> Answer:
+    """The answer a settled authorization gives (and replays) for its payment row."""
+    status = row["status"]
+    if status == states.DECLINED:
+        return Answer.of_error(ApiError(
+            402, "card_error", "card_declined", "the card was declined",
+            decline_code=row["decline_code"], payment_id=row["id"],
+        ))
+    if status == states.FAILED:
+        return Answer.of_error(api_error(
+            502, "processor_error", "the processor failed to authorize the payment; "
+            "it is recorded as failed and no money moved", payment_id=row["id"],
+        ))
+    return json_answer(201, render_payment(row))
+
+
+@dataclass(frozen=True)
+class ResolvedCard:
+    number: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str
+    token_id: str | None
+
+
+INSERT_PAYMENT_SQL = """
+INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
+    card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
+    processor, reference, description, metadata, customer, idempotency_key)
+VALUES ($1, $2, 'processing', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+RETURNING *
+"""
+
+SETTLE_PAYMENT_SQL = """
+UPDATE payments
+   SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
+       processor_reference = coalesce($6, processor_reference), decline_code = $7,
+       authorized_at = CASE WHEN $2 IN ('authorized', 'captured') THEN now() END,
+       updated_at = now()
+ WHERE id = $1 AND status = 'processing'
+RETURNING *
+"""
+
+UPDATE_AMOUNTS_SQL = """
+UPDATE payments
+   SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
+       updated_at = now()
+ WHERE id = $1
+RETURNING *
+"""
+
+
+class PaymentService:
+    def __init__(self, pool: asyncpg.Pool, connector: Connector, vault: CardVault,
+                 idempotency: IdempotencyStore, settings: Settings) -> None:
+        self._pool = pool
+        self._connector = connector
+        self._vault = vault
+        self._idempotency = idempotency
+        self._processor_timeout_s = settings.processor_timeout_ms / 1000
+        self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
+
+    def _acquire(self):
+        return self._pool.acquire(timeout=self._acquire_timeout_s)
+
+    # --- tokens ---------------------------------------------------------------------
+
+    async def create_token(self, merchant_id: str, body: object, key: str | None) -> Answer:
+        today = datetime.now(timezone.utc)
+        card = core_ext.validation.validate_token(body, today.year, today.month)
+        claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/tokens", body)
+        if known:
+            return known
+        token_id = new_id("tok")
+        fingerprint = self._vault.fingerprint(merchant_id, card.number)
+        async with self._acquire() as conn, conn.transaction():
+            conflict = await self._idempotency.claim(conn, claim, None)
+            if conflict:
+                return conflict
+            await conn.execute(
+                """INSERT INTO tokens (id, merchant_id, brand, last4, exp_month, exp_year,
+                       fingerprint, holder_name, number_ciphertext)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                token_id, merchant_id, card.brand, card.last4, card.exp_month, card.exp_year,
+                fingerprint, card.holder_name, self._vault.encrypt_number(card.number, token_id),
+            )
+            answer = json_answer(201, render_token(token_id, {
+                "brand": card.brand, "last4": card.last4, "exp_month": card.exp_month,
+                "exp_year": card.exp_year, "fingerprint": fingerprint,
+            }))
+            await self._idempotency.complete(conn, claim, answer)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def _resolve_card(self, merchant_id: str, request: object) -> ResolvedCard:
+        card = request.card
+        if card is not None:
+            return ResolvedCard(card.number, card.brand, card.last4, card.exp_month,
+                                card.exp_year, self._vault.fingerprint(merchant_id, card.number),
+                                None)
+        row = await self._pool.fetchrow(
+            "SELECT * FROM tokens WHERE id = $1 AND merchant_id = $2", request.token, merchant_id
+        )
+        if row is None:
+            raise resource_missing("token", request.token, param="payment_method.token")
+        number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
+        return ResolvedCard(number, row["brand"], row["last4"], row["exp_month"],
+                            row["exp_year"], row["fingerprint"], row["id"])
+
+    # --- authorization ----------------------------------------------------------------
+
+    async def authorize(self, merchant_id: str, body: object, key: str | None) -> Answer:
+        today = datetime.now(timezone.utc)
+        request = core_ext.validation.validate_payment(body, today.year, today.month)
+        claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/payments", body)
+        if known:
+            return known
+        card = await self._resolve_card(merchant_id, request)
+        payment_id = new_id("pay")
+        async with self._acquire() as conn, conn.transaction():
+            conflict = await self._idempotency.claim(conn, claim, payment_id)
+            if conflict:
+                return conflict
+            row = await conn.fetchrow(
+                INSERT_PAYMENT_SQL, payment_id, merchant_id, request.amount, request.currency,
+                request.capture, card.brand, card.last4, card.exp_month, card.exp_year,
+                card.fingerprint, card.token_id, self._connector.name, request.reference,
+                request.description, orjson.dumps(request.metadata).decode(),
+                orjson.dumps(request.customer).decode() if request.customer else None,
+                key,
+            )
+        # The intent is durable: from here a crash leaves a 'processing' payment that
+        # recovery settles by asking the processor, never a charge without a record.
+        try:
+            outcome = await asyncio.wait_for(
+                self._connector.authorize(payment_id, card.number, request.amount,
+                                          request.currency),
+                self._processor_timeout_s,
+            )
+        except ProcessorError:
+            outcome = Outcome("failed")
+        except TimeoutError:
+            raise api_error(
+                504, "processor_timeout", "the processor did not answer in time; the outcome "
+                "is unknown and will be settled by recovery. Retry with the same "
+                "Idempotency-Key to get the final answer", payment_id=payment_id,
+            ) from None
+        answer = await self.settle(row, outcome)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def settle(self, row: asyncpg.Record, outcome: Outcome) -> Answer:
+        """Record a processor's outcome for a 'processing' payment (request path and recovery)."""
+        result = {APPROVED: "approved", DECLINED: "declined"}.get(outcome.result, "failed")
+        transitions = [states.settle_authorization(result, row["amount"])]
+        if transitions[0].status == states.AUTHORIZED and row["capture_method"] == "automatic":
+            if await self._auto_capture(row["id"], row["amount"]):
+                t = transitions[0]
+                transitions.append(states.capture(t.status, row["amount"], t.amount_capturable,
+                                                  t.amount_captured, t.amount_refunded, None))
+        final = transitions[-1]
+        async with self._acquire() as conn, conn.transaction():
+            settled = await conn.fetchrow(
+                SETTLE_PAYMENT_SQL, row["id"], final.status, final.amount_capturable,
+                final.amount_captured, final.amount_refunded, outcome.reference,
+                outcome.decline_code,
+            )
+            if settled is None:
+                # Someone else (recovery, another worker) settled it first: answer from
+                # the recorded state, post nothing twice.
+                current = await conn.fetchrow("SELECT * FROM payments WHERE id = $1", row["id"])
+                return answer_for_authorization(current)
+            for transition in transitions:
+                await ledger.post(conn, transition, merchant_id=row["merchant_id"],
+                                  payment_id=row["id"], processor=row["processor"],
+                                  currency=row["currency"])
+            answer = answer_for_authorization(settled)
+            if row["idempotency_key"] is not None:
+                await complete_key(conn, row["merchant_id"], row["idempotency_key"], answer,
+                                   row["id"])
+        return answer
+
+    async def _auto_capture(self, payment_id: str, amount: int) -> bool:
+        """Capture right after authorizing. If the processor fails here the payment stays
+        authorized (held, not taken), which the merchant can capture or void later."""
+        try:
+            await asyncio.wait_for(self._connector.capture(payment_id, amount),
+                                   self._processor_timeout_s)
+        except (ProcessorError, TimeoutError):
+            log.warning("automatic capture of %s failed; it stays authorized", payment_id)
+            return False
+        return True
+
+    # --- capture, void, refund --------------------------------------------------------
+
+    async def capture(self, merchant_id: str, payment_id: str, body: object,
+                      key: str | None) -> Answer:
+        requested = core_ext.validation.validate_capture(body)
+        return await self._change(merchant_id, payment_id, "capture", requested, None, body, key)
+
+    async def void(self, merchant_id: str, payment_id: str, body: object,
+                   key: str | None) -> Answer:
+        core_ext.validation.validate_void(body)
+        return await self._change(merchant_id, payment_id, "void", None, None, body, key)
+
+    async def refund(self, merchant_id: str, payment_id: str, body: object,
+                     key: str | None) -> Answer:
+        requested, reason = core_ext.validation.validate_refund(body)
+        return await self._change(merchant_id, payment_id, "refund", requested, reason, body, key)
+
+    async def _change(self, merchant_id: str, payment_id: str, operation: str,
+                      requested: int | None, reason: str | None, body: object,
+                      key: str | None) -> Answer:
+        path = f"/v1/payments/{payment_id}/{'refunds' if operation == 'refund' else operation}"
+        claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
+        if known:
+            return known
+        async with self._acquire() as conn, conn.transaction():
+            conflict = await self._idempotency.claim(conn, claim, payment_id)
+            if conflict:
+                return conflict
+            row = await conn.fetchrow(
+                "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE",
+                payment_id, merchant_id,
+            )
+            if row is None:
+                raise resource_missing("payment", payment_id)
+            try:
+                transition = _transition(operation, row, requested)
+            except CoreError as exc:
+                # The key was claimed and the request judged: the verdict is the answer.
+                answer = Answer.of_error(ApiError.from_core(exc))
+            else:
+                answer = await self._apply(conn, row, operation, transition, reason)
+            await self._idempotency.complete(conn, claim, answer)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record, operation: str,
+                     transition: object, reason: str | None) -> Answer:
+        refund_id = new_id("re") if operation == "refund" else None
+        await self._call_processor(operation, row["id"], refund_id, transition.amount)
+        updated = await conn.fetchrow(
+            UPDATE_AMOUNTS_SQL, row["id"], transition.status, transition.amount_capturable,
+            transition.amount_captured, transition.amount_refunded,
+        )
+        refund_row = None
+        if refund_id is not None:
+            refund_row = await conn.fetchrow(
+                """INSERT INTO refunds (id, merchant_id, payment_id, amount, currency, status,
+                       reason) VALUES ($1, $2, $3, $4, $5, 'succeeded', $6) RETURNING *""",
+                refund_id, row["merchant_id"], row["id"], transition.amount, row["currency"],
+                reason,
+            )
+        await ledger.post(conn, transition, merchant_id=row["merchant_id"], payment_id=row["id"],
+                          processor=row["processor"], currency=row["currency"],
+                          refund_id=refund_id)
+        if refund_row is not None:
+            return json_answer(201, render_refund(refund_row))
+        return json_answer(200, render_payment(updated))
+
+    async def _call_processor(self, operation: str, payment_id: str, refund_id: str | None,
+                              amount: int) -> None:
+        if operation == "capture":
+            call = self._connector.capture(payment_id, amount)
+        elif operation == "void":
+            call = self._connector.void(payment_id, amount)
+        else:
+            call = self._connector.refund(payment_id, refund_id, amount)
+        try:
+            await asyncio.wait_for(call, self._processor_timeout_s)
+        except (ProcessorError, TimeoutError):
+            raise api_error(502, "processor_error", f"the processor failed to {operation}; "
+                            "nothing changed, retry with the same Idempotency-Key",
+                            payment_id=payment_id) from None
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get_payment(self, merchant_id: str, payment_id: str) -> dict:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id
+        )
+        if row is None:
+            raise resource_missing("payment", payment_id)
+        return render_payment(row)
+
+    async def list_payments(self, merchant_id: str, query: object) -> dict:
+        limit, starting_after, status = core_ext.validation.validate_list_query(query)
+        cursor = None
+        if starting_after is not None:
+            cursor = await self._pool.fetchrow(
+                "SELECT created_at, id FROM payments WHERE id = $1 AND merchant_id = $2",
+                starting_after, merchant_id,
+            )
+            if cursor is None:
+                raise resource_missing("payment", starting_after, param="starting_after")
+        rows = await self._pool.fetch(
+            """SELECT * FROM payments
+                WHERE merchant_id = $1
+                  AND ($2::text IS NULL OR status = $2)
+                  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+                ORDER BY created_at DESC, id DESC
+                LIMIT $5""",
+            merchant_id, status, cursor["created_at"] if cursor else None,
+            cursor["id"] if cursor else None, limit + 1,
+        )
+        return {
+            "object": "list",
+            "data": [render_payment(row) for row in rows[:limit]],
+            "has_more": len(rows) > limit,
+        }
+
+    async def get_refund(self, merchant_id: str, refund_id: str) -> dict:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM refunds WHERE id = $1 AND merchant_id = $2", refund_id, merchant_id
+        )
+        if row is None:
+            raise resource_missing("refund", refund_id)
+        return render_refund(row)
+
+    async def balance(self, merchant_id: str) -> dict:
+        return {"object": "balance", "currencies": await ledger.balance(self._pool, merchant_id)}
+
+
+def _transition(operation: str, row: asyncpg.Record, requested: int | None) -> object:
+    amounts = (row["status"], row["amount"], row["amount_capturable"], row["amount_captured"],
+               row["amount_refunded"])
+    if operation == "capture":
+        return states.capture(*amounts, requested)
+    if operation == "void":
+        return states.void(*amounts)
+    return states.refund(*amounts, requested)

@@ -1,0 +1,103 @@
+"""Background work every worker runs; ``FOR UPDATE SKIP LOCKED`` keeps workers apart.
+
+- Recovery: a payment still 'processing' after ``recovery_after_s`` lost its
+  answer (timeout, crash). Ask the processor what happened and settle it,
+  which also completes its Idempotency-Key with the settled answer.
+- Expiry: authorizations not captured within ``authorization_ttl_s`` expire.
+- Sweep: idempotency keys past retention are deleted in bounded batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+import core_ext
+from gateway import ledger
+from gateway.config import Settings
+from gateway.connectors import NOT_FOUND, Connector, Outcome
+from gateway.idempotency import sweep_expired
+from gateway.payments import PaymentService
+
+log = logging.getLogger("kassa.recovery")
+
+BATCH_ROWS_MAX = 100  # payments handled per pass, so one pass stays short
+
+
+@dataclass
+class PassResult:
+    recovered: int = 0
+    expired: int = 0
+    swept: int = 0
+
+
+async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
+                             connector: Connector, older_than_s: int) -> int:
+    rows = await pool.fetch(
+        """SELECT * FROM payments
+            WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
+            ORDER BY updated_at LIMIT $2""",
+        float(older_than_s), BATCH_ROWS_MAX,
+    )
+    settled = 0
+    for row in rows:
+        outcome = await connector.status(row["id"])
+        if outcome.result == NOT_FOUND:
+            # The processor never saw it (we died before the call): nothing was charged.
+            outcome = Outcome("failed")
+        await service.settle(row, outcome)
+        settled += 1
+        log.info("recovered payment %s as %s", row["id"], outcome.result)
+    return settled
+
+
+async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
+    expired = 0
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT * FROM payments
+                WHERE status = 'authorized' AND authorized_at < now() - make_interval(secs => $1)
+                ORDER BY authorized_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            float(ttl_s), BATCH_ROWS_MAX,
+        )
+        for row in rows:
+            transition = core_ext.states.expire(
+                row["status"], row["amount"], row["amount_capturable"], row["amount_captured"],
+                row["amount_refunded"],
+            )
+            await conn.execute(
+                """UPDATE payments SET status = $2, amount_capturable = $3, updated_at = now()
+                    WHERE id = $1""",
+                row["id"], transition.status, transition.amount_capturable,
+            )
+            await ledger.post(conn, transition, merchant_id=row["merchant_id"],
+                              payment_id=row["id"], processor=row["processor"],
+                              currency=row["currency"])
+            expired += 1
+    return expired
+
+
+async def run_once(pool: asyncpg.Pool, service: PaymentService, connector: Connector,
+                   settings: Settings) -> PassResult:
+    result = PassResult()
+    result.recovered = await recover_processing(pool, service, connector,
+                                                settings.recovery_after_s)
+    result.expired = await expire_authorizations(pool, settings.authorization_ttl_s)
+    result.swept = await sweep_expired(pool, settings.idempotency_retention_s)
+    return result
+
+
+async def run_forever(pool: asyncpg.Pool, service: PaymentService, connector: Connector,
+                      settings: Settings) -> None:
+    while True:
+        try:
+            await run_once(pool, service, connector, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The database may be restarting; the next pass retries.
+            log.exception("background pass failed")
+        await asyncio.sleep(settings.recovery_interval_s)

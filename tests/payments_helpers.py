@@ -1,0 +1,57 @@
+"""Request builders shared by the HTTP tests."""
+
+from __future__ import annotations
+
+import copy
+
+APPROVED_VISA = "4242424242424242"
+APPROVED_MASTERCARD = "5555555555554444"
+APPROVED_AMEX = "378282246310005"
+DECLINES = {
+    "4000000000000002": "generic_decline",
+    "4000000000009995": "insufficient_funds",
+    "4000000000009987": "lost_card",
+    "4000000000000069": "expired_card",
+    "4000000000000127": "incorrect_cvc",
+}
+ERROR_CARD = "4000000000000119"
+TIMEOUT_CARD = "4000000000000259"
+
+
+def card(number: str = APPROVED_VISA, **changes: object) -> dict:
+    cvc = "1234" if number.startswith(("34", "37")) else "123"
+    return {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": cvc, **changes}
+
+
+def payment_body(number: str = APPROVED_VISA, **changes: object) -> dict:
+    body = {
+        "amount": 1999,
+        "currency": "eur",
+        "capture": "manual",
+        "payment_method": {"type": "card", "card": card(number)},
+        "reference": "order-1001",
+        "description": "2 items",
+        "metadata": {"cart": "c_77"},
+    }
+    body.update(copy.deepcopy(changes))
+    return body
+
+
+async def post(client, path: str, merchant, body: object = None, key: str | None = None):
+    headers = dict(merchant.headers)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    response = await client.post(path, json=body, headers=headers)
+    return response.status, await response.json(), response
+
+
+async def get(client, path: str, merchant):
+    response = await client.get(path, headers=merchant.headers)
+    return response.status, await response.json()
+
+
+async def authorize(client, merchant, number: str = APPROVED_VISA, key: str | None = None,
+                    **changes: object) -> tuple[int, dict]:
+    status, body, _ = await post(client, "/v1/payments", merchant,
+                                 payment_body(number, **changes), key)
+    return status, body

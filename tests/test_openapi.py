@@ -1,0 +1,473 @@
+"""The OpenAPI document is valid, covers every route, and is true of the running server.
+
+Every request the contract tests send goes through ``Contract.call``, which validates the
+request body and parameters against the operation the document declares, then validates the
+answer (status, content type, headers, body) against the response declared for that status.
+An answer whose status the document does not declare fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from gateway.openapi import DOCUMENT, ERROR_CODES
+from tests.payments_helpers import APPROVED_VISA, ERROR_CARD, TIMEOUT_CARD, card, payment_body
+
+DOC_URI = "urn:kassa:openapi"
+REGISTRY = Registry().with_resource(DOC_URI, DRAFT202012.create_resource(DOCUMENT))
+RESOLVER = REGISTRY.resolver(base_uri=DOC_URI)
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+DECLINE_CARD = "4000000000000002"
+NO_BODY = object()
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+FORMATS = jsonschema.FormatChecker()
+
+
+@FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(value: object) -> bool:
+    # jsonschema only checks date-time with an optional package; check it here, always.
+    if not isinstance(value, str):
+        return True
+    if not RFC3339.match(value):
+        return False
+    datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return True
+
+
+# --- reading the document -----------------------------------------------------------------
+
+
+def escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def pointer(*tokens: str) -> str:
+    return "".join("/" + escape(str(token)) for token in tokens)
+
+
+def deref(node: dict) -> dict:
+    """An OpenAPI object, following its ``$ref`` (parameters, responses, headers)."""
+    while "$ref" in node:
+        node = RESOLVER.lookup(node["$ref"]).contents
+    return node
+
+
+def schema_errors(instance: object, schema_pointer: str) -> list[str]:
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": f"{DOC_URI}#{schema_pointer}"}, registry=REGISTRY, format_checker=FORMATS)
+    return [f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+            for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.path))]
+
+
+def assert_valid(instance: object, schema_pointer: str, what: str) -> None:
+    errors = schema_errors(instance, schema_pointer)
+    assert not errors, f"{what} does not match {schema_pointer}:\n  " + "\n  ".join(errors)
+
+
+def operation(path: str, method: str) -> dict:
+    assert path in DOCUMENT["paths"], f"{path} is not documented"
+    assert method in DOCUMENT["paths"][path], f"{method.upper()} {path} is not documented"
+    return DOCUMENT["paths"][path][method]
+
+
+def operations() -> Iterator[tuple[str, str, dict]]:
+    for path, item in DOCUMENT["paths"].items():
+        for method, op in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, op
+
+
+def walk(node: object, at: tuple = ()) -> Iterator[tuple[tuple, object]]:
+    yield at, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, (*at, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, (*at, index))
+
+
+def parameters_of(op: dict) -> dict[tuple[str, str], dict]:
+    return {(p["in"], p["name"]): p for p in map(deref, op.get("parameters", []))}
+
+
+# --- the document itself ------------------------------------------------------------------
+
+
+def test_document_header():
+    assert DOCUMENT["openapi"] == "3.1.0"
+    info = DOCUMENT["info"]
+    assert info["title"] and info["version"]
+    assert "integers in the currency's minor unit" in info["description"]
+    bearer = DOCUMENT["components"]["securitySchemes"]["bearerAuth"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
+
+
+def test_every_ref_resolves():
+    refs = [(at, node["$ref"]) for at, node in walk(DOCUMENT)
+            if isinstance(node, dict) and isinstance(node.get("$ref"), str)]
+    refs += [(at, target) for at, node in walk(DOCUMENT)
+             if at and at[-1] == "mapping" for target in node.values()]  # discriminators
+    assert len(refs) > 50
+    for at, target in refs:
+        try:
+            RESOLVER.lookup(target)
+        except Exception as exc:  # noqa: BLE001 - name the broken reference
+            pytest.fail(f"{'/'.join(map(str, at))}: $ref {target!r} does not resolve: {exc!r}")
+
+
+def test_every_schema_is_valid_draft_2020_12():
+    schemas = dict(DOCUMENT["components"]["schemas"])
+    for at, node in walk(DOCUMENT["paths"]):  # inline schemas of parameters and media types
+        if at and at[-1] == "schema":
+            schemas["/".join(map(str, at))] = node
+    for name, parameter in DOCUMENT["components"]["parameters"].items():
+        schemas[f"parameters/{name}"] = parameter["schema"]
+    for name, header in DOCUMENT["components"]["headers"].items():
+        schemas[f"headers/{name}"] = header["schema"]
+    for name, schema in schemas.items():
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            pytest.fail(f"schema {name} is not valid Draft 2020-12: {exc.message}")
+
+
+def test_operations_are_well_formed():
+    operation_ids = [op["operationId"] for _, _, op in operations()]
+    assert len(operation_ids) == len(set(operation_ids)), "operationIds must be unique"
+    for path, method, op in operations():
+        where = f"{method.upper()} {path}"
+        params = parameters_of(op)
+        for name in re.findall(r"{(\w+)}", path):
+            assert params.get(("path", name), {}).get("required") is True, where
+        assert {n for (kind, n) in params if kind == "path"} == set(re.findall(r"{(\w+)}", path))
+        assert op["responses"], where
+        for status, answer in op["responses"].items():
+            answer = deref(answer)
+            assert answer["description"], f"{where} {status}"
+            assert re.fullmatch(r"[1-5]\d\d", status), f"{where} {status}"
+            if status in ("429", "503") and path.startswith("/v1/"):
+                assert "Retry-After" in answer.get("headers", {}), f"{where} {status}"
+        if path.startswith("/v1/"):
+            assert op["security"] == [{"bearerAuth": []}], where
+            assert "401" in op["responses"], where
+        if method == "post":
+            assert ("header", "Idempotency-Key") in params, where
+            assert "requestBody" in op, where
+            success = next(s for s in op["responses"] if s.startswith("2"))
+            assert "Idempotent-Replayed" in deref(op["responses"][success])["headers"], where
+
+
+def test_error_codes_and_enums_are_documented():
+    error = DOCUMENT["components"]["schemas"]["Error"]["properties"]["error"]
+    description = error["properties"]["code"]["description"]
+    for code in ERROR_CODES:
+        assert f"`{code}`" in description
+    for nullable in ("param", "decline_code", "payment_id"):
+        assert error["properties"][nullable]["type"] == ["string", "null"]
+    assert set(error["required"]) == {"type", "code", "message", "param", "decline_code",
+                                      "payment_id"}
+
+
+def test_payment_statuses_match_the_core():
+    import core_ext
+
+    schemas = DOCUMENT["components"]["schemas"]
+    assert schemas["PaymentStatus"]["enum"] == list(core_ext.states.STATUSES)
+    assert DOCUMENT["components"]["parameters"]["Status"]["schema"] == {
+        "$ref": "#/components/schemas/PaymentStatus"}
+
+
+def request_schema(path: str, method: str) -> str:
+    return pointer("paths", path, method, "requestBody", "content", "application/json", "schema")
+
+
+@pytest.mark.parametrize("body,valid", [
+    (payment_body(), True),
+    (payment_body(capture="automatic", customer={"email": "ada@example.com",
+                                                 "ip": "203.0.113.9"}), True),
+    (payment_body(payment_method={"type": "token", "token": "tok_abc"}), True),
+    (payment_body(amout=1), False),
+    (payment_body(amount=0), False),
+    (payment_body(amount=100_000_000), False),
+    (payment_body(amount=19.99), False),
+    (payment_body(currency="euro"), False),
+    (payment_body(capture="later"), False),
+    (payment_body(metadata={f"k{i}": "v" for i in range(21)}), False),
+    (payment_body(metadata={"k" * 41: "v"}), False),
+    (payment_body(metadata={"k": "v" * 501}), False),
+    (payment_body(metadata={"k": 1}), False),
+    (payment_body(payment_method={"type": "card", "card": card(cvc="12")}), False),
+    (payment_body(payment_method={"type": "card", "card": card(exp_month=13)}), False),
+    (payment_body(payment_method={"type": "card", "card": card(pin="0000")}), False),
+    (payment_body(payment_method={"type": "token", "token": "tok_abc", "card": card()}), False),
+    (payment_body(customer={"email": "ada@example.com", "phone": "1"}), False),
+    (payment_body(reference="r" * 256), False),
+])
+def test_payment_request_schema(body, valid):
+    assert (not schema_errors(body, request_schema("/v1/payments", "post"))) is valid
+
+
+# --- the document against the running app -------------------------------------------------
+
+
+async def test_every_route_is_documented_and_every_documented_route_exists(client):
+    routed = set()
+    for route in client.app.router.routes():
+        if route.method == "HEAD":
+            continue
+        routed.add((route.resource.canonical, route.method.lower()))
+    documented = {(path, method) for path, method, _ in operations()}
+    assert routed - documented == set(), "routes the document does not describe"
+    assert documented - routed == set(), "documented operations the app does not serve"
+
+
+class Contract:
+    """Send requests and hold both sides of each exchange to the document."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    async def call(self, method: str, path: str, merchant=None, *, body: object = NO_BODY,
+                   data: bytes | None = None, params: dict | None = None,
+                   key: str | None = None, headers: dict | None = None,
+                   request_valid: bool = True, **path_values: str):
+        op = operation(path, method)
+        self.check_request(op, path, method, body, params or {}, key, request_valid)
+        sent = dict(merchant.headers if merchant else {}, **(headers or {}))
+        if key is not None:
+            sent["Idempotency-Key"] = key
+        kwargs: dict[str, Any] = {"headers": sent, "params": params}
+        if body is not NO_BODY:
+            kwargs["data"] = orjson.dumps(body)
+            sent["Content-Type"] = "application/json"
+        elif data is not None:
+            kwargs["data"] = data
+            sent["Content-Type"] = "application/json"
+        url = path.format(**path_values)
+        async with self.client.request(method.upper(), url, **kwargs) as response:
+            raw = await response.read()
+            payload = self.check_response(op, path, method, response, raw)
+        return response.status, payload, response.headers
+
+    def check_request(self, op: dict, path: str, method: str, body: object, params: dict,
+                      key: str | None, request_valid: bool) -> None:
+        declared = parameters_of(op)
+        for name, value in params.items():
+            assert ("query", name) in declared, f"{method.upper()} {path}: ?{name} undocumented"
+        problems = []
+        for (kind, name), parameter in declared.items():
+            at = pointer(*self.parameter_location(op, path, method, kind, name), "schema")
+            if kind == "query" and name in params:
+                value = params[name]
+                if parameter["schema"].get("type") == "integer":
+                    value = int(value) if re.fullmatch(r"-?\d+", str(value)) else value
+                problems += schema_errors(value, at)
+            elif kind == "query" and parameter.get("required"):
+                problems.append(f"query parameter {name} is required")
+            elif kind == "header" and name == "Idempotency-Key" and key is not None:
+                problems += schema_errors(key, at)
+        if body is not NO_BODY:
+            assert "requestBody" in op, f"{method.upper()} {path} documents no request body"
+            problems += schema_errors(body, request_schema(path, method))
+        if request_valid:
+            assert not problems, f"request to {method.upper()} {path} breaks the document: " \
+                                 f"{problems}"
+        else:
+            assert problems, f"the document accepts the invalid request to {method.upper()} {path}"
+
+    @staticmethod
+    def parameter_location(op: dict, path: str, method: str, kind: str, name: str) -> tuple:
+        for index, parameter in enumerate(op.get("parameters", [])):
+            if "$ref" in parameter:
+                resolved = deref(parameter)
+                if (resolved["in"], resolved["name"]) == (kind, name):
+                    return ("components", "parameters", parameter["$ref"].rsplit("/", 1)[1])
+            elif (parameter["in"], parameter["name"]) == (kind, name):
+                return ("paths", path, method, "parameters", index)
+        raise AssertionError(f"no parameter {kind} {name}")
+
+    def check_response(self, op: dict, path: str, method: str, response, raw: bytes) -> object:
+        where = f"{method.upper()} {path} answered {response.status}"
+        status = str(response.status)
+        assert status in op["responses"], (
+            f"{where}, which the document does not declare (it declares "
+            f"{sorted(op['responses'])}); body: {raw[:500]!r}")
+        answer = deref(op["responses"][status])
+        assert response.content_type in answer["content"], f"{where} as {response.content_type}"
+        for header in ("Idempotent-Replayed", "Retry-After"):
+            if header in response.headers:
+                assert header in answer.get("headers", {}), f"{where} with undocumented {header}"
+                value: object = response.headers[header]
+                schema = deref(answer["headers"][header])["schema"]
+                if schema.get("type") == "integer":
+                    value = int(value)
+                assert jsonschema.Draft202012Validator(schema).is_valid(value), (where, header)
+        if response.content_type != "application/json":
+            return raw.decode()
+        payload = orjson.loads(raw)
+        assert_valid(payload, pointer("paths", path, method, "responses", status, "content",
+                                      response.content_type, "schema"), f"{where}: {payload}")
+        return payload
+
+
+@pytest.fixture
+def api(client) -> Contract:
+    return Contract(client)
+
+
+async def test_served_document(api):
+    status, served, _ = await api.call("get", "/openapi.json")
+    assert status == 200 and served == DOCUMENT
+
+
+async def test_operations_endpoints(api):
+    assert (await api.call("get", "/healthz"))[:2] == (200, {"status": "ok"})
+    status, ready, _ = await api.call("get", "/readyz")
+    assert status == 200 and ready["status"] == "ready"
+
+
+async def test_payment_lifecycle_contract(api, merchant):
+    call = api.call
+    # Manual capture, and its Idempotency-Key replayed and then reused with another body.
+    manual = payment_body(APPROVED_VISA, capture="manual")
+    status, held, _ = await call("post", "/v1/payments", merchant, body=manual, key="k-manual")
+    assert (status, held["status"]) == (201, "authorized"), held
+    status, again, headers = await call("post", "/v1/payments", merchant, body=manual,
+                                        key="k-manual")
+    assert (status, again, headers.get("Idempotent-Replayed")) == (201, held, "true")
+    status, error, _ = await call("post", "/v1/payments", merchant,
+                                  body=payment_body(amount=2999), key="k-manual")
+    assert (status, error["error"]["code"]) == (422, "idempotency_key_reused")
+    assert error["error"]["type"] == "idempotency_error"
+
+    status, auto, _ = await call("post", "/v1/payments", merchant,
+                                 body=payment_body(capture="automatic"), key="k-auto")
+    assert (status, auto["status"], auto["amount_captured"]) == (201, "captured", 1999)
+
+    # A token, and a payment with it.
+    status, token, _ = await call("post", "/v1/tokens", merchant,
+                                  body={"card": card(holder_name="Ada Lovelace")}, key="k-tok")
+    assert (status, token["card"]["last4"]) == (201, "4242"), token
+    by_token = payment_body(payment_method={"type": "token", "token": token["id"]},
+                            capture="automatic")
+    status, paid, _ = await call("post", "/v1/payments", merchant, body=by_token)
+    assert (status, paid["status"], paid["card"]) == (201, "captured", token["card"])
+
+    # Capture part of the manual payment, refund part of that, read both back.
+    status, captured, _ = await call("post", "/v1/payments/{id}/capture", merchant,
+                                     body={"amount": 1500}, key="k-cap", id=held["id"])
+    assert (status, captured["status"], captured["amount_captured"]) == (200, "captured", 1500)
+    status, refund, _ = await call(
+        "post", "/v1/payments/{id}/refunds", merchant, id=held["id"], key="k-ref",
+        body={"amount": 500, "reason": "requested_by_customer"})
+    assert (status, refund["amount"], refund["payment_id"]) == (201, 500, held["id"]), refund
+    status, read, _ = await call("get", "/v1/refunds/{id}", merchant, id=refund["id"])
+    assert (status, read) == (200, refund)
+    status, payment, _ = await call("get", "/v1/payments/{id}", merchant, id=held["id"])
+    assert (status, payment["status"], payment["amount_refunded"]) == (
+        200, "partially_refunded", 500)
+
+    # Void another authorization; voiding a captured payment is an illegal move.
+    status, other, _ = await call("post", "/v1/payments", merchant, body=payment_body())
+    assert status == 201
+    status, voided, _ = await call("post", "/v1/payments/{id}/void", merchant, id=other["id"],
+                                   key="k-void")
+    assert (status, voided["status"], voided["amount_capturable"]) == (200, "voided", 0)
+    status, error, _ = await call("post", "/v1/payments/{id}/void", merchant, id=auto["id"])
+    assert (status, error["error"]["code"]) == (409, "payment_state_invalid"), error
+
+    # Lists: a page, the next page, a status filter.
+    status, page, _ = await call("get", "/v1/payments", merchant, params={"limit": "2"})
+    assert (status, len(page["data"]), page["has_more"]) == (200, 2, True)
+    assert [p["id"] for p in page["data"]] == [other["id"], paid["id"]]
+    status, rest, _ = await call("get", "/v1/payments", merchant,
+                                 params={"limit": "10", "starting_after": paid["id"]})
+    assert (status, [p["id"] for p in rest["data"]], rest["has_more"]) == (
+        200, [auto["id"], held["id"]], False)
+    status, listed, _ = await call("get", "/v1/payments", merchant,
+                                   params={"status": "voided"})
+    assert (status, [p["id"] for p in listed["data"]]) == (200, [other["id"]])
+
+    # 1500 - 500 + 1999 + 1999 available; nothing held (the void released its hold).
+    status, balance, _ = await call("get", "/v1/balance", merchant)
+    assert (status, balance["currencies"]) == (
+        200, [{"currency": "EUR", "pending": 0, "available": 4998}])
+
+
+async def test_declines_and_processor_errors_contract(api, merchant):
+    status, error, _ = await api.call("post", "/v1/payments", merchant, key="k-decline",
+                                      body=payment_body(DECLINE_CARD))
+    assert status == 402, error
+    assert (error["error"]["type"], error["error"]["code"], error["error"]["decline_code"]) == (
+        "card_error", "card_declined", "generic_decline")
+    status, declined, _ = await api.call("get", "/v1/payments/{id}", merchant,
+                                         id=error["error"]["payment_id"])
+    assert (status, declined["status"], declined["decline_code"]) == (
+        200, "declined", "generic_decline")
+    status, again, headers = await api.call("post", "/v1/payments", merchant, key="k-decline",
+                                            body=payment_body(DECLINE_CARD))
+    assert (status, again, headers.get("Idempotent-Replayed")) == (402, error, "true")
+
+    status, error, _ = await api.call("post", "/v1/payments", merchant,
+                                      body=payment_body(ERROR_CARD))
+    assert (status, error["error"]["type"], error["error"]["code"]) == (
+        502, "api_error", "processor_error"), error
+    status, failed, _ = await api.call("get", "/v1/payments/{id}", merchant,
+                                       id=error["error"]["payment_id"])
+    assert (status, failed["status"]) == (200, "failed")
+
+
+async def test_processor_timeout_contract(app_factory, merchant):
+    api = Contract(await app_factory(processor_timeout_ms=100))
+    body = payment_body(TIMEOUT_CARD)
+    status, error, _ = await api.call("post", "/v1/payments", merchant, body=body, key="k-slow")
+    assert (status, error["error"]["code"]) == (504, "processor_timeout"), error
+    status, error, _ = await api.call("post", "/v1/payments", merchant, body=body, key="k-slow")
+    assert (status, error["error"]["code"]) == (409, "idempotency_key_in_use"), error
+
+
+async def test_client_errors_contract(api, merchant, other_merchant):
+    async def expect(status: int, type_: str, code: str, *args: Any, **kwargs: Any) -> dict:
+        got, body, _ = await api.call(*args, **kwargs)
+        assert (got, body["error"]["type"], body["error"]["code"]) == (status, type_, code), body
+        return body["error"]
+
+    invalid = "invalid_request_error"
+    error = await expect(400, invalid, "parameter_unknown", "post", "/v1/payments", merchant,
+                         body=payment_body(amout=1), request_valid=False)
+    assert error["param"] == "amout"
+    await expect(400, invalid, "invalid_json", "post", "/v1/payments", merchant, data=b"{")
+    await expect(400, invalid, "parameter_invalid", "get", "/v1/payments", merchant,
+                 params={"limit": "0"}, request_valid=False)
+    await expect(400, invalid, "parameter_invalid", "post", "/v1/payments", merchant,
+                 body=payment_body(), key="k" * 256, request_valid=False)
+    await expect(413, invalid, "request_too_large", "post", "/v1/tokens", merchant,
+                 data=b'{"card": "' + b"x" * (70 * 1024) + b'"}')
+
+    await expect(401, "authentication_error", "api_key_missing", "get", "/v1/balance")
+    await expect(401, "authentication_error", "api_key_invalid", "get", "/v1/balance",
+                 headers={"Authorization": "Bearer sk_test_not_a_key"})
+
+    await expect(404, invalid, "resource_missing", "get", "/v1/payments/{id}", merchant,
+                 id="pay_doesnotexist")
+    await expect(404, invalid, "resource_missing", "get", "/v1/refunds/{id}", merchant,
+                 id="re_doesnotexist")
+    await expect(404, invalid, "resource_missing", "post", "/v1/payments/{id}/capture",
+                 merchant, id="pay_doesnotexist", body={})
+    status, payment, _ = await api.call("post", "/v1/payments", merchant, body=payment_body())
+    assert status == 201
+    await expect(404, invalid, "resource_missing", "get", "/v1/payments/{id}", other_merchant,
+                 id=payment["id"])
+    await expect(400, invalid, "amount_too_large", "post", "/v1/payments/{id}/capture",
+                 merchant, id=payment["id"], body={"amount": 2000})

@@ -1,0 +1,64 @@
+"""Operational endpoints, authentication, and the error model's edges."""
+
+import orjson
+
+from gateway import database
+
+
+async def test_healthz_and_readyz(client):
+    response = await client.get("/healthz")
+    assert response.status == 200
+    response = await client.get("/readyz")
+    assert response.status == 200
+    body = await response.json()
+    assert body["schema_version"] == database.LATEST_VERSION
+
+
+async def test_readyz_fails_when_migrations_are_not_current(client, monkeypatch):
+    # This Kassa expects a schema one version newer than the database has.
+    monkeypatch.setattr(database, "LATEST_VERSION", database.LATEST_VERSION + 1)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["reason"] == "migrations not current"
+
+
+async def test_openapi_document_is_served(client):
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    document = orjson.loads(await response.read())
+    assert document["openapi"].startswith("3.")
+    assert "/v1/payments" in document["paths"]
+
+
+async def test_v1_requires_a_key(client):
+    response = await client.get("/v1/balance")
+    assert response.status == 401
+    error = (await response.json())["error"]
+    assert (error["type"], error["code"]) == ("authentication_error", "api_key_missing")
+
+
+async def test_wrong_key_is_refused(client, merchant):
+    response = await client.get("/v1/balance", headers={"Authorization": "Bearer sk_nope"})
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "api_key_invalid"
+
+
+async def test_created_key_authenticates(client, merchant):
+    response = await client.get("/v1/balance", headers=merchant.headers)
+    assert response.status == 200
+
+
+async def test_unknown_route_is_a_json_404(client, merchant):
+    response = await client.get("/v1/nothing-here", headers=merchant.headers)
+    assert response.status == 404
+    error = (await response.json())["error"]
+    assert error["code"] == "resource_missing"
+
+
+async def test_oversized_body_is_413(client, merchant):
+    response = await client.post(
+        "/v1/payments", data=b"{" + b" " * (70 * 1024) + b"}",
+        headers={**merchant.headers, "Content-Type": "application/json"},
+    )
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "request_too_large"
