@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,7 +37,10 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        import pgserver  # imported lazily: only needed without DATABASE_URL
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+            warnings.simplefilter("ignore", UserWarning)
+            import pgserver  # imported lazily: only needed without DATABASE_URL
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -31,3 +31,5 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pgserver narrates every pg_ctl call at info; its warnings and errors still show.
+    logging.getLogger("pgserver").setLevel(max(root.level, logging.WARNING))
