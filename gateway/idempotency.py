@@ -8,7 +8,9 @@ from it: replayed, ``409 idempotency_key_in_use`` or ``422 idempotency_key_reuse
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -29,6 +31,8 @@ class Answer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # False for answers about the key itself (in use, reused): never stored or cached.
+    storable: bool = True
 
     @classmethod
     def of_error(cls, error: ApiError) -> Answer:
@@ -57,17 +61,21 @@ def replayed(status: int, body: bytes) -> Answer:
 
 
 def key_in_use() -> Answer:
-    return Answer.of_error(ApiError(
+    answer = Answer.of_error(ApiError(
         409, "idempotency_error", "idempotency_key_in_use",
         "a request with this Idempotency-Key is still in progress; retry later",
     ))
+    answer.storable = False
+    return answer
 
 
 def key_reused() -> Answer:
-    return Answer.of_error(ApiError(
+    answer = Answer.of_error(ApiError(
         422, "idempotency_error", "idempotency_key_reused",
         "this Idempotency-Key was used with a different request",
     ))
+    answer.storable = False
+    return answer
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,22 @@ class IdempotencyStore:
             return None, replayed(*stored)
         if verdict == core_ext.idempotency.REUSED:
             return None, key_reused()
+        if verdict == core_ext.idempotency.IN_FLIGHT:
+            # This process is executing that key right now: no need to ask the database.
+            return None, key_in_use()
         return Claim(merchant_id, key, fingerprint), None
+
+    @contextlib.contextmanager
+    def guard(self, claim: Claim | None) -> Iterator[None]:
+        """Around a claimed request: if it ends without a stored answer (an error, a
+        timeout, a rollback), forget the in-process in-flight mark; the database's
+        claim stays the truth and recovery or a retry settles it."""
+        try:
+            yield
+        except BaseException:
+            if claim is not None:
+                self._cache.discard(claim.merchant_id, claim.key)
+            raise
 
     async def claim(self, conn: asyncpg.Connection, claim: Claim | None,
                     payment_id: str | None) -> Answer | None:
@@ -107,6 +130,7 @@ class IdempotencyStore:
             claim.merchant_id, claim.key, claim.fingerprint, payment_id,
         )
         if inserted:
+            self._cache.begin(claim.merchant_id, claim.key, claim.fingerprint, self._now())
             return None
         row = await conn.fetchrow(
             """SELECT fingerprint, state, response_status, response_body FROM idempotency_keys
@@ -131,7 +155,7 @@ class IdempotencyStore:
         await complete_key(conn, claim.merchant_id, claim.key, answer, payment_id)
 
     def remember(self, claim: Claim | None, answer: Answer) -> None:
-        if claim is not None:
+        if claim is not None and answer.storable:
             self._cache.complete(claim.merchant_id, claim.key, claim.fingerprint, answer.status,
                                  answer.body, self._now())
 

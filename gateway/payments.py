@@ -164,6 +164,11 @@ class PaymentService:
             return known
         token_id = new_id("tok")
         fingerprint = self._vault.fingerprint(merchant_id, card.number)
+        with self._idempotency.guard(claim):
+            return await self._insert_token(merchant_id, card, token_id, fingerprint, claim)
+
+    async def _insert_token(self, merchant_id: str, card: object, token_id: str,
+                            fingerprint: str, claim: Claim | None) -> Answer:
         async with self._acquire() as conn, conn.transaction():
             conflict = await self._idempotency.claim(conn, claim, None)
             if conflict:
@@ -207,6 +212,13 @@ class PaymentService:
         if known:
             return known
         card = await self._resolve_card(merchant_id, request)
+        with self._idempotency.guard(claim):
+            answer = await self._authorize(merchant_id, request, card, key, claim)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def _authorize(self, merchant_id: str, request: object, card: ResolvedCard,
+                         key: str | None, claim: Claim | None) -> Answer:
         payment_id = new_id("pay")
         async with self._acquire() as conn, conn.transaction():
             conflict = await self._idempotency.claim(conn, claim, payment_id)
@@ -236,9 +248,7 @@ class PaymentService:
                 "is unknown and will be settled by recovery. Retry with the same "
                 "Idempotency-Key to get the final answer", payment_id=payment_id,
             ) from None
-        answer = await self.settle(row, outcome)
-        self._idempotency.remember(claim, answer)
-        return answer
+        return await self.settle(row, outcome)
 
     async def settle(self, row: asyncpg.Record, outcome: Outcome) -> Answer:
         """Record a processor's outcome for a 'processing' payment (request path and recovery)."""
@@ -306,6 +316,13 @@ class PaymentService:
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
             return known
+        with self._idempotency.guard(claim):
+            return await self._change_locked(merchant_id, payment_id, operation, requested,
+                                             reason, claim)
+
+    async def _change_locked(self, merchant_id: str, payment_id: str, operation: str,
+                             requested: int | None, reason: str | None,
+                             claim: Claim | None) -> Answer:
         async with self._acquire() as conn, conn.transaction():
             conflict = await self._idempotency.claim(conn, claim, payment_id)
             if conflict:

@@ -11,7 +11,6 @@ from gateway.app import CoreNotCompiledError, require_compiled_core
 from tests.conftest import ROOT, settings_for
 
 
-@pytest.mark.skipif(os.environ.get("KASSA_CORE") == "pure", reason="the pure-core CI leg")
 def test_compiled_core_is_loaded():
     assert core_ext.COMPILED, core_ext.BUILD
     for name in core_ext.MODULES:
