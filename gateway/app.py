@@ -20,7 +20,8 @@ from gateway.connectors import SandboxConnector
 from gateway.errors import ApiError, api_error, invalid_request
 from gateway.idempotency import IdempotencyStore
 from gateway.merchants import KeyCache
-from gateway.payments import PaymentService
+from gateway.payments import PaymentService, batch_settings
+from gateway.pipeline import Overloaded
 
 log = logging.getLogger("kassa.http")
 
@@ -52,6 +53,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return exc.response()
     except CoreError as exc:
         return ApiError.from_core(exc).response()
+    except Overloaded:
+        return api_error(
+            503, "gateway_overloaded", "the gateway is at capacity; retry with the same "
+            "Idempotency-Key", headers={"Retry-After": "1"},
+        ).response()
     except web.HTTPRequestEntityTooLarge:
         return invalid_request(
             "request_too_large", f"request body exceeds {BODY_BYTES_MAX} bytes", status=413
@@ -144,7 +150,8 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         # processor call made while we hold a connection can never starve our pool.
         sandbox_pool = await database.create_pool(
             settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn)
-        connector = SandboxConnector(sandbox_pool, settings.sandbox_latency_ms)
+        connector = SandboxConnector(sandbox_pool, settings.sandbox_latency_ms,
+                                     batch_settings(settings))
         idempotency = IdempotencyStore(settings.idempotency_cache_entries,
                                        settings.idempotency_retention_s)
         app[POOL] = pool
@@ -154,6 +161,8 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         yield
         background.cancel()
         await asyncio.gather(background, return_exceptions=True)
+        await app[SERVICE].close()
+        await connector.close()
         await pool.close()
         await sandbox_pool.close()
 

@@ -126,6 +126,19 @@ FIELDS: dict[str, Field] = {
         "KASSA_IDEMPOTENCY_CACHE_ENTRIES", _integer(0, 10_000_000), "100000",
         "in-process replay cache size",
     ),
+    "group_commit": Field(
+        "KASSA_GROUP_COMMIT", _boolean, "1", "batch concurrent writes into one transaction"
+    ),
+    "commit_batch_rows_max": Field(
+        "KASSA_COMMIT_BATCH_ROWS_MAX", _integer(1, 10_000), "128", "items per transaction"
+    ),
+    "commit_wait_ms": Field(
+        "KASSA_COMMIT_WAIT_MS", _integer(0, 50), "1", "how long a batch waits to fill"
+    ),
+    "pipeline_inflight_max": Field(
+        "KASSA_PIPELINE_INFLIGHT_MAX", _integer(1, 1_000_000), "4096",
+        "writes waiting per pipeline before shedding load with 503",
+    ),
     "shutdown_grace_s": Field(
         "KASSA_SHUTDOWN_GRACE_S", _integer(0, 600), "30", "time to finish in-flight requests"
     ),
@@ -155,6 +168,10 @@ class Settings:
     authorization_ttl_s: int
     idempotency_retention_s: int
     idempotency_cache_entries: int
+    group_commit: bool
+    commit_batch_rows_max: int
+    commit_wait_ms: int
+    pipeline_inflight_max: int
     shutdown_grace_s: int
     log_level: str
 

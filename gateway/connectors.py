@@ -9,10 +9,13 @@ it what really happened and tests can count what it really did.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
+
+from gateway.pipeline import Batcher, BatchSettings
 
 APPROVED = "approved"
 DECLINED = "declined"
@@ -53,20 +56,36 @@ SANDBOX_TIMEOUT_CARD = "4000000000000259"
 SANDBOX_HANG_S = 3600.0  # the timeout card never answers; our own timeout cuts it
 
 
+RECORD_OPERATIONS_SQL = """
+INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+ON CONFLICT (operation, reference) DO NOTHING
+"""
+
+
+async def _write_operations(conn: asyncpg.Connection, rows: Sequence[tuple]) -> list[None]:
+    await conn.execute(RECORD_OPERATIONS_SQL, *[list(column) for column in zip(*rows)])
+    return [None] * len(rows)
+
+
 class SandboxConnector:
     name = "sandbox"
 
-    def __init__(self, pool: asyncpg.Pool, latency_ms: int = 0) -> None:
+    def __init__(self, pool: asyncpg.Pool, latency_ms: int = 0,
+                 batching: BatchSettings | None = None) -> None:
         self._pool = pool
         self._latency_s = latency_ms / 1000
+        # The sandbox commits its books in groups too, or it would cap our throughput.
+        self._books = Batcher("sandbox", pool, _write_operations,
+                              batching or BatchSettings(False, 1, 0.0, 1_000_000, 2.0))
+
+    async def close(self) -> None:
+        await self._books.close()
 
     async def _record(self, payment_id: str, operation: str, reference: str, outcome: str,
                       amount: int) -> None:
-        await self._pool.execute(
-            """INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation, reference) DO NOTHING""",
-            payment_id, operation, reference, outcome, amount,
-        )
+        await self._books.submit((payment_id, operation, reference, outcome, amount),
+                                 sheddable=False)
 
     async def _wait(self) -> None:
         if self._latency_s:

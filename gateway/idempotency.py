@@ -130,13 +130,21 @@ class IdempotencyStore:
             claim.merchant_id, claim.key, claim.fingerprint, payment_id,
         )
         if inserted:
-            self._cache.begin(claim.merchant_id, claim.key, claim.fingerprint, self._now())
+            self.began(claim)
             return None
         row = await conn.fetchrow(
             """SELECT fingerprint, state, response_status, response_body FROM idempotency_keys
                 WHERE merchant_id = $1 AND key = $2""",
             claim.merchant_id, claim.key,
         )
+        return self.judge(claim, row)
+
+    def began(self, claim: Claim) -> None:
+        """The claim was won (in a batch): mark it in flight in this process."""
+        self._cache.begin(claim.merchant_id, claim.key, claim.fingerprint, self._now())
+
+    def judge(self, claim: Claim, row: asyncpg.Record | None) -> Answer:
+        """The answer for a request whose claim lost to ``row``, the key's record."""
         if row is None:  # swept between the two statements: treat as still contended
             return key_in_use()
         if bytes(row["fingerprint"]) != claim.fingerprint:

@@ -26,8 +26,10 @@ from gateway.cards import CardVault
 from gateway.config import Settings
 from gateway.connectors import APPROVED, DECLINED, Connector, Outcome, ProcessorError
 from gateway.errors import ApiError, api_error, resource_missing
-from gateway.idempotency import Answer, Claim, IdempotencyStore, complete_key
+from gateway.idempotency import Answer, Claim, IdempotencyStore
 from gateway.ids import new_id
+from gateway.pipeline import Batcher, BatchSettings
+from gateway.writes import AuthorizationWrites, Intent, Settlement
 
 states = core_ext.states
 log = logging.getLogger("kassa.payments")
@@ -114,24 +116,6 @@ class ResolvedCard:
     token_id: str | None
 
 
-INSERT_PAYMENT_SQL = """
-INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
-    card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
-    processor, reference, description, metadata, customer, idempotency_key)
-VALUES ($1, $2, 'processing', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-RETURNING *
-"""
-
-SETTLE_PAYMENT_SQL = """
-UPDATE payments
-   SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
-       processor_reference = coalesce($6, processor_reference), decline_code = $7,
-       authorized_at = CASE WHEN $2 IN ('authorized', 'captured') THEN now() END,
-       updated_at = now()
- WHERE id = $1 AND status = 'processing'
-RETURNING *
-"""
-
 UPDATE_AMOUNTS_SQL = """
 UPDATE payments
    SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
@@ -139,6 +123,16 @@ UPDATE payments
  WHERE id = $1
 RETURNING *
 """
+
+
+def batch_settings(settings: Settings) -> BatchSettings:
+    return BatchSettings(
+        enabled=settings.group_commit,
+        rows_max=settings.commit_batch_rows_max,
+        wait_s=settings.commit_wait_ms / 1000,
+        inflight_max=settings.pipeline_inflight_max,
+        acquire_timeout_s=settings.db_acquire_timeout_ms / 1000,
+    )
 
 
 class PaymentService:
@@ -150,6 +144,18 @@ class PaymentService:
         self._idempotency = idempotency
         self._processor_timeout_s = settings.processor_timeout_ms / 1000
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
+        writes = AuthorizationWrites(idempotency, answer_for_authorization)
+        batching = batch_settings(settings)
+        self._intents = Batcher("intents", pool, writes.write_intents, batching)
+        self._settlements = Batcher("settlements", pool, writes.write_settlements, batching)
+
+    async def close(self) -> None:
+        await self._intents.close()
+        await self._settlements.close()
+
+    @property
+    def pipeline_depth(self) -> int:
+        return self._intents.depth + self._settlements.depth
 
     def _acquire(self):
         return self._pool.acquire(timeout=self._acquire_timeout_s)
@@ -219,19 +225,19 @@ class PaymentService:
 
     async def _authorize(self, merchant_id: str, request: object, card: ResolvedCard,
                          key: str | None, claim: Claim | None) -> Answer:
-        payment_id = new_id("pay")
-        async with self._acquire() as conn, conn.transaction():
-            conflict = await self._idempotency.claim(conn, claim, payment_id)
-            if conflict:
-                return conflict
-            row = await conn.fetchrow(
-                INSERT_PAYMENT_SQL, payment_id, merchant_id, request.amount, request.currency,
-                request.capture, card.brand, card.last4, card.exp_month, card.exp_year,
-                card.fingerprint, card.token_id, self._connector.name, request.reference,
-                request.description, orjson.dumps(request.metadata).decode(),
-                orjson.dumps(request.customer).decode() if request.customer else None,
-                key,
-            )
+        intent = Intent(
+            claim, new_id("pay"), merchant_id, request.amount, request.currency,
+            request.capture, card.brand, card.last4, card.exp_month, card.exp_year,
+            card.fingerprint, card.token_id, self._connector.name, request.reference,
+            request.description, orjson.dumps(request.metadata).decode(),
+            orjson.dumps(request.customer).decode() if request.customer else None,
+        )
+        written = await self._intents.submit(intent)
+        if isinstance(written, Answer):  # the key was claimed by an earlier request
+            return written
+        row, payment_id = written, intent.payment_id
+        if claim is not None:
+            self._idempotency.began(claim)
         # The intent is durable: from here a crash leaves a 'processing' payment that
         # recovery settles by asking the processor, never a charge without a record.
         try:
@@ -259,27 +265,10 @@ class PaymentService:
                 t = transitions[0]
                 transitions.append(states.capture(t.status, row["amount"], t.amount_capturable,
                                                   t.amount_captured, t.amount_refunded, None))
-        final = transitions[-1]
-        async with self._acquire() as conn, conn.transaction():
-            settled = await conn.fetchrow(
-                SETTLE_PAYMENT_SQL, row["id"], final.status, final.amount_capturable,
-                final.amount_captured, final.amount_refunded, outcome.reference,
-                outcome.decline_code,
-            )
-            if settled is None:
-                # Someone else (recovery, another worker) settled it first: answer from
-                # the recorded state, post nothing twice.
-                current = await conn.fetchrow("SELECT * FROM payments WHERE id = $1", row["id"])
-                return answer_for_authorization(current)
-            for transition in transitions:
-                await ledger.post(conn, transition, merchant_id=row["merchant_id"],
-                                  payment_id=row["id"], processor=row["processor"],
-                                  currency=row["currency"])
-            answer = answer_for_authorization(settled)
-            if row["idempotency_key"] is not None:
-                await complete_key(conn, row["merchant_id"], row["idempotency_key"], answer,
-                                   row["id"])
-        return answer
+        # Never shed here: the processor has answered, the outcome must be recorded.
+        return await self._settlements.submit(
+            Settlement(row, tuple(transitions), outcome.reference, outcome.decline_code),
+            sheddable=False)
 
     async def _auto_capture(self, payment_id: str, amount: int) -> bool:
         """Capture right after authorizing. If the processor fails here the payment stays

@@ -74,6 +74,7 @@ def settings_for(database_url: str, **changes: object) -> Settings:
         # A fixed test key: card data written by tests is encrypted under it.
         "KASSA_MASTER_KEY": "a2Fzc2EtdGVzdC1tYXN0ZXIta2V5LW5vdC1wcm9kISE=",
         "KASSA_ALLOW_PURE_CORE": os.environ.get("KASSA_ALLOW_PURE_CORE", "0"),
+        "KASSA_GROUP_COMMIT": os.environ.get("KASSA_GROUP_COMMIT", "1"),
     }
     return load_settings(environ, {k: str(v) for k, v in changes.items()})
 
@@ -147,8 +148,9 @@ def kassa_env(database_url: str | None, **extra: str) -> dict[str, str]:
     env["KASSA_MASTER_KEY"] = settings_for(database_url or "postgresql://x").master_key
     if os.environ.get("KASSA_ALLOW_PURE_CORE"):
         env["KASSA_ALLOW_PURE_CORE"] = os.environ["KASSA_ALLOW_PURE_CORE"]
-    if os.environ.get("KASSA_CORE"):
-        env["KASSA_CORE"] = os.environ["KASSA_CORE"]
+    for passed in ("KASSA_CORE", "KASSA_GROUP_COMMIT"):
+        if os.environ.get(passed):
+            env[passed] = os.environ[passed]
     env.update(extra)
     return env
 
