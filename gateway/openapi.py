@@ -33,7 +33,7 @@ ERROR_CODES = (
     "invalid_cvc", "invalid_json", "request_too_large", "request_invalid", "resource_missing",
     "method_not_allowed", "payment_state_invalid", "card_declined", "idempotency_key_in_use",
     "idempotency_key_reused", "api_key_missing", "api_key_invalid", "rate_limited",
-    "processor_error", "processor_timeout", "database_unavailable", "internal_error",
+    "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded", "internal_error",
 )
 
 DESCRIPTION = """\
@@ -279,7 +279,8 @@ ERROR_DESCRIPTIONS = {
     500: "Internal error (`internal_error`); safe to retry with the same Idempotency-Key.",
     502: "The processor failed (`processor_error`); for an authorization the payment is "
          "recorded `failed`. Safe to retry with the same Idempotency-Key.",
-    503: "The database is unavailable (`database_unavailable`); see `Retry-After`.",
+    503: "The database is unavailable (`database_unavailable`) or the gateway is at capacity "
+         "(`gateway_overloaded`); see `Retry-After`.",
     504: "The processor timed out (`processor_timeout`): the outcome is unknown and the "
          "payment stays `processing` until recovery settles it. Retry with the same "
          "Idempotency-Key for the final answer.",
