@@ -209,6 +209,9 @@ def load_settings(
             problems.append(f"{source}={shown}: {exc}")
     if not problems and values["db_pool_min"] > values["db_pool_max"]:
         problems.append("KASSA_DB_POOL_MIN must not exceed KASSA_DB_POOL_MAX")
+    if not problems and values["recovery_after_s"] * 1000 <= values["processor_timeout_ms"]:
+        # Recovery would settle payments whose request is still waiting on the processor.
+        problems.append("KASSA_RECOVERY_AFTER_S must be longer than KASSA_PROCESSOR_TIMEOUT_MS")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(**values)

@@ -35,3 +35,8 @@ def test_pool_bounds_are_consistent():
 def test_booleans_are_strict():
     with pytest.raises(ConfigError, match="KASSA_ALLOW_PURE_CORE='maybe'"):
         load_settings({"KASSA_ALLOW_PURE_CORE": "maybe"})
+
+
+def test_recovery_waits_longer_than_a_processor_call():
+    with pytest.raises(ConfigError, match="KASSA_RECOVERY_AFTER_S must be longer"):
+        load_settings({"KASSA_RECOVERY_AFTER_S": "2", "KASSA_PROCESSOR_TIMEOUT_MS": "3000"})
