@@ -155,8 +155,8 @@ async def test_200_concurrent_requests_with_one_key_across_two_workers(
 async def test_worker_killed_mid_request_then_retry_elsewhere_makes_one_payment(
         db, database_url, merchant, serve_process):
     slow = await serve_process(database_url, KASSA_SANDBOX_LATENCY_MS="3000")
-    other = await serve_process(database_url, KASSA_RECOVERY_AFTER_S="1", KASSA_PROCESSOR_TIMEOUT_MS="500",
-                                KASSA_RECOVERY_INTERVAL_S="1")
+    other = await serve_process(database_url, KASSA_RECOVERY_AFTER_S="1",
+                                KASSA_RECOVERY_INTERVAL_S="1", KASSA_PROCESSOR_TIMEOUT_MS="500")
     worker_pid = int(re.search(r"worker 0 \(pid (\d+)\)", slow.logs())[1])
     body = orjson.dumps(payment_body())
     headers = {**merchant.headers, "Idempotency-Key": "killed-1",
