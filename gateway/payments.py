@@ -200,11 +200,8 @@ class PaymentService:
             return ResolvedCard(card.number, card.brand, card.last4, card.exp_month,
                                 card.exp_year, self._vault.fingerprint(merchant_id, card.number),
                                 None)
-        row = await self._pool.fetchrow(
-            "SELECT * FROM tokens WHERE id = $1 AND merchant_id = $2", request.token, merchant_id
-        )
-        if row is None:
-            raise resource_missing("token", request.token, param="payment_method.token")
+        row = await self._owned("tokens", "token", request.token, merchant_id,
+                                param="payment_method.token")
         number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
         return ResolvedCard(number, row["brand"], row["last4"], row["exp_month"],
                             row["exp_year"], row["fingerprint"], row["id"])
@@ -373,24 +370,25 @@ class PaymentService:
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def get_payment(self, merchant_id: str, payment_id: str) -> dict:
+    async def _owned(self, table: str, kind: str, object_id: str, merchant_id: str,
+                     param: str = "id") -> asyncpg.Record:
+        """The merchant's own row, or 404: another merchant's id is indistinguishable
+        from an unknown one (no existence oracle). ``table`` is one of ours, never input."""
         row = await self._pool.fetchrow(
-            "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id
-        )
+            f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2", object_id, merchant_id)
         if row is None:
-            raise resource_missing("payment", payment_id)
-        return render_payment(row)
+            raise resource_missing(kind, object_id, param=param)
+        return row
+
+    async def get_payment(self, merchant_id: str, payment_id: str) -> dict:
+        return render_payment(await self._owned("payments", "payment", payment_id, merchant_id))
 
     async def list_payments(self, merchant_id: str, query: object) -> dict:
         limit, starting_after, status = core_ext.validation.validate_list_query(query)
         cursor = None
         if starting_after is not None:
-            cursor = await self._pool.fetchrow(
-                "SELECT created_at, id FROM payments WHERE id = $1 AND merchant_id = $2",
-                starting_after, merchant_id,
-            )
-            if cursor is None:
-                raise resource_missing("payment", starting_after, param="starting_after")
+            cursor = await self._owned("payments", "payment", starting_after, merchant_id,
+                                       param="starting_after")
         rows = await self._pool.fetch(
             """SELECT * FROM payments
                 WHERE merchant_id = $1
@@ -408,12 +406,7 @@ class PaymentService:
         }
 
     async def get_refund(self, merchant_id: str, refund_id: str) -> dict:
-        row = await self._pool.fetchrow(
-            "SELECT * FROM refunds WHERE id = $1 AND merchant_id = $2", refund_id, merchant_id
-        )
-        if row is None:
-            raise resource_missing("refund", refund_id)
-        return render_refund(row)
+        return render_refund(await self._owned("refunds", "refund", refund_id, merchant_id))
 
     async def balance(self, merchant_id: str) -> dict:
         return {"object": "balance", "currencies": await ledger.balance(self._pool, merchant_id)}

@@ -1,8 +1,18 @@
 """Every core test runs against both builds; parity tests get both at once."""
 
+import importlib
+
 import pytest
 
 import core_ext
+
+
+def load(kind: str, name: str):
+    """One module of one build; the compiled one must really be an extension."""
+    module = importlib.import_module(f"core_ext.{kind}.{name}")
+    if kind == "compiled":
+        assert module.__file__.endswith((".so", ".pyd")), "run setup.py build_ext --inplace"
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Double-entry postings (core_ext.*.ledger) together with the state machine, on both builds."""
 
-import importlib
 from collections import Counter
 
 import pytest
@@ -8,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core_ext.errors import CoreError, LedgerImbalance
+from tests.core.conftest import load
 
 BUILDS = ("compiled", "pure")
 PROP = settings(max_examples=200, deadline=None)
@@ -16,11 +16,6 @@ MP, MA = "merchant:mer_1:EUR:pending", "merchant:mer_1:EUR:available"
 PP, PR = "processor:sandbox:EUR:pending", "processor:sandbox:EUR:receivable"
 
 
-def load(kind, name):
-    module = importlib.import_module(f"core_ext.{kind}.{name}")
-    if kind == "compiled":
-        assert module.__file__.endswith((".so", ".pyd")), "run setup.py build_ext --inplace"
-    return module
 
 
 @pytest.fixture(params=BUILDS, scope="module")

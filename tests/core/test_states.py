@@ -1,22 +1,17 @@
 """The payment state machine (core_ext.*.states), on both builds."""
 
-import importlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core_ext.errors import CoreError, LedgerImbalance
+from tests.core.conftest import load
 
 BUILDS = ("compiled", "pure")
 PROP = settings(max_examples=200, deadline=None)
 
 
-def load(kind, name):
-    module = importlib.import_module(f"core_ext.{kind}.{name}")
-    if kind == "compiled":
-        assert module.__file__.endswith((".so", ".pyd")), "run setup.py build_ext --inplace"
-    return module
 
 
 @pytest.fixture(params=BUILDS, scope="module")
