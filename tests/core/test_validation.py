@@ -260,3 +260,16 @@ def _check_digit(payload: str) -> str:
             d = d * 2 - 9 if d * 2 > 9 else d * 2
         total += d
     return str((10 - total % 10) % 10)
+
+
+@settings(max_examples=500)
+@given(text=st.text(alphabet="0123456789.:abcdef", max_size=20) | st.ip_addresses().map(str))
+def test_ip_check_agrees_with_the_stdlib(core, text):
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+        expected = True
+    except ValueError:
+        expected = False
+    assert core.validation._ip_valid(text) == expected
