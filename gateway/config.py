@@ -133,7 +133,8 @@ FIELDS: dict[str, Field] = {
         "KASSA_COMMIT_BATCH_ROWS_MAX", _integer(1, 10_000), "128", "items per transaction"
     ),
     "commit_wait_ms": Field(
-        "KASSA_COMMIT_WAIT_MS", _integer(0, 50), "1", "how long a batch waits to fill"
+        "KASSA_COMMIT_WAIT_MS", _integer(0, 50), "0",
+        "extra wait for a batch to fill (0: batches fill while earlier ones commit)"
     ),
     "pipeline_inflight_max": Field(
         "KASSA_PIPELINE_INFLIGHT_MAX", _integer(1, 1_000_000), "4096",
