@@ -12,7 +12,7 @@ from aiohttp import web
 
 import core_ext
 from core_ext.errors import CoreError
-from gateway import api, database, recovery
+from gateway import api, database, metrics, observability, recovery
 from gateway.appkeys import KEYS, MERCHANT_ID, POOL, SERVICE, SETTINGS
 from gateway.cards import CardVault, load_master_key
 from gateway.config import Settings
@@ -82,7 +82,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "Idempotency-Key", headers={"Retry-After": "1"},
         ).response()
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, request.path,
+                      extra={"kassa": {"request_id": request.get(observability.REQUEST_ID)}})
         return api_error(500, "internal_error", "an internal error occurred").response()
 
 
@@ -150,17 +151,21 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         # processor call made while we hold a connection can never starve our pool.
         sandbox_pool = await database.create_pool(
             settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn)
-        connector = SandboxConnector(sandbox_pool, settings.sandbox_latency_ms,
-                                     batch_settings(settings))
+        connector = observability.InstrumentedConnector(
+            SandboxConnector(sandbox_pool, settings.sandbox_latency_ms,
+                             batch_settings(settings)), settings.processor_timeout_ms / 1000)
+        observability.instrument_pool(pool)
         idempotency = IdempotencyStore(settings.idempotency_cache_entries,
                                        settings.idempotency_retention_s)
         app[POOL] = pool
         app[SERVICE] = PaymentService(pool, connector, vault, idempotency, settings)
         background = asyncio.create_task(
             recovery.run_forever(pool, app[SERVICE], connector, settings))
+        sampler = asyncio.create_task(observability.sample_forever(app))
         yield
         background.cancel()
-        await asyncio.gather(background, return_exceptions=True)
+        sampler.cancel()
+        await asyncio.gather(background, sampler, return_exceptions=True)
         await app[SERVICE].close()
         await connector.close()
         await pool.close()
@@ -171,8 +176,10 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     require_compiled_core(settings)
+    metrics.install()
     app = web.Application(
-        client_max_size=BODY_BYTES_MAX, middlewares=[error_middleware, auth_middleware]
+        client_max_size=BODY_BYTES_MAX,
+        middlewares=[observability.middleware, error_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
     app[KEYS] = KeyCache()
@@ -180,5 +187,6 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_get("/metrics", observability.metrics_endpoint)
     api.setup(app)
     return app

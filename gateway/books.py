@@ -43,29 +43,41 @@ async def verify(conn: asyncpg.Connection) -> Verification:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         result.transactions = await conn.fetchval("SELECT count(*) FROM ledger_transactions")
         result.entries = await conn.fetchval("SELECT count(*) FROM ledger_entries")
-        for row in await conn.fetch(
-            """SELECT e.transaction_id, sum(e.amount)::bigint AS total,
-                      bool_or(e.currency <> t.currency) AS wrong_currency
-                 FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-                GROUP BY e.transaction_id
-               HAVING sum(e.amount) <> 0 OR bool_or(e.currency <> t.currency)
-                ORDER BY e.transaction_id"""):
-            if row["total"]:
-                result.problems.append(
-                    f"transaction {row['transaction_id']} does not balance: "
-                    f"entries sum to {row['total']:+d}")
-            if row["wrong_currency"]:
-                result.problems.append(
-                    f"transaction {row['transaction_id']} has entries in another currency")
-        for row in await conn.fetch(
-            """SELECT currency, sum(amount)::bigint AS total FROM ledger_entries
-                GROUP BY currency ORDER BY currency"""):
-            result.currencies.append(row["currency"])
-            if row["total"]:
-                result.problems.append(
-                    f"currency {row['currency']} does not sum to zero: {row['total']:+d}")
+        result.problems += await verify_balances(conn, result.currencies)
         await _verify_payments(conn, result)
     return result
+
+
+async def verify_balances(conn: asyncpg.Connection,
+                          currencies: list[str] | None = None) -> list[str]:
+    """Every transaction and every currency sums to zero; the problems found.
+
+    Cheap enough for the gateway's periodic check (two aggregates, no per-payment
+    work); run it inside a snapshot transaction for a consistent answer."""
+    problems: list[str] = []
+    currencies = [] if currencies is None else currencies
+    for row in await conn.fetch(
+        """SELECT e.transaction_id, sum(e.amount)::bigint AS total,
+                  bool_or(e.currency <> t.currency) AS wrong_currency
+             FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+            GROUP BY e.transaction_id
+           HAVING sum(e.amount) <> 0 OR bool_or(e.currency <> t.currency)
+            ORDER BY e.transaction_id"""):
+        if row["total"]:
+            problems.append(
+                f"transaction {row['transaction_id']} does not balance: "
+                f"entries sum to {row['total']:+d}")
+        if row["wrong_currency"]:
+            problems.append(
+                f"transaction {row['transaction_id']} has entries in another currency")
+    for row in await conn.fetch(
+        """SELECT currency, sum(amount)::bigint AS total FROM ledger_entries
+            GROUP BY currency ORDER BY currency"""):
+        currencies.append(row["currency"])
+        if row["total"]:
+            problems.append(
+                f"currency {row['currency']} does not sum to zero: {row['total']:+d}")
+    return problems
 
 
 async def _verify_payments(conn: asyncpg.Connection, result: Verification) -> None:

@@ -401,6 +401,12 @@ def paths() -> dict:
             "operationId": "openapi", "summary": "This document.", "tags": ["operations"],
             "responses": {"200": response(200, "The OpenAPI 3.1 document.", {"type": "object"})},
         }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "tags": ["operations"],
+            "summary": "Prometheus metrics of every worker process (text exposition format).",
+            "responses": {"200": {"description": "The metrics.", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}},
+        }},
         "/v1/payments": {
             "post": v1_post(
                 "createPayment", "Authorize (and with capture automatic, capture) a payment.",

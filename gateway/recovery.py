@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import asyncpg
 
 import core_ext
-from gateway import ledger
+from gateway import ledger, metrics, observability
 from gateway.config import Settings
 from gateway.connectors import NOT_FOUND, Connector, Outcome
 from gateway.idempotency import sweep_expired
@@ -25,6 +26,7 @@ from gateway.payments import PaymentService
 log = logging.getLogger("kassa.recovery")
 
 BATCH_ROWS_MAX = 100  # payments handled per pass, so one pass stays short
+LEDGER_CHECK_INTERVAL_S = 60  # the periodic balance check behind kassa_ledger_verify_ok
 
 
 @dataclass
@@ -49,6 +51,7 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
             # The processor never saw it (we died before the call): nothing was charged.
             outcome = Outcome("failed")
         await service.settle(row, outcome)
+        metrics.recovery_action(outcome.result)
         settled += 1
         log.info("recovered payment %s as %s", row["id"], outcome.result)
     return settled
@@ -86,18 +89,25 @@ async def run_once(pool: asyncpg.Pool, service: PaymentService, connector: Conne
     result.recovered = await recover_processing(pool, service, connector,
                                                 settings.recovery_after_s)
     result.expired = await expire_authorizations(pool, settings.authorization_ttl_s)
+    metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
+    await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
     result.swept = await sweep_expired(pool, settings.idempotency_retention_s)
     return result
 
 
 async def run_forever(pool: asyncpg.Pool, service: PaymentService, connector: Connector,
                       settings: Settings) -> None:
+    ledger_check_due = 0.0
     while True:
         try:
             await run_once(pool, service, connector, settings)
+            if time.monotonic() >= ledger_check_due:
+                ledger_check_due = time.monotonic() + LEDGER_CHECK_INTERVAL_S
+                await observability.check_ledger(pool)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The database may be restarting; the next pass retries.
+            metrics.BACKGROUND_FAILURES.inc()
             log.exception("background pass failed")
         await asyncio.sleep(settings.recovery_interval_s)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -85,10 +86,35 @@ def serve(settings: Settings) -> int:
         for migration in applied:
             log.info("applied migration %04d_%s", migration.version, migration.name)
         _check_port_free(settings)
-        return _supervise(settings, dsn)
+        metrics_dir = _fresh_metrics_dir(settings)
+        try:
+            return _supervise(settings, dsn)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _fresh_metrics_dir(settings: Settings) -> str:
+    """An empty PROMETHEUS_MULTIPROC_DIR for this supervisor's workers (inherited on spawn).
+
+    Workers share one port, so a scrape reaches any one of them: each writes its samples
+    to files here and whichever answers /metrics merges all of them (gateway/metrics.py).
+    """
+    path = settings.data_dir / "metrics" / str(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return str(path)
+
+
+def _worker_exited(process: multiprocessing.process.BaseProcess) -> None:
+    """Drop a dead worker's live gauges; its counters stay, so totals never go back."""
+    from prometheus_client import multiprocess
+
+    if process.pid is not None:
+        multiprocess.mark_process_dead(process.pid)
 
 
 async def _migrate(dsn: str) -> list[database.Migration]:
@@ -130,6 +156,7 @@ def _supervise(settings: Settings, dsn: str) -> int:
             if not process.is_alive() and not stopping:
                 log.error("worker %d (pid %s) exited with %s; restarting", index, process.pid,
                           process.exitcode)
+                _worker_exited(process)
                 time.sleep(WORKER_RESTART_DELAY_S)
                 workers[index] = start(index)
     for process in workers.values():
@@ -142,5 +169,6 @@ def _supervise(settings: Settings, dsn: str) -> int:
             log.error("worker pid %s did not stop in time; killing it", process.pid)
             process.kill()
             process.join()
+        _worker_exited(process)
     print("kassa: stopped", file=sys.stderr, flush=True)
     return 0

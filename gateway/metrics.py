@@ -1,0 +1,240 @@
+"""Prometheus metrics: every name Kassa exposes, and the small functions that record them.
+
+Names follow Prometheus conventions: a ``kassa_`` prefix, base units (seconds, minor
+units), ``_total`` for counters, and label sets that are bounded by construction (route
+templates, never paths; a fixed tuple of decline codes; ISO 4217 currencies the core has
+already validated). Nothing from a request body, no card number and no key ever becomes a
+label value.
+
+Several worker processes (``kassa serve --workers N``) share one port, so a scrape reaches
+whichever worker the kernel picks. The supervisor therefore points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before spawning the workers: each worker
+writes its samples to memory-mapped files there, and ``/metrics`` (served by any worker)
+merges all of them with a ``MultiProcessCollector``, so counters from every worker add up.
+Without that variable (tests, ``create_app`` in-process) the default registry is used.
+
+Gauges that can only be read in-process (pool in use, pipeline depth) cannot use a scrape
+callback in multiprocess mode (the scraping worker cannot see another worker's pool), so
+every worker samples them once a second (``gateway.observability.sample_forever``) and
+the scraping worker samples again just before answering.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Every SLO threshold is a bucket boundary, so an SLO's ratio is exact, not interpolated.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Decline codes a processor may give; anything else is counted as "other" so a processor
+# cannot grow the label set without bound.
+DECLINE_CODES = frozenset({
+    "generic_decline", "insufficient_funds", "lost_card", "stolen_card", "expired_card",
+    "incorrect_cvc", "incorrect_number", "card_not_supported", "currency_not_supported",
+    "do_not_honor", "fraudulent", "pickup_card", "processing_error", "try_again_later",
+    "withdrawal_count_limit_exceeded", "card_velocity_exceeded", "authentication_required",
+})
+AUTHORIZATION_OUTCOMES = ("approved", "declined", "error", "timeout")
+
+# --- HTTP (RED) ---------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "kassa_http_requests", "HTTP requests answered, by route template, method and status class.",
+    ["route", "method", "status_class"])
+HTTP_REQUEST_DURATION = Histogram(
+    "kassa_http_request_duration_seconds",
+    "Time from the request reaching the application to its answer, by route template.",
+    ["route", "method"], buckets=LATENCY_BUCKETS_S)
+
+# --- payments -----------------------------------------------------------------------------
+
+AUTHORIZATIONS = Counter(
+    "kassa_authorizations",
+    "Processor authorizations by outcome (approved, declined, error, timeout) and decline code.",
+    ["processor", "outcome", "decline_code"])
+CAPTURES = Counter("kassa_captures", "Captures the processor accepted.", ["processor"])
+VOIDS = Counter("kassa_voids", "Voids the processor accepted.", ["processor"])
+REFUNDS = Counter("kassa_refunds", "Refunds the processor accepted.", ["processor"])
+AUTHORIZED_AMOUNT = Counter(
+    "kassa_authorized_amount_minor_units",
+    "Approved authorization amounts in the currency's minor unit (ISO 4217 exponent).",
+    ["currency"])
+PAYMENTS_STUCK = Gauge(
+    "kassa_payments_stuck_processing",
+    "Payments still 'processing' after KASSA_RECOVERY_AFTER_S (recovery should settle them).",
+    multiprocess_mode="livemostrecent")
+RECOVERY_ACTIONS = Counter(
+    "kassa_recovery_actions",
+    "Payments recovery settled by asking the processor, by the settled result.", ["result"])
+AUTHORIZATIONS_EXPIRED = Counter(
+    "kassa_authorizations_expired", "Uncaptured authorizations expired by the background loop.")
+BACKGROUND_FAILURES = Counter(
+    "kassa_background_pass_failures", "Background (recovery, expiry, sweep) passes that failed.")
+
+# --- processor client ---------------------------------------------------------------------
+
+PROCESSOR_DURATION = Histogram(
+    "kassa_processor_request_duration_seconds",
+    "Processor call latency (including failed and timed-out calls).",
+    ["processor", "operation"], buckets=LATENCY_BUCKETS_S)
+PROCESSOR_ERRORS = Counter(
+    "kassa_processor_errors", "Processor calls that failed (kind=error) or timed out (kind=timeout).",
+    ["processor", "operation", "kind"])
+
+# --- idempotency --------------------------------------------------------------------------
+
+IDEMPOTENT_REPLAYS = Counter(
+    "kassa_idempotency_replays", "Stored answers replayed for a repeated Idempotency-Key.")
+IDEMPOTENCY_CONFLICTS = Counter(
+    "kassa_idempotency_conflicts",
+    "Idempotency-Key refusals: 409 idempotency_key_in_use, 422 idempotency_key_reused.",
+    ["code"])
+
+# --- ledger -------------------------------------------------------------------------------
+
+LEDGER_ENTRIES = Counter("kassa_ledger_entries_posted", "Ledger entries written.")
+LEDGER_VERIFY_OK = Gauge(
+    "kassa_ledger_verify_ok",
+    "1 if the last periodic ledger balance check passed, 0 if it found a problem.",
+    multiprocess_mode="livemostrecent")
+LEDGER_VERIFY_TIMESTAMP = Gauge(
+    "kassa_ledger_verify_timestamp_seconds",
+    "Unix time of the last completed periodic ledger balance check.",
+    multiprocess_mode="livemax")
+
+# --- internals ----------------------------------------------------------------------------
+
+COMMIT_BATCH_ROWS = Histogram(
+    "kassa_pipeline_commit_batch_rows", "Items written per group-commit transaction.",
+    ["pipeline"], buckets=BATCH_ROWS_BUCKETS)
+COMMIT_DURATION = Histogram(
+    "kassa_pipeline_commit_duration_seconds",
+    "Time to acquire a connection, write a batch and commit it.",
+    ["pipeline"], buckets=LATENCY_BUCKETS_S)
+PIPELINE_DEPTH = Gauge(
+    "kassa_pipeline_queue_depth", "Writes accepted by the commit pipelines and not yet answered.",
+    multiprocess_mode="livesum")
+PIPELINE_SHED = Counter(
+    "kassa_pipeline_shed", "Writes refused with 503 gateway_overloaded because a pipeline was full.",
+    ["pipeline"])
+DB_POOL_CONNECTIONS = Gauge(
+    "kassa_db_pool_connections", "Database pool connections by state (in_use, idle).",
+    ["state"], multiprocess_mode="livesum")
+DB_POOL_MAX = Gauge(
+    "kassa_db_pool_max_connections", "Configured maximum size of the database pools.",
+    multiprocess_mode="livesum")
+DB_POOL_ACQUIRE = Histogram(
+    "kassa_db_pool_acquire_duration_seconds", "Time waiting for a pooled database connection.",
+    buckets=LATENCY_BUCKETS_S)
+LOOP_LAG = Histogram(
+    "kassa_event_loop_lag_seconds",
+    "How late the event loop woke a sleeping task: time the loop was busy elsewhere.",
+    buckets=LOOP_LAG_BUCKETS_S)
+BUILD_INFO = Gauge(
+    "kassa_build_info", "Always 1; labels say which core build the workers run.",
+    ["core"], multiprocess_mode="livemax")
+
+
+# --- recording functions (call sites in payments, pipeline, ledger, recovery) ------------
+
+
+def decline_label(code: str | None) -> str:
+    if not code:
+        return "none"
+    return code if code in DECLINE_CODES else "other"
+
+
+def authorization(processor: str, outcome: str, decline_code: str | None = None) -> None:
+    """One authorization answered by the processor (or not: error, timeout)."""
+    AUTHORIZATIONS.labels(processor, outcome, decline_label(decline_code)).inc()
+
+
+def amount_authorized(currency: str, amount: int) -> None:
+    """``currency`` must be one the core validated (ISO 4217 table): bounded labels."""
+    AUTHORIZED_AMOUNT.labels(currency.upper()).inc(amount)
+
+
+def ledger_entries_posted(count: int) -> None:
+    if count:
+        LEDGER_ENTRIES.inc(count)
+
+
+def commit_batch(pipeline: str, rows: int, seconds: float) -> None:
+    """One group-commit transaction of ``rows`` items committed in ``seconds``."""
+    COMMIT_BATCH_ROWS.labels(pipeline).observe(rows)
+    COMMIT_DURATION.labels(pipeline).observe(seconds)
+
+
+def pipeline_shed(pipeline: str) -> None:
+    PIPELINE_SHED.labels(pipeline).inc()
+
+
+def pipeline_depth(items: int) -> None:
+    PIPELINE_DEPTH.set(items)
+
+
+RECOVERY_RESULTS = frozenset({"approved", "declined", "failed"})
+
+
+def recovery_action(result: str) -> None:
+    RECOVERY_ACTIONS.labels(result if result in RECOVERY_RESULTS else "other").inc()
+
+
+def ledger_verified(ok: bool, at: float | None = None) -> None:
+    LEDGER_VERIFY_OK.set(1 if ok else 0)
+    LEDGER_VERIFY_TIMESTAMP.set(time.time() if at is None else at)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "5xx"
+
+
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "other"
+
+
+def install() -> None:
+    """Connect the hooks other modules expose to these metrics (``create_app`` calls it;
+    calling it again re-connects them, e.g. after a test replaced an observer)."""
+    from gateway import ledger, pipeline
+
+    pipeline.set_observers(commit_batch, pipeline_shed)
+    if hasattr(ledger, "_observe_entries"):
+        ledger._observe_entries = ledger_entries_posted
+    import core_ext
+
+    BUILD_INFO.labels("compiled" if core_ext.COMPILED else "pure").set(1)
+
+
+# --- exposition ---------------------------------------------------------------------------
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format of every worker's metrics (or this process's, without a supervisor)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

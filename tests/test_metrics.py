@@ -1,0 +1,298 @@
+"""Observability: /metrics (in-process and summed over N worker processes), the access log,
+request ids, and the background gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics, observability
+from gateway.logs import JsonFormatter
+from tests.payments_helpers import (
+    APPROVED_VISA,
+    ERROR_CARD,
+    TIMEOUT_CARD,
+    authorize,
+    payment_body,
+    post,
+)
+from tests.promtool import promtool  # noqa: F401 - the session fixture
+from tests.promtool import run as run_promtool
+
+REQUESTS_R = 60
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(v for n, have, v in samples(text)
+               if n == name and all(have.get(k) == want for k, want in labels.items()))
+
+
+async def scrape(client) -> str:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return await response.text()
+
+
+def exposed_names(text: str) -> set[str]:
+    return {name for name, _, _ in samples(text)}
+
+
+# --- in-process -----------------------------------------------------------------------------
+
+
+async def test_requests_are_counted_by_route_template_method_and_status_class(client, merchant):
+    before = await scrape(client)
+    for _ in range(3):
+        assert (await client.get("/v1/payments/pay_nope", headers=merchant.headers)).status == 404
+    assert (await client.get("/v1/nothing", headers=merchant.headers)).status == 404
+    assert (await client.get("/healthz")).status == 200
+    after = await scrape(client)
+
+    def delta(**labels: str) -> float:
+        name = "kassa_http_requests_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta(route="/v1/payments/{id}", method="GET", status_class="4xx") == 3
+    assert delta(route="unmatched", method="GET", status_class="4xx") == 1
+    assert delta(route="/healthz", method="GET", status_class="2xx") == 1
+    assert delta(route="/metrics", method="GET", status_class="2xx") == 1  # the first scrape
+    assert delta() == 6
+    histogram = "kassa_http_request_duration_seconds_bucket"
+    buckets = {float(labels["le"]) for name, labels, _ in samples(after)
+               if name == histogram and labels["route"] == "/healthz"}
+    assert set(metrics.LATENCY_BUCKETS_S) <= buckets
+    assert "pay_nope" not in after  # a route template, never a path
+
+
+async def test_payment_processor_and_idempotency_metrics(app_factory, merchant):
+    client = await app_factory(processor_timeout_ms=200)
+    before = await scrape(client)
+    status, paid = await authorize(client, merchant, APPROVED_VISA, amount=500, currency="jpy",
+                                 capture="automatic")
+    assert status == 201
+    assert (await authorize(client, merchant, "4000000000009995"))[0] == 402
+    assert (await authorize(client, merchant, ERROR_CARD))[0] == 502
+    assert (await authorize(client, merchant, TIMEOUT_CARD, key="t-1"))[0] == 504
+    assert (await authorize(client, merchant, TIMEOUT_CARD, key="t-1"))[0] == 409  # in use
+    status, manual = await authorize(client, merchant, key="k-1")
+    assert (await authorize(client, merchant, key="k-1"))[0] == 201                # replayed
+    assert (await authorize(client, merchant, key="k-1", amount=7))[0] == 422      # reused
+    assert (await post(client, f"/v1/payments/{manual['id']}/void", merchant))[0] == 200
+    assert (await post(client, f"/v1/payments/{paid['id']}/refunds", merchant,
+                       {"amount": 100}))[0] == 201
+    after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    authorizations = "kassa_authorizations_total"
+    assert delta(authorizations, processor="sandbox", outcome="approved") == 2
+    assert delta(authorizations, outcome="declined", decline_code="insufficient_funds") == 1
+    assert delta(authorizations, outcome="error") == 1
+    assert delta(authorizations, outcome="timeout") == 1
+    assert delta("kassa_processor_errors_total", operation="authorize", kind="timeout") == 1
+    assert delta("kassa_processor_errors_total", operation="authorize", kind="error") == 1
+    assert delta("kassa_processor_request_duration_seconds_count", operation="authorize") == 5
+    assert delta("kassa_captures_total", processor="sandbox") == 1  # the automatic capture
+    assert delta("kassa_voids_total") == 1
+    assert delta("kassa_refunds_total") == 1
+    assert delta("kassa_authorized_amount_minor_units_total", currency="JPY") == 500
+    assert delta("kassa_authorized_amount_minor_units_total", currency="EUR") == 1999
+    assert delta("kassa_idempotency_replays_total") == 1
+    assert delta("kassa_idempotency_conflicts_total", code="idempotency_key_in_use") == 1
+    assert delta("kassa_idempotency_conflicts_total", code="idempotency_key_reused") == 1
+    # Group commit and the ledger report through the hooks pipeline.py and ledger.py expose.
+    assert delta("kassa_pipeline_commit_batch_rows_count", pipeline="intents") >= 1
+    assert delta("kassa_pipeline_commit_duration_seconds_count", pipeline="settlements") >= 1
+    assert delta("kassa_ledger_entries_posted_total") > 0
+    assert delta("kassa_http_requests_total", route="/v1/payments", status_class="5xx") == 2
+    # Card numbers and keys never reach a metric.
+    assert APPROVED_VISA not in after and merchant.secret not in after
+
+
+async def test_internal_gauges_and_histograms_are_exposed(client, merchant):
+    assert (await client.get("/v1/balance", headers=merchant.headers)).status == 200
+    await asyncio.sleep(observability.SAMPLE_INTERVAL_S * 2.5)  # a few loop-lag samples
+    text = await scrape(client)
+    assert value(text, "kassa_db_pool_max_connections") >= 1
+    assert value(text, "kassa_db_pool_connections", state="in_use") >= 0
+    assert value(text, "kassa_db_pool_connections", state="idle") >= 1
+    assert value(text, "kassa_db_pool_acquire_duration_seconds_count") >= 1
+    assert value(text, "kassa_event_loop_lag_seconds_count") >= 2
+    assert "kassa_pipeline_queue_depth" in exposed_names(text)
+    assert value(text, "kassa_build_info") >= 1
+
+
+async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
+    # Recovery runs once at start, then not for an hour: it must not settle our payment.
+    client = await app_factory(processor_timeout_ms=100, recovery_interval_s=3600)
+    assert (await authorize(client, merchant))[0] == 201
+    assert (await authorize(client, merchant, TIMEOUT_CARD))[0] == 504
+    assert await observability.refresh_stuck_payments(db, 30) == 0  # not old enough yet
+    await db.execute("UPDATE payments SET updated_at = now() - interval '1 hour' "
+                     "WHERE status = 'processing'")
+    assert await observability.refresh_stuck_payments(db, 30) == 1
+    assert await observability.check_ledger(db) is True
+    text = await scrape(client)
+    assert value(text, "kassa_payments_stuck_processing") == 1
+    assert value(text, "kassa_ledger_verify_ok") == 1
+    stamp = value(text, "kassa_ledger_verify_timestamp_seconds")
+    # An unbalanced entry (written around the schema's balance trigger) is found.
+    async with db.acquire() as conn:
+        await conn.execute("SET session_replication_role = replica")
+        try:
+            await conn.execute(
+                """INSERT INTO ledger_entries (transaction_id, account, currency, amount)
+                   SELECT id, 'merchant:x:EUR:available', 'EUR', 1
+                     FROM ledger_transactions LIMIT 1""")
+        finally:
+            await conn.execute("SET session_replication_role = DEFAULT")
+    assert await observability.check_ledger(db) is False
+    text = await scrape(client)
+    assert value(text, "kassa_ledger_verify_ok") == 0
+    assert value(text, "kassa_ledger_verify_timestamp_seconds") >= stamp
+
+
+# --- request ids and the access log ---------------------------------------------------------
+
+
+def access_lines(caplog) -> list[dict]:
+    formatter = JsonFormatter()
+    return [orjson.loads(formatter.format(r)) for r in caplog.records if r.name == "kassa.access"]
+
+
+async def test_request_id_is_echoed_or_generated(client):
+    response = await client.get("/healthz", headers={"X-Request-Id": "checkout-42"})
+    assert response.headers["X-Request-Id"] == "checkout-42"
+    for bad in ("x" * 201, "tab\there", "é-accented"):
+        response = await client.get("/healthz", headers={"X-Request-Id": bad})
+        generated = response.headers["X-Request-Id"]
+        assert generated != bad and 1 <= len(generated) <= 200
+    response = await client.get("/healthz")
+    assert len(response.headers["X-Request-Id"]) == 32
+    other = await client.get("/healthz")
+    assert other.headers["X-Request-Id"] != response.headers["X-Request-Id"]
+
+
+async def test_one_access_line_per_request_without_secrets(client, merchant, caplog):
+    caplog.set_level(logging.INFO, logger="kassa.access")
+    body = payment_body(APPROVED_VISA)
+    response = await client.post("/v1/payments", json=body,
+                                 headers={**merchant.headers, "X-Request-Id": "req-1"})
+    assert response.status == 201
+    payment_id = (await response.json())["id"]
+    response = await client.get(f"/v1/payments/{payment_id}",
+                                headers={**merchant.headers, "X-Request-Id": "req-2"})
+    assert response.status == 200
+    assert (await client.get("/v1/balance")).status == 401
+    lines = access_lines(caplog)
+    assert [line["request_id"] for line in lines[:2]] == ["req-1", "req-2"]
+    assert len(lines) == 3
+    first, second, third = lines
+    assert first["route"] == "/v1/payments" and first["method"] == "POST"
+    assert first["status"] == 201 and first["merchant_id"] == merchant.id
+    assert first["level"] == "info" and 0 < first["latency_s"] < 10
+    assert second["route"] == "/v1/payments/{id}"
+    assert third["status"] == 401 and third["merchant_id"] is None
+    formatter = JsonFormatter()
+    everything = "\n".join(formatter.format(r) for r in caplog.records)
+    assert APPROVED_VISA not in everything and merchant.secret not in everything
+    assert payment_id not in everything  # routes are templates: no ids, no pasted numbers
+
+
+def test_the_formatter_scrubs_card_numbers_and_keys():
+    record = logging.LogRecord("kassa.test", logging.WARNING, __file__, 1,
+                               "card %s key %s", ("4242 4242 4242 4242", "sk_" + "a" * 43), None)
+    line = JsonFormatter().format(record)
+    assert "4242 4242 4242 4242" not in line and "a" * 43 not in line
+    assert orjson.loads(line)["message"] == "card [redacted] key sk_[redacted]"
+
+
+# --- exposition format ----------------------------------------------------------------------
+
+
+async def test_in_process_exposition_passes_promtool(client, merchant, promtool):  # noqa: F811
+    await authorize(client, merchant)
+    result = run_promtool(promtool, "check", "metrics", stdin=await scrape(client))
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr)
+
+
+# --- several worker processes ------------------------------------------------------------
+
+
+async def fresh_connection_get(url: str, headers: dict[str, str]) -> int:
+    # A new connection per request: SO_REUSEPORT spreads connections, not requests.
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True)) as session:
+        async with session.get(url, headers=headers) as response:
+            await response.read()
+            return response.status
+
+
+@pytest.mark.timeout(900)  # may include installing promtool
+async def test_counters_add_up_over_worker_processes(serve_process, database_url, merchant,
+                                                     promtool):  # noqa: F811
+    server = await serve_process(database_url, workers=2)
+    await workers_listening(server, 2)
+    first = await scrape_url(server.url)
+    statuses = await asyncio.gather(*[
+        fresh_connection_get(server.url + "/v1/balance", merchant.headers)
+        for _ in range(REQUESTS_R)])
+    assert statuses == [200] * REQUESTS_R
+    second = await scrape_url(server.url)
+    total = "kassa_http_requests_total"
+    assert value(second, total, route="/v1/balance") == REQUESTS_R
+    assert value(second, total, route="/v1/balance", method="GET", status_class="2xx") == REQUESTS_R
+    # Everything between the two scrapes: the R requests and the first scrape itself.
+    assert value(second, total) - value(first, total) == REQUESTS_R + 1
+    assert value(second, "kassa_http_request_duration_seconds_count",
+                 route="/v1/balance") == REQUESTS_R
+    # Both workers answered some of them, and the scrape merged both.
+    pids = {line["pid"] for line in server_access_lines(server) if line["route"] == "/v1/balance"}
+    assert len(pids) == 2, pids
+    assert value(second, "kassa_db_pool_max_connections") >= 2 * 1  # a pool per live worker
+    result = run_promtool(promtool, "check", "metrics", stdin=second)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr)
+
+
+async def workers_listening(server, workers: int, timeout_s: float = 60) -> None:
+    """Ready means one worker answered; wait until every worker's socket listens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while server.logs().count('serving on') < workers:
+        assert loop.time() < deadline, server.logs()
+        await asyncio.sleep(0.05)
+
+
+async def scrape_url(url: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/metrics") as response:
+            assert response.status == 200
+            return await response.text()
+
+
+def server_access_lines(server) -> list[dict]:
+    lines = []
+    for raw in server.logs().splitlines():
+        if raw.startswith("{"):
+            entry = orjson.loads(raw)
+            if entry.get("logger") == "kassa.access":
+                lines.append(entry)
+    return lines
