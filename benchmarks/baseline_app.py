@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import signal
+import threading
 
 import orjson
 from aiohttp import web
@@ -32,12 +33,12 @@ def serve_one(host: str, port: int) -> None:
 
     from gateway.server import bind_socket
 
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # inherited
     uvloop.install()
     app = web.Application()
     app.router.add_post("/v1/payments", create_payment)
     app.router.add_get("/readyz", readyz)
-    web.run_app(app, sock=bind_socket(host, port), print=None, access_log=None)
+    web.run_app(app, sock=bind_socket(host, port), print=None, access_log=None,
+                shutdown_timeout=1)
 
 
 def main() -> None:
@@ -49,15 +50,21 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=serve_one, args=(args.host, args.port))
                for _ in range(args.workers)]
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     for worker in workers:
         worker.start()
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    while not stopping.wait(0.5):
+        pass
     for worker in workers:
         worker.terminate()
     for worker in workers:
-        worker.join(10)
+        worker.join(5)
+        if worker.is_alive():  # never leave a worker holding the port after the run
+            worker.kill()
+            worker.join()
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     main()
