@@ -149,8 +149,12 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         pool = await database.create_pool(settings, dsn)
         # The sandbox stands for another company's system: its own connections, so a
         # processor call made while we hold a connection can never starve our pool.
+        # Its books need not wait for our disk: they simulate another company's system,
+        # and an asynchronous commit survives any crash of Kassa (only PostgreSQL's own
+        # crash could lose the last few ms, which recovery then reads as "never sent").
         sandbox_pool = await database.create_pool(
-            settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn)
+            settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn,
+            application_name="kassa-sandbox", synchronous_commit=False)
         connector = observability.InstrumentedConnector(
             SandboxConnector(sandbox_pool, settings.sandbox_latency_ms,
                              batch_settings(settings)), settings.processor_timeout_ms / 1000)

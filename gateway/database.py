@@ -72,16 +72,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+async def create_pool(settings: Settings, dsn: str, *, application_name: str = "kassa",
+                      synchronous_commit: bool = True) -> asyncpg.Pool:
+    server_settings = {
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "application_name": application_name,
+    }
+    if not synchronous_commit:
+        server_settings["synchronous_commit"] = "off"
     return await asyncpg.create_pool(
         dsn,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,
-        server_settings={
-            "statement_timeout": str(settings.db_statement_timeout_ms),
-            "application_name": "kassa",
-        },
+        server_settings=server_settings,
         # By default Pool.release runs RESET ALL/UNLISTEN/... on every release: a round
         # trip per request we do not need, since Kassa never changes session state.
         reset=_keep_session,

@@ -31,7 +31,7 @@ Item = TypeVar("Item")
 # Exception instance fails that item alone (its future raises it).
 Write = Callable[[asyncpg.Connection, Sequence[Item]], Awaitable[list[Any]]]
 
-BATCHES_IN_FLIGHT_MAX = 4  # concurrent batch transactions per batcher (connections used)
+BATCHES_IN_FLIGHT_MAX = 1  # the next batch is what queued during this commit: one fsync for all
 
 
 class Overloaded(Exception):
