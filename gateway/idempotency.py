@@ -60,22 +60,21 @@ def replayed(status: int, body: bytes) -> Answer:
     return Answer(status, bytes(body), {REPLAYED_HEADER: "true"})
 
 
-def key_in_use() -> Answer:
-    answer = Answer.of_error(ApiError(
-        409, "idempotency_error", "idempotency_key_in_use",
-        "a request with this Idempotency-Key is still in progress; retry later",
-    ))
+def _about_the_key(status: int, code: str, message: str) -> Answer:
+    """An answer about the key itself: never stored or cached (``storable`` False)."""
+    answer = Answer.of_error(ApiError(status, "idempotency_error", code, message))
     answer.storable = False
     return answer
+
+
+def key_in_use() -> Answer:
+    return _about_the_key(409, "idempotency_key_in_use", "a request with this Idempotency-Key "
+                          "is still in progress; retry later")
 
 
 def key_reused() -> Answer:
-    answer = Answer.of_error(ApiError(
-        422, "idempotency_error", "idempotency_key_reused",
-        "this Idempotency-Key was used with a different request",
-    ))
-    answer.storable = False
-    return answer
+    return _about_the_key(422, "idempotency_key_reused",
+                          "this Idempotency-Key was used with a different request")
 
 
 @dataclass(frozen=True)
