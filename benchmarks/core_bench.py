@@ -29,13 +29,27 @@ PAYMENT = {
 
 
 def cases(core) -> dict[str, Callable[[], object]]:
-    v, s, lg, idem = core.validation, core.states, core.ledger, core.idempotency
+    v, s, lg, idem, risk = (core.validation, core.states, core.ledger, core.idempotency,
+                            core.risk)
     transition = s.capture("authorized", 1999, 1999, 0, 0, 1500)
+    limiter, guard = risk.RateLimiter(), risk.VelocityGuard()
+    # Limits that never trip, so every call does the full counting work.
+    limits = risk.RiskLimits(3600.0, 10**9, 10**9, 10**9)
+    clock = iter(range(10**12))  # a fresh instant per call: buckets refill, windows slide
+
+    def rate_limit():
+        return limiter.take("key_x", 1e9, 1e9, next(clock) * 1e-6)
+
+    def velocity_check():
+        return guard.check("mer_x", "fp_0123456789abcdef", limits, next(clock) * 1e-6)
 
     def authorization_path():
         # What the core does for one authorization with automatic capture.
+        rate_limit()
+        v.check_json_depth(PAYMENT)
         request = v.validate_payment(PAYMENT, 2026, 11)
         idem.request_fingerprint("POST", "/v1/payments", "mer_x", PAYMENT)
+        velocity_check()
         auth = s.settle_authorization("approved", request.amount)
         cap = s.capture(auth.status, request.amount, auth.amount_capturable,
                         auth.amount_captured, auth.amount_refunded, None)
@@ -49,6 +63,9 @@ def cases(core) -> dict[str, Callable[[], object]]:
                                                                 "mer_x", PAYMENT),
         "capture_transition": lambda: s.capture("authorized", 1999, 1999, 0, 0, 1500),
         "ledger_postings": lambda: lg.postings(transition, "mer_x", "sandbox", "EUR"),
+        "json_depth": lambda: v.check_json_depth(PAYMENT),
+        "rate_limit": rate_limit,
+        "velocity_check": velocity_check,
         "authorization_path": authorization_path,
     }
 

@@ -15,7 +15,7 @@ import importlib
 import os
 from types import SimpleNamespace
 
-MODULES = ("validation", "states", "ledger", "idempotency")
+MODULES = ("validation", "states", "ledger", "idempotency", "risk")
 
 
 class CoreNotCompiled(ImportError):
@@ -50,6 +50,7 @@ validation = _impl.validation
 states = _impl.states
 ledger = _impl.ledger
 idempotency = _impl.idempotency
+risk = _impl.risk
 
 BUILD = (
     f"core_ext: compiled ({', '.join(MODULES)})"

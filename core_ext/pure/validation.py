@@ -22,6 +22,7 @@ HOLDER_NAME_CHARS_MAX = 200
 EMAIL_CHARS_MAX = 320
 TOKEN_CHARS_MAX = 255
 EXPIRY_YEARS_AHEAD_MAX = 50
+JSON_DEPTH_MAX = 16  # containers nested in a request body; API bodies need 3
 LIST_LIMIT_DEFAULT = 10
 LIST_LIMIT_MAX = 100
 
@@ -103,6 +104,29 @@ def _amount(value: object, param: str) -> int:
     if value > AMOUNT_MAX:
         raise _invalid(param, f"{param} must be at most {AMOUNT_MAX}", "amount_too_large")
     return value
+
+
+@cython.cfunc
+@cython.exceptval(-1)
+def _nests_deeper(value: object, depth: cython.int) -> cython.int:
+    """1 if ``value`` (a container at level ``depth``) holds containers past JSON_DEPTH_MAX.
+    Recursion stops at the limit, so the C stack never holds more than JSON_DEPTH_MAX frames."""
+    if depth > JSON_DEPTH_MAX:
+        return 1
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        if isinstance(item, (dict, list)) and _nests_deeper(item, depth + 1):
+            return 1
+    return 0
+
+
+def check_json_depth(value: object) -> None:
+    """Refuse a body whose objects and arrays nest deeper than JSON_DEPTH_MAX (400
+    json_too_deep), before anything else walks it."""
+    if isinstance(value, (dict, list)) and _nests_deeper(value, 1):
+        raise CoreError("json_too_deep",
+                        f"request body nests objects and arrays deeper than "
+                        f"{JSON_DEPTH_MAX} levels")
 
 
 # --- cards ----------------------------------------------------------------------------

@@ -273,3 +273,23 @@ def test_ip_check_agrees_with_the_stdlib(core, text):
     except ValueError:
         expected = False
     assert core.validation._ip_valid(text) == expected
+
+
+def test_json_depth_limit(core):
+    v = core.validation
+
+    def nest(depth, leaf="x"):
+        value = leaf
+        for level in range(depth):
+            value = {"a": value} if level % 2 else [value]
+        return value
+
+    v.check_json_depth(nest(v.JSON_DEPTH_MAX))  # exactly at the limit: fine
+    v.check_json_depth("scalar")
+    v.check_json_depth({"a": [1, {"b": "c"}], "d": {}})
+    for too_deep in (nest(v.JSON_DEPTH_MAX + 1), nest(1000),
+                     {"ok": 1, "deep": nest(v.JSON_DEPTH_MAX)}):
+        with pytest.raises(CoreError) as caught:
+            v.check_json_depth(too_deep)
+        assert caught.value.as_tuple()[:4] == (400, "invalid_request_error", "json_too_deep",
+                                               None)
