@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import MERCHANT_ID, POOL, SERVICE
+import core_ext
+from gateway.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS
 from gateway.errors import invalid_request
 from gateway.idempotency import key_from
 
 
 async def _json_body(request: web.Request, required: bool = True) -> object:
-    raw = await request.read()
+    timeout_s = request.app[SETTINGS].body_read_timeout_ms / 1000
+    try:
+        async with asyncio.timeout(timeout_s):  # a client that stalls mid-body holds nothing
+            raw = await request.read()
+    except TimeoutError:
+        raise invalid_request("request_timeout", f"the request body did not arrive within "
+                              f"{timeout_s:g} s", status=408) from None
     if not raw.strip():
         if required:
             raise invalid_request("invalid_json", "request body must be a JSON object")
         return {}
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # orjson's own bound (1024)
+            raise invalid_request("json_too_deep", "request body nests objects and arrays "
+                                  f"deeper than {core_ext.validation.JSON_DEPTH_MAX} levels"
+                                  ) from None
         raise invalid_request("invalid_json", "request body is not valid JSON") from None
+    core_ext.validation.check_json_depth(body)
+    return body
 
 
 def _json(payload: object, status: int = 200) -> web.Response:
@@ -30,7 +44,8 @@ def _json(payload: object, status: int = 200) -> web.Response:
 
 async def create_payment(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    answer = await request.app[SERVICE].authorize(request[MERCHANT_ID], body, key_from(request))
+    answer = await request.app[SERVICE].authorize(request[MERCHANT_ID], body, key_from(request),
+                                                  request[CALLER].risk)
     return answer.response()
 
 
@@ -93,7 +108,9 @@ async def get_settlement_report(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise invalid_request("parameter_invalid", "format must be json or csv", "format")
-    lines = await settlement(request.app[POOL], day, request[MERCHANT_ID])
+    timeout_s = request.app[SETTINGS].db_acquire_timeout_ms / 1000
+    async with request.app[POOL].acquire(timeout=timeout_s) as conn:
+        lines = await settlement(conn, day, request[MERCHANT_ID])
     if fmt == "csv":
         return web.Response(text=settlement_csv(lines), content_type="text/csv")
     return _json({"object": "settlement_report", "date": day.isoformat(), "lines": lines})

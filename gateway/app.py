@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -13,19 +15,28 @@ from aiohttp import web
 import core_ext
 from core_ext.errors import CoreError
 from gateway import api, database, metrics, observability, recovery
-from gateway.appkeys import KEYS, MERCHANT_ID, POOL, SERVICE, SETTINGS
+from gateway.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL, SERVICE, SETTINGS
 from gateway.cards import CardVault, load_master_key
 from gateway.config import Settings
 from gateway.connectors import SandboxConnector
 from gateway.errors import ApiError, api_error, invalid_request
 from gateway.idempotency import IdempotencyStore
-from gateway.merchants import KeyCache
+from gateway.merchants import KeyCache, LimitDefaults
 from gateway.payments import PaymentService, batch_settings
 from gateway.pipeline import Overloaded
 
 log = logging.getLogger("kassa.http")
 
 BODY_BYTES_MAX = 64 * 1024  # API.md: larger request bodies answer 413
+
+# The database is down, restarting, refusing connections, or too slow: the request did not
+# take effect (or its write-ahead record lets recovery settle it), so the client may retry.
+# OperatorInterventionError covers admin/crash shutdown, "cannot connect now" while it
+# starts, and a statement cancelled by statement_timeout.
+DATABASE_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError, asyncpg.InterfaceError, OSError, TimeoutError,
+)
 
 SANDBOX_POOL_CONNECTIONS_MAX = 4  # the sandbox processor's own books, apart from ours
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,8 +85,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ).response()
     except web.HTTPException as exc:
         return invalid_request("request_invalid", exc.reason, status=exc.status).response()
-    except (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except DATABASE_UNAVAILABLE as exc:
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         return api_error(
             503, "database_unavailable", "the database is unavailable; retry with the same "
@@ -97,17 +107,27 @@ def _bearer(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """/v1 needs a merchant's key, and each key is held to its rate limit (429)."""
     if not request.path.startswith("/v1/"):
         return await handler(request)
     secret = _bearer(request)
     if secret is None:
         raise ApiError(401, "authentication_error", "api_key_missing",
                        "no API key provided: use 'Authorization: Bearer <secret key>'")
-    merchant_id = await request.app[KEYS].authenticate(request.app[POOL], secret)
-    if merchant_id is None:
+    caller = await request.app[KEYS].authenticate(request.app[POOL], secret)
+    if caller is None:
         raise ApiError(401, "authentication_error", "api_key_invalid",
                        "invalid or revoked API key")
-    request[MERCHANT_ID] = merchant_id
+    wait_s = request.app[LIMITER].take(caller.key_id, caller.rate_limit_per_s,
+                                       caller.rate_limit_burst, time.monotonic())
+    if wait_s > 0:
+        metrics.RATE_LIMITED.inc()
+        retry_after_s = max(1, math.ceil(wait_s))
+        raise ApiError(429, "rate_limit_error", "rate_limited",
+                       f"too many requests with this API key; retry in {retry_after_s} s",
+                       headers={"Retry-After": str(retry_after_s)})
+    request[MERCHANT_ID] = caller.merchant_id
+    request[CALLER] = caller
     return await handler(request)
 
 
@@ -186,7 +206,9 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         middlewares=[observability.middleware, error_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
-    app[KEYS] = KeyCache()
+    app[KEYS] = KeyCache(LimitDefaults.from_settings(settings),
+                         settings.db_acquire_timeout_ms / 1000)
+    app[LIMITER] = core_ext.risk.RateLimiter()
     app.cleanup_ctx.append(_services_ctx(dsn))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -4,11 +4,14 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Settings
-from gateway.merchants import KeyCache
+import core_ext
+from gateway.merchants import Caller, KeyCache
 from gateway.payments import PaymentService
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 KEYS = web.AppKey("keys", KeyCache)
 SERVICE = web.AppKey("payment_service", PaymentService)
+LIMITER = web.AppKey("rate_limiter", core_ext.risk.RateLimiter)
 MERCHANT_ID = web.RequestKey("merchant_id", str)  # set by the auth middleware
+CALLER = web.RequestKey("caller", Caller)  # set by the auth middleware

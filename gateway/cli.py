@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     create = merchant_commands.add_parser("create", help="create a merchant and its first key")
     create.add_argument("name")
     merchant_commands.add_parser("list", help="list merchants")
+    limits = merchant_commands.add_parser(
+        "limits", help="show a merchant's rate and velocity limits, or override them")
+    limits.add_argument("merchant_id")
+    for flag, column, meaning in LIMIT_FLAGS:
+        limits.add_argument(flag, dest=column, type=_limit_value, metavar="N|default",
+                            help=f"{meaning} (0: off; 'default': the gateway's setting)")
 
     keys = commands.add_parser("keys", help="manage secret keys")
     key_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -56,6 +62,32 @@ def _parser() -> argparse.ArgumentParser:
     settlement.add_argument("--merchant", metavar="MERCHANT_ID", help="only this merchant")
     settlement.add_argument("--format", choices=("csv", "json"), default="csv")
     return parser
+
+
+# kassa merchants limits: flag, merchants column, meaning.
+LIMIT_FLAGS = (
+    ("--rate-per-s", "rate_limit_per_s", "requests a second per API key and worker"),
+    ("--burst", "rate_limit_burst", "requests a key may send at once"),
+    ("--merchant-attempts", "velocity_merchant_attempts_max",
+     "authorizations per merchant per velocity window"),
+    ("--card-attempts", "velocity_card_attempts_max",
+     "authorizations per card per velocity window"),
+    ("--card-declines", "velocity_card_declines_max",
+     "declines per card per velocity window before the card is refused"),
+)
+RESET = "default"
+
+
+def _limit_value(text: str) -> int | str:
+    if text == RESET:
+        return RESET
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'default'") from None
+    if not 0 <= value <= 100_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 100000000")
+    return value
 
 
 def _iso_date(text: str) -> date:
@@ -140,6 +172,30 @@ async def _merchants_list(conn: asyncpg.Connection) -> int:
     return 0
 
 
+def _merchants_limits(merchant_id: str, given: dict[str, int | str],
+                      settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[int]]:
+    async def work(conn: asyncpg.Connection) -> int:
+        from gateway.merchants import UnknownMerchant, set_limits
+
+        changes = {column: None if value == RESET else value for column, value in given.items()}
+        if changes.get("rate_limit_burst") == 0:
+            print("kassa: --burst must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            row = await set_limits(conn, merchant_id, changes)
+        except UnknownMerchant:
+            print(f"kassa: no such merchant: {merchant_id}", file=sys.stderr)
+            return EXIT_FAILURE
+        for flag, column, _ in LIMIT_FLAGS:
+            own = row[column]  # the settings field of the same name is the default
+            shown = own if own is not None else f"{getattr(settings, column)} (default)"
+            print(f"{flag[2:]}: {shown}")
+        print(f"velocity window: {settings.velocity_window_s} s (KASSA_VELOCITY_WINDOW_S)")
+        return 0
+
+    return work
+
+
 def _keys_rotate(merchant_id: str, grace_s: int) -> Callable[[asyncpg.Connection], Awaitable[int]]:
     async def work(conn: asyncpg.Connection) -> int:
         from gateway.merchants import UnknownMerchant, rotate_key
@@ -193,6 +249,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         work = _migrate
     elif args.command == "merchants" and args.action == "create":
         work = _merchants_create(args.name)
+    elif args.command == "merchants" and args.action == "limits":
+        given = {column: getattr(args, column) for _, column, _ in LIMIT_FLAGS
+                 if getattr(args, column) is not None}
+        work = _merchants_limits(args.merchant_id, given, settings)
     elif args.command == "merchants":
         work = _merchants_list
     elif args.command == "ledger":

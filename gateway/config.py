@@ -143,10 +143,45 @@ FIELDS: dict[str, Field] = {
     "shutdown_grace_s": Field(
         "KASSA_SHUTDOWN_GRACE_S", _integer(0, 600), "30", "time to finish in-flight requests"
     ),
+    "rate_limit_per_s": Field(
+        "KASSA_RATE_LIMIT_PER_S", _integer(0, 1_000_000), "500",
+        "requests a second per API key and worker process (0: unlimited); per merchant: "
+        "kassa merchants limits",
+    ),
+    "rate_limit_burst": Field(
+        "KASSA_RATE_LIMIT_BURST", _integer(1, 1_000_000), "1000",
+        "requests an API key may send at once before the rate applies",
+    ),
+    "velocity_window_s": Field(
+        "KASSA_VELOCITY_WINDOW_S", _integer(1, 7 * 86_400), "3600",
+        "sliding window of the card-testing velocity rules",
+    ),
+    "velocity_merchant_attempts_max": Field(
+        "KASSA_VELOCITY_MERCHANT_ATTEMPTS_MAX", _integer(0, 100_000_000), "0",
+        "authorizations per merchant per window (0: rule off)",
+    ),
+    "velocity_card_attempts_max": Field(
+        "KASSA_VELOCITY_CARD_ATTEMPTS_MAX", _integer(0, 100_000_000), "50",
+        "authorizations per card fingerprint per window (0: rule off)",
+    ),
+    "velocity_card_declines_max": Field(
+        "KASSA_VELOCITY_CARD_DECLINES_MAX", _integer(0, 100_000_000), "5",
+        "declines per card fingerprint per window before the card is refused (0: rule off)",
+    ),
+    "body_read_timeout_ms": Field(
+        "KASSA_BODY_READ_TIMEOUT_MS", _integer(100, 600_000), "10000",
+        "a request body must arrive within this (else 408)",
+    ),
+    "metrics_token": Field(
+        "KASSA_METRICS_TOKEN", _text, "", "bearer token /metrics requires (empty: open)"
+    ),
     "log_level": Field(
         "KASSA_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"
     ),
 }
+
+
+SECRET_FIELDS = frozenset({"master_key", "database_url", "metrics_token"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +209,14 @@ class Settings:
     commit_wait_ms: int
     pipeline_inflight_max: int
     shutdown_grace_s: int
+    rate_limit_per_s: int
+    rate_limit_burst: int
+    velocity_window_s: int
+    velocity_merchant_attempts_max: int
+    velocity_card_attempts_max: int
+    velocity_card_declines_max: int
+    body_read_timeout_ms: int
+    metrics_token: str
     log_level: str
 
     def replace(self, **changes: Any) -> Settings:
@@ -206,7 +249,7 @@ def load_settings(
         try:
             values[name] = field.parse(given)
         except ValueError as exc:
-            shown = "<hidden>" if name in ("master_key", "database_url") else repr(given)
+            shown = "<hidden>" if name in SECRET_FIELDS else repr(given)
             problems.append(f"{source}={shown}: {exc}")
     if not problems and values["db_pool_min"] > values["db_pool_max"]:
         problems.append("KASSA_DB_POOL_MIN must not exceed KASSA_DB_POOL_MAX")

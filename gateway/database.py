@@ -7,10 +7,12 @@ supervisor, or a CLI command) owns it; workers only receive its DSN.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,8 @@ from gateway.config import Settings
 log = logging.getLogger("kassa.database")
 
 MIGRATIONS_LOCK_ID = 0x6B61737361  # "kassa": one advisory lock serializes concurrent migrators
+CONNECT_TIMEOUT_S = 5.0  # opening a connection; asyncpg's default (60 s) would hang requests
+COMMAND_TIMEOUT_SLACK_S = 1.0  # past statement_timeout before the client gives up on its own
 
 
 class EmbeddedDatabaseError(RuntimeError):
@@ -80,20 +84,60 @@ async def create_pool(settings: Settings, dsn: str, *, application_name: str = "
     }
     if not synchronous_commit:
         server_settings["synchronous_commit"] = "off"
+    statement_timeout_s = settings.db_statement_timeout_ms / 1000
     return await asyncpg.create_pool(
         dsn,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,
         server_settings=server_settings,
+        # The server cancels a slow statement itself (statement_timeout); this client-side
+        # bound is the backstop for a server that cannot answer at all (hung, partitioned).
+        command_timeout=statement_timeout_s + COMMAND_TIMEOUT_SLACK_S,
+        timeout=CONNECT_TIMEOUT_S,
         # By default Pool.release runs RESET ALL/UNLISTEN/... on every release: a round
         # trip per request we do not need, since Kassa never changes session state.
         reset=_keep_session,
+        connection_class=_Connection,
     )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release without a reset query (asyncpg still clears its local listeners)."""
+
+
+@contextlib.contextmanager
+def _lost_if_terminated(conn: asyncpg.Connection) -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.InternalClientError as exc:
+        if "another operation" not in str(exc):
+            raise  # a real client bug: let it be a 500
+        # Nothing was sent (asyncpg refuses before writing): drop the connection so the
+        # pool opens a new one, and fail like the lost connection it is (a 503, retried).
+        conn.terminate()
+        raise asyncpg.ConnectionDoesNotExistError(
+            "the server terminated this connection") from exc
+
+
+class _Connection(asyncpg.Connection):
+    """A pooled connection the server has just terminated fails as a lost connection.
+
+    When PostgreSQL ends a session (fast or crash shutdown, pg_terminate_backend), an
+    idle pooled connection receives the server's FATAL message before its socket's close
+    is processed; meanwhile asyncpg holds its protocol in an error state
+    (MagicStack/asyncpg#784), and a request that acquires it in that window fails with
+    InternalClientError "cannot switch to state ...; another operation (2) is in
+    progress": a 500 where a database restart deserves a 503. Found by benchmarks/chaos.py.
+    """
+
+    async def execute(self, *args: Any, **kwargs: Any) -> str:
+        with _lost_if_terminated(self):
+            return await super().execute(*args, **kwargs)
+
+    async def _execute(self, *args: Any, **kwargs: Any) -> Any:
+        with _lost_if_terminated(self):
+            return await super()._execute(*args, **kwargs)
 
 
 # --- migrations -------------------------------------------------------------------

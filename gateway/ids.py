@@ -1,5 +1,6 @@
 """Opaque object ids with a type prefix (API.md): ``pay_``, ``re_``, ``tok_``, ..."""
 
+import hashlib
 import secrets
 
 ID_RANDOM_BYTES = 16  # 128 random bits: collisions are not a practical concern
@@ -8,3 +9,10 @@ ID_RANDOM_BYTES = 16  # 128 random bits: collisions are not a practical concern
 def new_id(prefix: str) -> str:
     # One urandom read as hex: a per-character choice cost ~4% of a worker under load.
     return prefix + "_" + secrets.token_hex(ID_RANDOM_BYTES)
+
+
+def keyed_id(prefix: str, merchant_id: str, idempotency_key: str) -> str:
+    """The same id for every attempt of one (merchant, Idempotency-Key): what a processor
+    deduplicates a retried operation by. Same shape as ``new_id``'s ids."""
+    digest = hashlib.sha256(f"{merchant_id}\x00{idempotency_key}".encode()).hexdigest()
+    return prefix + "_" + digest[: 2 * ID_RANDOM_BYTES]

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+import core_ext
 from gateway.ids import new_id
 
 SECRET_KEY_PREFIX = "sk_"
@@ -87,28 +88,107 @@ async def list_merchants(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
+# Per-merchant overrides of the abuse limits (migration 0004); NULL: the gateway's default.
+LIMIT_COLUMNS = ("rate_limit_per_s", "rate_limit_burst", "velocity_merchant_attempts_max",
+                 "velocity_card_attempts_max", "velocity_card_declines_max")
+
+
+@dataclass(frozen=True)
+class LimitDefaults:
+    """The gateway-wide limits (settings) a merchant's NULL overrides fall back to."""
+
+    rate_limit_per_s: int
+    rate_limit_burst: int
+    velocity_window_s: int
+    velocity_merchant_attempts_max: int
+    velocity_card_attempts_max: int
+    velocity_card_declines_max: int
+
+    @classmethod
+    def from_settings(cls, settings: object) -> LimitDefaults:
+        return cls(*(getattr(settings, name) for name in (
+            "rate_limit_per_s", "rate_limit_burst", "velocity_window_s",
+            "velocity_merchant_attempts_max", "velocity_card_attempts_max",
+            "velocity_card_declines_max")))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated request's key and the limits that apply to it."""
+
+    merchant_id: str
+    key_id: str
+    rate_limit_per_s: int
+    rate_limit_burst: int
+    risk: object  # core_ext.risk.RiskLimits
+
+
+def _effective(row: asyncpg.Record, defaults: LimitDefaults) -> dict[str, int]:
+    return {name: getattr(defaults, name) if row[name] is None else row[name]
+            for name in LIMIT_COLUMNS}
+
+
+async def set_limits(conn: asyncpg.Connection, merchant_id: str,
+                     changes: dict[str, int | None]) -> asyncpg.Record:
+    """Set (an int) or reset to the default (None) the named overrides; the merchant's row."""
+    unknown = set(changes) - set(LIMIT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown limits: {sorted(unknown)}")
+    # Column names come from LIMIT_COLUMNS, never from input; values are parameters.
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+    sql = f"UPDATE merchants SET {assignments} WHERE id = $1 RETURNING *" if changes else \
+        "SELECT * FROM merchants WHERE id = $1"
+    row = await conn.fetchrow(sql, merchant_id, *changes.values())
+    if row is None:
+        raise UnknownMerchant(merchant_id)
+    return row
+
+
+AUTHENTICATE_SQL = """
+SELECT k.id, k.merchant_id, k.key_hash, k.expires_at, m.rate_limit_per_s, m.rate_limit_burst,
+       m.velocity_merchant_attempts_max, m.velocity_card_attempts_max,
+       m.velocity_card_declines_max
+  FROM api_keys k JOIN merchants m ON m.id = k.merchant_id
+ WHERE k.key_hash = $1
+"""
+
+
 class KeyCache:
-    """key hash -> (merchant id, key expiry, time cached). The database decides;
-    this only saves a round trip per request for a few seconds."""
+    """key hash -> (caller, key expiry, time cached). The database decides; this only
+    saves a round trip per request for a few seconds (a rotated key, or changed limits,
+    take effect in every process within AUTH_CACHE_TTL_S).
 
-    def __init__(self) -> None:
-        self._entries: dict[bytes, tuple[str, float | None, float]] = {}
+    The secret itself is never compared: it is hashed (SHA-256) and the digest is looked
+    up, so the time taken tells nothing about how much of a guessed key was right."""
 
-    async def authenticate(self, pool: asyncpg.Pool, secret: str) -> str | None:
+    def __init__(self, defaults: LimitDefaults, acquire_timeout_s: float) -> None:
+        self._defaults = defaults
+        self._acquire_timeout_s = acquire_timeout_s
+        self._entries: dict[bytes, tuple[Caller, float | None, float]] = {}
+
+    async def authenticate(self, pool: asyncpg.Pool, secret: str) -> Caller | None:
         digest = hash_key(secret)
         now = time.monotonic()
         wall = time.time()
         hit = self._entries.get(digest)
         if hit is not None and now - hit[2] < AUTH_CACHE_TTL_S:
-            merchant_id, expires, _ = hit
-            return merchant_id if expires is None or expires > wall else None
-        row = await pool.fetchrow(
-            "SELECT merchant_id, key_hash, expires_at FROM api_keys WHERE key_hash = $1", digest
-        )
+            caller, expires, _ = hit
+            return caller if expires is None or expires > wall else None
+        async with pool.acquire(timeout=self._acquire_timeout_s) as conn:
+            row = await conn.fetchrow(AUTHENTICATE_SQL, digest)
         if row is None or not hmac.compare_digest(row["key_hash"], digest):
             return None
+        caller = self._caller(row)
         expires = row["expires_at"].timestamp() if row["expires_at"] is not None else None
         if len(self._entries) >= AUTH_CACHE_ENTRIES_MAX:
             self._entries.clear()
-        self._entries[digest] = (row["merchant_id"], expires, now)
-        return row["merchant_id"] if expires is None or expires > wall else None
+        self._entries[digest] = (caller, expires, now)
+        return caller if expires is None or expires > wall else None
+
+    def _caller(self, row: asyncpg.Record) -> Caller:
+        limits = _effective(row, self._defaults)
+        risk = core_ext.risk.RiskLimits(
+            float(self._defaults.velocity_window_s), limits["velocity_merchant_attempts_max"],
+            limits["velocity_card_attempts_max"], limits["velocity_card_declines_max"])
+        return Caller(row["merchant_id"], row["id"], limits["rate_limit_per_s"],
+                      limits["rate_limit_burst"], risk)

@@ -87,6 +87,13 @@ AUTHORIZATIONS_EXPIRED = Counter(
 BACKGROUND_FAILURES = Counter(
     "kassa_background_pass_failures", "Background (recovery, expiry, sweep) passes that failed.")
 
+RATE_LIMITED = Counter(
+    "kassa_rate_limited", "Requests refused with 429 rate_limit by the per-key token bucket.")
+RISK_DECLINES = Counter(
+    "kassa_risk_declines",
+    "Authorizations the card-testing rules declined (card_velocity_exceeded), by rule.",
+    ["rule"])
+
 # --- processor client ---------------------------------------------------------------------
 
 PROCESSOR_DURATION = Histogram(
@@ -168,6 +175,11 @@ def authorization(processor: str, outcome: str, decline_code: str | None = None)
 def amount_authorized(currency: str, amount: int) -> None:
     """``currency`` must be one the core validated (ISO 4217 table): bounded labels."""
     AUTHORIZED_AMOUNT.labels(currency.upper()).inc(amount)
+
+
+def risk_decline(rule: str) -> None:
+    """``rule`` is one of core_ext.risk.RULES: bounded labels."""
+    RISK_DECLINES.labels(rule).inc()
 
 
 def ledger_entries_posted(count: int) -> None:

@@ -11,6 +11,7 @@ query string, a header value other than the request id, or anything from a body.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import time
@@ -23,8 +24,9 @@ import orjson
 from aiohttp import web
 
 from gateway import metrics
-from gateway.appkeys import MERCHANT_ID, POOL, SERVICE
+from gateway.appkeys import MERCHANT_ID, POOL, SERVICE, SETTINGS
 from gateway.connectors import APPROVED, DECLINED, ProcessorError
+from gateway.errors import ApiError
 
 access_log = logging.getLogger("kassa.access")
 log = logging.getLogger("kassa.observability")
@@ -108,6 +110,13 @@ def _count_idempotency(response: web.StreamResponse) -> None:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token:  # its own credential, never a merchant's key; compared in constant time
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token.encode()):
+            raise ApiError(401, "authentication_error", "metrics_token_invalid",
+                           "/metrics needs 'Authorization: Bearer <KASSA_METRICS_TOKEN>'")
     sample_gauges(request.app)
     body, content_type = metrics.exposition()
     response = web.Response(body=body)

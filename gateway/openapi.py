@@ -30,9 +30,10 @@ ERROR_TYPES = (
 ERROR_CODES = (
     "parameter_unknown", "parameter_missing", "parameter_invalid", "amount_too_small",
     "amount_too_large", "invalid_number", "invalid_expiry_month", "invalid_expiry_year",
-    "invalid_cvc", "invalid_json", "request_too_large", "request_invalid", "resource_missing",
-    "method_not_allowed", "payment_state_invalid", "card_declined", "idempotency_key_in_use",
-    "idempotency_key_reused", "api_key_missing", "api_key_invalid", "rate_limited",
+    "invalid_cvc", "invalid_json", "json_too_deep", "request_too_large", "request_timeout",
+    "request_invalid", "resource_missing", "method_not_allowed", "payment_state_invalid",
+    "card_declined", "idempotency_key_in_use", "idempotency_key_reused", "api_key_missing",
+    "api_key_invalid", "metrics_token_invalid", "rate_limited",
     "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded", "internal_error",
 )
 
@@ -265,17 +266,22 @@ def schemas() -> dict:
 # --- response and parameter helpers -----------------------------------------------------
 
 ERROR_DESCRIPTIONS = {
-    400: "Invalid request: a bad, missing or unknown parameter, malformed JSON, or an "
-         "amount over what can be captured or refunded (`amount_too_large`).",
-    401: "Missing (`api_key_missing`) or wrong (`api_key_invalid`) API key.",
+    400: "Invalid request: a bad, missing or unknown parameter, malformed JSON "
+         "(`invalid_json`), objects and arrays nested deeper than 16 levels (`json_too_deep`), "
+         "or an amount over what can be captured or refunded (`amount_too_large`).",
+    401: "Missing (`api_key_missing`) or wrong, unknown or revoked (`api_key_invalid`) API "
+         "key; on /metrics, a missing or wrong metrics token (`metrics_token_invalid`).",
     402: "The card was declined (`card_error` / `card_declined`); `decline_code` says why "
          "and `payment_id` names the stored declined payment.",
     404: "No such object for this merchant (`resource_missing`).",
+    408: "The request body did not arrive within KASSA_BODY_READ_TIMEOUT_MS "
+         "(`request_timeout`); nothing was executed.",
     409: "`payment_state_invalid` (illegal state transition) or `idempotency_key_in_use` "
          "(the same key is still executing, or its outcome is not settled yet).",
     413: "The request body exceeds 64 KiB (`request_too_large`).",
     422: "`idempotency_key_reused`: the same key was used with another request.",
-    429: "Per-key rate limit hit (`rate_limited`); see `Retry-After`.",
+    429: "Per-key rate limit hit (`rate_limit_error` / `rate_limited`); nothing was executed, "
+         "retry after `Retry-After` seconds.",
     500: "Internal error (`internal_error`); safe to retry with the same Idempotency-Key.",
     502: "The processor failed (`processor_error`); for an authorization the payment is "
          "recorded `failed`. Safe to retry with the same Idempotency-Key.",
@@ -351,7 +357,7 @@ def parameters() -> dict:
 
 
 V1_ERRORS = (401, 429, 500, 503)  # any /v1 operation can answer these
-POST_ERRORS = (400, 401, 409, 413, 422, 429, 500, 503)  # any /v1 POST can answer these
+POST_ERRORS = (400, 401, 408, 409, 413, 422, 429, 500, 503)  # any /v1 POST can answer these
 BEARER = [{"bearerAuth": []}]
 
 
@@ -404,8 +410,11 @@ def paths() -> dict:
         "/metrics": {"get": {
             "operationId": "metrics", "tags": ["operations"],
             "summary": "Prometheus metrics of every worker process (text exposition format).",
+            "description": "Open unless KASSA_METRICS_TOKEN is set; then it needs "
+                           "`Authorization: Bearer <that token>` (never a merchant's key).",
             "responses": {"200": {"description": "The metrics.", "content": {
-                "text/plain": {"schema": {"type": "string"}}}}},
+                "text/plain": {"schema": {"type": "string"}}}},
+                **error_responses(401)},
         }},
         "/v1/payments": {
             "post": v1_post(

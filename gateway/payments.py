@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,13 +22,13 @@ import orjson
 
 import core_ext
 from core_ext.errors import CoreError
-from gateway import ledger
+from gateway import ledger, metrics
 from gateway.cards import CardVault
 from gateway.config import Settings
 from gateway.connectors import APPROVED, DECLINED, Connector, Outcome, ProcessorError
 from gateway.errors import ApiError, api_error, resource_missing
 from gateway.idempotency import Answer, Claim, IdempotencyStore
-from gateway.ids import new_id
+from gateway.ids import keyed_id, new_id
 from gateway.pipeline import Batcher, BatchSettings
 from gateway.writes import AuthorizationWrites, Intent, Settlement
 
@@ -116,6 +117,17 @@ class ResolvedCard:
     token_id: str | None
 
 
+OBJECT_ID_CHARS_MAX = 255  # ids are a prefix and 32 hex digits; longer is unknown by construction
+
+LIST_PAYMENTS_SQL = """
+SELECT * FROM payments
+ WHERE merchant_id = $1
+   AND ($2::text IS NULL OR status = $2)
+   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $5
+"""
+
 UPDATE_AMOUNTS_SQL = """
 UPDATE payments
    SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
@@ -144,6 +156,10 @@ class PaymentService:
         self._idempotency = idempotency
         self._processor_timeout_s = settings.processor_timeout_ms / 1000
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
+        self._velocity = core_ext.risk.VelocityGuard()
+        self._default_risk = core_ext.risk.RiskLimits(
+            float(settings.velocity_window_s), settings.velocity_merchant_attempts_max,
+            settings.velocity_card_attempts_max, settings.velocity_card_declines_max)
         writes = AuthorizationWrites(idempotency, answer_for_authorization)
         batching = batch_settings(settings)
         self._intents = Batcher("intents", pool, writes.write_intents, batching)
@@ -208,7 +224,9 @@ class PaymentService:
 
     # --- authorization ----------------------------------------------------------------
 
-    async def authorize(self, merchant_id: str, body: object, key: str | None) -> Answer:
+    async def authorize(self, merchant_id: str, body: object, key: str | None,
+                        risk: object = None) -> Answer:
+        """``risk``: the merchant's core_ext.risk.RiskLimits (default: the settings')."""
         today = datetime.now(timezone.utc)
         request = core_ext.validation.validate_payment(body, today.year, today.month)
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/payments", body)
@@ -216,12 +234,13 @@ class PaymentService:
             return known
         card = await self._resolve_card(merchant_id, request)
         with self._idempotency.guard(claim):
-            answer = await self._authorize(merchant_id, request, card, key, claim)
+            answer = await self._authorize(merchant_id, request, card, claim,
+                                           risk or self._default_risk)
         self._idempotency.remember(claim, answer)
         return answer
 
     async def _authorize(self, merchant_id: str, request: object, card: ResolvedCard,
-                         key: str | None, claim: Claim | None) -> Answer:
+                         claim: Claim | None, risk: object) -> Answer:
         intent = Intent(
             claim, new_id("pay"), merchant_id, request.amount, request.currency,
             request.capture, card.brand, card.last4, card.exp_month, card.exp_year,
@@ -235,6 +254,12 @@ class PaymentService:
         row, payment_id = written, intent.payment_id
         if claim is not None:
             self._idempotency.began(claim)
+        # Risk rules run once per new request: a retry with the same key was answered
+        # above from its claim and never counts as a second attempt.
+        rule = self._velocity.check(merchant_id, card.fingerprint, risk, time.monotonic())
+        if rule is not None:
+            metrics.risk_decline(rule)
+            return await self.settle(row, Outcome(DECLINED, core_ext.risk.DECLINE_CODE))
         # The intent is durable: from here a crash leaves a 'processing' payment that
         # recovery settles by asking the processor, never a charge without a record.
         try:
@@ -251,6 +276,8 @@ class PaymentService:
                 "is unknown and will be settled by recovery. Retry with the same "
                 "Idempotency-Key to get the final answer", payment_id=payment_id,
             ) from None
+        if outcome.result == DECLINED:
+            self._velocity.record_decline(merchant_id, card.fingerprint, risk, time.monotonic())
         return await self.settle(row, outcome)
 
     async def settle(self, row: asyncpg.Record, outcome: Outcome) -> Answer:
@@ -325,14 +352,20 @@ class PaymentService:
                 # The key was claimed and the request judged: the verdict is the answer.
                 answer = Answer.of_error(ApiError.from_core(exc))
             else:
-                answer = await self._apply(conn, row, operation, transition, reason)
+                answer = await self._apply(conn, row, operation, transition, reason, claim)
             await self._idempotency.complete(conn, claim, answer)
         self._idempotency.remember(claim, answer)
         return answer
 
     async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record, operation: str,
-                     transition: object, reason: str | None) -> Answer:
-        refund_id = new_id("re") if operation == "refund" else None
+                     transition: object, reason: str | None, claim: Claim | None) -> Answer:
+        refund_id = None
+        if operation == "refund":
+            # With a key, a retry whose first attempt reached the processor but lost our
+            # commit (crash, database restart) sends the same refund id, which the
+            # processor deduplicates: one key, one refund at the processor too.
+            refund_id = new_id("re") if claim is None else keyed_id("re", claim.merchant_id,
+                                                                     claim.key)
         await self._call_processor(operation, row["id"], refund_id, transition.amount)
         updated = await conn.fetchrow(
             UPDATE_AMOUNTS_SQL, row["id"], transition.status, transition.amount_capturable,
@@ -374,8 +407,12 @@ class PaymentService:
                      param: str = "id") -> asyncpg.Record:
         """The merchant's own row, or 404: another merchant's id is indistinguishable
         from an unknown one (no existence oracle). ``table`` is one of ours, never input."""
-        row = await self._pool.fetchrow(
-            f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2", object_id, merchant_id)
+        if len(object_id) > OBJECT_ID_CHARS_MAX:  # no id of ours is that long: skip the query
+            raise resource_missing(kind, object_id, param=param)
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2", object_id,
+                merchant_id)
         if row is None:
             raise resource_missing(kind, object_id, param=param)
         return row
@@ -389,16 +426,10 @@ class PaymentService:
         if starting_after is not None:
             cursor = await self._owned("payments", "payment", starting_after, merchant_id,
                                        param="starting_after")
-        rows = await self._pool.fetch(
-            """SELECT * FROM payments
-                WHERE merchant_id = $1
-                  AND ($2::text IS NULL OR status = $2)
-                  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-                ORDER BY created_at DESC, id DESC
-                LIMIT $5""",
-            merchant_id, status, cursor["created_at"] if cursor else None,
-            cursor["id"] if cursor else None, limit + 1,
-        )
+        async with self._acquire() as conn:
+            rows = await conn.fetch(LIST_PAYMENTS_SQL, merchant_id, status,
+                                    cursor["created_at"] if cursor else None,
+                                    cursor["id"] if cursor else None, limit + 1)
         return {
             "object": "list",
             "data": [render_payment(row) for row in rows[:limit]],
@@ -409,7 +440,8 @@ class PaymentService:
         return render_refund(await self._owned("refunds", "refund", refund_id, merchant_id))
 
     async def balance(self, merchant_id: str) -> dict:
-        return {"object": "balance", "currencies": await ledger.balance(self._pool, merchant_id)}
+        async with self._acquire() as conn:
+            return {"object": "balance", "currencies": await ledger.balance(conn, merchant_id)}
 
 
 def _transition(operation: str, row: asyncpg.Record, requested: int | None) -> object:
