@@ -232,6 +232,8 @@ def install() -> None:
     import core_ext
 
     BUILD_INFO.labels("compiled" if core_ext.COMPILED else "pure").set(1)
+    for rule in core_ext.risk.RULES:  # every rule's series exists from the start: rate() works
+        RISK_DECLINES.labels(rule)
 
 
 # --- exposition ---------------------------------------------------------------------------
