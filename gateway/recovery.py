@@ -37,7 +37,8 @@ class PassResult:
 
 
 async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
-                             connector: Connector, older_than_s: int) -> int:
+                             connector: Connector, older_than_s: int,
+                             processor_timeout_s: float = 10.0) -> int:
     rows = await pool.fetch(
         """SELECT * FROM payments
             WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
@@ -46,7 +47,9 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
     )
     settled = 0
     for row in rows:
-        outcome = await connector.status(row["id"])
+        # Bounded like every processor call: a hung status lookup must not stall recovery
+        # (the TimeoutError fails this pass; the next pass asks again).
+        outcome = await asyncio.wait_for(connector.status(row["id"]), processor_timeout_s)
         if outcome.result == NOT_FOUND:
             # The processor never saw it (we died before the call): nothing was charged.
             outcome = Outcome("failed")
@@ -87,7 +90,8 @@ async def run_once(pool: asyncpg.Pool, service: PaymentService, connector: Conne
                    settings: Settings) -> PassResult:
     result = PassResult()
     result.recovered = await recover_processing(pool, service, connector,
-                                                settings.recovery_after_s)
+                                                settings.recovery_after_s,
+                                                settings.processor_timeout_ms / 1000)
     result.expired = await expire_authorizations(pool, settings.authorization_ttl_s)
     metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
