@@ -19,7 +19,7 @@ from gateway.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL, SERVICE, S
 from gateway.cards import CardVault, load_master_key
 from gateway.config import Settings
 from gateway.connectors import SandboxConnector
-from gateway.errors import ApiError, api_error, invalid_request
+from gateway.errors import ApiError, api_error, invalid_request, untrusted
 from gateway.idempotency import IdempotencyStore
 from gateway.merchants import KeyCache, LimitDefaults
 from gateway.payments import PaymentService, batch_settings
@@ -75,14 +75,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ).response()
     except web.HTTPNotFound:
         return invalid_request(
-            "resource_missing", f"unrecognized request URL ({request.method} {request.path})",
+            "resource_missing",
+            f"unrecognized request URL ({request.method} {untrusted(request.path)})",
             status=404,
         ).response()
-    except web.HTTPMethodNotAllowed:
-        return invalid_request(
-            "method_not_allowed", f"{request.method} is not allowed on {request.path}",
-            status=405,
-        ).response()
+    except web.HTTPMethodNotAllowed as exc:
+        error = invalid_request(
+            "method_not_allowed",
+            f"{request.method} is not allowed on {untrusted(request.path)}",
+            status=405)
+        error.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110 15.5.6
+        return error.response()
     except web.HTTPException as exc:
         return invalid_request("request_invalid", exc.reason, status=exc.status).response()
     except DATABASE_UNAVAILABLE as exc:

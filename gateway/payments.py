@@ -117,7 +117,7 @@ class ResolvedCard:
     token_id: str | None
 
 
-OBJECT_ID_CHARS_MAX = 255  # ids are a prefix and 32 hex digits; longer is unknown by construction
+ID_PREFIXES = {"payments": "pay_", "refunds": "re_", "tokens": "tok_"}
 
 LIST_PAYMENTS_SQL = """
 SELECT * FROM payments
@@ -407,7 +407,9 @@ class PaymentService:
                      param: str = "id") -> asyncpg.Record:
         """The merchant's own row, or 404: another merchant's id is indistinguishable
         from an unknown one (no existence oracle). ``table`` is one of ours, never input."""
-        if len(object_id) > OBJECT_ID_CHARS_MAX:  # no id of ours is that long: skip the query
+        if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[table]):
+            # Not the shape of any id we issue (too long, a NUL, another prefix): unknown
+            # without asking the database, which could not even store some of these.
             raise resource_missing(kind, object_id, param=param)
         async with self._acquire() as conn:
             row = await conn.fetchrow(

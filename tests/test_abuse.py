@@ -268,3 +268,41 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
     assert routes == set(refused) | set(empty) | {("POST", "/v1/tokens")}
     _, unchanged = await get(client, f"/v1/payments/{pid}", merchant)
     assert unchanged["amount_refunded"] == 100
+
+
+# ---- text the database cannot hold, and echoes -------------------------------------------
+
+@pytest.mark.parametrize("changes,param", [
+    ({"reference": "order\x00"}, "reference"),
+    ({"description": "\x00"}, "description"),
+    ({"metadata": {"cart": "c\x00"}}, "metadata.cart"),
+    ({"metadata": {"c\x00rt": "c"}}, "metadata"),
+    ({"customer": {"email": "a\x00@example.com"}}, "customer.email"),
+    ({"payment_method": {"type": "card", "card": card(holder_name="Ada\x00")}},
+     "payment_method.card.holder_name"),
+    ({"payment_method": {"type": "token", "token": "tok_\x00"}}, "payment_method.token"),
+])
+async def test_nul_characters_are_a_400_not_a_database_error(client, merchant, db, changes,
+                                                             param):
+    status, body, _ = await post(client, "/v1/payments", merchant, payment_body(**changes))
+    assert (status, body["error"]["code"], body["error"]["param"]) == (
+        400, "parameter_invalid", param)
+    assert await db.fetchval("SELECT count(*) FROM payments") == 0
+
+
+async def test_odd_ids_are_404s_that_never_echo_a_card_number(client, merchant):
+    for path in ("/v1/payments/pay_%00x", "/v1/payments/4242424242424242",
+                 "/v1/refunds/re_%C3%A9", "/v1/payments?starting_after=pay_%00"):
+        status, body = await get(client, path, merchant)
+        assert status in (400, 404), (path, body)
+        assert "4242424242424242" not in orjson.dumps(body).decode()
+    response = await client.get("/v1/4242424242424242", headers=merchant.headers)
+    assert response.status == 404
+    assert "4242424242424242" not in await response.text()
+
+
+async def test_405_names_the_allowed_methods(client, merchant):
+    response = await client.delete("/v1/payments", headers=merchant.headers)
+    assert response.status == 405
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    assert (await response.json())["error"]["code"] == "method_not_allowed"

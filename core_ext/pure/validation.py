@@ -21,6 +21,7 @@ DESCRIPTION_CHARS_MAX = 1000
 HOLDER_NAME_CHARS_MAX = 200
 EMAIL_CHARS_MAX = 320
 TOKEN_CHARS_MAX = 255
+OBJECT_ID_CHARS_MAX = 255
 EXPIRY_YEARS_AHEAD_MAX = 50
 JSON_DEPTH_MAX = 16  # containers nested in a request body; API bodies need 3
 LIST_LIMIT_DEFAULT = 10
@@ -83,6 +84,26 @@ def _object(value: object, param) -> dict:
     return value
 
 
+def _storable(text: str) -> cython.bint:
+    """PostgreSQL text and jsonb cannot hold NUL: a string with one is refused up front
+    (else it would fail at the database as a 500)."""
+    return "\x00" not in text
+
+
+@cython.locals(i=cython.Py_ssize_t, c=cython.Py_UCS4)
+def object_id_valid(text: object, prefix: str) -> cython.bint:
+    """``prefix`` then 1..255 characters of [A-Za-z0-9_] in all: the shape of every id
+    Kassa issues. Anything else is unknown by construction (404 without a query)."""
+    if not isinstance(text, str) or not 1 <= len(text) <= OBJECT_ID_CHARS_MAX:
+        return False
+    if not text.startswith(prefix) or len(text) == len(prefix):
+        return False
+    for c in text:
+        if not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "_"):
+            return False
+    return True
+
+
 def _optional_string(body: dict, name: str, param: str, chars_max: int,
                      chars_min: int = 0):
     value = body.get(name)
@@ -91,6 +112,8 @@ def _optional_string(body: dict, name: str, param: str, chars_max: int,
     if not isinstance(value, str) or not chars_min <= len(value) <= chars_max:
         raise _invalid(param, f"{param} must be a string of {chars_min} to {chars_max} "
                               "characters")
+    if not _storable(value):
+        raise _invalid(param, f"{param} must not contain NUL characters")
     return value
 
 
@@ -362,16 +385,16 @@ def _payment_method(value: object, today_year: int, today_month: int) -> tuple:
         if token is None:
             raise _invalid("payment_method.token", "payment_method.token is required",
                            "parameter_missing")
-        if (not isinstance(token, str) or not token.startswith("tok_")
-                or len(token) > TOKEN_CHARS_MAX):
+        if not object_id_valid(token, "tok_"):
             raise _invalid("payment_method.token", "payment_method.token must be a tok_ id")
         return None, token
     raise _invalid("payment_method.type", "payment_method.type must be card or token")
 
 
 def _metadata_entry_ok(key: str, item: object) -> cython.bint:
-    return (1 <= len(key) <= METADATA_KEY_CHARS_MAX and isinstance(item, str)
-            and len(item) <= METADATA_VALUE_CHARS_MAX)
+    return (1 <= len(key) <= METADATA_KEY_CHARS_MAX and _storable(key)
+            and isinstance(item, str) and len(item) <= METADATA_VALUE_CHARS_MAX
+            and _storable(item))
 
 
 def _metadata(value: object) -> dict:
@@ -386,14 +409,16 @@ def _metadata(value: object) -> dict:
     else:
         return dict(metadata)  # all valid: no need to sort for the first error
     for key in sorted(metadata):
-        if not 1 <= len(key) <= METADATA_KEY_CHARS_MAX:
+        if not 1 <= len(key) <= METADATA_KEY_CHARS_MAX or not _storable(key):
             raise _invalid("metadata", f"metadata keys are 1 to {METADATA_KEY_CHARS_MAX} "
-                                       "characters")
+                                       "characters, without NUL")
         item = metadata[key]
-        if not isinstance(item, str) or len(item) > METADATA_VALUE_CHARS_MAX:
+        if (not isinstance(item, str) or len(item) > METADATA_VALUE_CHARS_MAX
+                or not _storable(item)):
             raise _invalid(f"metadata.{key}", "metadata values are strings of at most "
-                                              f"{METADATA_VALUE_CHARS_MAX} characters")
-    return dict(metadata)
+                                              f"{METADATA_VALUE_CHARS_MAX} characters, "
+                                              "without NUL")
+    raise AssertionError("unreachable: an entry failed the fast check")
 
 
 def _customer(value: object):
@@ -403,7 +428,7 @@ def _customer(value: object):
     _check_unknown(customer, CUSTOMER_FIELDS, "customer.")
     email = customer.get("email")
     if email is not None:
-        if not isinstance(email, str) or len(email) > EMAIL_CHARS_MAX:
+        if not isinstance(email, str) or len(email) > EMAIL_CHARS_MAX or not _storable(email):
             raise _invalid("customer.email", "customer.email must be an email address")
         local, at, domain = email.partition("@")
         if not at or not local or not domain or "@" in domain:
@@ -516,8 +541,7 @@ def validate_list_query(query: object) -> tuple:
             raise _invalid("limit", f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
         limit = int(text)
     starting_after = query.get("starting_after")
-    if starting_after is not None and (not starting_after.startswith("pay_")
-                                       or len(starting_after) > TOKEN_CHARS_MAX):
+    if starting_after is not None and not object_id_valid(starting_after, "pay_"):
         raise _invalid("starting_after", "starting_after must be a pay_ id")
     status = query.get("status")
     if status is not None and status not in STATUSES:
