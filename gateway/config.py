@@ -141,7 +141,7 @@ FIELDS: dict[str, Field] = {
         "writes waiting per pipeline before shedding load with 503",
     ),
     "shutdown_grace_s": Field(
-        "KASSA_SHUTDOWN_GRACE_S", _integer(0, 600), "30", "time to finish in-flight requests"
+        "KASSA_SHUTDOWN_GRACE_S", _integer(1, 600), "30", "time to finish in-flight requests"
     ),
     "rate_limit_per_s": Field(
         "KASSA_RATE_LIMIT_PER_S", _integer(0, 1_000_000), "500",

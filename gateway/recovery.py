@@ -26,6 +26,9 @@ from gateway.payments import PaymentService
 log = logging.getLogger("kassa.recovery")
 
 BATCH_ROWS_MAX = 100  # payments handled per pass, so one pass stays short
+# A payment the processor does not know is settled 'failed' only once it is this many
+# times KASSA_RECOVERY_AFTER_S old: the first look may race a processor call still running.
+NOT_FOUND_FINAL_AFTER = 2
 LEDGER_CHECK_INTERVAL_S = 60  # the periodic balance check behind kassa_ledger_verify_ok
 
 
@@ -40,7 +43,7 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
                              connector: Connector, older_than_s: int,
                              processor_timeout_s: float = 10.0) -> int:
     rows = await pool.fetch(
-        """SELECT * FROM payments
+        """SELECT *, extract(epoch FROM now() - updated_at)::float8 AS age_s FROM payments
             WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
             ORDER BY updated_at LIMIT $2""",
         float(older_than_s), BATCH_ROWS_MAX,
@@ -51,6 +54,11 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
         # (the TimeoutError fails this pass; the next pass asks again).
         outcome = await asyncio.wait_for(connector.status(row["id"]), processor_timeout_s)
         if outcome.result == NOT_FOUND:
+            if row["age_s"] < NOT_FOUND_FINAL_AFTER * older_than_s:
+                # Not seen *yet*: a gateway may still be inside its processor call (its
+                # intent committed late in its timeout, or it runs a longer one). Ask again
+                # on a later pass rather than fail a payment the processor may approve.
+                continue
             # The processor never saw it (we died before the call): nothing was charged.
             outcome = Outcome("failed")
         await service.settle(row, outcome)

@@ -120,7 +120,16 @@ async def test_recovery_fails_a_payment_the_processor_never_saw(app_factory, mer
         processor) VALUES ('pay_crashed', $1, 'processing', 500, 'EUR', 'manual', 'visa', '4242',
         12, 2030, 'f', 'sandbox')""", merchant.id)
     app = client.app
-    settings = app[SETTINGS].replace(recovery_after_s=0)
+    settings = app[SETTINGS].replace(recovery_after_s=10)
+    # Past the recovery delay but not yet twice it: a processor call may still be running
+    # somewhere, so "not found" is not final yet.
+    await db.execute("UPDATE payments SET updated_at = now() - interval '15 s' "
+                     "WHERE id = 'pay_crashed'")
+    result = await recovery.run_once(app[POOL], app[SERVICE], app[SERVICE]._connector, settings)
+    assert result.recovered == 0
+    assert (await get(client, "/v1/payments/pay_crashed", merchant))[1]["status"] == "processing"
+    await db.execute("UPDATE payments SET updated_at = now() - interval '25 s' "
+                     "WHERE id = 'pay_crashed'")
     result = await recovery.run_once(app[POOL], app[SERVICE], app[SERVICE]._connector, settings)
     assert result.recovered == 1
     status, crashed = await get(client, "/v1/payments/pay_crashed", merchant)
