@@ -4,6 +4,7 @@ request ids, and the background gauges."""
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 
 import aiohttp
@@ -276,7 +277,8 @@ async def workers_listening(server, workers: int, timeout_s: float = 60) -> None
     """Ready means one worker answered; wait until every worker's socket listens."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while server.logs().count('serving on') < workers:
+    # Count the workers' own lines: the supervisor's "kassa: serving on" must not count.
+    while len(re.findall(r"worker \d+ \(pid \d+\) serving on", server.logs())) < workers:
         assert loop.time() < deadline, server.logs()
         await asyncio.sleep(0.05)
 
