@@ -1,0 +1,1043 @@
+"""Chaos test: checkouts with client retries while gateway workers die and PostgreSQL restarts.
+
+    python -m benchmarks.chaos                    # full: 30 kills, 5 database restarts
+    python -m benchmarks.chaos --short            # CI (tests/test_chaos.py): 20 kills, 3 restarts
+    python -m benchmarks.chaos --seed 7 --short   # replay a run: the seed fixes every random choice
+
+Everything runs on 127.0.0.1 in a temporary directory: a private PostgreSQL cluster
+started from the ``pgserver`` wheel's binaries (so it can be crashed and restarted at
+will), ``kassa serve`` with N workers on it, and the load in this process.
+
+Phase 1: checkouts (authorize manual -> capture -> sometimes a partial refund, each step
+with its own Idempotency-Key, retried with the same key and body) while a random
+worker is SIGKILLed every so often. Phase 2: the same load while PostgreSQL is stopped
+(``immediate`` = a crash, or ``fast``), kept down a couple of seconds and started again.
+Then, once recovery has settled every ``processing`` payment, the database is checked:
+lost (a 2xx a client saw whose effect is not in the books in that state), duplicated
+(one Idempotency-Key with two effects, here or at the processor), imbalanced
+(``kassa ledger verify``), stuck (still ``processing``), plus 500s, malformed error
+bodies and hangs (a request past its timeout). Exit status 1 when any is non-zero or
+fewer kills/restarts than asked were achieved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+# --- timing (seconds) ------------------------------------------------------------------
+REQUEST_TIMEOUT_S = 15.0      # one HTTP request; past it the request counts as a hang
+STEP_DEADLINE_S = 60.0        # all attempts of one step (a key), then the client gives up
+STEP_ATTEMPTS_MAX = 300       # ... or this many attempts
+BACKOFF_FIRST_S = 0.05        # retry backoff doubles from here ...
+BACKOFF_MAX_S = 1.0           # ... up to here (the gateway's Retry-After is 1 s)
+KILL_INTERVAL_S = (0.6, 1.6)  # between two worker kills (uniform, seeded)
+RESTART_UP_S = 4.0            # the load runs on a healthy database before each restart
+RESTART_DOWN_S = 2.0          # the database stays down this long: the gateway must answer 503
+RECOVERY_BOUND_S = 20.0       # after a restart, a new authorization must succeed within this
+SETTLE_WAIT_S = 30.0          # for recovery to settle every 'processing' payment
+READY_TIMEOUT_S = 90.0        # kassa serve ready, or all its workers serving again
+PG_CTL_TIMEOUT_S = 60         # pg_ctl start/stop (-t)
+GATEWAY_STOP_GRACE_S = 15.0   # SIGTERM -> exit, before it is killed
+VERIFY_TIMEOUT_S = 120.0      # kassa ledger verify / merchants create
+
+# --- the gateway under test ------------------------------------------------------------
+GATEWAY_ENV = {
+    "KASSA_PROCESSOR_TIMEOUT_MS": "1000",
+    "KASSA_RECOVERY_AFTER_S": "2",      # > the processor timeout, so recovery never races it
+    "KASSA_RECOVERY_INTERVAL_S": "1",
+    "KASSA_SANDBOX_LATENCY_MS": "20",   # so requests are in flight when a worker dies
+    "KASSA_SHUTDOWN_GRACE_S": "5",
+    "KASSA_DB_POOL_MAX": "8",
+    "KASSA_LOG_LEVEL": "info",          # the "worker N (pid P) serving" lines find the workers
+    # The load sends a handful of test cards at a high rate from one key: the abuse rules
+    # (rate limit, card-testing velocity) would rightly refuse it, which is not what this
+    # test measures. 0 turns each off.
+    "KASSA_RATE_LIMIT_PER_S": "0",
+    "KASSA_VELOCITY_MERCHANT_ATTEMPTS_MAX": "0",
+    "KASSA_VELOCITY_CARD_ATTEMPTS_MAX": "0",
+    "KASSA_VELOCITY_CARD_DECLINES_MAX": "0",
+}
+# A throwaway key for a throwaway database (the tests' fixed key): base64 of 32 bytes.
+MASTER_KEY = "a2Fzc2EtdGVzdC1tYXN0ZXIta2V5LW5vdC1wcm9kISE="
+WORKER_SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving on")
+RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
+
+# --- the load ----------------------------------------------------------------------------
+APPROVE_CARD = "4242424242424242"
+TIMEOUT_CARD = "4000000000000259"   # outcome unknown until recovery settles it (approved)
+DECLINE_CARD = "4000000000000002"   # 402, stored
+ERROR_CARD = "4000000000000119"     # 502, payment failed, stored
+CARD_SHARES = ((TIMEOUT_CARD, 0.05), (DECLINE_CARD, 0.03), (ERROR_CARD, 0.02))
+AMOUNT_RANGE = (100, 50_000)        # minor units
+PARTIAL_CAPTURE_SHARE = 0.3
+REFUND_SHARE = 0.4
+CURRENCY = "EUR"
+ERROR_FIELDS = {"type", "code", "message", "param", "decline_code", "payment_id"}
+PROBLEMS_SHOWN_MAX = 10
+
+
+# =========================================================================================
+# A PostgreSQL cluster of our own, to crash and restart at will
+# =========================================================================================
+
+
+class PostgresCluster:
+    """initdb + pg_ctl from the pgserver wheel, on 127.0.0.1:port, data in ``workdir``."""
+
+    def __init__(self, workdir: Path, port: int, fsync: bool) -> None:
+        import pgserver._commands as commands  # the wheel's bin directory
+
+        self.bin = Path(commands.POSTGRES_BIN_PATH)
+        self.home = workdir / "postgres"
+        self.data = self.home / "data"
+        self.port = port
+        self.fsync = fsync
+        self.user = self._system_user()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    def _system_user(self) -> str | None:
+        """PostgreSQL refuses to run as root: then run it as the unprivileged user pgserver
+        itself uses, with the same permission fixes pgserver makes for it."""
+        if os.geteuid() != 0:
+            return None
+        from pgserver.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists("pgserver")
+        read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+        ensure_prefix_permissions(self.bin)
+        ensure_folder_permissions(self.bin, read | execute)
+        ensure_folder_permissions(self.bin.parent / "lib", read)
+        return "pgserver"
+
+    def _run(self, *args: str, timeout: float = PG_CTL_TIMEOUT_S + 10) -> None:
+        # Output to a file, never a pipe: the postmaster inherits pg_ctl's descriptors and
+        # would keep a pipe open, so reading it to EOF would hang.
+        with open(self.home / "pg_ctl.out", "ab") as out:
+            subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, stdout=out,
+                           stderr=subprocess.STDOUT, timeout=timeout, user=self.user)
+
+    def init(self) -> None:
+        self.home.mkdir(parents=True)
+        self.home.parent.chmod(0o755)  # the postgres user must traverse the work directory
+        if self.user is not None:
+            shutil.chown(self.home, self.user, self.user)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "--encoding=utf8", "--no-sync")
+        # fsync off by default: we crash the server process, never the machine, so the
+        # kernel's page cache survives every crash here and fsync would only spend the
+        # shared disk's time. WAL is still written at each commit (what a crash needs).
+        settings = {
+            "listen_addresses": f"'{HOST}'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.home}'",
+            "fsync": "on" if self.fsync else "off",
+            "max_connections": "200",
+            "shared_buffers": "64MB",
+        }
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "server.log"),
+                  "-w", "-t", str(PG_CTL_TIMEOUT_S), "start")
+
+    def stop(self, mode: str) -> None:
+        """``immediate``: a crash (no checkpoint, recovery on start); ``fast``: clean."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(PG_CTL_TIMEOUT_S),
+                  "stop")
+
+    def ensure_stopped(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self.stop("immediate")
+
+
+# =========================================================================================
+# The gateway: kassa serve, its workers, a merchant
+# =========================================================================================
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Gateway:
+    def __init__(self, workdir: Path, dsn: str, port: int, workers: int) -> None:
+        self.url = f"http://{HOST}:{port}"
+        self.workers = workers
+        self.log_path = workdir / "gateway.log"
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("KASSA_") and k != "DATABASE_URL"}
+        self.env.update(GATEWAY_ENV, DATABASE_URL=dsn, KASSA_DATA_DIR=str(workdir / "kassa"),
+                        KASSA_MASTER_KEY=MASTER_KEY, KASSA_PORT=str(port),
+                        KASSA_HOST=HOST, KASSA_WORKERS=str(workers))
+        self.process: subprocess.Popen | None = None
+        self._log_offset = 0
+        self._serving: set[int] = set()
+
+    def kassa(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
+                              check=False)
+
+    def create_merchant(self) -> tuple[str, str]:
+        done = self.kassa("merchants", "create", "chaos")
+        if done.returncode != 0:
+            raise RuntimeError(f"kassa merchants create failed:\n{done.stderr}")
+        merchant_id = re.search(r"^merchant_id:\s+(\S+)$", done.stdout, re.MULTILINE)[1]
+        secret = re.search(r"^secret_key:\s+(\S+)$", done.stdout, re.MULTILINE)[1]
+        return merchant_id, secret
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            # Its own session: if the supervisor itself ever had to be killed, its workers
+            # are killed with it (by process group) instead of being orphaned.
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve"], env=self.env, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def serving_workers(self) -> list[int]:
+        """Pids of live workers that have announced they serve (sorted: seeded choice)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_offset)
+            chunk = log.read()
+        complete = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
+        self._log_offset += complete
+        self._serving.update(int(m[2]) for m in WORKER_SERVING.finditer(
+            chunk[:complete].decode(errors="replace")))
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        # Workers only: the multiprocessing resource tracker is a child too.
+        return sorted(c.pid for c in children if c.pid in self._serving and _alive(c))
+
+    async def wait_workers(self, count: int, timeout_s: float = READY_TIMEOUT_S) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kassa serve exited with {self.process.returncode}")
+            pids = self.serving_workers()
+            if len(pids) >= count:
+                return pids
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"fewer than {count} workers serving after {timeout_s:.0f} s")
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kassa serve exited early, see {self.log_path}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(self.url + "/readyz",
+                                       timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status == 200:
+                        await self.wait_workers(self.workers)
+                        return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"kassa serve not ready in {READY_TIMEOUT_S:.0f} s")
+
+    def stop(self) -> tuple[int | None, float]:
+        """SIGTERM (drain), then kill the group if it outlives the grace: (exit code, s)."""
+        if self.process is None:
+            return None, 0.0
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(GATEWAY_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+                return None, time.monotonic() - started
+        return self.process.returncode, time.monotonic() - started
+
+    def log_problems(self) -> list[str]:
+        """Lines of the gateway's log that say a request failed unhandled (a 500)."""
+        text = self.log_path.read_text(errors="replace")
+        return [line[:300] for line in text.splitlines() if "unhandled error" in line]
+
+    def recoveries(self) -> dict[str, int]:
+        """Payments recovery settled, by outcome: the authorizations the chaos cut off."""
+        return dict(Counter(RECOVERED.findall(self.log_path.read_text(errors="replace"))))
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# =========================================================================================
+# What the clients saw
+# =========================================================================================
+
+
+@dataclass
+class Exchange:
+    """One HTTP answer, for the database-down accounting."""
+
+    sent: float
+    received: float
+    status: int
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    connection_errors: int = 0
+    hangs: int = 0
+    server_errors: list[str] = field(default_factory=list)   # 500s and malformed bodies
+    exchanges: list[Exchange] = field(default_factory=list)
+    down_windows: list[tuple[float, float]] = field(default_factory=list)
+    restart_modes: list[str] = field(default_factory=list)
+    recovery_s: list[float] = field(default_factory=list)
+    not_recovered: int = 0
+    kills: int = 0
+    restarts: int = 0
+
+    def answer(self, sent: float, status: int, raw: bytes, what: str) -> None:
+        self.requests += 1
+        self.by_status[status] += 1
+        self.exchanges.append(Exchange(sent, time.monotonic(), status))
+        if status >= 500 and status not in (502, 503, 504):
+            self.server_errors.append(f"{what}: {status} {raw[:200]!r}")
+        elif not well_formed(status, raw):
+            self.server_errors.append(f"{what}: malformed {status} body {raw[:200]!r}")
+
+
+def well_formed(status: int, raw: bytes) -> bool:
+    """A JSON object; for an error, exactly API.md's error shape; never a traceback."""
+    if b"Traceback" in raw:
+        return False
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    if status < 300:
+        return True
+    error = doc.get("error")
+    return (set(doc) == {"error"} and isinstance(error, dict) and set(error) == ERROR_FIELDS
+            and isinstance(error["type"], str) and isinstance(error["code"], str))
+
+
+def error_code(body: dict | None) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"].get("code")
+    return None
+
+
+@dataclass
+class StepResult:
+    """A step's final, definitive answer (status None: the client gave up)."""
+
+    key: str
+    status: int | None = None
+    body: dict | None = None
+    attempts: int = 0
+
+
+def retryable(step: str, status: int | None, body: dict | None) -> bool:
+    if status is None or status in (429, 500, 503, 504):
+        return True  # no answer, or API.md's "safe to retry with the same Idempotency-Key"
+    if status == 409 and error_code(body) == "idempotency_key_in_use":
+        return True  # still executing, or its outcome is unknown until recovery settles it
+    # capture/refund 502: nothing changed and nothing stored; an authorization's 502 is final.
+    return status == 502 and step != "authorize"
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, url: str, secret: str, stats: Stats,
+                 give_up_at: float) -> None:
+        self.session = session
+        self.url = url
+        self.secret = secret
+        self.stats = stats
+        self.give_up_at = give_up_at  # the run's hard deadline: no retries past it
+
+    async def attempt(self, path: str, raw: bytes, key: str,
+                      what: str) -> tuple[int | None, dict | None]:
+        headers = {"Authorization": f"Bearer {self.secret}", "Idempotency-Key": key,
+                   "Content-Type": "application/json"}
+        sent = time.monotonic()
+        try:
+            async with self.session.post(
+                    self.url + path, data=raw, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as response:
+                body = await response.read()
+                status = response.status
+        except TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            self.stats.requests += 1
+            self.stats.hangs += 1
+            return None, None
+        except aiohttp.ClientError:
+            self.stats.requests += 1
+            self.stats.connection_errors += 1
+            return None, None
+        self.stats.answer(sent, status, body, what)
+        try:
+            return status, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return status, None
+
+    async def step(self, step: str, path: str, body: dict, key: str, rng: random.Random,
+                   deadline_s: float = STEP_DEADLINE_S,
+                   backoff_max_s: float = BACKOFF_MAX_S) -> StepResult:
+        """POST until a definitive answer, always with the same key and the same body."""
+        raw = orjson.dumps(body)
+        result = StepResult(key)
+        deadline = min(time.monotonic() + deadline_s, self.give_up_at)
+        while result.attempts < STEP_ATTEMPTS_MAX and time.monotonic() < deadline:
+            result.attempts += 1
+            status, answer = await self.attempt(path, raw, key, f"{step} {key}")
+            if not retryable(step, status, answer):
+                result.status, result.body = status, answer
+                return result
+            backoff = min(backoff_max_s, BACKOFF_FIRST_S * 2 ** min(result.attempts, 10))
+            await asyncio.sleep(backoff * rng.uniform(0.5, 1.0))
+        return result
+
+
+# =========================================================================================
+# Checkouts
+# =========================================================================================
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    name: str
+    amount: int
+    card: str
+    capture_amount: int | None     # None: no capture step
+    refund_amount: int | None      # None: no refund step
+
+    def key(self, seed: int, step: str) -> str:
+        return f"chaos-{seed}-{self.name}-{step}"
+
+
+def plan_flow(seed: int, index: int) -> FlowPlan:
+    """Checkout ``index`` of run ``seed``: the same plan whatever the interleaving."""
+    rng = random.Random(f"{seed}:{index}")
+    amount = rng.randint(*AMOUNT_RANGE)
+    card, roll = APPROVE_CARD, rng.random()
+    for special, share in CARD_SHARES:
+        if roll < share:
+            card = special
+            break
+        roll -= share
+    capture = amount if rng.random() >= PARTIAL_CAPTURE_SHARE else rng.randint(1, amount - 1)
+    refund = rng.randint(1, capture) if rng.random() < REFUND_SHARE else None
+    return FlowPlan(f"c{index}", amount, card, capture, refund)
+
+
+def authorization_body(plan: FlowPlan) -> dict:
+    return {"amount": plan.amount, "currency": CURRENCY.lower(), "capture": "manual",
+            "payment_method": {"type": "card", "card": {
+                "number": plan.card, "exp_month": 12, "exp_year": 2035, "cvc": "123"}},
+            "reference": f"chaos-{plan.name}"}
+
+
+@dataclass
+class FlowRecord:
+    plan: FlowPlan
+    authorize: StepResult
+    capture: StepResult | None = None
+    refund: StepResult | None = None
+
+
+async def run_flow(client: Client, plan: FlowPlan, seed: int) -> FlowRecord:
+    rng = random.Random(f"{seed}:{plan.name}:backoff")
+    record = FlowRecord(plan, await client.step(
+        "authorize", "/v1/payments", authorization_body(plan), plan.key(seed, "auth"), rng))
+    if record.authorize.status != 201 or plan.capture_amount is None:
+        return record
+    payment_id = record.authorize.body["id"]
+    record.capture = await client.step(
+        "capture", f"/v1/payments/{payment_id}/capture", {"amount": plan.capture_amount},
+        plan.key(seed, "capture"), rng)
+    if record.capture.status != 200 or plan.refund_amount is None:
+        return record
+    record.refund = await client.step(
+        "refund", f"/v1/payments/{payment_id}/refunds",
+        {"amount": plan.refund_amount, "reason": "requested_by_customer"},
+        plan.key(seed, "refund"), rng)
+    return record
+
+
+@contextlib.asynccontextmanager
+async def load(client: Client, seed: int, counter: Iterator[int], concurrency: int,
+               records: list[FlowRecord]) -> AsyncIterator[None]:
+    """``concurrency`` clients run checkouts back to back until the block ends; leaving
+    it waits for the checkouts in progress (each bounded by its steps' deadlines)."""
+    stopping = asyncio.Event()
+
+    async def one_client() -> None:
+        while not stopping.is_set():
+            records.append(await run_flow(client, plan_flow(seed, next(counter)), seed))
+
+    tasks = [asyncio.create_task(one_client()) for _ in range(concurrency)]
+    try:
+        yield
+    finally:
+        stopping.set()
+        await asyncio.gather(*tasks)
+
+
+# =========================================================================================
+# Chaos
+# =========================================================================================
+
+
+async def kill_workers(gateway: Gateway, kills: int, rng: random.Random, stats: Stats) -> None:
+    """SIGKILL a random serving worker every KILL_INTERVAL_S until ``kills`` are done."""
+    while stats.kills < kills:
+        await asyncio.sleep(rng.uniform(*KILL_INTERVAL_S))
+        pids = await gateway.wait_workers(1)
+        victim = rng.choice(pids)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+            stats.kills += 1
+        print(f"  kill {stats.kills:3d}: worker pid {victim}", flush=True)
+
+
+async def restart_database(cluster: PostgresCluster, client: Client, restarts: int,
+                           seed: int, rng: random.Random, stats: Stats,
+                           records: list[FlowRecord]) -> None:
+    for index in range(restarts):
+        await asyncio.sleep(RESTART_UP_S)
+        mode = rng.choice(("immediate", "fast"))
+        down_at = time.monotonic()
+        await asyncio.to_thread(cluster.stop, mode)
+        await asyncio.sleep(RESTART_DOWN_S)
+        await asyncio.to_thread(cluster.start)
+        up_at = time.monotonic()
+        stats.down_windows.append((down_at, up_at))
+        stats.restart_modes.append(mode)
+        stats.restarts += 1
+        recovery = await probe_recovery(client, seed, index, records)
+        outcome = "NOT recovered" if recovery is None else f"recovered in {recovery:.1f} s"
+        print(f"  restart {index + 1}: {mode}, down {up_at - down_at:.1f} s, {outcome}",
+              flush=True)
+        if recovery is None:
+            stats.not_recovered += 1
+        else:
+            stats.recovery_s.append(recovery)
+
+
+async def probe_recovery(client: Client, seed: int, index: int,
+                         records: list[FlowRecord]) -> float | None:
+    """Seconds from the database being back until a new authorization succeeds."""
+    started = time.monotonic()
+    plan = FlowPlan(f"probe{index}", 1000, APPROVE_CARD, None, None)
+    result = await client.step("authorize", "/v1/payments", authorization_body(plan),
+                               plan.key(seed, "auth"), random.Random(f"{seed}:probe{index}"),
+                               deadline_s=RECOVERY_BOUND_S, backoff_max_s=0.2)
+    records.append(FlowRecord(plan, result))
+    return time.monotonic() - started if result.status == 201 else None
+
+
+# =========================================================================================
+# Checks, from the database
+# =========================================================================================
+
+
+@dataclass
+class Findings:
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    imbalanced: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    undecided: int = 0          # steps the client gave up on (no definitive answer)
+    checked: int = 0            # payments a client was told about, compared with the books
+    unexpected: list[str] = field(default_factory=list)  # definitive but surprising answers
+
+
+@dataclass
+class Books:
+    """What the database holds for the run's merchant, by payment id."""
+
+    payments: dict[str, asyncpg.Record]
+    refunds: dict[str, asyncpg.Record]
+    refunds_by_payment: dict[str, list[asyncpg.Record]]
+    ledger_events: dict[str, Counter]               # payment -> event -> transactions
+    ledger_refund_ids: Counter                      # refund id -> transactions
+    processor: dict[str, Counter]                   # payment -> operation -> operations
+    processor_refunded: Counter                     # payment -> refunded at the processor
+
+
+async def read_books(conn: asyncpg.Connection, merchant_id: str) -> Books:
+    payments = {r["id"]: r for r in await conn.fetch(
+        """SELECT id, idempotency_key, status, amount, amount_capturable, amount_captured,
+                  amount_refunded FROM payments WHERE merchant_id = $1""", merchant_id)}
+    refunds = {r["id"]: r for r in await conn.fetch(
+        "SELECT id, payment_id, amount FROM refunds WHERE merchant_id = $1", merchant_id)}
+    by_payment: dict[str, list[asyncpg.Record]] = {}
+    for refund in refunds.values():
+        by_payment.setdefault(refund["payment_id"], []).append(refund)
+    events: dict[str, Counter] = {}
+    refund_ids: Counter = Counter()
+    for row in await conn.fetch(
+            """SELECT payment_id, refund_id, event FROM ledger_transactions
+                WHERE merchant_id = $1""", merchant_id):
+        events.setdefault(row["payment_id"], Counter())[row["event"]] += 1
+        if row["refund_id"] is not None:
+            refund_ids[row["refund_id"]] += 1
+    processor: dict[str, Counter] = {}
+    refunded: Counter = Counter()
+    for row in await conn.fetch(
+            """SELECT payment_id, operation, outcome, amount FROM sandbox_operations
+                WHERE payment_id = any($1::text[])""", list(payments)):
+        processor.setdefault(row["payment_id"], Counter())[row["operation"]] += 1
+        if row["operation"] == "refund":
+            refunded[row["payment_id"]] += row["amount"]
+    return Books(payments, refunds, by_payment, events, refund_ids, processor, refunded)
+
+
+def told_state(record: FlowRecord) -> tuple | None:
+    """(status, capturable, captured, refunded) the client was last told, or None when a
+    step got no definitive answer (then either outcome is legitimate)."""
+    auth = record.authorize
+    if auth.status == 402:
+        return ("declined", 0, 0, 0)
+    if auth.status == 502:
+        return ("failed", 0, 0, 0)
+    payment = auth.body
+    if record.capture is not None:
+        if record.capture.status is None:
+            return None
+        if record.capture.status == 200:
+            payment = record.capture.body
+    state = (payment["status"], payment["amount_capturable"], payment["amount_captured"],
+             payment["amount_refunded"])
+    if record.refund is not None:
+        if record.refund.status is None:
+            return None
+        if record.refund.status == 201:
+            refunded = state[3] + record.refund.body["amount"]
+            status = "refunded" if refunded == state[2] else "partially_refunded"
+            state = (status, 0, state[2], refunded)
+    return state
+
+
+def payment_id_of(record: FlowRecord) -> str | None:
+    auth = record.authorize
+    if auth.status == 201:
+        return auth.body["id"]
+    if auth.status in (402, 502):
+        return auth.body["error"]["payment_id"]
+    return None
+
+
+def check_flow(record: FlowRecord, books: Books, seed: int, findings: Findings) -> None:
+    """Lost: a definitive answer the client saw that the books do not hold as told."""
+    steps = [s for s in (record.authorize, record.capture, record.refund) if s is not None]
+    findings.undecided += sum(1 for s in steps if s.status is None)
+    for step in steps:
+        if step.status is not None and not (200 <= step.status < 300 or
+                                            step.status in (402, 502)):
+            findings.unexpected.append(f"{step.key}: {step.status} {error_code(step.body)}")
+    payment_id = payment_id_of(record)
+    if payment_id is None:
+        return
+    findings.checked += 1
+    row = books.payments.get(payment_id)
+    if row is None or row["idempotency_key"] != record.plan.key(seed, "auth"):
+        findings.lost.append(f"{record.plan.name}: payment {payment_id} the client was told "
+                             f"about is not in the books under its key")
+        return
+    told = told_state(record)
+    held = (row["status"], row["amount_capturable"], row["amount_captured"],
+            row["amount_refunded"])
+    if told is not None and held != told:
+        findings.lost.append(f"{record.plan.name}: {payment_id} told {told}, books hold {held}")
+    if record.refund is not None and record.refund.status == 201:
+        refund = books.refunds.get(record.refund.body["id"])
+        if refund is None or (refund["payment_id"], refund["amount"]) != (
+                payment_id, record.refund.body["amount"]):
+            findings.lost.append(f"{record.plan.name}: refund {record.refund.body['id']} "
+                                 f"the client was told about is not in the books as told")
+    refunds = books.refunds_by_payment.get(payment_id, [])
+    if len(refunds) > (1 if record.refund is not None else 0):
+        findings.duplicated.append(f"{record.plan.name}: {len(refunds)} refunds for "
+                                   f"{payment_id}, the client asked for at most one")
+    if record.refund is not None and record.refund.status is not None:
+        # Less than told is a lost refund, reported above; more is a refund made twice.
+        told_refunded = record.refund.body["amount"] if record.refund.status == 201 else 0
+        if sum(r["amount"] for r in refunds) > told_refunded:
+            findings.duplicated.append(f"{record.plan.name}: refunds of {payment_id} total "
+                                       f"{sum(r['amount'] for r in refunds)}, the client was "
+                                       f"told {told_refunded}")
+
+
+async def check_duplicates(conn: asyncpg.Connection, books: Books, findings: Findings) -> None:
+    for row in await conn.fetch(
+            """SELECT merchant_id, idempotency_key, count(*) AS n FROM payments
+                WHERE idempotency_key IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1"""):
+        findings.duplicated.append(f"key {row['idempotency_key']}: {row['n']} payments")
+    for row in await conn.fetch(
+            """SELECT operation, reference, count(*) AS n FROM sandbox_operations
+                GROUP BY 1, 2 HAVING count(*) > 1"""):
+        findings.duplicated.append(f"processor: {row['n']} {row['operation']} operations "
+                                   f"for {row['reference']}")
+    for refund_id, n in books.ledger_refund_ids.items():
+        if n > 1:
+            findings.duplicated.append(f"ledger: {n} transactions for refund {refund_id}")
+    for payment_id, row in books.payments.items():
+        findings.duplicated += payment_duplicates(payment_id, row, books)
+
+
+def payment_duplicates(payment_id: str, row: asyncpg.Record, books: Books) -> list[str]:
+    """One payment's effects counted in our ledger and at the processor."""
+    found = []
+    events = books.ledger_events.get(payment_id, Counter())
+    at_processor = books.processor.get(payment_id, Counter())
+    refunds = books.refunds_by_payment.get(payment_id, [])
+    for event, most in (("authorize", 1), ("capture", 1)):
+        if events[event] > most:
+            found.append(f"ledger: {events[event]} {event} transactions for {payment_id}")
+    if events["void"] + events["expire"] > 1:
+        found.append(f"ledger: {events['void'] + events['expire']} releases for {payment_id}")
+    if events["refund"] != len(refunds):
+        found.append(f"ledger: {events['refund']} refund transactions for {payment_id}, "
+                     f"{len(refunds)} refunds")
+    if sum(r["amount"] for r in refunds) != row["amount_refunded"]:
+        found.append(f"{payment_id}: refunds total {sum(r['amount'] for r in refunds)}, "
+                     f"amount_refunded {row['amount_refunded']}")
+    if at_processor["authorize"] > 1:
+        found.append(f"processor: {at_processor['authorize']} authorizations of {payment_id}")
+    if at_processor["capture"] > events["capture"]:
+        found.append(f"processor: {at_processor['capture']} captures of {payment_id}, "
+                     f"our books {events['capture']}")
+    if at_processor["refund"] > len(refunds) or books.processor_refunded[payment_id] > \
+            row["amount_refunded"]:
+        found.append(f"processor: {at_processor['refund']} refunds "
+                     f"({books.processor_refunded[payment_id]}) of {payment_id}, our books "
+                     f"{len(refunds)} ({row['amount_refunded']})")
+    return found
+
+
+async def check_processor_orphans(conn: asyncpg.Connection, findings: Findings) -> None:
+    """A charge at the processor with no payment of ours, or one we recorded as not taken."""
+    for row in await conn.fetch(
+            """SELECT s.payment_id, p.status FROM sandbox_operations s
+                 LEFT JOIN payments p ON p.id = s.payment_id
+                WHERE s.operation = 'authorize' AND s.outcome = 'approved'
+                  AND (p.id IS NULL OR p.status IN ('failed', 'declined'))"""):
+        findings.lost.append(f"processor approved {row['payment_id']}, our books: "
+                             f"{row['status'] or 'no payment'}")
+
+
+async def wait_settled(conn: asyncpg.Connection) -> int:
+    """Wait (bounded) for recovery to settle every 'processing' payment; how many remain."""
+    deadline = time.monotonic() + SETTLE_WAIT_S
+    while True:
+        left = await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'processing'")
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.5)
+
+
+async def check_books(dsn: str, merchant_id: str, records: list[FlowRecord], seed: int,
+                      gateway: Gateway) -> Findings:
+    findings = Findings()
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await wait_settled(conn)
+        findings.stuck = [f"payment {r['id']} still processing" for r in await conn.fetch(
+            "SELECT id FROM payments WHERE status = 'processing'")]
+        findings.stuck += [f"key {r['key']} still in flight" for r in await conn.fetch(
+            "SELECT key FROM idempotency_keys WHERE state = 'in_flight'")]
+        books = await read_books(conn, merchant_id)
+        for record in records:
+            check_flow(record, books, seed, findings)
+        await check_duplicates(conn, books, findings)
+        await check_processor_orphans(conn, findings)
+    finally:
+        await conn.close()
+    findings.imbalanced = ledger_verify(gateway)
+    return findings
+
+
+def ledger_verify(gateway: Gateway) -> list[str]:
+    done = gateway.kassa("ledger", "verify")
+    if done.returncode == 0:
+        return []
+    # Each problem is one stdout line; the verdict goes to stderr.
+    problems = [line for line in done.stdout.splitlines() if line.strip()]
+    return problems or [f"ledger verify exited {done.returncode}: {done.stderr.strip()[-300:]}"]
+
+
+# =========================================================================================
+# The run
+# =========================================================================================
+
+
+@dataclass
+class Summary:
+    seed: int
+    requests: int
+    kills: int
+    kills_asked: int
+    restarts: int
+    restarts_asked: int
+    restart_modes: list[str]
+    by_status: dict[str, int]
+    connection_errors: int
+    down_by_status: dict[str, int]
+    down_503: int
+    hangs: int
+    server_errors: int
+    not_recovered: int
+    recovery_s: list[float]
+    checkouts: int
+    checked: int
+    recovered: dict[str, int]
+    undecided: int
+    unexpected: int
+    lost: int
+    duplicated: int
+    imbalanced: int
+    stuck: int
+    gateway_exit: int | None
+    gateway_stop_s: float
+    elapsed_s: float
+    failures: list[str]
+    details: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def answers_while_down(stats: Stats) -> Counter:
+    """Statuses of answers to requests in flight at some point while the database was down."""
+    counted: Counter = Counter()
+    for exchange in stats.exchanges:
+        if any(exchange.sent <= up and exchange.received >= down
+               for down, up in stats.down_windows):
+            counted[exchange.status] += 1
+    return counted
+
+
+def failures_of(summary: Summary) -> list[str]:
+    failures = [f"{name} {value}" for name, value in (
+        ("lost", summary.lost), ("duplicated", summary.duplicated),
+        ("imbalanced", summary.imbalanced), ("stuck", summary.stuck),
+        ("500s/malformed", summary.server_errors), ("hangs", summary.hangs),
+        ("not recovered after a restart", summary.not_recovered)) if value]
+    if summary.kills < summary.kills_asked:
+        failures.append(f"only {summary.kills} of {summary.kills_asked} kills")
+    if summary.restarts < summary.restarts_asked:
+        failures.append(f"only {summary.restarts} of {summary.restarts_asked} restarts")
+    if summary.restarts and not summary.down_503:
+        failures.append("no 503 while the database was down")
+    if summary.gateway_exit != 0:
+        failures.append(f"kassa serve exited {summary.gateway_exit} on SIGTERM")
+    return failures
+
+
+def summarize(args: argparse.Namespace, stats: Stats, findings: Findings,
+              records: list[FlowRecord], gateway_exit: int | None, gateway_stop_s: float,
+              gateway: Gateway, elapsed_s: float) -> Summary:
+    log_problems = gateway.log_problems()
+    down = answers_while_down(stats)
+    details = [f"{kind}: {line}" for kind, lines in (
+        ("lost", findings.lost), ("duplicated", findings.duplicated),
+        ("imbalanced", findings.imbalanced), ("stuck", findings.stuck),
+        ("500", stats.server_errors), ("gateway log", log_problems),
+        ("unexpected", findings.unexpected)) for line in lines[:PROBLEMS_SHOWN_MAX]]
+    summary = Summary(
+        seed=args.seed, requests=stats.requests, kills=stats.kills, kills_asked=args.kills,
+        restarts=stats.restarts, restarts_asked=args.restarts, restart_modes=stats.restart_modes,
+        by_status={str(k): v for k, v in sorted(stats.by_status.items())},
+        connection_errors=stats.connection_errors,
+        down_by_status={str(k): v for k, v in sorted(down.items())}, down_503=down[503],
+        hangs=stats.hangs, server_errors=len(stats.server_errors),
+        not_recovered=stats.not_recovered, recovery_s=[round(s, 2) for s in stats.recovery_s],
+        checkouts=len(records), checked=findings.checked, recovered=gateway.recoveries(),
+        undecided=findings.undecided,
+        unexpected=len(findings.unexpected), lost=len(findings.lost),
+        duplicated=len(findings.duplicated), imbalanced=len(findings.imbalanced),
+        stuck=len(findings.stuck), gateway_exit=gateway_exit,
+        gateway_stop_s=round(gateway_stop_s, 2), elapsed_s=round(elapsed_s, 1), failures=[],
+        details=details)
+    summary.failures = failures_of(summary)
+    return summary
+
+
+def print_summary(summary: Summary, short: bool) -> None:
+    statuses = ", ".join(f"{k}: {v}" for k, v in summary.by_status.items()) or "none"
+    down = ", ".join(f"{k}: {v}" for k, v in summary.down_by_status.items()) or "none"
+    recovery = max(summary.recovery_s, default=0.0)
+    recovered = ", ".join(f"{k} {v}" for k, v in sorted(summary.recovered.items()))
+    verdict = "PASS" if summary.ok else "FAIL: " + "; ".join(summary.failures)
+    lines = [
+        f"chaos summary (seed {summary.seed}{', short' if short else ''})",
+        (f"  requests           {summary.requests} ({summary.connection_errors} connection "
+         "errors, retried)"),
+        (f"  checkouts          {summary.checkouts} ({summary.checked} payments checked "
+         f"against the books, {summary.undecided} steps undecided, {summary.unexpected} "
+         "unexpected answers)"),
+        (f"  recovered          {sum(summary.recovered.values())} payments settled by "
+         f"recovery ({recovered or 'none'})"),
+        f"  kills              {summary.kills} (asked {summary.kills_asked})",
+        (f"  restarts           {summary.restarts} (asked {summary.restarts_asked}: "
+         f"{', '.join(summary.restart_modes) or '-'})"),
+        f"  answers by status  {statuses}",
+        f"  while db down      {summary.down_503} x 503 ({down})",
+        f"  max recovery       {recovery:.1f} s after a restart ({summary.recovery_s})",
+        f"  hangs              {summary.hangs}",
+        f"  500s               {summary.server_errors}",
+        f"  lost               {summary.lost}",
+        f"  duplicated         {summary.duplicated}",
+        f"  imbalanced         {summary.imbalanced}",
+        f"  stuck              {summary.stuck}",
+        f"  gateway stop       exit {summary.gateway_exit} in {summary.gateway_stop_s:.1f} s",
+        f"  elapsed            {summary.elapsed_s:.1f} s",
+        f"  verdict            {verdict}",
+    ]
+    lines += [f"  ! {line}" for line in summary.details]
+    lines.append(f"replay: python -m benchmarks.chaos --seed {summary.seed}"
+                 f"{' --short' if short else ''}")
+    print("\n".join(lines), flush=True)
+
+
+async def run_chaos(args: argparse.Namespace, workdir: Path,
+                    cluster: PostgresCluster, gateway: Gateway) -> Summary:
+    started = time.monotonic()
+    stats, records = Stats(), []
+    cluster.init()
+    cluster.start()
+    merchant_id, secret = gateway.create_merchant()
+    gateway.start()
+    # One connection per request: the kernel spreads them over the workers (SO_REUSEPORT)
+    # and no request is sent on a kept-alive connection to a worker that has since died.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await gateway.wait_ready(session)
+        print(f"chaos: seed {args.seed}, {args.workers} workers, {args.clients} clients, "
+              f"workdir {workdir}", flush=True)
+        client = Client(session, gateway.url, secret, stats, time.monotonic() + args.deadline)
+        counter, rng = itertools.count(), random.Random(args.seed)
+        print(f"phase 1: {args.kills} worker kills under load", flush=True)
+        async with load(client, args.seed, counter, args.clients, records):
+            await kill_workers(gateway, args.kills, rng, stats)
+        await gateway.wait_workers(args.workers)
+        print(f"phase 2: {args.restarts} database restarts under load", flush=True)
+        async with load(client, args.seed, counter, args.clients, records):
+            await restart_database(cluster, client, args.restarts, args.seed, rng, stats,
+                                   records)
+            await asyncio.sleep(RESTART_UP_S)
+    print("checking the books", flush=True)
+    findings = await check_books(cluster.dsn, merchant_id, records, args.seed, gateway)
+    gateway_exit, stop_s = gateway.stop()
+    return summarize(args, stats, findings, records, gateway_exit, stop_s, gateway,
+                     time.monotonic() - started)
+
+
+SHORT = {"kills": 20, "restarts": 3, "clients": 8, "deadline": 150.0}
+FULL = {"kills": 30, "restarts": 5, "clients": 16, "deadline": 300.0}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="fixes every random choice (default: a new one, printed)")
+    parser.add_argument("--short", action="store_true",
+                        help="the CI form: " + ", ".join(f"{k} {v}" for k, v in SHORT.items()))
+    parser.add_argument("--kills", type=int, help=f"worker SIGKILLs (full: {FULL['kills']})")
+    parser.add_argument("--restarts", type=int,
+                        help=f"database restarts (full: {FULL['restarts']})")
+    parser.add_argument("--clients", type=int,
+                        help=f"concurrent checkouts (full: {FULL['clients']})")
+    parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    parser.add_argument("--deadline", type=float,
+                        help="seconds after which clients stop retrying (full: "
+                             f"{FULL['deadline']:.0f})")
+    parser.add_argument("--fsync", action="store_true",
+                        help="run PostgreSQL with fsync on (slower; we never crash the OS)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (logs, database) even on success")
+    parser.add_argument("--json", type=Path, help="also write the summary here as JSON")
+    args = parser.parse_args(argv)
+    for name, value in (SHORT if args.short else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1, 2**31)
+    return args
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the cluster and the gateway are always stopped."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _terminate_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="kassa-chaos-"))
+    cluster = PostgresCluster(workdir, free_port(), args.fsync)
+    gateway = Gateway(workdir, cluster.dsn, free_port(), args.workers)
+    summary = None
+    try:
+        summary = asyncio.run(run_chaos(args, workdir, cluster, gateway))
+    finally:
+        gateway.stop()
+        cluster.ensure_stopped()
+        if summary is not None and summary.ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"chaos: work directory kept: {workdir}", file=sys.stderr, flush=True)
+    print_summary(summary, args.short)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2))
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
