@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date
 
 import orjson
@@ -12,6 +13,8 @@ import core_ext
 from gateway.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS
 from gateway.errors import invalid_request
 from gateway.idempotency import key_from
+
+ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 async def _json_body(request: web.Request, required: bool = True) -> object:
@@ -35,6 +38,8 @@ async def _json_body(request: web.Request, required: bool = True) -> object:
                                   ) from None
         raise invalid_request("invalid_json", "request body is not valid JSON") from None
     core_ext.validation.check_json_depth(body)
+    if body is None:  # JSON null is a value, not "no body": it is not an object either
+        raise invalid_request("parameter_invalid", "request body must be a JSON object")
     return body
 
 
@@ -100,8 +105,11 @@ async def get_settlement_report(request: web.Request) -> web.Response:
     unknown = sorted(set(request.query) - {"date", "format"})
     if unknown:
         raise invalid_request("parameter_unknown", f"unknown parameter: {unknown[0]}", unknown[0])
+    text = request.query.get("date", "")
     try:
-        day = date.fromisoformat(request.query.get("date", ""))
+        if not ISO_DAY.fullmatch(text):  # fromisoformat also takes 20240101 and 2024-W01-1
+            raise ValueError(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise invalid_request("parameter_invalid", "date must be a day as YYYY-MM-DD",
                               "date") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timezone
 
 import asyncpg
 
@@ -120,12 +120,14 @@ async def settlement(conn: asyncpg.Connection | asyncpg.Pool, day: date,
                   sum(-e.amount)::bigint AS credited
              FROM ledger_transactions t
              JOIN ledger_entries e ON e.transaction_id = t.id
-            WHERE t.created_at >= $1 AND t.created_at < $2
+            WHERE t.created_at >= $1 AND t.created_at < $1 + interval '1 day'
               AND t.event IN ('capture', 'refund')
               AND e.account LIKE 'merchant:%:available'
-              AND ($3::text IS NULL OR t.merchant_id = $3)
+              AND ($2::text IS NULL OR t.merchant_id = $2)
             GROUP BY t.merchant_id, t.currency, t.event""",
-        start, start + timedelta(days=1), merchant_id,
+        # The day's end is computed by PostgreSQL: 9999-12-31 + 1 day overflows Python's
+        # datetime but is a valid timestamptz.
+        start, merchant_id,
     )
     report: dict[tuple[str, str], dict] = {}
     for row in rows:

@@ -325,6 +325,8 @@ class PaymentService:
     async def _change(self, merchant_id: str, payment_id: str, operation: str,
                       requested: int | None, reason: str | None, body: object,
                       key: str | None) -> Answer:
+        if not core_ext.validation.object_id_valid(payment_id, ID_PREFIXES["payments"]):
+            raise resource_missing("payment", payment_id)  # no query for what cannot exist
         path = f"/v1/payments/{payment_id}/{'refunds' if operation == 'refund' else operation}"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:

@@ -6,6 +6,7 @@ same first error. No message ever contains a card number or a cvc.
 """
 
 import ipaddress
+from collections.abc import Mapping
 
 import cython
 
@@ -22,6 +23,7 @@ HOLDER_NAME_CHARS_MAX = 200
 EMAIL_CHARS_MAX = 320
 TOKEN_CHARS_MAX = 255
 OBJECT_ID_CHARS_MAX = 255
+IP_CHARS_MAX = 45  # the longest textual IPv6 address (IPv4-mapped); no zone ids
 EXPIRY_YEARS_AHEAD_MAX = 50
 JSON_DEPTH_MAX = 16  # containers nested in a request body; API bodies need 3
 LIST_LIMIT_DEFAULT = 10
@@ -434,7 +436,8 @@ def _customer(value: object):
         if not at or not local or not domain or "@" in domain:
             raise _invalid("customer.email", "customer.email must be an email address")
     ip = customer.get("ip")
-    if ip is not None and not (isinstance(ip, str) and _ip_valid(ip)):
+    if ip is not None and not (isinstance(ip, str) and len(ip) <= IP_CHARS_MAX
+                               and _ip_valid(ip)):
         raise _invalid("customer.ip", "customer.ip must be an IPv4 or IPv6 address")
     return {"email": email, "ip": ip}
 
@@ -532,6 +535,8 @@ def validate_refund(body: object) -> tuple:
 
 
 def validate_list_query(query: object) -> tuple:
+    if not isinstance(query, Mapping):
+        raise _invalid(None, "the query must map parameter names to values")
     _check_unknown(query, LIST_FIELDS, "")
     limit = LIST_LIMIT_DEFAULT
     text = query.get("limit")
