@@ -113,7 +113,7 @@ def schemas() -> dict:
         "Metadata": {
             "type": "object",
             "maxProperties": METADATA_KEYS_MAX,
-            "propertyNames": {"maxLength": METADATA_KEY_CHARS_MAX},
+            "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_CHARS_MAX},
             "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_CHARS_MAX},
             "description": f"Up to {METADATA_KEYS_MAX} string pairs, stored and returned "
                            "as given.",
@@ -128,17 +128,19 @@ def schemas() -> dict:
             "number": {"type": "string", "description": "12 to 19 digits passing Luhn; "
                        "spaces allowed. Never returned."},
             "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
-            "exp_year": {"type": "integer", "description": "Four digits; expiry not past."},
+            "exp_year": {"type": "integer", "minimum": 1000, "maximum": 9999,
+                         "description": "Four digits; expiry not past."},
             "cvc": {"type": "string", "pattern": "^[0-9]{3,4}$",
                     "description": "3 digits (4 for American Express). Never stored."},
-            "holder_name": {"type": "string", "maxLength": 200},
+            "holder_name": {"type": "string", "minLength": 1, "maxLength": 200},
         }, ("number", "exp_month", "exp_year", "cvc")),
         "CardPaymentMethod": closed_object(
             {"type": {"const": "card"}, "card": ref("CardInput")}, ("type", "card")),
         "TokenPaymentMethod": closed_object(
-            {"type": {"const": "token"}, "token": prefixed_id("tok")}, ("type", "token")),
+            {"type": {"const": "token"}, "token": {**prefixed_id("tok"), "maxLength": 255}},
+            ("type", "token")),
         "Customer": closed_object({
-            "email": {"type": "string", "format": "email", "maxLength": 255},
+            "email": {"type": "string", "format": "email", "maxLength": 320},
             "ip": {"type": "string", "description": "IPv4 or IPv6 address.", "maxLength": 45},
         }),
         "PaymentCreate": closed_object({
@@ -152,7 +154,7 @@ def schemas() -> dict:
                     "token": "#/components/schemas/TokenPaymentMethod",
                 }},
             },
-            "reference": {"type": "string", "maxLength": 255},
+            "reference": {"type": "string", "minLength": 1, "maxLength": 255},
             "description": {"type": "string", "maxLength": 1000},
             "metadata": ref("Metadata"),
             "customer": ref("Customer"),
@@ -350,7 +352,7 @@ def parameters() -> dict:
                              "default": LIST_LIMIT_DEFAULT}},
         "StartingAfter": {"name": "starting_after", "in": "query", "required": False,
                           "description": "A payment id: list the payments older than it.",
-                          "schema": {"type": "string"}},
+                          "schema": {"type": "string", "pattern": "^pay_", "maxLength": 255}},
         "Status": {"name": "status", "in": "query", "required": False,
                    "schema": ref("PaymentStatus")},
     }
