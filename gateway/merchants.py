@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -106,10 +107,8 @@ class LimitDefaults:
 
     @classmethod
     def from_settings(cls, settings: object) -> LimitDefaults:
-        return cls(*(getattr(settings, name) for name in (
-            "rate_limit_per_s", "rate_limit_burst", "velocity_window_s",
-            "velocity_merchant_attempts_max", "velocity_card_attempts_max",
-            "velocity_card_declines_max")))
+        # Same names as the Settings fields they come from.
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
