@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 import core_ext
 from core_ext.errors import CoreError
@@ -98,6 +98,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path,
                       extra={"kassa": {"request_id": request.get(observability.REQUEST_ID)}})
         return api_error(500, "internal_error", "an internal error occurred").response()
+
+
+def _protocol_error_as_api_error(self: web_protocol.RequestHandler, request: web.BaseRequest,
+                                 status: int = 500, exc: BaseException | None = None,
+                                 message: str | None = None) -> web.StreamResponse:
+    """aiohttp answers a request it cannot parse (bad header bytes, a header over 8 KiB,
+    a bad Content-Length) itself, before any middleware, in plain text that quotes the
+    offending bytes. Answer API.md's JSON error instead, so no client bytes (a card number,
+    say) are echoed back and every error has one shape."""
+    if request.writer.output_size > 0:  # as aiohttp: an answer already began, none can follow
+        raise ConnectionError("response already started; cannot send an error answer")
+    if status >= 500:
+        self.log_exception("error handling request", exc_info=exc)
+        error = api_error(500, "internal_error", "an internal error occurred")
+    else:
+        # A client's malformed bytes are not our error: one line, no traceback to flood logs.
+        log.info("malformed HTTP request answered %d: %s", status, type(exc).__name__)
+        error = invalid_request("request_invalid", "the HTTP request is malformed and "
+                                "could not be parsed", status=status)
+    response = error.response()
+    response.force_close()  # as aiohttp does: the connection's framing cannot be trusted
+    return response
+
+
+def install_protocol_error_answers() -> None:
+    """Idempotent; aiohttp builds its RequestHandler itself, so the method is replaced."""
+    web_protocol.RequestHandler.handle_error = _protocol_error_as_api_error  # type: ignore
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -204,6 +231,7 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
 def create_app(settings: Settings, dsn: str) -> web.Application:
     require_compiled_core(settings)
     metrics.install()
+    install_protocol_error_answers()
     app = web.Application(
         client_max_size=BODY_BYTES_MAX,
         middlewares=[observability.middleware, error_middleware, auth_middleware],

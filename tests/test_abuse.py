@@ -306,3 +306,22 @@ async def test_405_names_the_allowed_methods(client, merchant):
     assert response.status == 405
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
     assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /v1/balance HTTP/1.1\r\nHost: k\r\nX-Card: 4242424242424242\x00\r\n\r\n",
+    b"POST /v1/payments HTTP/1.1\r\nHost: k\r\nContent-Length: -4242424242424242\r\n\r\n",
+    b"GET /v1/balance HTTP/1.1\r\nHost: k\r\nX-Long: 4242424242424242" + b"a" * 9000 + b"\r\n\r\n",
+    b"4242424242424242 / HTTP/1.1\r\n\r\n",
+])
+async def test_unparseable_http_gets_the_json_error_shape_and_no_echo(client, raw):
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(raw)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # the connection is closed after it
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", answer
+    assert b"application/json" in head
+    assert_error_shape(orjson.loads(body), "invalid_request_error", "request_invalid")
+    assert b"4242424242424242" not in answer
