@@ -163,7 +163,9 @@ class KeyCache:
     def __init__(self, defaults: LimitDefaults, acquire_timeout_s: float) -> None:
         self._defaults = defaults
         self._acquire_timeout_s = acquire_timeout_s
-        self._entries: dict[bytes, tuple[Caller, float | None, float]] = {}
+        # A None caller remembers an unknown key: a client stuck on a revoked key, retrying
+        # in a loop, costs one query per AUTH_CACHE_TTL_S, not one per request.
+        self._entries: dict[bytes, tuple[Caller | None, float | None, float]] = {}
 
     async def authenticate(self, pool: asyncpg.Pool, secret: str) -> Caller | None:
         digest = hash_key(secret)
@@ -175,10 +177,10 @@ class KeyCache:
             return caller if expires is None or expires > wall else None
         async with pool.acquire(timeout=self._acquire_timeout_s) as conn:
             row = await conn.fetchrow(AUTHENTICATE_SQL, digest)
-        if row is None or not hmac.compare_digest(row["key_hash"], digest):
-            return None
-        caller = self._caller(row)
-        expires = row["expires_at"].timestamp() if row["expires_at"] is not None else None
+        caller, expires = None, None
+        if row is not None and hmac.compare_digest(row["key_hash"], digest):
+            caller = self._caller(row)
+            expires = row["expires_at"].timestamp() if row["expires_at"] is not None else None
         if len(self._entries) >= AUTH_CACHE_ENTRIES_MAX:
             self._entries.clear()
         self._entries[digest] = (caller, expires, now)

@@ -325,3 +325,20 @@ async def test_unparseable_http_gets_the_json_error_shape_and_no_echo(client, ra
     assert b"application/json" in head
     assert_error_shape(orjson.loads(body), "invalid_request_error", "request_invalid")
     assert b"4242424242424242" not in answer
+
+
+async def test_an_unknown_key_is_remembered_for_the_cache_ttl(client, merchant, db,
+                                                              monkeypatch):
+    from gateway.merchants import hash_key
+
+    secret = "sk_not_yet_issued_0123456789abcdef"
+    stranger = Merchant(merchant.id, secret)
+    assert (await get(client, "/v1/balance", stranger))[0] == 401
+    # Issued after the miss: within the TTL the miss is answered from memory (no query per
+    # request for a client looping on a bad key)...
+    await db.execute("INSERT INTO api_keys (id, merchant_id, key_hash, key_hint) "
+                     "VALUES ('key_late', $1, $2, 'cdef')", merchant.id, hash_key(secret))
+    assert (await get(client, "/v1/balance", stranger))[0] == 401
+    # ...and once the TTL is over the database decides again.
+    monkeypatch.setattr(merchants_module, "AUTH_CACHE_TTL_S", 0.0)
+    assert (await get(client, "/v1/balance", stranger))[0] == 200
