@@ -190,7 +190,8 @@ def schemas() -> dict:
             "card": ref("Card"),
             "processor": {"type": "string", "examples": ["sandbox"]},
             "processor_reference": nullable({"type": "string"}),
-            "decline_code": nullable({"type": "string", "examples": ["insufficient_funds"]}),
+            "decline_code": nullable({"type": "string",
+                                      "examples": ["insufficient_funds", "card_velocity_exceeded"]}),
             "reference": nullable({"type": "string", "maxLength": 255}),
             "description": nullable({"type": "string", "maxLength": 1000}),
             "metadata": ref("Metadata"),
@@ -250,7 +251,10 @@ def schemas() -> dict:
             "param": nullable({"type": "string", "description": "The offending field, "
                                "dotted (`payment_method.card.number`)."}),
             "decline_code": nullable({"type": "string", "description": "Why a card_error "
-                                      "declined (`generic_decline`, `insufficient_funds`...)."}),
+                                      "declined: the issuer's reason (`generic_decline`, "
+                                      "`insufficient_funds`...), or `card_velocity_exceeded` "
+                                      "when the card-testing rules declined without asking "
+                                      "the processor."}),
             "payment_id": nullable({"type": "string", "description": "The payment a "
                                     "card_error or api_error concerns."}),
         })}),
