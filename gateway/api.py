@@ -33,9 +33,7 @@ async def _json_body(request: web.Request, required: bool = True) -> object:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):  # orjson's own bound (1024)
-            raise invalid_request("json_too_deep", "request body nests objects and arrays "
-                                  f"deeper than {core_ext.validation.JSON_DEPTH_MAX} levels"
-                                  ) from None
+            raise core_ext.validation.json_too_deep() from None
         raise invalid_request("invalid_json", "request body is not valid JSON") from None
     core_ext.validation.check_json_depth(body)
     if body is None:  # JSON null is a value, not "no body": it is not an object either

@@ -3,8 +3,8 @@
 import asyncpg
 from aiohttp import web
 
-from gateway.config import Settings
 import core_ext
+from gateway.config import Settings
 from gateway.merchants import Caller, KeyCache
 from gateway.payments import PaymentService
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
 
 from core_ext.errors import CoreError
+from gateway.ids import ISSUED_ID
 
-_ECHOABLE_ID = re.compile(r"[a-z]{2,3}_[0-9a-f]{32}")  # what gateway.ids issues
 TEXT_ECHOED_CHARS_MAX = 200
 
 
@@ -71,7 +70,7 @@ def invalid_request(code: str, message: str, param: str | None = None, status: i
 def resource_missing(kind: str, object_id: str, param: str = "id") -> ApiError:
     # The id is echoed only when it has the shape of ours: whatever else a client put in a
     # URL (a card number pasted by mistake, say) is never sent back.
-    shown = f": '{object_id}'" if _ECHOABLE_ID.fullmatch(object_id) else ""
+    shown = f": '{object_id}'" if ISSUED_ID.fullmatch(object_id) else ""
     return ApiError(
         404, "invalid_request_error", "resource_missing", f"no such {kind}{shown}",
         param=param,

@@ -1,9 +1,12 @@
 """Opaque object ids with a type prefix (API.md): ``pay_``, ``re_``, ``tok_``, ..."""
 
 import hashlib
+import re
 import secrets
 
 ID_RANDOM_BYTES = 16  # 128 random bits: collisions are not a practical concern
+# Exactly what new_id and keyed_id issue: a lower-case prefix, "_", the hex digits.
+ISSUED_ID = re.compile(rf"[a-z]{{2,3}}_[0-9a-f]{{{2 * ID_RANDOM_BYTES}}}")
 
 
 def new_id(prefix: str) -> str:

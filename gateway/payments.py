@@ -157,9 +157,6 @@ class PaymentService:
         self._processor_timeout_s = settings.processor_timeout_ms / 1000
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
         self._velocity = core_ext.risk.VelocityGuard()
-        self._default_risk = core_ext.risk.RiskLimits(
-            float(settings.velocity_window_s), settings.velocity_merchant_attempts_max,
-            settings.velocity_card_attempts_max, settings.velocity_card_declines_max)
         writes = AuthorizationWrites(idempotency, answer_for_authorization)
         batching = batch_settings(settings)
         self._intents = Batcher("intents", pool, writes.write_intents, batching)
@@ -225,8 +222,8 @@ class PaymentService:
     # --- authorization ----------------------------------------------------------------
 
     async def authorize(self, merchant_id: str, body: object, key: str | None,
-                        risk: object = None) -> Answer:
-        """``risk``: the merchant's core_ext.risk.RiskLimits (default: the settings')."""
+                        risk: object) -> Answer:
+        """``risk``: the merchant's core_ext.risk.RiskLimits (gateway.merchants.Caller)."""
         today = datetime.now(timezone.utc)
         request = core_ext.validation.validate_payment(body, today.year, today.month)
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/payments", body)
@@ -234,8 +231,7 @@ class PaymentService:
             return known
         card = await self._resolve_card(merchant_id, request)
         with self._idempotency.guard(claim):
-            answer = await self._authorize(merchant_id, request, card, claim,
-                                           risk or self._default_risk)
+            answer = await self._authorize(merchant_id, request, card, claim, risk)
         self._idempotency.remember(claim, answer)
         return answer
 
@@ -325,8 +321,7 @@ class PaymentService:
     async def _change(self, merchant_id: str, payment_id: str, operation: str,
                       requested: int | None, reason: str | None, body: object,
                       key: str | None) -> Answer:
-        if not core_ext.validation.object_id_valid(payment_id, ID_PREFIXES["payments"]):
-            raise resource_missing("payment", payment_id)  # no query for what cannot exist
+        _require_id_shape("payments", "payment", payment_id)
         path = f"/v1/payments/{payment_id}/{'refunds' if operation == 'refund' else operation}"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
@@ -409,10 +404,7 @@ class PaymentService:
                      param: str = "id") -> asyncpg.Record:
         """The merchant's own row, or 404: another merchant's id is indistinguishable
         from an unknown one (no existence oracle). ``table`` is one of ours, never input."""
-        if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[table]):
-            # Not the shape of any id we issue (too long, a NUL, another prefix): unknown
-            # without asking the database, which could not even store some of these.
-            raise resource_missing(kind, object_id, param=param)
+        _require_id_shape(table, kind, object_id, param)
         async with self._acquire() as conn:
             row = await conn.fetchrow(
                 f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2", object_id,
@@ -446,6 +438,13 @@ class PaymentService:
     async def balance(self, merchant_id: str) -> dict:
         async with self._acquire() as conn:
             return {"object": "balance", "currencies": await ledger.balance(conn, merchant_id)}
+
+
+def _require_id_shape(table: str, kind: str, object_id: str, param: str = "id") -> None:
+    """Not the shape of any id we issue (too long, a NUL, another prefix): unknown without
+    asking the database, which could not even store some of these."""
+    if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[table]):
+        raise resource_missing(kind, object_id, param=param)
 
 
 def _transition(operation: str, row: asyncpg.Record, requested: int | None) -> object:

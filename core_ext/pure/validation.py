@@ -21,7 +21,6 @@ REFERENCE_CHARS_MAX = 255
 DESCRIPTION_CHARS_MAX = 1000
 HOLDER_NAME_CHARS_MAX = 200
 EMAIL_CHARS_MAX = 320
-TOKEN_CHARS_MAX = 255
 OBJECT_ID_CHARS_MAX = 255
 IP_CHARS_MAX = 45  # the longest textual IPv6 address (IPv4-mapped); no zone ids
 EXPIRY_YEARS_AHEAD_MAX = 50
@@ -145,13 +144,18 @@ def _nests_deeper(value: object, depth: cython.int) -> cython.int:
     return 0
 
 
+def json_too_deep() -> CoreError:
+    """The 400 for a body nested past JSON_DEPTH_MAX (also what the gateway raises when
+    the JSON parser itself stops at its own, deeper bound)."""
+    return CoreError("json_too_deep", f"request body nests objects and arrays deeper than "
+                                      f"{JSON_DEPTH_MAX} levels")
+
+
 def check_json_depth(value: object) -> None:
     """Refuse a body whose objects and arrays nest deeper than JSON_DEPTH_MAX (400
     json_too_deep), before anything else walks it."""
     if isinstance(value, (dict, list)) and _nests_deeper(value, 1):
-        raise CoreError("json_too_deep",
-                        f"request body nests objects and arrays deeper than "
-                        f"{JSON_DEPTH_MAX} levels")
+        raise json_too_deep()
 
 
 # --- cards ----------------------------------------------------------------------------
