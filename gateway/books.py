@@ -15,6 +15,8 @@ from datetime import date, datetime, time, timezone
 import asyncpg
 
 import core_ext
+from gateway.store import ledger
+from gateway.store import payments as payment_rows
 
 
 @dataclass
@@ -41,8 +43,7 @@ async def verify(conn: asyncpg.Connection) -> Verification:
     """Check every invariant of the books; read in one snapshot."""
     result = Verification()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        result.transactions = await conn.fetchval("SELECT count(*) FROM ledger_transactions")
-        result.entries = await conn.fetchval("SELECT count(*) FROM ledger_entries")
+        result.transactions, result.entries = await ledger.counts(conn)
         result.problems += await verify_balances(conn, result.currencies)
         await _verify_payments(conn, result)
     return result
@@ -56,13 +57,7 @@ async def verify_balances(conn: asyncpg.Connection,
     work); run it inside a snapshot transaction for a consistent answer."""
     problems: list[str] = []
     currencies = [] if currencies is None else currencies
-    for row in await conn.fetch(
-        """SELECT e.transaction_id, sum(e.amount)::bigint AS total,
-                  bool_or(e.currency <> t.currency) AS wrong_currency
-             FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-            GROUP BY e.transaction_id
-           HAVING sum(e.amount) <> 0 OR bool_or(e.currency <> t.currency)
-            ORDER BY e.transaction_id"""):
+    for row in await ledger.transaction_imbalances(conn):
         if row["total"]:
             problems.append(
                 f"transaction {row['transaction_id']} does not balance: "
@@ -70,9 +65,7 @@ async def verify_balances(conn: asyncpg.Connection,
         if row["wrong_currency"]:
             problems.append(
                 f"transaction {row['transaction_id']} has entries in another currency")
-    for row in await conn.fetch(
-        """SELECT currency, sum(amount)::bigint AS total FROM ledger_entries
-            GROUP BY currency ORDER BY currency"""):
+    for row in await ledger.currency_totals(conn):
         currencies.append(row["currency"])
         if row["total"]:
             problems.append(
@@ -81,15 +74,8 @@ async def verify_balances(conn: asyncpg.Connection,
 
 
 async def _verify_payments(conn: asyncpg.Connection, result: Verification) -> None:
-    sums: dict[str, dict[str, int]] = {}
-    for row in await conn.fetch(
-        """SELECT t.payment_id, e.account, sum(e.amount)::bigint AS total
-             FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-            GROUP BY t.payment_id, e.account"""):
-        sums.setdefault(row["payment_id"], {})[row["account"]] = row["total"]
-    payments = await conn.fetch(
-        """SELECT id, merchant_id, processor, currency, amount_capturable, amount_captured,
-                  amount_refunded FROM payments ORDER BY id""")
+    sums = await ledger.account_sums_by_payment(conn)
+    payments = await payment_rows.amounts_of_all(conn)
     result.payments = len(payments)
     for payment in payments:
         expected = core_ext.ledger.expected_payment_balances(
@@ -115,20 +101,7 @@ async def settlement(conn: asyncpg.Connection | asyncpg.Pool, day: date,
                      merchant_id: str | None = None) -> list[dict]:
     """Per merchant and currency: what was captured and refunded on ``day`` (UTC)."""
     start = datetime.combine(day, time(0), tzinfo=timezone.utc)
-    rows = await conn.fetch(
-        """SELECT t.merchant_id, t.currency, t.event, count(*) AS n,
-                  sum(-e.amount)::bigint AS credited
-             FROM ledger_transactions t
-             JOIN ledger_entries e ON e.transaction_id = t.id
-            WHERE t.created_at >= $1 AND t.created_at < $1 + interval '1 day'
-              AND t.event IN ('capture', 'refund')
-              AND e.account LIKE 'merchant:%:available'
-              AND ($2::text IS NULL OR t.merchant_id = $2)
-            GROUP BY t.merchant_id, t.currency, t.event""",
-        # The day's end is computed by PostgreSQL: 9999-12-31 + 1 day overflows Python's
-        # datetime but is a valid timestamptz.
-        start, merchant_id,
-    )
+    rows = await ledger.settlement_rows(conn, start, merchant_id)
     report: dict[tuple[str, str], dict] = {}
     for row in rows:
         line = report.setdefault((row["merchant_id"], row["currency"]), {

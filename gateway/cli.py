@@ -6,15 +6,15 @@ import argparse
 import asyncio
 import logging
 import sys
-from datetime import date
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 from typing import Any
 
 import asyncpg
 import orjson
 
-from gateway import database
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.store import database
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -152,7 +152,7 @@ async def _migrate(conn: asyncpg.Connection) -> int:
 
 def _merchants_create(name: str) -> Callable[[asyncpg.Connection], Awaitable[int]]:
     async def work(conn: asyncpg.Connection) -> int:
-        from gateway.merchants import create_merchant
+        from gateway.store.merchants import create_merchant
 
         key = await create_merchant(conn, name)
         print(f"merchant_id: {key.merchant_id}")
@@ -164,7 +164,7 @@ def _merchants_create(name: str) -> Callable[[asyncpg.Connection], Awaitable[int
 
 
 async def _merchants_list(conn: asyncpg.Connection) -> int:
-    from gateway.merchants import list_merchants
+    from gateway.store.merchants import list_merchants
 
     for row in await list_merchants(conn):
         print(f"{row['id']}\t{row['active_keys']} active key(s)\t"
@@ -175,7 +175,7 @@ async def _merchants_list(conn: asyncpg.Connection) -> int:
 def _merchants_limits(merchant_id: str, given: dict[str, int | str],
                       settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[int]]:
     async def work(conn: asyncpg.Connection) -> int:
-        from gateway.merchants import UnknownMerchant, set_limits
+        from gateway.store.merchants import UnknownMerchant, set_limits
 
         changes = {column: None if value == RESET else value for column, value in given.items()}
         if changes.get("rate_limit_burst") == 0:
@@ -198,7 +198,7 @@ def _merchants_limits(merchant_id: str, given: dict[str, int | str],
 
 def _keys_rotate(merchant_id: str, grace_s: int) -> Callable[[asyncpg.Connection], Awaitable[int]]:
     async def work(conn: asyncpg.Connection) -> int:
-        from gateway.merchants import UnknownMerchant, rotate_key
+        from gateway.store.merchants import UnknownMerchant, rotate_key
 
         try:
             key = await rotate_key(conn, merchant_id, grace_s)
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
-        from gateway.app import CoreNotCompiledError
+        from gateway.http.app import CoreNotCompiledError
         from gateway.server import serve
 
         try:

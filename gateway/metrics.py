@@ -224,7 +224,7 @@ def method_label(method: str) -> str:
 def install() -> None:
     """Connect the hooks other modules expose to these metrics (``create_app`` calls it;
     calling it again re-connects them, e.g. after a test replaced an observer)."""
-    from gateway import ledger, pipeline
+    from gateway.store import ledger, pipeline
 
     pipeline.set_observers(commit_batch, pipeline_shed)
     if hasattr(ledger, "_observe_entries"):

@@ -22,88 +22,25 @@ import orjson
 
 import core_ext
 from core_ext.errors import CoreError
-from gateway import ledger, metrics
+from gateway import metrics
 from gateway.cards import CardVault
 from gateway.config import Settings
-from gateway.connectors import APPROVED, DECLINED, Connector, Outcome, ProcessorError
-from gateway.errors import ApiError, api_error, resource_missing
-from gateway.idempotency import Answer, Claim, IdempotencyStore
+from gateway.http.answers import Answer, ApiError, api_error, resource_missing
+from gateway.http.render import (
+    answer_for_authorization,
+    render_payment,
+    render_refund,
+    render_token,
+)
+from gateway.idempotency import Claim, IdempotencyStore
 from gateway.ids import keyed_id, new_id
-from gateway.pipeline import Batcher, BatchSettings
-from gateway.writes import AuthorizationWrites, Intent, Settlement
+from gateway.processors.base import APPROVED, DECLINED, Connector, Outcome, ProcessorError
+from gateway.store import ledger, payments
+from gateway.store.authorizations import AuthorizationWrites, Intent, LostClaim, Settlement
+from gateway.store.pipeline import Batcher, BatchSettings
 
 states = core_ext.states
 log = logging.getLogger("kassa.payments")
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def render_payment(row: asyncpg.Record) -> dict:
-    return {
-        "id": row["id"],
-        "object": "payment",
-        "status": row["status"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "amount_capturable": row["amount_capturable"],
-        "amount_captured": row["amount_captured"],
-        "amount_refunded": row["amount_refunded"],
-        "capture": row["capture_method"],
-        "card": {
-            "brand": row["card_brand"],
-            "last4": row["card_last4"],
-            "exp_month": row["card_exp_month"],
-            "exp_year": row["card_exp_year"],
-            "fingerprint": row["card_fingerprint"],
-        },
-        "processor": row["processor"],
-        "processor_reference": row["processor_reference"],
-        "decline_code": row["decline_code"],
-        "reference": row["reference"],
-        "description": row["description"],
-        "metadata": orjson.loads(row["metadata"]),
-        "created": rfc3339(row["created_at"]),
-        "updated": rfc3339(row["updated_at"]),
-    }
-
-
-def render_refund(row: asyncpg.Record) -> dict:
-    return {
-        "id": row["id"],
-        "object": "refund",
-        "payment_id": row["payment_id"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "status": row["status"],
-        "reason": row["reason"],
-        "created": rfc3339(row["created_at"]),
-    }
-
-
-def render_token(token_id: str, card: dict) -> dict:
-    return {"id": token_id, "object": "token", "card": card}
-
-
-def json_answer(status: int, payload: object) -> Answer:
-    return Answer(status, orjson.dumps(payload))
-
-
-def answer_for_authorization(row: asyncpg.Record) -> Answer:
-    """The answer a settled authorization gives (and replays) for its payment row."""
-    status = row["status"]
-    if status == states.DECLINED:
-        return Answer.of_error(ApiError(
-            402, "card_error", "card_declined", "the card was declined",
-            decline_code=row["decline_code"], payment_id=row["id"],
-        ))
-    if status == states.FAILED:
-        return Answer.of_error(api_error(
-            502, "processor_error", "the processor failed to authorize the payment; "
-            "it is recorded as failed and no money moved", payment_id=row["id"],
-        ))
-    return json_answer(201, render_payment(row))
 
 
 @dataclass(frozen=True)
@@ -117,24 +54,7 @@ class ResolvedCard:
     token_id: str | None
 
 
-ID_PREFIXES = {"payments": "pay_", "refunds": "re_", "tokens": "tok_"}
-
-LIST_PAYMENTS_SQL = """
-SELECT * FROM payments
- WHERE merchant_id = $1
-   AND ($2::text IS NULL OR status = $2)
-   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
- ORDER BY created_at DESC, id DESC
- LIMIT $5
-"""
-
-UPDATE_AMOUNTS_SQL = """
-UPDATE payments
-   SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
-       updated_at = now()
- WHERE id = $1
-RETURNING *
-"""
+ID_PREFIXES = {"payment": "pay_", "refund": "re_", "token": "tok_"}
 
 
 def batch_settings(settings: Settings) -> BatchSettings:
@@ -157,7 +77,7 @@ class PaymentService:
         self._processor_timeout_s = settings.processor_timeout_ms / 1000
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
         self._velocity = core_ext.risk.VelocityGuard()
-        writes = AuthorizationWrites(idempotency, answer_for_authorization)
+        writes = AuthorizationWrites(answer_for_authorization)
         batching = batch_settings(settings)
         self._intents = Batcher("intents", pool, writes.write_intents, batching)
         self._settlements = Batcher("settlements", pool, writes.write_settlements, batching)
@@ -192,14 +112,9 @@ class PaymentService:
             conflict = await self._idempotency.claim(conn, claim, None)
             if conflict:
                 return conflict
-            await conn.execute(
-                """INSERT INTO tokens (id, merchant_id, brand, last4, exp_month, exp_year,
-                       fingerprint, holder_name, number_ciphertext)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-                token_id, merchant_id, card.brand, card.last4, card.exp_month, card.exp_year,
-                fingerprint, card.holder_name, self._vault.encrypt_number(card.number, token_id),
-            )
-            answer = json_answer(201, render_token(token_id, {
+            await payments.insert_token(conn, token_id, merchant_id, card, fingerprint,
+                                        self._vault.encrypt_number(card.number, token_id))
+            answer = Answer.of_json(201, render_token(token_id, {
                 "brand": card.brand, "last4": card.last4, "exp_month": card.exp_month,
                 "exp_year": card.exp_year, "fingerprint": fingerprint,
             }))
@@ -213,7 +128,7 @@ class PaymentService:
             return ResolvedCard(card.number, card.brand, card.last4, card.exp_month,
                                 card.exp_year, self._vault.fingerprint(merchant_id, card.number),
                                 None)
-        row = await self._owned("tokens", "token", request.token, merchant_id,
+        row = await self._owned("token", request.token, merchant_id,
                                 param="payment_method.token")
         number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
         return ResolvedCard(number, row["brand"], row["last4"], row["exp_month"],
@@ -245,8 +160,8 @@ class PaymentService:
             orjson.dumps(request.customer).decode() if request.customer else None,
         )
         written = await self._intents.submit(intent)
-        if isinstance(written, Answer):  # the key was claimed by an earlier request
-            return written
+        if isinstance(written, LostClaim):  # the key was claimed by an earlier request
+            return self._idempotency.judge(claim, written.record)
         row, payment_id = written, intent.payment_id
         if claim is not None:
             self._idempotency.began(claim)
@@ -321,7 +236,7 @@ class PaymentService:
     async def _change(self, merchant_id: str, payment_id: str, operation: str,
                       requested: int | None, reason: str | None, body: object,
                       key: str | None) -> Answer:
-        _require_id_shape("payments", "payment", payment_id)
+        _require_id_shape("payment", payment_id)
         path = f"/v1/payments/{payment_id}/{'refunds' if operation == 'refund' else operation}"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
@@ -337,10 +252,7 @@ class PaymentService:
             conflict = await self._idempotency.claim(conn, claim, payment_id)
             if conflict:
                 return conflict
-            row = await conn.fetchrow(
-                "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE",
-                payment_id, merchant_id,
-            )
+            row = await payments.lock(conn, payment_id, merchant_id)
             if row is None:
                 raise resource_missing("payment", payment_id)
             try:
@@ -364,24 +276,17 @@ class PaymentService:
             refund_id = new_id("re") if claim is None else keyed_id("re", claim.merchant_id,
                                                                      claim.key)
         await self._call_processor(operation, row["id"], refund_id, transition.amount)
-        updated = await conn.fetchrow(
-            UPDATE_AMOUNTS_SQL, row["id"], transition.status, transition.amount_capturable,
-            transition.amount_captured, transition.amount_refunded,
-        )
+        updated = await payments.update_amounts(conn, row["id"], transition)
         refund_row = None
         if refund_id is not None:
-            refund_row = await conn.fetchrow(
-                """INSERT INTO refunds (id, merchant_id, payment_id, amount, currency, status,
-                       reason) VALUES ($1, $2, $3, $4, $5, 'succeeded', $6) RETURNING *""",
-                refund_id, row["merchant_id"], row["id"], transition.amount, row["currency"],
-                reason,
-            )
+            refund_row = await payments.insert_refund(conn, refund_id, row, transition.amount,
+                                                      reason)
         await ledger.post(conn, transition, merchant_id=row["merchant_id"], payment_id=row["id"],
                           processor=row["processor"], currency=row["currency"],
                           refund_id=refund_id)
         if refund_row is not None:
-            return json_answer(201, render_refund(refund_row))
-        return json_answer(200, render_payment(updated))
+            return Answer.of_json(201, render_refund(refund_row))
+        return Answer.of_json(200, render_payment(updated))
 
     async def _call_processor(self, operation: str, payment_id: str, refund_id: str | None,
                               amount: int) -> None:
@@ -400,32 +305,28 @@ class PaymentService:
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def _owned(self, table: str, kind: str, object_id: str, merchant_id: str,
+    async def _owned(self, kind: str, object_id: str, merchant_id: str,
                      param: str = "id") -> asyncpg.Record:
         """The merchant's own row, or 404: another merchant's id is indistinguishable
-        from an unknown one (no existence oracle). ``table`` is one of ours, never input."""
-        _require_id_shape(table, kind, object_id, param)
+        from an unknown one (no existence oracle)."""
+        _require_id_shape(kind, object_id, param)
         async with self._acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2", object_id,
-                merchant_id)
+            row = await payments.owned(conn, kind, object_id, merchant_id)
         if row is None:
             raise resource_missing(kind, object_id, param=param)
         return row
 
     async def get_payment(self, merchant_id: str, payment_id: str) -> dict:
-        return render_payment(await self._owned("payments", "payment", payment_id, merchant_id))
+        return render_payment(await self._owned("payment", payment_id, merchant_id))
 
     async def list_payments(self, merchant_id: str, query: object) -> dict:
         limit, starting_after, status = core_ext.validation.validate_list_query(query)
         cursor = None
         if starting_after is not None:
-            cursor = await self._owned("payments", "payment", starting_after, merchant_id,
+            cursor = await self._owned("payment", starting_after, merchant_id,
                                        param="starting_after")
         async with self._acquire() as conn:
-            rows = await conn.fetch(LIST_PAYMENTS_SQL, merchant_id, status,
-                                    cursor["created_at"] if cursor else None,
-                                    cursor["id"] if cursor else None, limit + 1)
+            rows = await payments.list_page(conn, merchant_id, status, cursor, limit + 1)
         return {
             "object": "list",
             "data": [render_payment(row) for row in rows[:limit]],
@@ -433,17 +334,17 @@ class PaymentService:
         }
 
     async def get_refund(self, merchant_id: str, refund_id: str) -> dict:
-        return render_refund(await self._owned("refunds", "refund", refund_id, merchant_id))
+        return render_refund(await self._owned("refund", refund_id, merchant_id))
 
     async def balance(self, merchant_id: str) -> dict:
         async with self._acquire() as conn:
             return {"object": "balance", "currencies": await ledger.balance(conn, merchant_id)}
 
 
-def _require_id_shape(table: str, kind: str, object_id: str, param: str = "id") -> None:
+def _require_id_shape(kind: str, object_id: str, param: str = "id") -> None:
     """Not the shape of any id we issue (too long, a NUL, another prefix): unknown without
     asking the database, which could not even store some of these."""
-    if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[table]):
+    if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[kind]):
         raise resource_missing(kind, object_id, param=param)
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import asyncpg
 
 import core_ext
-from gateway import ledger, metrics, observability
+from gateway import metrics, observability
 from gateway.config import Settings
-from gateway.connectors import NOT_FOUND, Connector, Outcome
-from gateway.idempotency import sweep_expired
 from gateway.payments import PaymentService
+from gateway.processors.base import NOT_FOUND, Connector, Outcome
+from gateway.store import ledger, payments
+from gateway.store.idempotency import sweep_expired
 
 log = logging.getLogger("kassa.recovery")
 
@@ -42,12 +43,7 @@ class PassResult:
 async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
                              connector: Connector, older_than_s: int,
                              processor_timeout_s: float = 10.0) -> int:
-    rows = await pool.fetch(
-        """SELECT *, extract(epoch FROM now() - updated_at)::float8 AS age_s FROM payments
-            WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
-            ORDER BY updated_at LIMIT $2""",
-        float(older_than_s), BATCH_ROWS_MAX,
-    )
+    rows = await payments.processing_due(pool, older_than_s, BATCH_ROWS_MAX)
     settled = 0
     for row in rows:
         # Bounded like every processor call: a hung status lookup must not stall recovery
@@ -71,22 +67,13 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
 async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
     expired = 0
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            """SELECT * FROM payments
-                WHERE status = 'authorized' AND authorized_at < now() - make_interval(secs => $1)
-                ORDER BY authorized_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
-            float(ttl_s), BATCH_ROWS_MAX,
-        )
+        rows = await payments.lock_expiring(conn, ttl_s, BATCH_ROWS_MAX)
         for row in rows:
             transition = core_ext.states.expire(
                 row["status"], row["amount"], row["amount_capturable"], row["amount_captured"],
                 row["amount_refunded"],
             )
-            await conn.execute(
-                """UPDATE payments SET status = $2, amount_capturable = $3, updated_at = now()
-                    WHERE id = $1""",
-                row["id"], transition.status, transition.amount_capturable,
-            )
+            await payments.expire(conn, row["id"], transition)
             await ledger.post(conn, transition, merchant_id=row["merchant_id"],
                               payment_id=row["id"], processor=row["processor"],
                               currency=row["currency"])

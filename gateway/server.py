@@ -20,8 +20,8 @@ import socket
 import sys
 import time
 
-from gateway import database
 from gateway.config import Settings
+from gateway.store import database
 
 log = logging.getLogger("kassa.server")
 
@@ -51,7 +51,7 @@ def run_worker(settings: Settings, dsn: str, index: int) -> None:
     """Entry point of one worker process."""
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.logs import configure_logging
 
     configure_logging(settings.log_level)
@@ -77,7 +77,7 @@ def _check_port_free(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
-    from gateway.app import require_compiled_core
+    from gateway.http.app import require_compiled_core
 
     require_compiled_core(settings)
     dsn, embedded = database.resolve_dsn(settings)

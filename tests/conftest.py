@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import database
 from gateway.config import Settings, load_settings
+from gateway.store import database
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".kassa" / "test"
@@ -82,7 +82,7 @@ def settings_for(database_url: str, **changes: object) -> Settings:
 @pytest.fixture
 async def app_factory(db: asyncpg.Pool, database_url: str):
     """Start the application in-process (a real HTTP server on 127.0.0.1)."""
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     clients: list[TestClient] = []
 
@@ -115,7 +115,7 @@ class Merchant:
 
 @pytest.fixture
 async def merchant(db: asyncpg.Pool) -> Merchant:
-    from gateway.merchants import create_merchant
+    from gateway.store.merchants import create_merchant
 
     async with db.acquire() as conn:
         key = await create_merchant(conn, "Test Shop")
@@ -124,7 +124,7 @@ async def merchant(db: asyncpg.Pool) -> Merchant:
 
 @pytest.fixture
 async def other_merchant(db: asyncpg.Pool) -> Merchant:
-    from gateway.merchants import create_merchant
+    from gateway.store.merchants import create_merchant
 
     async with db.acquire() as conn:
         key = await create_merchant(conn, "Other Shop")

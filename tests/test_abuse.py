@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway import merchants as merchants_module
-from gateway.merchants import rotate_key, set_limits
+from gateway.store.merchants import rotate_key, set_limits
 from tests.conftest import Merchant
 from tests.payments_helpers import (
     APPROVED_AMEX,
@@ -250,7 +250,7 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
         status, body = (await check())[:2]
         assert (status, body["error"]["code"]) == (404, "resource_missing"), body
     empty = {  # their own view: none of the first merchant's objects
-        ("GET", "/v1/payments"): (f"/v1/payments?limit=100", lambda b: b["data"] == []),
+        ("GET", "/v1/payments"): ("/v1/payments?limit=100", lambda b: b["data"] == []),
         ("GET", "/v1/balance"): ("/v1/balance", lambda b: b["currencies"] == []),
         ("GET", "/v1/reports/settlement"): (f"/v1/reports/settlement?date={today}",
                                             lambda b: b["lines"] == []),
@@ -329,7 +329,7 @@ async def test_unparseable_http_gets_the_json_error_shape_and_no_echo(client, ra
 
 async def test_an_unknown_key_is_remembered_for_the_cache_ttl(client, merchant, db,
                                                               monkeypatch):
-    from gateway.merchants import hash_key
+    from gateway.store.merchants import hash_key
 
     secret = "sk_not_yet_issued_0123456789abcdef"
     stranger = Merchant(merchant.id, secret)

@@ -6,7 +6,7 @@ import signal
 import aiohttp
 import pytest
 
-from gateway import database
+from gateway.store import database
 from tests.conftest import kassa, kassa_env
 
 KEY_LINE = re.compile(r"^secret_key:\s+(sk_\S+)$", re.M)
@@ -70,8 +70,9 @@ async def test_serve_on_database_url_and_rotate_keys(db, database_url, serve_pro
     assert new_secret != old_secret
     assert await balance_status(server.url, new_secret) == 200
     # The old key is revoked; a worker may have it cached for up to AUTH_CACHE_TTL_S.
-    from gateway.merchants import AUTH_CACHE_TTL_S
     import asyncio
+
+    from gateway.merchants import AUTH_CACHE_TTL_S
 
     await asyncio.sleep(AUTH_CACHE_TTL_S + 0.5)
     assert await balance_status(server.url, old_secret) == 401

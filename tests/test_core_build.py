@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import core_ext
-from gateway.app import CoreNotCompiledError, require_compiled_core
+from gateway.http.app import CoreNotCompiledError, require_compiled_core
 from tests.conftest import ROOT, settings_for
 
 

@@ -15,7 +15,7 @@ generates. Beside the fuzzing, every undeclared method of every path must answer
 RFC 9110's ``Allow``, and the inputs that broke the gateway before are sent on every run.
 
 The schema is the served document: the fixture fetches ``/openapi.json`` from the running
-gateway and requires it to be byte for byte ``gateway.openapi.DOCUMENT_BYTES``, from which
+gateway and requires it to be byte for byte ``gateway.http.openapi.DOCUMENT_BYTES``, from which
 the tests are generated (one pytest item per operation; Schemathesis's lazy
 ``from_fixture`` loader does not work with pytest 9.2, whose nodes have no ``_nodeid``).
 
@@ -54,11 +54,16 @@ import pytest
 import schemathesis
 from hypothesis import strategies as st
 
-from gateway.merchants import create_merchant
-from gateway.openapi import DOCUMENT, DOCUMENT_BYTES
+from gateway.http.openapi import DOCUMENT, DOCUMENT_BYTES
+from gateway.store.merchants import create_merchant
 from tests.conftest import ROOT, USER_TABLES_SQL, ServerProcess, free_port, kassa_env, wait_ready
 from tests.payments_helpers import (
-    APPROVED_AMEX, APPROVED_MASTERCARD, APPROVED_VISA, DECLINES, card, payment_body,
+    APPROVED_AMEX,
+    APPROVED_MASTERCARD,
+    APPROVED_VISA,
+    DECLINES,
+    card,
+    payment_body,
 )
 
 EXAMPLES = int(os.environ.get("KASSA_FUZZ_EXAMPLES", "100"))

@@ -8,7 +8,7 @@ import signal
 import aiohttp
 import orjson
 
-from gateway.idempotency import sweep_expired
+from gateway.store.idempotency import sweep_expired
 from tests.payments_helpers import ERROR_CARD, authorize, get, payment_body, post
 
 KEYED = "order-1001-attempt"

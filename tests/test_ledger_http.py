@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import books, recovery
-from gateway.merchants import create_merchant
+from gateway.store.merchants import create_merchant
 from tests.conftest import Merchant, kassa, kassa_env
 from tests.payments_helpers import authorize, get, post
 

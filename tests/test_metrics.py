@@ -4,8 +4,8 @@ request ids, and the background gauges."""
 from __future__ import annotations
 
 import asyncio
-import re
 import logging
+import re
 
 import aiohttp
 import orjson

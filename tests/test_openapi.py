@@ -19,7 +19,7 @@ import pytest
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from gateway.openapi import DOCUMENT, ERROR_CODES
+from gateway.http.openapi import DOCUMENT, ERROR_CODES
 from tests.payments_helpers import APPROVED_VISA, ERROR_CARD, TIMEOUT_CARD, card, payment_body
 
 DOC_URI = "urn:kassa:openapi"

@@ -2,7 +2,7 @@
 
 import orjson
 
-from gateway import database
+from gateway.store import database
 
 
 async def test_healthz_and_readyz(client):

@@ -6,10 +6,19 @@ import re
 import pytest
 
 from gateway import recovery
-from gateway.appkeys import POOL, SERVICE, SETTINGS
+from gateway.http.appkeys import POOL, SERVICE, SETTINGS
 from tests.payments_helpers import (
-    APPROVED_AMEX, APPROVED_MASTERCARD, APPROVED_VISA, DECLINES, ERROR_CARD, TIMEOUT_CARD,
-    authorize, card, get, payment_body, post,
+    APPROVED_AMEX,
+    APPROVED_MASTERCARD,
+    APPROVED_VISA,
+    DECLINES,
+    ERROR_CARD,
+    TIMEOUT_CARD,
+    authorize,
+    card,
+    get,
+    payment_body,
+    post,
 )
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -5,8 +5,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from gateway import pipeline
-from gateway.pipeline import Batcher, BatchSettings, Overloaded
+from gateway.store import pipeline
+from gateway.store.pipeline import Batcher, BatchSettings, Overloaded
 from tests.payments_helpers import authorize
 
 SETTINGS = BatchSettings(enabled=True, rows_max=64, wait_s=0.005, inflight_max=1000,

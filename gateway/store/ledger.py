@@ -1,4 +1,5 @@
-"""Ledger persistence: the core computes balanced postings, this writes and reads them.
+"""All SQL of the ledger (``ledger_transactions``, ``ledger_entries``): the core computes
+balanced postings, this writes them and runs the queries the books are read with.
 
 Entries are append-only (the schema refuses UPDATE and DELETE, and refuses a
 transaction that does not balance). Balances are derived from the entries on
@@ -9,10 +10,13 @@ authorization locks until its commit, capping throughput (DESIGN.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
 import core_ext
+
+LEDGER_CHECK_LOCK_ID = 0x6B61737362  # the periodic ledger check's advisory lock
 
 RESERVE_IDS_SQL = """
 SELECT nextval(pg_get_serial_sequence('ledger_transactions', 'id'))
@@ -86,3 +90,66 @@ async def balance(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str) -> 
         f"merchant:{merchant_id.replace('_', chr(92) + '_')}:%",
     )
     return core_ext.ledger.balance_view({row["account"]: row["total"] for row in rows})
+
+
+async def transaction_imbalances(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Transactions whose entries do not sum to zero or carry another currency:
+    ``transaction_id``, ``total``, ``wrong_currency``."""
+    return await conn.fetch(
+        """SELECT e.transaction_id, sum(e.amount)::bigint AS total,
+                  bool_or(e.currency <> t.currency) AS wrong_currency
+             FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+            GROUP BY e.transaction_id
+           HAVING sum(e.amount) <> 0 OR bool_or(e.currency <> t.currency)
+            ORDER BY e.transaction_id""")
+
+
+async def currency_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every currency's sum of entries (zero in balanced books): ``currency``, ``total``."""
+    return await conn.fetch(
+        """SELECT currency, sum(amount)::bigint AS total FROM ledger_entries
+            GROUP BY currency ORDER BY currency""")
+
+
+async def account_sums_by_payment(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
+    """``{payment_id: {account: sum}}`` over every entry."""
+    sums: dict[str, dict[str, int]] = {}
+    for row in await conn.fetch(
+        """SELECT t.payment_id, e.account, sum(e.amount)::bigint AS total
+             FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+            GROUP BY t.payment_id, e.account"""):
+        sums.setdefault(row["payment_id"], {})[row["account"]] = row["total"]
+    return sums
+
+
+async def counts(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(transactions, entries)."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM ledger_transactions) AS transactions,
+                  (SELECT count(*) FROM ledger_entries) AS entries""")
+    return row["transactions"], row["entries"]
+
+
+async def settlement_rows(conn: asyncpg.Connection | asyncpg.Pool, start: datetime,
+                          merchant_id: str | None) -> list[asyncpg.Record]:
+    """Captures and refunds credited to merchants' available accounts in the UTC day from
+    ``start``: ``merchant_id``, ``currency``, ``event``, ``n``, ``credited``."""
+    return await conn.fetch(
+        """SELECT t.merchant_id, t.currency, t.event, count(*) AS n,
+                  sum(-e.amount)::bigint AS credited
+             FROM ledger_transactions t
+             JOIN ledger_entries e ON e.transaction_id = t.id
+            WHERE t.created_at >= $1 AND t.created_at < $1 + interval '1 day'
+              AND t.event IN ('capture', 'refund')
+              AND e.account LIKE 'merchant:%:available'
+              AND ($2::text IS NULL OR t.merchant_id = $2)
+            GROUP BY t.merchant_id, t.currency, t.event""",
+        # The day's end is computed by PostgreSQL: 9999-12-31 + 1 day overflows Python's
+        # datetime but is a valid timestamptz.
+        start, merchant_id,
+    )
+
+
+async def try_check_lock(conn: asyncpg.Connection) -> bool:
+    """One worker at a time runs the periodic ledger check (held to the transaction's end)."""
+    return await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LEDGER_CHECK_LOCK_ID)

@@ -1,8 +1,11 @@
-"""The API.md error model: every non-2xx answer is one of these, never a traceback."""
+"""What Kassa answers: API.md's error model (every non-2xx answer is an ``ApiError``, never
+a traceback), the ``Answer`` a POST gives and the idempotency store replays, and the one
+JSON helper every handler uses."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
@@ -11,6 +14,11 @@ from core_ext.errors import CoreError
 from gateway.ids import ISSUED_ID
 
 TEXT_ECHOED_CHARS_MAX = 200
+BODY_BYTES_MAX = 64 * 1024  # API.md: larger request bodies answer 413
+KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+KEY_CHARS_MAX = 255
+JSON = "application/json"
 
 
 class ApiError(Exception):
@@ -87,3 +95,52 @@ def untrusted(text: str) -> str:
 
 def api_error(status: int, code: str, message: str, **extra: object) -> ApiError:
     return ApiError(status, "api_error", code, message, **extra)  # type: ignore[arg-type]
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    """The one way a handler turns a rendered object into an HTTP answer."""
+    return web.Response(body=orjson.dumps(payload), status=status, content_type=JSON)
+
+
+@dataclass
+class Answer:
+    """One HTTP answer, as given and as stored for replays."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    # False for answers about the key itself (in use, reused): never stored or cached.
+    storable: bool = True
+
+    @classmethod
+    def of_error(cls, error: ApiError) -> Answer:
+        return cls(error.status, error.body(), dict(error.headers))
+
+    @classmethod
+    def of_json(cls, status: int, payload: object) -> Answer:
+        return cls(status, orjson.dumps(payload))
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=self.headers,
+                            content_type=JSON)
+
+
+def replayed(status: int, body: bytes) -> Answer:
+    return Answer(status, bytes(body), {REPLAYED_HEADER: "true"})
+
+
+def _about_the_key(status: int, code: str, message: str) -> Answer:
+    """An answer about the key itself: never stored or cached (``storable`` False)."""
+    answer = Answer.of_error(ApiError(status, "idempotency_error", code, message))
+    answer.storable = False
+    return answer
+
+
+def key_in_use() -> Answer:
+    return _about_the_key(409, "idempotency_key_in_use", "a request with this Idempotency-Key "
+                          "is still in progress; retry later")
+
+
+def key_reused() -> Answer:
+    return _about_the_key(422, "idempotency_key_reused",
+                          "this Idempotency-Key was used with a different request")

@@ -1,33 +1,51 @@
-"""The aiohttp application: typed app keys, resources in cleanup_ctx, thin handlers."""
+"""The middleware every request passes, outermost first:
+
+1. ``observability``: request id, RED metrics, idempotency counts, one JSON access line;
+2. ``errors``: every failure becomes an API.md error body; nothing else reaches a client;
+3. ``auth``: /v1 needs a merchant's key, and each key is held to its rate limit (429).
+
+Also the answer to HTTP that aiohttp cannot parse, which no middleware sees.
+
+The access line carries the request id, merchant id, method, route template, status and
+latency: never a path (an id in a URL is fine, a card number pasted into one is not), a
+query string, a header value other than the request id, or anything from a body.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import orjson
 from aiohttp import web, web_protocol
 
-import core_ext
 from core_ext.errors import CoreError
-from gateway import api, database, metrics, observability, recovery
-from gateway.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL, SERVICE, SETTINGS
-from gateway.cards import CardVault, load_master_key
-from gateway.config import Settings
-from gateway.connectors import SandboxConnector
-from gateway.errors import ApiError, api_error, invalid_request, untrusted
-from gateway.idempotency import IdempotencyStore
-from gateway.merchants import KeyCache, LimitDefaults
-from gateway.payments import PaymentService, batch_settings
-from gateway.pipeline import Overloaded
+from gateway import metrics
+from gateway.http.answers import (
+    BODY_BYTES_MAX,
+    REPLAYED_HEADER,
+    ApiError,
+    api_error,
+    invalid_request,
+    untrusted,
+)
+from gateway.http.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL
+from gateway.store.pipeline import Overloaded
 
 log = logging.getLogger("kassa.http")
+access_log = logging.getLogger("kassa.access")
 
-BODY_BYTES_MAX = 64 * 1024  # API.md: larger request bodies answer 413
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_CHARS_MAX = 200  # a longer or unprintable client id is replaced, never truncated
+REQUEST_ID = web.RequestKey("request_id", str)
+IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use", "idempotency_key_reused"})
+UNMATCHED_ROUTE = "unmatched"
 
 # The database is down, restarting, refusing connections, or too slow: the request did not
 # take effect (or its write-ahead record lets recovery settle it), so the client may retry.
@@ -38,21 +56,77 @@ DATABASE_UNAVAILABLE = (
     asyncpg.TooManyConnectionsError, asyncpg.InterfaceError, OSError, TimeoutError,
 )
 
-SANDBOX_POOL_CONNECTIONS_MAX = 4  # the sandbox processor's own books, apart from ours
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# --- 1. observability ---------------------------------------------------------------
 
 
-class CoreNotCompiledError(RuntimeError):
-    pass
+def request_id_from(header: str | None) -> str:
+    """The client's X-Request-Id if it is 1..200 printable ASCII characters, else a new one."""
+    if header and len(header) <= REQUEST_ID_CHARS_MAX and all(" " <= c <= "~" for c in header):
+        return header
+    return secrets.token_hex(16)
 
 
-def require_compiled_core(settings: Settings) -> None:
-    """Production traffic is never served on the pure-Python core by accident."""
-    if not core_ext.COMPILED and not settings.allow_pure_core:
-        raise CoreNotCompiledError(
-            f"refusing to serve: {core_ext.BUILD}. Reinstall with a C compiler "
-            "(pip install .), or set KASSA_ALLOW_PURE_CORE=1 for development."
-        )
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+@web.middleware
+async def observability_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500  # an exception that escapes every inner middleware is the server's fault
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:  # aiohttp's own exceptions are responses too
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        _record(request, response, status, elapsed, request_id)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def _record(request: web.Request, response: web.StreamResponse | None, status: int,
+            elapsed: float, request_id: str) -> None:
+    route = route_of(request)
+    method = metrics.method_label(request.method)
+    metrics.HTTP_REQUESTS.labels(route, method, metrics.status_class(status)).inc()
+    metrics.HTTP_REQUEST_DURATION.labels(route, method).observe(elapsed)
+    if response is not None:
+        _count_idempotency(response)
+    access_log.info("request", extra={"kassa": {
+        "request_id": request_id,
+        "merchant_id": request.get(MERCHANT_ID),
+        "method": method,
+        "route": route,
+        "status": status,
+        "latency_s": round(elapsed, 6),
+    }})
+
+
+def _count_idempotency(response: web.StreamResponse) -> None:
+    if response.headers.get(REPLAYED_HEADER) == "true":
+        metrics.IDEMPOTENT_REPLAYS.inc()
+        return
+    if response.status not in (409, 422) or not isinstance(response, web.Response):
+        return
+    try:  # only these two statuses' small error bodies are ever read
+        code = orjson.loads(response.body)["error"]["code"]
+    except (TypeError, KeyError, orjson.JSONDecodeError):
+        return
+    if code in IDEMPOTENCY_CODES:
+        metrics.IDEMPOTENCY_CONFLICTS.labels(code).inc()
+
+
+# --- 2. errors and 3. auth -----------------------------------------------------------
 
 
 @web.middleware
@@ -96,7 +170,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ).response()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path,
-                      extra={"kassa": {"request_id": request.get(observability.REQUEST_ID)}})
+                      extra={"kassa": {"request_id": request.get(REQUEST_ID)}})
         return api_error(500, "internal_error", "an internal error occurred").response()
 
 
@@ -159,91 +233,3 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[MERCHANT_ID] = caller.merchant_id
     request[CALLER] = caller
     return await handler(request)
-
-
-def json_response(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    try:
-        async with request.app[POOL].acquire(timeout=1.0) as conn:
-            version = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations", timeout=1.0
-            )
-    except Exception as exc:
-        log.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
-        return json_response({"status": "unavailable", "reason": "database unreachable"}, 503)
-    if version != database.LATEST_VERSION:
-        return json_response(
-            {"status": "unavailable", "reason": "migrations not current",
-             "schema_version": version, "expected": database.LATEST_VERSION}, 503,
-        )
-    return json_response({"status": "ready", "schema_version": version, "core": core_ext.BUILD})
-
-
-async def openapi_document(request: web.Request) -> web.Response:
-    from gateway.openapi import DOCUMENT_BYTES
-
-    return web.Response(body=DOCUMENT_BYTES, content_type="application/json")
-
-
-def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        vault = CardVault(load_master_key(settings.master_key, settings.data_dir))
-        pool = await database.create_pool(settings, dsn)
-        # The sandbox stands for another company's system: its own connections, so a
-        # processor call made while we hold a connection can never starve our pool.
-        # Its books need not wait for our disk: they simulate another company's system,
-        # and an asynchronous commit survives any crash of Kassa (only PostgreSQL's own
-        # crash could lose the last few ms, which recovery then reads as "never sent").
-        sandbox_pool = await database.create_pool(
-            settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn,
-            application_name="kassa-sandbox", synchronous_commit=False)
-        connector = observability.InstrumentedConnector(
-            SandboxConnector(sandbox_pool, settings.sandbox_latency_ms,
-                             batch_settings(settings)), settings.processor_timeout_ms / 1000)
-        observability.instrument_pool(pool)
-        idempotency = IdempotencyStore(settings.idempotency_cache_entries,
-                                       settings.idempotency_retention_s)
-        app[POOL] = pool
-        app[SERVICE] = PaymentService(pool, connector, vault, idempotency, settings)
-        background = asyncio.create_task(
-            recovery.run_forever(pool, app[SERVICE], connector, settings))
-        sampler = asyncio.create_task(observability.sample_forever(app))
-        yield
-        background.cancel()
-        sampler.cancel()
-        await asyncio.gather(background, sampler, return_exceptions=True)
-        await app[SERVICE].close()
-        await connector.close()
-        await pool.close()
-        await sandbox_pool.close()
-
-    return ctx
-
-
-def create_app(settings: Settings, dsn: str) -> web.Application:
-    require_compiled_core(settings)
-    metrics.install()
-    install_protocol_error_answers()
-    app = web.Application(
-        client_max_size=BODY_BYTES_MAX,
-        middlewares=[observability.middleware, error_middleware, auth_middleware],
-    )
-    app[SETTINGS] = settings
-    app[KEYS] = KeyCache(LimitDefaults.from_settings(settings),
-                         settings.db_acquire_timeout_ms / 1000)
-    app[LIMITER] = core_ext.risk.RateLimiter()
-    app.cleanup_ctx.append(_services_ctx(dsn))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", openapi_document)
-    app.router.add_get("/metrics", observability.metrics_endpoint)
-    api.setup(app)
-    return app

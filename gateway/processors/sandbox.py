@@ -1,5 +1,4 @@
-"""Processors. A connector authorizes, captures, voids, refunds and answers status
-lookups; the built-in ``sandbox`` answers by card number as API.md's table says.
+"""The built-in ``sandbox`` processor: answers by card number as API.md's table says.
 
 The sandbox keeps its own books in ``sandbox_operations`` (the processor's truth,
 separate from ours), idempotent by our operation reference, so recovery can ask
@@ -10,39 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import asyncpg
 
-from gateway.pipeline import Batcher, BatchSettings
-
-APPROVED = "approved"
-DECLINED = "declined"
-ERROR = "error"
-NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    result: str                       # APPROVED | DECLINED | ERROR | NOT_FOUND
-    decline_code: str | None = None
-    reference: str | None = None      # the processor's id for the operation
-
-
-class ProcessorError(Exception):
-    """The processor answered with an error: the operation did not happen."""
-
-
-class Connector(Protocol):
-    name: str
-
-    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Outcome: ...
-    async def capture(self, payment_id: str, amount: int) -> Outcome: ...
-    async def void(self, payment_id: str, amount: int) -> Outcome: ...
-    async def refund(self, payment_id: str, refund_id: str, amount: int) -> Outcome: ...
-    async def status(self, payment_id: str) -> Outcome: ...
-
+from gateway.processors.base import APPROVED, DECLINED, NOT_FOUND, Outcome, ProcessorError
+from gateway.store.pipeline import Batcher, BatchSettings
 
 SANDBOX_DECLINES = {
     "4000000000000002": "generic_decline",

@@ -1,8 +1,11 @@
-"""The /v1 routes of API.md. Handlers translate HTTP to service calls, nothing more."""
+"""Every route: the /v1 API of API.md and the operations endpoints. Handlers translate
+HTTP to service calls, nothing more."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import re
 from datetime import date
 
@@ -10,9 +13,19 @@ import orjson
 from aiohttp import web
 
 import core_ext
-from gateway.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS
-from gateway.errors import invalid_request
-from gateway.idempotency import key_from
+from gateway import metrics
+from gateway.http.answers import (
+    KEY_CHARS_MAX,
+    KEY_HEADER,
+    ApiError,
+    invalid_request,
+    json_response,
+)
+from gateway.http.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS
+from gateway.observability import sample_gauges
+from gateway.store import database
+
+log = logging.getLogger("kassa.http")
 
 ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -41,8 +54,18 @@ async def _json_body(request: web.Request, required: bool = True) -> object:
     return body
 
 
-def _json(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+def key_from(request: web.Request) -> str | None:
+    """The request's Idempotency-Key, or None; a malformed one is a 400."""
+    key = request.headers.get(KEY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= KEY_CHARS_MAX or not all(" " <= ch <= "~" for ch in key):
+        raise invalid_request(
+            "parameter_invalid",
+            f"{KEY_HEADER} must be 1 to {KEY_CHARS_MAX} printable ASCII characters",
+            param=KEY_HEADER,
+        )
+    return key
 
 
 async def create_payment(request: web.Request) -> web.Response:
@@ -74,16 +97,16 @@ async def refund_payment(request: web.Request) -> web.Response:
 
 
 async def get_payment(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].get_payment(
+    return json_response(await request.app[SERVICE].get_payment(
         request[MERCHANT_ID], request.match_info["id"]))
 
 
 async def list_payments(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].list_payments(request[MERCHANT_ID], request.query))
+    return json_response(await request.app[SERVICE].list_payments(request[MERCHANT_ID], request.query))
 
 
 async def get_refund(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].get_refund(
+    return json_response(await request.app[SERVICE].get_refund(
         request[MERCHANT_ID], request.match_info["id"]))
 
 
@@ -94,11 +117,11 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def get_balance(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].balance(request[MERCHANT_ID]))
+    return json_response(await request.app[SERVICE].balance(request[MERCHANT_ID]))
 
 
 async def get_settlement_report(request: web.Request) -> web.Response:
-    from gateway.books import settlement, settlement_csv
+    from gateway.books import settlement, settlement_csv  # the reports' code, on first use
 
     unknown = sorted(set(request.query) - {"date", "format"})
     if unknown:
@@ -119,12 +142,61 @@ async def get_settlement_report(request: web.Request) -> web.Response:
         lines = await settlement(conn, day, request[MERCHANT_ID])
     if fmt == "csv":
         return web.Response(text=settlement_csv(lines), content_type="text/csv")
-    return _json({"object": "settlement_report", "date": day.isoformat(), "lines": lines})
+    return json_response({"object": "settlement_report", "date": day.isoformat(), "lines": lines})
+
+
+# --- operations ----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire(timeout=1.0) as conn:
+            version = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations", timeout=1.0
+            )
+    except Exception as exc:
+        log.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
+        return json_response({"status": "unavailable", "reason": "database unreachable"}, 503)
+    if version != database.LATEST_VERSION:
+        return json_response(
+            {"status": "unavailable", "reason": "migrations not current",
+             "schema_version": version, "expected": database.LATEST_VERSION}, 503,
+        )
+    return json_response({"status": "ready", "schema_version": version, "core": core_ext.BUILD})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    from gateway.http.openapi import DOCUMENT_BYTES
+
+    return web.Response(body=DOCUMENT_BYTES, content_type="application/json")
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token:  # its own credential, never a merchant's key; compared in constant time
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token.encode()):
+            raise ApiError(401, "authentication_error", "metrics_token_invalid",
+                           "/metrics needs 'Authorization: Bearer <KASSA_METRICS_TOKEN>'")
+    sample_gauges(request.app)
+    body, content_type = metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def setup(app: web.Application) -> None:
-    """Register every /v1 route on ``app``."""
+    """Register every route on ``app``."""
     router = app.router
+    router.add_get("/healthz", healthz)
+    router.add_get("/readyz", readyz)
+    router.add_get("/openapi.json", openapi_document)
+    router.add_get("/metrics", metrics_endpoint)
     router.add_post("/v1/payments", create_payment)
     router.add_get("/v1/payments", list_payments)
     router.add_get("/v1/payments/{id}", get_payment)

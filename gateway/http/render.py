@@ -1,0 +1,79 @@
+"""Objects as API.md shows them: database rows in, JSON-ready dicts (and answers) out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import asyncpg
+import orjson
+
+import core_ext
+from gateway.http.answers import Answer, ApiError, api_error
+
+states = core_ext.states
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_payment(row: asyncpg.Record) -> dict:
+    return {
+        "id": row["id"],
+        "object": "payment",
+        "status": row["status"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "amount_capturable": row["amount_capturable"],
+        "amount_captured": row["amount_captured"],
+        "amount_refunded": row["amount_refunded"],
+        "capture": row["capture_method"],
+        "card": {
+            "brand": row["card_brand"],
+            "last4": row["card_last4"],
+            "exp_month": row["card_exp_month"],
+            "exp_year": row["card_exp_year"],
+            "fingerprint": row["card_fingerprint"],
+        },
+        "processor": row["processor"],
+        "processor_reference": row["processor_reference"],
+        "decline_code": row["decline_code"],
+        "reference": row["reference"],
+        "description": row["description"],
+        "metadata": orjson.loads(row["metadata"]),
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
+def render_refund(row: asyncpg.Record) -> dict:
+    return {
+        "id": row["id"],
+        "object": "refund",
+        "payment_id": row["payment_id"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "created": rfc3339(row["created_at"]),
+    }
+
+
+def render_token(token_id: str, card: dict) -> dict:
+    return {"id": token_id, "object": "token", "card": card}
+
+
+def answer_for_authorization(row: asyncpg.Record) -> Answer:
+    """The answer a settled authorization gives (and replays) for its payment row."""
+    status = row["status"]
+    if status == states.DECLINED:
+        return Answer.of_error(ApiError(
+            402, "card_error", "card_declined", "the card was declined",
+            decline_code=row["decline_code"], payment_id=row["id"],
+        ))
+    if status == states.FAILED:
+        return Answer.of_error(api_error(
+            502, "processor_error", "the processor failed to authorize the payment; "
+            "it is recorded as failed and no money moved", payment_id=row["id"],
+        ))
+    return Answer.of_json(201, render_payment(row))

@@ -1,0 +1,1 @@
+"""Processors: the connector protocol, the built-in sandbox, and the instrumented wrapper."""

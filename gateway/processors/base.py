@@ -1,0 +1,37 @@
+"""The connector protocol: what Kassa asks of a processor, and what it answers.
+
+A connector authorizes, captures, voids, refunds and answers status lookups (what
+recovery asks after a lost answer). ``ProcessorError`` means the processor answered
+with an error and the operation did not happen; a timeout means the outcome is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+APPROVED = "approved"
+DECLINED = "declined"
+ERROR = "error"
+NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str                       # APPROVED | DECLINED | ERROR | NOT_FOUND
+    decline_code: str | None = None
+    reference: str | None = None      # the processor's id for the operation
+
+
+class ProcessorError(Exception):
+    """The processor answered with an error: the operation did not happen."""
+
+
+class Connector(Protocol):
+    name: str
+
+    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Outcome: ...
+    async def capture(self, payment_id: str, amount: int) -> Outcome: ...
+    async def void(self, payment_id: str, amount: int) -> Outcome: ...
+    async def refund(self, payment_id: str, refund_id: str, amount: int) -> Outcome: ...
+    async def status(self, payment_id: str) -> Outcome: ...

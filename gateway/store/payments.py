@@ -1,0 +1,196 @@
+"""All SQL of ``payments``, ``refunds`` and ``tokens``: the payment rows and what hangs off
+them. Callers pass values, never SQL; table names below are ours, never input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+# Columns of an intent, in the order of INSERT_INTENTS_SQL's unnest arrays.
+INTENT_COLUMNS = (
+    "payment_id", "merchant_id", "amount", "currency", "capture_method", "card_brand",
+    "card_last4", "card_exp_month", "card_exp_year", "card_fingerprint", "token_id",
+    "processor", "reference", "description", "metadata_json", "customer_json",
+    "idempotency_key",
+)
+
+INSERT_INTENTS_SQL = """
+INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
+    card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
+    processor, reference, description, metadata, customer, idempotency_key)
+SELECT id, merchant_id, 'processing', amount, currency, capture_method, card_brand,
+       card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id, processor,
+       reference, description, metadata::jsonb, customer::jsonb, idempotency_key
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+              $7::text[], $8::smallint[], $9::smallint[], $10::text[], $11::text[],
+              $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])
+       AS p (id, merchant_id, amount, currency, capture_method, card_brand, card_last4,
+             card_exp_month, card_exp_year, card_fingerprint, token_id, processor,
+             reference, description, metadata, customer, idempotency_key)
+RETURNING *
+"""
+
+SETTLE_MANY_SQL = """
+UPDATE payments AS p
+   SET status = s.status, amount_capturable = s.capturable, amount_captured = s.captured,
+       amount_refunded = s.refunded,
+       processor_reference = coalesce(s.reference, p.processor_reference),
+       decline_code = s.decline_code,
+       authorized_at = CASE WHEN s.status IN ('authorized', 'captured') THEN now() END,
+       updated_at = now()
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
+              $7::text[])
+       AS s (id, status, capturable, captured, refunded, reference, decline_code)
+ WHERE p.id = s.id AND p.status = 'processing'
+RETURNING p.*
+"""
+
+UPDATE_AMOUNTS_SQL = """
+UPDATE payments
+   SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
+       updated_at = now()
+ WHERE id = $1
+RETURNING *
+"""
+
+LIST_SQL = """
+SELECT * FROM payments
+ WHERE merchant_id = $1
+   AND ($2::text IS NULL OR status = $2)
+   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $5
+"""
+
+PROCESSING_DUE_SQL = """
+SELECT *, extract(epoch FROM now() - updated_at)::float8 AS age_s FROM payments
+ WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
+ ORDER BY updated_at LIMIT $2
+"""
+
+STUCK_PROCESSING_SQL = """
+SELECT count(*) FROM payments
+ WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
+"""
+
+EXPIRING_SQL = """
+SELECT * FROM payments
+ WHERE status = 'authorized' AND authorized_at < now() - make_interval(secs => $1)
+ ORDER BY authorized_at LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+
+EXPIRE_SQL = """
+UPDATE payments SET status = $2, amount_capturable = $3, updated_at = now() WHERE id = $1
+"""
+
+INSERT_REFUND_SQL = """
+INSERT INTO refunds (id, merchant_id, payment_id, amount, currency, status, reason)
+VALUES ($1, $2, $3, $4, $5, 'succeeded', $6) RETURNING *
+"""
+
+INSERT_TOKEN_SQL = """
+INSERT INTO tokens (id, merchant_id, brand, last4, exp_month, exp_year, fingerprint,
+                    holder_name, number_ciphertext)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+AMOUNTS_OF_ALL_SQL = """
+SELECT id, merchant_id, processor, currency, amount_capturable, amount_captured,
+       amount_refunded FROM payments ORDER BY id
+"""
+
+# What ``owned`` may read: a kind of object and its table. Never input.
+OWNED_TABLES = {"payment": "payments", "refund": "refunds", "token": "tokens"}
+
+
+async def insert_intents(conn: asyncpg.Connection,
+                         columns: Sequence[Sequence[Any]]) -> dict[str, asyncpg.Record]:
+    """Insert 'processing' payments (one array per INTENT_COLUMNS); the rows by id."""
+    rows = await conn.fetch(INSERT_INTENTS_SQL, *columns)
+    return {row["id"]: row for row in rows}
+
+
+async def settle_many(conn: asyncpg.Connection, ids: Sequence[str], statuses: Sequence[str],
+                      capturable: Sequence[int], captured: Sequence[int],
+                      refunded: Sequence[int], references: Sequence[str | None],
+                      decline_codes: Sequence[str | None]) -> dict[str, asyncpg.Record]:
+    """Record outcomes of payments still 'processing'; the rows this call settled, by id
+    (a payment someone else settled first is not among them)."""
+    rows = await conn.fetch(SETTLE_MANY_SQL, ids, statuses, capturable, captured, refunded,
+                            references, decline_codes)
+    return {row["id"]: row for row in rows}
+
+
+async def by_ids(conn: asyncpg.Connection, ids: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM payments WHERE id = any($1::text[])", ids)
+
+
+async def lock(conn: asyncpg.Connection, payment_id: str,
+               merchant_id: str) -> asyncpg.Record | None:
+    """The merchant's payment, locked until the caller's transaction ends."""
+    return await conn.fetchrow(
+        "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE",
+        payment_id, merchant_id)
+
+
+async def update_amounts(conn: asyncpg.Connection, payment_id: str, transition: Any) -> asyncpg.Record:
+    return await conn.fetchrow(
+        UPDATE_AMOUNTS_SQL, payment_id, transition.status, transition.amount_capturable,
+        transition.amount_captured, transition.amount_refunded)
+
+
+async def insert_refund(conn: asyncpg.Connection, refund_id: str, payment: asyncpg.Record,
+                        amount: int, reason: str | None) -> asyncpg.Record:
+    return await conn.fetchrow(INSERT_REFUND_SQL, refund_id, payment["merchant_id"],
+                               payment["id"], amount, payment["currency"], reason)
+
+
+async def insert_token(conn: asyncpg.Connection, token_id: str, merchant_id: str, card: Any,
+                       fingerprint: str, number_ciphertext: bytes) -> None:
+    await conn.execute(INSERT_TOKEN_SQL, token_id, merchant_id, card.brand, card.last4,
+                       card.exp_month, card.exp_year, fingerprint, card.holder_name,
+                       number_ciphertext)
+
+
+async def owned(conn: asyncpg.Connection, kind: str, object_id: str,
+                merchant_id: str) -> asyncpg.Record | None:
+    """The merchant's own payment, refund or token, or None."""
+    table = OWNED_TABLES[kind]
+    return await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2",
+                               object_id, merchant_id)
+
+
+async def list_page(conn: asyncpg.Connection, merchant_id: str, status: str | None,
+                    cursor: asyncpg.Record | None, rows_max: int) -> list[asyncpg.Record]:
+    """Newest first, after ``cursor`` (a payment row) if given."""
+    return await conn.fetch(LIST_SQL, merchant_id, status,
+                            cursor["created_at"] if cursor else None,
+                            cursor["id"] if cursor else None, rows_max)
+
+
+async def processing_due(pool: asyncpg.Pool, older_than_s: int,
+                         rows_max: int) -> list[asyncpg.Record]:
+    """Payments still 'processing' after ``older_than_s``, oldest first, with ``age_s``."""
+    return await pool.fetch(PROCESSING_DUE_SQL, float(older_than_s), rows_max)
+
+
+async def count_stuck(pool: asyncpg.Pool, older_than_s: int) -> int:
+    """COUNT on the partial index of 'processing' payments."""
+    return await pool.fetchval(STUCK_PROCESSING_SQL, float(older_than_s))
+
+
+async def lock_expiring(conn: asyncpg.Connection, ttl_s: int,
+                        rows_max: int) -> list[asyncpg.Record]:
+    """Authorizations older than ``ttl_s``, locked; other workers skip them."""
+    return await conn.fetch(EXPIRING_SQL, float(ttl_s), rows_max)
+
+
+async def expire(conn: asyncpg.Connection, payment_id: str, transition: Any) -> None:
+    await conn.execute(EXPIRE_SQL, payment_id, transition.status, transition.amount_capturable)
+
+
+async def amounts_of_all(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every payment's amounts, for the ledger check."""
+    return await conn.fetch(AMOUNTS_OF_ALL_SQL)
