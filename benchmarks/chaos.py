@@ -31,7 +31,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -45,10 +44,12 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import orjson
-import psutil
+
+from gateway import testing
+from gateway.testing import KassaServer
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+HOST = testing.HOST
 
 # --- timing (seconds) ------------------------------------------------------------------
 REQUEST_TIMEOUT_S = 15.0      # one HTTP request; past it the request counts as a hang
@@ -64,7 +65,7 @@ SETTLE_WAIT_S = 30.0          # for recovery to settle every 'processing' paymen
 READY_TIMEOUT_S = 90.0        # kassa serve ready, or all its workers serving again
 PG_CTL_TIMEOUT_S = 60         # pg_ctl start/stop (-t)
 GATEWAY_STOP_GRACE_S = 15.0   # SIGTERM -> exit, before it is killed
-VERIFY_TIMEOUT_S = 120.0      # kassa ledger verify / merchants create
+VERIFY_TIMEOUT_S = 120.0      # kassa ledger verify
 
 # --- the gateway under test ------------------------------------------------------------
 GATEWAY_ENV = {
@@ -83,9 +84,6 @@ GATEWAY_ENV = {
     "KASSA_VELOCITY_CARD_ATTEMPTS_MAX": "0",
     "KASSA_VELOCITY_CARD_DECLINES_MAX": "0",
 }
-# A throwaway key for a throwaway database (the tests' fixed key): base64 of 32 bytes.
-MASTER_KEY = "a2Fzc2EtdGVzdC1tYXN0ZXIta2V5LW5vdC1wcm9kISE="
-WORKER_SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving on")
 RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
 
 # --- the load ----------------------------------------------------------------------------
@@ -186,123 +184,25 @@ class PostgresCluster:
 
 
 # =========================================================================================
-# The gateway: kassa serve, its workers, a merchant
+# The gateway: kassa serve (gateway/testing.py), what its log says
 # =========================================================================================
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+def make_gateway(workdir: Path, dsn: str, workers: int) -> KassaServer:
+    """``kassa serve`` on the cluster, not started yet; the tests' throwaway master key."""
+    return KassaServer(workdir, dsn, workers=workers, data_dir=workdir / "kassa",
+                       log_path=workdir / "gateway.log",
+                       env={**GATEWAY_ENV, "KASSA_MASTER_KEY": testing.TEST_MASTER_KEY})
 
 
-class Gateway:
-    def __init__(self, workdir: Path, dsn: str, port: int, workers: int) -> None:
-        self.url = f"http://{HOST}:{port}"
-        self.workers = workers
-        self.log_path = workdir / "gateway.log"
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("KASSA_") and k != "DATABASE_URL"}
-        self.env.update(GATEWAY_ENV, DATABASE_URL=dsn, KASSA_DATA_DIR=str(workdir / "kassa"),
-                        KASSA_MASTER_KEY=MASTER_KEY, KASSA_PORT=str(port),
-                        KASSA_HOST=HOST, KASSA_WORKERS=str(workers))
-        self.process: subprocess.Popen | None = None
-        self._log_offset = 0
-        self._serving: set[int] = set()
-
-    def kassa(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
-                              check=False)
-
-    def create_merchant(self) -> tuple[str, str]:
-        done = self.kassa("merchants", "create", "chaos")
-        if done.returncode != 0:
-            raise RuntimeError(f"kassa merchants create failed:\n{done.stderr}")
-        merchant_id = re.search(r"^merchant_id:\s+(\S+)$", done.stdout, re.MULTILINE)[1]
-        secret = re.search(r"^secret_key:\s+(\S+)$", done.stdout, re.MULTILINE)[1]
-        return merchant_id, secret
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            # Its own session: if the supervisor itself ever had to be killed, its workers
-            # are killed with it (by process group) instead of being orphaned.
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve"], env=self.env, cwd=ROOT,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def serving_workers(self) -> list[int]:
-        """Pids of live workers that have announced they serve (sorted: seeded choice)."""
-        with open(self.log_path, "rb") as log:
-            log.seek(self._log_offset)
-            chunk = log.read()
-        complete = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
-        self._log_offset += complete
-        self._serving.update(int(m[2]) for m in WORKER_SERVING.finditer(
-            chunk[:complete].decode(errors="replace")))
-        try:
-            children = psutil.Process(self.process.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        # Workers only: the multiprocessing resource tracker is a child too.
-        return sorted(c.pid for c in children if c.pid in self._serving and _alive(c))
-
-    async def wait_workers(self, count: int, timeout_s: float = READY_TIMEOUT_S) -> list[int]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"kassa serve exited with {self.process.returncode}")
-            pids = self.serving_workers()
-            if len(pids) >= count:
-                return pids
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"fewer than {count} workers serving after {timeout_s:.0f} s")
-
-    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"kassa serve exited early, see {self.log_path}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(self.url + "/readyz",
-                                       timeout=aiohttp.ClientTimeout(total=2)) as response:
-                    if response.status == 200:
-                        await self.wait_workers(self.workers)
-                        return
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"kassa serve not ready in {READY_TIMEOUT_S:.0f} s")
-
-    def stop(self) -> tuple[int | None, float]:
-        """SIGTERM (drain), then kill the group if it outlives the grace: (exit code, s)."""
-        if self.process is None:
-            return None, 0.0
-        started = time.monotonic()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(GATEWAY_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-                return None, time.monotonic() - started
-        return self.process.returncode, time.monotonic() - started
-
-    def log_problems(self) -> list[str]:
-        """Lines of the gateway's log that say a request failed unhandled (a 500)."""
-        text = self.log_path.read_text(errors="replace")
-        return [line[:300] for line in text.splitlines() if "unhandled error" in line]
-
-    def recoveries(self) -> dict[str, int]:
-        """Payments recovery settled, by outcome: the authorizations the chaos cut off."""
-        return dict(Counter(RECOVERED.findall(self.log_path.read_text(errors="replace"))))
+def unhandled_errors(gateway: KassaServer) -> list[str]:
+    """Lines of the gateway's log that say a request failed unhandled (a 500)."""
+    return [line[:300] for line in gateway.logs().splitlines() if "unhandled error" in line]
 
 
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+def recoveries(gateway: KassaServer) -> dict[str, int]:
+    """Payments recovery settled, by outcome: the authorizations the chaos cut off."""
+    return dict(Counter(RECOVERED.findall(gateway.logs())))
 
 
 # =========================================================================================
@@ -528,7 +428,7 @@ async def load(client: Client, seed: int, counter: Iterator[int], concurrency: i
 # =========================================================================================
 
 
-async def kill_workers(gateway: Gateway, kills: int, rng: random.Random, stats: Stats) -> None:
+async def kill_workers(gateway: KassaServer, kills: int, rng: random.Random, stats: Stats) -> None:
     """SIGKILL a random serving worker every KILL_INTERVAL_S until ``kills`` are done."""
     while stats.kills < kills:
         await asyncio.sleep(rng.uniform(*KILL_INTERVAL_S))
@@ -778,7 +678,7 @@ async def wait_settled(conn: asyncpg.Connection) -> int:
 
 
 async def check_books(dsn: str, merchant_id: str, records: list[FlowRecord], seed: int,
-                      gateway: Gateway) -> Findings:
+                      gateway: KassaServer) -> Findings:
     findings = Findings()
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
@@ -798,8 +698,8 @@ async def check_books(dsn: str, merchant_id: str, records: list[FlowRecord], see
     return findings
 
 
-def ledger_verify(gateway: Gateway) -> list[str]:
-    done = gateway.kassa("ledger", "verify")
+def ledger_verify(gateway: KassaServer) -> list[str]:
+    done = gateway.cli("ledger", "verify", timeout=VERIFY_TIMEOUT_S)
     if done.returncode == 0:
         return []
     # Each problem is one stdout line; the verdict goes to stderr.
@@ -878,8 +778,8 @@ def failures_of(summary: Summary) -> list[str]:
 
 def summarize(args: argparse.Namespace, stats: Stats, findings: Findings,
               records: list[FlowRecord], gateway_exit: int | None, gateway_stop_s: float,
-              gateway: Gateway, elapsed_s: float) -> Summary:
-    log_problems = gateway.log_problems()
+              gateway: KassaServer, elapsed_s: float) -> Summary:
+    log_problems = unhandled_errors(gateway)
     down = answers_while_down(stats)
     details = [f"{kind}: {line}" for kind, lines in (
         ("lost", findings.lost), ("duplicated", findings.duplicated),
@@ -894,7 +794,7 @@ def summarize(args: argparse.Namespace, stats: Stats, findings: Findings,
         down_by_status={str(k): v for k, v in sorted(down.items())}, down_503=down[503],
         hangs=stats.hangs, server_errors=len(stats.server_errors),
         not_recovered=stats.not_recovered, recovery_s=[round(s, 2) for s in stats.recovery_s],
-        checkouts=len(records), checked=findings.checked, recovered=gateway.recoveries(),
+        checkouts=len(records), checked=findings.checked, recovered=recoveries(gateway),
         undecided=findings.undecided,
         unexpected=len(findings.unexpected), lost=len(findings.lost),
         duplicated=len(findings.duplicated), imbalanced=len(findings.imbalanced),
@@ -943,18 +843,18 @@ def print_summary(summary: Summary, short: bool) -> None:
 
 
 async def run_chaos(args: argparse.Namespace, workdir: Path,
-                    cluster: PostgresCluster, gateway: Gateway) -> Summary:
+                    cluster: PostgresCluster, gateway: KassaServer) -> Summary:
     started = time.monotonic()
     stats, records = Stats(), []
     cluster.init()
     cluster.start()
-    merchant_id, secret = gateway.create_merchant()
+    merchant_id, secret = gateway.create_merchant("chaos")
     gateway.start()
     # One connection per request: the kernel spreads them over the workers (SO_REUSEPORT)
     # and no request is sent on a kept-alive connection to a worker that has since died.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await gateway.wait_ready(session)
+        await gateway.wait_ready_async(READY_TIMEOUT_S, all_workers=True)
         print(f"chaos: seed {args.seed}, {args.workers} workers, {args.clients} clients, "
               f"workdir {workdir}", flush=True)
         client = Client(session, gateway.url, secret, stats, time.monotonic() + args.deadline)
@@ -970,7 +870,7 @@ async def run_chaos(args: argparse.Namespace, workdir: Path,
             await asyncio.sleep(RESTART_UP_S)
     print("checking the books", flush=True)
     findings = await check_books(cluster.dsn, merchant_id, records, args.seed, gateway)
-    gateway_exit, stop_s = gateway.stop()
+    gateway_exit, stop_s = gateway.stop(GATEWAY_STOP_GRACE_S)
     return summarize(args, stats, findings, records, gateway_exit, stop_s, gateway,
                      time.monotonic() - started)
 
@@ -1021,13 +921,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _terminate_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="kassa-chaos-"))
-    cluster = PostgresCluster(workdir, free_port(), args.fsync)
-    gateway = Gateway(workdir, cluster.dsn, free_port(), args.workers)
+    cluster = PostgresCluster(workdir, testing.free_port(), args.fsync)
+    gateway = make_gateway(workdir, cluster.dsn, args.workers)
     summary = None
     try:
         summary = asyncio.run(run_chaos(args, workdir, cluster, gateway))
     finally:
-        gateway.stop()
+        gateway.stop(GATEWAY_STOP_GRACE_S)
         cluster.ensure_stopped()
         if summary is not None and summary.ok and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

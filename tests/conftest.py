@@ -7,12 +7,8 @@ empty its tables before each test. Never point it at data you want to keep.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +17,14 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway import testing
 from gateway.config import Settings, load_settings
 from gateway.store import database
+from gateway.testing import KassaServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".kassa" / "test"
+SERVE_READY_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +71,7 @@ def settings_for(database_url: str, **changes: object) -> Settings:
         "KASSA_DB_POOL_MIN": "1",
         "KASSA_DB_POOL_MAX": "8",
         # A fixed test key: card data written by tests is encrypted under it.
-        "KASSA_MASTER_KEY": "a2Fzc2EtdGVzdC1tYXN0ZXIta2V5LW5vdC1wcm9kISE=",
+        "KASSA_MASTER_KEY": testing.TEST_MASTER_KEY,
         "KASSA_ALLOW_PURE_CORE": os.environ.get("KASSA_ALLOW_PURE_CORE", "0"),
         "KASSA_GROUP_COMMIT": os.environ.get("KASSA_GROUP_COMMIT", "1"),
     }
@@ -131,98 +130,42 @@ async def other_merchant(db: asyncpg.Pool) -> Merchant:
     return Merchant(key.merchant_id, key.secret)
 
 
-# --- a real `kassa serve` in a subprocess -------------------------------------------
+# --- a real `kassa serve` in a subprocess (gateway/testing.py) -----------------------
+
+# The build and pipeline the suite runs on (CI runs it on the pure and the compiled core)
+# carry over to the subprocesses; every other KASSA_* of the caller is dropped.
+PASSED_THROUGH = ("KASSA_ALLOW_PURE_CORE", "KASSA_CORE", "KASSA_GROUP_COMMIT")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def subprocess_variables(**extra: str) -> dict[str, str]:
+    passed = {name: os.environ[name] for name in PASSED_THROUGH if os.environ.get(name)}
+    return {"KASSA_MASTER_KEY": testing.TEST_MASTER_KEY, **passed, **extra}
 
 
 def kassa_env(database_url: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KASSA_")}
-    env.pop("DATABASE_URL", None)
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    env["KASSA_MASTER_KEY"] = settings_for(database_url or "postgresql://x").master_key
-    if os.environ.get("KASSA_ALLOW_PURE_CORE"):
-        env["KASSA_ALLOW_PURE_CORE"] = os.environ["KASSA_ALLOW_PURE_CORE"]
-    for passed in ("KASSA_CORE", "KASSA_GROUP_COMMIT"):
-        if os.environ.get(passed):
-            env[passed] = os.environ[passed]
-    env.update(extra)
-    return env
+    """The environment of a `kassa` command run by a test (no data dir unless given)."""
+    return testing.environment(database_url, **subprocess_variables(**extra))
 
 
 def kassa(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True,
-        timeout=timeout, cwd=ROOT,
-    )
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        return self.process.wait(timeout)
-
-
-async def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 60):
-    import aiohttp
-
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"kassa serve exited early:\n{log_path.read_text()}")
-            try:
-                async with session.get(url + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"kassa serve not ready in {timeout_s}s:\n{log_path.read_text()}")
+    return testing.run_cli(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture
 async def serve_process(tmp_path: Path):
-    """Start ``kassa serve`` processes; all are stopped after the test."""
-    started: list[ServerProcess] = []
+    """Start ``kassa serve`` processes (ready: /readyz answers 200); all are stopped after
+    the test. ``KASSA_DATA_DIR`` defaults to the test's own directory."""
+    started: list[KassaServer] = []
 
-    async def start(database_url: str | None, workers: int = 1, **extra: str) -> ServerProcess:
-        port = free_port()
-        env = kassa_env(database_url, KASSA_PORT=str(port), KASSA_WORKERS=str(workers), **extra)
-        env.setdefault("KASSA_DATA_DIR", str(tmp_path / "data"))
-        log_path = tmp_path / f"serve-{port}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve"], env=env, cwd=ROOT,
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )
-        server = ServerProcess(process, port, log_path)
+    async def start(database_url: str | None, workers: int = 1, **extra: str) -> KassaServer:
+        data_dir = Path(extra.pop("KASSA_DATA_DIR", tmp_path / "data"))
+        server = KassaServer(tmp_path, database_url, workers=workers, data_dir=data_dir,
+                             env=subprocess_variables(**extra))
         started.append(server)
-        await wait_ready(server.url, process, log_path)
+        server.start()
+        await server.wait_ready_async(SERVE_READY_TIMEOUT_S)
         return server
 
     yield start
     for server in started:
-        try:
-            server.stop()
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+        server.stop()

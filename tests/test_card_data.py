@@ -65,7 +65,7 @@ async def test_no_card_number_or_cvc_is_logged_returned_or_stored(
             "payment_method": {"type": "card", "card": card(APPROVED_VISA, cvc="73911")}})
         await call("GET", "/v1/payments?limit=100")
 
-    assert server.stop() == 0
+    assert server.stop().exit_code == 0
     assert leaks(server.logs()) == []
     for body in bodies:
         assert leaks(body) == [], body

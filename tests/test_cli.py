@@ -84,11 +84,11 @@ async def test_serve_on_embedded_database_survives_restart(tmp_path, serve_proce
     server = await serve_process(None, KASSA_DATA_DIR=data_dir)
     _, secret = create_merchant(env, "Embedded Shop")
     assert await balance_status(server.url, secret) == 200
-    assert server.stop() == 0
+    assert server.stop().exit_code == 0
     # Data lives in the data directory: the same key works after a restart.
     server = await serve_process(None, KASSA_DATA_DIR=data_dir)
     assert await balance_status(server.url, secret) == 200
-    assert server.stop() == 0
+    assert server.stop().exit_code == 0
 
 
 async def test_sigterm_stops_gracefully(db, database_url, serve_process):

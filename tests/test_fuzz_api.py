@@ -41,8 +41,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -56,7 +54,8 @@ from hypothesis import strategies as st
 
 from gateway.http.openapi import DOCUMENT, DOCUMENT_BYTES
 from gateway.store.merchants import create_merchant
-from tests.conftest import ROOT, USER_TABLES_SQL, ServerProcess, free_port, kassa_env, wait_ready
+from gateway.testing import KassaServer
+from tests.conftest import SERVE_READY_TIMEOUT_S, USER_TABLES_SQL, subprocess_variables
 from tests.payments_helpers import (
     APPROVED_AMEX,
     APPROVED_MASTERCARD,
@@ -270,16 +269,11 @@ async def fuzz_target(pool: asyncpg.Pool, database_url: str, tmp_path_factory):
     async with pool.acquire() as conn:
         key = await create_merchant(conn, "Fuzz Shop")
     tmp = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    env = kassa_env(database_url, KASSA_PORT=str(port), KASSA_WORKERS="1",
-                    KASSA_DATA_DIR=str(tmp / "data"))
-    log_path = tmp / "serve.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env,
-                                   cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    server = ServerProcess(process, port, log_path)
+    server = KassaServer(tmp, database_url, env=subprocess_variables(),
+                         log_path=tmp / "serve.log")
+    server.start()
     try:
-        await wait_ready(server.url, process, log_path)
+        await server.wait_ready_async(SERVE_READY_TIMEOUT_S)
         target = Target(server.url, key.secret)
         async with aiohttp.ClientSession() as session:
             async with session.get(server.url + "/openapi.json") as answer:
@@ -292,11 +286,7 @@ async def fuzz_target(pool: asyncpg.Pool, database_url: str, tmp_path_factory):
             print(f"fuzz: {label:35} {mode:20} {status}: {count}")
         print(f"fuzz: {sum(SEEN.values())} requests validated")
     finally:
-        try:
-            server.stop()
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 @pytest.mark.timeout(120 + EXAMPLES // 5)  # seconds per operation; long runs take longer
