@@ -199,25 +199,35 @@ class PaymentService:
         """Record a processor's outcome for a 'processing' payment (request path and recovery)."""
         result = {APPROVED: "approved", DECLINED: "declined"}.get(outcome.result, "failed")
         transitions = [states.settle_authorization(result, row["amount"])]
+        capture_unknown = False
         if transitions[0].status == states.AUTHORIZED and row["capture_method"] == "automatic":
-            if await self._auto_capture(row["id"], row["amount"]):
+            captured = await self._auto_capture(row["id"], row["amount"])
+            if captured:
                 t = transitions[0]
                 transitions.append(states.capture(t.status, row["amount"], t.amount_capturable,
                                                   t.amount_captured, t.amount_refunded, None))
+            capture_unknown = captured is None
         # Never shed here: the processor has answered, the outcome must be recorded.
         return await self._settlements.submit(
-            Settlement(row, tuple(transitions), outcome.reference, outcome.decline_code),
+            Settlement(row, tuple(transitions), outcome.reference, outcome.decline_code,
+                       capture_unknown),
             sheddable=False)
 
-    async def _auto_capture(self, payment_id: str, amount: int) -> bool:
-        """Capture right after authorizing. If the processor fails here the payment stays
-        authorized (held, not taken), which the merchant can capture or void later."""
+    async def _auto_capture(self, payment_id: str, amount: int) -> bool | None:
+        """Capture right after authorizing: True if captured. False if the processor refused:
+        the payment stays authorized (held, not taken), which the merchant can capture or
+        void later. None if it timed out: the payment is recorded authorized with its
+        capture pending, which recovery settles as it settles a timed-out capture."""
         try:
             await asyncio.wait_for(self._connector.capture(payment_id, amount),
                                    self._processor_timeout_s)
-        except (ProcessorError, TimeoutError):
+        except ProcessorError:
             log.warning("automatic capture of %s failed; it stays authorized", payment_id)
             return False
+        except TimeoutError:
+            log.warning("automatic capture of %s timed out; recovery will settle it",
+                        payment_id)
+            return None
         return True
 
     # --- capture, void, refund --------------------------------------------------------

@@ -167,3 +167,26 @@ async def test_capture_the_processor_never_saw_fails_and_changes_nothing(
     # Nothing happened, so the payment can still be captured (with a new key).
     status, captured, _ = await post(client, path, merchant, {"amount": 500}, key="cap-again")
     assert (status, captured["amount_captured"]) == (200, 500)
+
+
+async def test_automatic_capture_that_times_out_is_settled_by_recovery(app_factory, merchant,
+                                                                        db):
+    client = await app_factory(processor_timeout_ms=200)
+    status, body = await authorize(client, merchant, TIMEOUT_CARD, capture="automatic",
+                                   key="auto-slow")
+    assert status == 504, body
+    payment_id = body["error"]["payment_id"]
+    # Recovery settles the authorization; its automatic capture times out too (the sandbox
+    # did capture), so the payment is recorded authorized with that capture pending.
+    app = client.app
+    assert await recovery.recover_processing(app[POOL], app[SERVICE], app[SERVICE]._connector,
+                                             older_than_s=0, processor_timeout_s=0.2) == 1
+    _, payment = await get(client, f"/v1/payments/{payment_id}", merchant)
+    assert payment["status"] == "authorized"
+    await assert_being_settled(client, merchant, payment_id)
+    result = await recover(client)
+    assert result.operations == 1
+    _, payment = await get(client, f"/v1/payments/{payment_id}", merchant)
+    assert (payment["status"], payment["amount_captured"]) == ("captured", 1999)
+    await assert_books_balanced(db)
+    assert await sandbox_count(db, "capture", payment_id) == 1
