@@ -380,10 +380,9 @@ class StepResult:
 def retryable(step: str, status: int | None, body: dict | None) -> bool:
     if status is None or status in (429, 500, 503, 504):
         return True  # no answer, or API.md's "safe to retry with the same Idempotency-Key"
-    if status == 409 and error_code(body) == "idempotency_key_in_use":
-        return True  # still executing, or its outcome is unknown until recovery settles it
-    # capture/refund 502: nothing changed and nothing stored; an authorization's 502 is final.
-    return status == 502 and step != "authorize"
+    # 409 in use: still executing, or its outcome is unknown until recovery settles it. Not
+    # a 502: it is stored for its key (API.md), for a capture or refund too; a retry replays it.
+    return status == 409 and error_code(body) == "idempotency_key_in_use"
 
 
 class Client:
