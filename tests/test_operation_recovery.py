@@ -190,3 +190,17 @@ async def test_automatic_capture_that_times_out_is_settled_by_recovery(app_facto
     assert (payment["status"], payment["amount_captured"]) == ("captured", 1999)
     await assert_books_balanced(db)
     assert await sandbox_count(db, "capture", payment_id) == 1
+
+
+async def test_expiry_leaves_a_payment_whose_capture_is_pending(app_factory, merchant, db):
+    client = await app_factory(processor_timeout_ms=200)
+    payment_id = await timeout_card_payment(client, merchant)
+    status, body, _ = await post(client, f"/v1/payments/{payment_id}/capture", merchant, {})
+    assert_timed_out(status, body, payment_id)
+    await db.execute("UPDATE payments SET authorized_at = now() - interval '8 days'")
+    # The processor may have captured it: releasing the hold now would contradict it.
+    assert await recovery.expire_authorizations(db, ttl_s=7 * 86_400) == 0
+    assert (await recover(client)).operations == 1
+    _, payment = await get(client, f"/v1/payments/{payment_id}", merchant)
+    assert (payment["status"], payment["amount_captured"]) == ("captured", 1999)
+    await assert_books_balanced(db)
