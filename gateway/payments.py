@@ -290,7 +290,7 @@ class PaymentService:
                 # Raised, so the claim rolls back: once settled, a retry with the key runs.
                 raise invalid_request(
                     "payment_state_invalid", f"the outcome of an earlier {pending} of this "
-                    "payment is unknown (the processor did not answer in time) and is being "
+                    "payment is unknown (the processor's answer was lost) and is being "
                     "settled; retry later", status=409)
             try:
                 transition = _transition(operation, row, requested)
