@@ -88,7 +88,7 @@ RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
 
 # --- the load ----------------------------------------------------------------------------
 APPROVE_CARD = "4242424242424242"
-TIMEOUT_CARD = "4000000000000259"   # outcome unknown until recovery settles it (approved)
+TIMEOUT_CARD = "4000009990000005"   # outcome unknown until recovery settles it (approved)
 DECLINE_CARD = "4000000000000002"   # 402, stored
 ERROR_CARD = "4000000000000119"     # 502, payment failed, stored
 CARD_SHARES = ((TIMEOUT_CARD, 0.05), (DECLINE_CARD, 0.03), (ERROR_CARD, 0.02))
@@ -280,10 +280,9 @@ class StepResult:
 def retryable(step: str, status: int | None, body: dict | None) -> bool:
     if status is None or status in (429, 500, 503, 504):
         return True  # no answer, or API.md's "safe to retry with the same Idempotency-Key"
-    if status == 409 and error_code(body) == "idempotency_key_in_use":
-        return True  # still executing, or its outcome is unknown until recovery settles it
-    # capture/refund 502: nothing changed and nothing stored; an authorization's 502 is final.
-    return status == 502 and step != "authorize"
+    # 409 in use: still executing, or its outcome is unknown until recovery settles it. Not
+    # a 502: it is stored for its key (API.md), for a capture or refund too; a retry replays it.
+    return status == 409 and error_code(body) == "idempotency_key_in_use"
 
 
 class Client:

@@ -88,6 +88,21 @@ class IdempotencyStore:
         await keys.complete_one(conn, claim.merchant_id, claim.key, answer.status,
                                 answer.body, payment_id)
 
+    async def complete_key(self, conn: asyncpg.Connection, merchant_id: str, key: str | None,
+                           answer: Answer) -> None:
+        """Store the answer of a claim made earlier, perhaps by another process (an
+        operation recovery settled): by (merchant, key) alone."""
+        if key is not None:
+            await keys.complete_one(conn, merchant_id, key, answer.status, answer.body)
+
+    async def stored(self, conn: asyncpg.Connection, merchant_id: str,
+                     key: str | None) -> Answer | None:
+        """The answer stored for the key, if it is completed."""
+        row = None if key is None else await keys.record(conn, merchant_id, key)
+        if row is None or row["state"] != "completed":
+            return None
+        return Answer(row["response_status"], bytes(row["response_body"]))
+
     def remember(self, claim: Claim | None, answer: Answer) -> None:
         if claim is not None and answer.storable:
             self._cache.complete(claim.merchant_id, claim.key, claim.fingerprint, answer.status,

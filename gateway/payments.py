@@ -5,15 +5,18 @@ I/O around it in the order that keeps money safe:
 
   authorize: claim key + payment 'processing' (commit)  ->  processor  ->
              outcome + ledger + stored answer (commit)  ->  answer
-  capture / void / refund: one transaction holding the payment's row lock,
-             so two requests racing on one payment are serialized.
+  capture / void / refund: under the payment's change lock (racing requests on one
+             payment are serialized): claim key + operation 'pending' (commit)  ->
+             processor  ->  amounts + ledger + refund + stored answer (commit)  ->  answer
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -25,7 +28,7 @@ from core_ext.errors import CoreError
 from gateway import metrics
 from gateway.cards import CardVault
 from gateway.config import Settings
-from gateway.http.answers import Answer, ApiError, api_error, resource_missing
+from gateway.http.answers import Answer, ApiError, api_error, invalid_request, resource_missing
 from gateway.http.render import (
     answer_for_authorization,
     render_payment,
@@ -35,11 +38,12 @@ from gateway.http.render import (
 from gateway.idempotency import Claim, IdempotencyStore
 from gateway.ids import keyed_id, new_id
 from gateway.processors.base import APPROVED, DECLINED, Connector, Outcome, ProcessorError
-from gateway.store import ledger, payments
+from gateway.store import ledger, operations, payments
 from gateway.store.authorizations import AuthorizationWrites, Intent, LostClaim, Settlement
 from gateway.store.pipeline import Batcher, BatchSettings
 
 states = core_ext.states
+SUCCEEDED, FAILED = "succeeded", "failed"  # a settled operation's states
 log = logging.getLogger("kassa.payments")
 
 
@@ -195,25 +199,35 @@ class PaymentService:
         """Record a processor's outcome for a 'processing' payment (request path and recovery)."""
         result = {APPROVED: "approved", DECLINED: "declined"}.get(outcome.result, "failed")
         transitions = [states.settle_authorization(result, row["amount"])]
+        capture_unknown = False
         if transitions[0].status == states.AUTHORIZED and row["capture_method"] == "automatic":
-            if await self._auto_capture(row["id"], row["amount"]):
+            captured = await self._auto_capture(row["id"], row["amount"])
+            if captured:
                 t = transitions[0]
                 transitions.append(states.capture(t.status, row["amount"], t.amount_capturable,
                                                   t.amount_captured, t.amount_refunded, None))
+            capture_unknown = captured is None
         # Never shed here: the processor has answered, the outcome must be recorded.
         return await self._settlements.submit(
-            Settlement(row, tuple(transitions), outcome.reference, outcome.decline_code),
+            Settlement(row, tuple(transitions), outcome.reference, outcome.decline_code,
+                       capture_unknown),
             sheddable=False)
 
-    async def _auto_capture(self, payment_id: str, amount: int) -> bool:
-        """Capture right after authorizing. If the processor fails here the payment stays
-        authorized (held, not taken), which the merchant can capture or void later."""
+    async def _auto_capture(self, payment_id: str, amount: int) -> bool | None:
+        """Capture right after authorizing: True if captured. False if the processor refused:
+        the payment stays authorized (held, not taken), which the merchant can capture or
+        void later. None if it timed out: the payment is recorded authorized with its
+        capture pending, which recovery settles as it settles a timed-out capture."""
         try:
             await asyncio.wait_for(self._connector.capture(payment_id, amount),
                                    self._processor_timeout_s)
-        except (ProcessorError, TimeoutError):
+        except ProcessorError:
             log.warning("automatic capture of %s failed; it stays authorized", payment_id)
             return False
+        except TimeoutError:
+            log.warning("automatic capture of %s timed out; recovery will settle it",
+                        payment_id)
+            return None
         return True
 
     # --- capture, void, refund --------------------------------------------------------
@@ -248,60 +262,126 @@ class PaymentService:
     async def _change_locked(self, merchant_id: str, payment_id: str, operation: str,
                              requested: int | None, reason: str | None,
                              claim: Claim | None) -> Answer:
-        async with self._acquire() as conn, conn.transaction():
-            conflict = await self._idempotency.claim(conn, claim, payment_id)
-            if conflict:
-                return conflict
+        async with self._acquire() as conn, _serialized(conn, payment_id):
+            planned = await self._write_ahead(conn, merchant_id, payment_id, operation,
+                                              requested, reason, claim)
+            if isinstance(planned, Answer):
+                answer = planned
+            else:
+                answer = await self._perform(conn, planned)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def _write_ahead(self, conn: asyncpg.Connection, merchant_id: str, payment_id: str,
+                           operation: str, requested: int | None, reason: str | None,
+                           claim: Claim | None) -> asyncpg.Record | Answer:
+        """Claim the key and commit the operation 'pending' before the processor is called,
+        so a lost answer leaves a record recovery settles; or the answer, if the request
+        ends here."""
+        async with conn.transaction():
             row = await payments.lock(conn, payment_id, merchant_id)
             if row is None:
                 raise resource_missing("payment", payment_id)
+            conflict = await self._idempotency.claim(conn, claim, payment_id)
+            if conflict:
+                return conflict
+            pending = await operations.pending_on(conn, payment_id)
+            if pending is not None:
+                # Raised, so the claim rolls back: once settled, a retry with the key runs.
+                raise invalid_request(
+                    "payment_state_invalid", f"the outcome of an earlier {pending} of this "
+                    "payment is unknown (the processor's answer was lost) and is being "
+                    "settled; retry later", status=409)
             try:
                 transition = _transition(operation, row, requested)
             except CoreError as exc:
                 # The key was claimed and the request judged: the verdict is the answer.
                 answer = Answer.of_error(ApiError.from_core(exc))
+                await self._idempotency.complete(conn, claim, answer)
+                return answer
+            refund_id = None
+            if operation == "refund":
+                # With a key, every attempt sends the same refund id, which the processor
+                # deduplicates: one key, one refund at the processor too.
+                refund_id = new_id("re") if claim is None else keyed_id(
+                    "re", claim.merchant_id, claim.key)
+            return await operations.insert_pending(
+                conn, row, operation, transition.amount, refund_id, reason,
+                claim.key if claim is not None else None)
+
+    async def _perform(self, conn: asyncpg.Connection, op: asyncpg.Record) -> Answer:
+        try:
+            await asyncio.wait_for(self._call_processor(op), self._processor_timeout_s)
+        except ProcessorError:
+            return await self.settle_operation(conn, op, approved=False)
+        except TimeoutError:
+            # The operation stays pending and its key in flight until recovery settles it.
+            raise api_error(
+                504, "processor_timeout", f"the processor did not answer the {op['operation']} "
+                "in time; the outcome is unknown and will be settled by recovery. Retry "
+                "with the same Idempotency-Key to get the final answer",
+                payment_id=op["payment_id"],
+            ) from None
+        return await self.settle_operation(conn, op, approved=True)
+
+    def _call_processor(self, op: asyncpg.Record) -> Awaitable[Outcome]:
+        if op["operation"] == "capture":
+            return self._connector.capture(op["payment_id"], op["amount"])
+        if op["operation"] == "void":
+            return self._connector.void(op["payment_id"], op["amount"])
+        return self._connector.refund(op["payment_id"], op["refund_id"], op["amount"])
+
+    async def settle_operation(self, conn: asyncpg.Connection, op: asyncpg.Record,
+                               approved: bool) -> Answer:
+        """Record the processor's verdict on a pending capture, void or refund (request path
+        and recovery): apply it, or fail it changing nothing; complete its key either way."""
+        async with conn.transaction():
+            row = await payments.lock(conn, op["payment_id"], op["merchant_id"])
+            if not await operations.finish(conn, op["id"], SUCCEEDED if approved else FAILED):
+                return await self._settled_answer(conn, op, approved)
+            if approved:
+                answer = await self._apply(conn, row, op)
             else:
-                answer = await self._apply(conn, row, operation, transition, reason, claim)
-            await self._idempotency.complete(conn, claim, answer)
-        self._idempotency.remember(claim, answer)
+                answer = Answer.of_error(api_error(
+                    502, "processor_error", f"the processor did not {op['operation']} the "
+                    "payment; nothing changed. This answer is stored for the Idempotency-Key: "
+                    "to try again, use a new key", payment_id=op["payment_id"]))
+            await self._idempotency.complete_key(conn, op["merchant_id"],
+                                                 op["idempotency_key"], answer)
         return answer
 
-    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record, operation: str,
-                     transition: object, reason: str | None, claim: Claim | None) -> Answer:
-        refund_id = None
-        if operation == "refund":
-            # With a key, a retry whose first attempt reached the processor but lost our
-            # commit (crash, database restart) sends the same refund id, which the
-            # processor deduplicates: one key, one refund at the processor too.
-            refund_id = new_id("re") if claim is None else keyed_id("re", claim.merchant_id,
-                                                                     claim.key)
-        await self._call_processor(operation, row["id"], refund_id, transition.amount)
+    async def _settled_answer(self, conn: asyncpg.Connection, op: asyncpg.Record,
+                              approved: bool) -> Answer:
+        """Someone settled the operation first (recovery, while this answer was late):
+        that settlement stands, and so does the answer it stored."""
+        log.warning("operation %s on %s was settled before its answer (%s) arrived",
+                    op["id"], op["payment_id"], "approved" if approved else "failed")
+        stored = await self._idempotency.stored(conn, op["merchant_id"], op["idempotency_key"])
+        if stored is not None:
+            return stored
+        raise invalid_request("payment_state_invalid", f"this {op['operation']} was settled "
+                              "meanwhile; read the payment for its outcome", status=409)
+
+    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                     op: asyncpg.Record) -> Answer:
+        operation, refund_id = op["operation"], op["refund_id"]
+        # Nothing changes a payment while its operation is pending, so the move is the one
+        # planned; a different one means corrupted data, never something to post.
+        transition = _transition(operation, row, None if operation == "void" else op["amount"])
+        if transition.amount != op["amount"]:
+            raise RuntimeError(f"operation {op['id']} on {row['id']} planned {op['amount']}, "
+                               f"the payment now allows {transition.amount}")
         updated = await payments.update_amounts(conn, row["id"], transition)
         refund_row = None
         if refund_id is not None:
             refund_row = await payments.insert_refund(conn, refund_id, row, transition.amount,
-                                                      reason)
+                                                      op["reason"])
         await ledger.post(conn, transition, merchant_id=row["merchant_id"], payment_id=row["id"],
                           processor=row["processor"], currency=row["currency"],
                           refund_id=refund_id)
         if refund_row is not None:
             return Answer.of_json(201, render_refund(refund_row))
         return Answer.of_json(200, render_payment(updated))
-
-    async def _call_processor(self, operation: str, payment_id: str, refund_id: str | None,
-                              amount: int) -> None:
-        if operation == "capture":
-            call = self._connector.capture(payment_id, amount)
-        elif operation == "void":
-            call = self._connector.void(payment_id, amount)
-        else:
-            call = self._connector.refund(payment_id, refund_id, amount)
-        try:
-            await asyncio.wait_for(call, self._processor_timeout_s)
-        except (ProcessorError, TimeoutError):
-            raise api_error(502, "processor_error", f"the processor failed to {operation}; "
-                            "nothing changed, retry with the same Idempotency-Key",
-                            payment_id=payment_id) from None
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -339,6 +419,29 @@ class PaymentService:
     async def balance(self, merchant_id: str) -> dict:
         async with self._acquire() as conn:
             return {"object": "balance", "currencies": await ledger.balance(conn, merchant_id)}
+
+
+@contextlib.asynccontextmanager
+async def _serialized(conn: asyncpg.Connection, payment_id: str) -> AsyncIterator[None]:
+    """Changes of one payment run one at a time, across every gateway process: a session
+    lock held from the write-ahead commit through the processor call to the outcome's
+    commit, as one transaction's row lock would be, yet on one connection (a second one
+    per request would let requests waiting on a busy payment exhaust the pool)."""
+    try:
+        await operations.lock_changes(conn, payment_id)
+        yield
+    finally:
+        try:
+            await operations.unlock_changes(conn)
+        except Exception:
+            # A pooled connection still holding the lock would block the payment's changes
+            # until it closed: close it now. The answer already decided stands.
+            log.warning("could not release the change lock of %s; closing the connection",
+                        payment_id, exc_info=True)
+            conn.terminate()
+        except BaseException:  # cancelled while releasing
+            conn.terminate()
+            raise
 
 
 def _require_id_shape(kind: str, object_id: str, param: str = "id") -> None:

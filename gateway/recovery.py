@@ -1,8 +1,9 @@
 """Background work every worker runs; ``FOR UPDATE SKIP LOCKED`` keeps workers apart.
 
-- Recovery: a payment still 'processing' after ``recovery_after_s`` lost its
-  answer (timeout, crash). Ask the processor what happened and settle it,
-  which also completes its Idempotency-Key with the settled answer.
+- Recovery: a payment still 'processing', or a capture, void or refund still
+  'pending', after ``recovery_after_s`` lost its answer (timeout, crash). Ask the
+  processor what happened and settle it, which also completes its Idempotency-Key
+  with the settled answer.
 - Expiry: authorizations not captured within ``authorization_ttl_s`` expire.
 - Sweep: idempotency keys past retention are deleted in bounded batches.
 """
@@ -20,8 +21,8 @@ import core_ext
 from gateway import metrics, observability
 from gateway.config import Settings
 from gateway.payments import PaymentService
-from gateway.processors.base import NOT_FOUND, Connector, Outcome
-from gateway.store import ledger, payments
+from gateway.processors.base import APPROVED, NOT_FOUND, Connector, Outcome
+from gateway.store import ledger, operations, payments
 from gateway.store.idempotency import sweep_expired
 
 log = logging.getLogger("kassa.recovery")
@@ -36,6 +37,7 @@ LEDGER_CHECK_INTERVAL_S = 60  # the periodic balance check behind kassa_ledger_v
 @dataclass
 class PassResult:
     recovered: int = 0
+    operations: int = 0  # captures, voids and refunds settled
     expired: int = 0
     swept: int = 0
 
@@ -64,6 +66,30 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
     return settled
 
 
+async def recover_operations(pool: asyncpg.Pool, service: PaymentService,
+                             connector: Connector, older_than_s: int,
+                             processor_timeout_s: float = 10.0) -> int:
+    """Settle captures, voids and refunds whose answer was lost: applied if the processor
+    did them, failed (nothing changed) if it never received them."""
+    rows = await operations.pending_due(pool, older_than_s, BATCH_ROWS_MAX)
+    settled = 0
+    for op in rows:
+        outcome = await asyncio.wait_for(
+            connector.operation_status(op["payment_id"], op["operation"],
+                                       operations.reference(op)),
+            processor_timeout_s)
+        if outcome.result == NOT_FOUND and op["age_s"] < NOT_FOUND_FINAL_AFTER * older_than_s:
+            continue  # not seen *yet*: the call may still be on its way (see above)
+        approved = outcome.result == APPROVED
+        async with pool.acquire() as conn:
+            await service.settle_operation(conn, op, approved)
+        metrics.recovery_action(APPROVED if approved else "failed")
+        settled += 1
+        log.info("recovered %s %s of payment %s as %s", op["operation"], op["id"],
+                 op["payment_id"], "approved" if approved else "failed")
+    return settled
+
+
 async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
     expired = 0
     async with pool.acquire() as conn, conn.transaction():
@@ -73,7 +99,8 @@ async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
                 row["status"], row["amount"], row["amount_capturable"], row["amount_captured"],
                 row["amount_refunded"],
             )
-            await payments.expire(conn, row["id"], transition)
+            if not await payments.expire(conn, row["id"], transition):
+                continue  # an operation on it is pending; recovery settles that first
             await ledger.post(conn, transition, merchant_id=row["merchant_id"],
                               payment_id=row["id"], processor=row["processor"],
                               currency=row["currency"])
@@ -87,6 +114,9 @@ async def run_once(pool: asyncpg.Pool, service: PaymentService, connector: Conne
     result.recovered = await recover_processing(pool, service, connector,
                                                 settings.recovery_after_s,
                                                 settings.processor_timeout_ms / 1000)
+    result.operations = await recover_operations(pool, service, connector,
+                                                 settings.recovery_after_s,
+                                                 settings.processor_timeout_ms / 1000)
     result.expired = await expire_authorizations(pool, settings.authorization_ttl_s)
     metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)

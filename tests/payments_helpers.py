@@ -15,7 +15,7 @@ DECLINES = {
     "4000000000000127": "incorrect_cvc",
 }
 ERROR_CARD = "4000000000000119"
-TIMEOUT_CARD = "4000000000000259"
+TIMEOUT_CARD = "4000009990000005"
 
 
 def card(number: str = APPROVED_VISA, **changes: object) -> dict:

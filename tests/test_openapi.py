@@ -437,6 +437,23 @@ async def test_processor_timeout_contract(app_factory, merchant):
     assert (status, error["error"]["code"]) == (409, "idempotency_key_in_use"), error
 
 
+async def test_operation_timeout_contract(app_factory, merchant):
+    api = Contract(await app_factory())
+    # A gateway whose processor answers slower than it waits: every call there times out.
+    slow = Contract(await app_factory(sandbox_latency_ms=1000, processor_timeout_ms=100))
+    for path, capture, body in (("/v1/payments/{id}/capture", "manual", {}),
+                                ("/v1/payments/{id}/void", "manual", NO_BODY),
+                                ("/v1/payments/{id}/refunds", "automatic", {})):
+        status, payment, _ = await api.call("post", "/v1/payments", merchant,
+                                            body=payment_body(capture=capture))
+        assert status == 201, payment
+        status, error, _ = await slow.call("post", path, merchant, body=body, key="k-" + path,
+                                           id=payment["id"])
+        assert (status, error["error"]["code"]) == (504, "processor_timeout"), error
+        status, error, _ = await api.call("post", path, merchant, body=body, id=payment["id"])
+        assert (status, error["error"]["code"]) == (409, "payment_state_invalid"), error
+
+
 async def test_client_errors_contract(api, merchant, other_merchant):
     async def expect(status: int, type_: str, code: str, *args: Any, **kwargs: Any) -> dict:
         got, body, _ = await api.call(*args, **kwargs)

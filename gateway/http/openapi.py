@@ -282,20 +282,24 @@ ERROR_DESCRIPTIONS = {
     404: "No such object for this merchant (`resource_missing`).",
     408: "The request body did not arrive within KASSA_BODY_READ_TIMEOUT_MS "
          "(`request_timeout`); nothing was executed.",
-    409: "`payment_state_invalid` (illegal state transition) or `idempotency_key_in_use` "
-         "(the same key is still executing, or its outcome is not settled yet).",
+    409: "`payment_state_invalid` (illegal state transition, or an earlier capture, void or "
+         "refund of the payment timed out and its outcome is being settled) or "
+         "`idempotency_key_in_use` (the same key is still executing, or its outcome is not "
+         "settled yet).",
     413: "The request body exceeds 64 KiB (`request_too_large`).",
     422: "`idempotency_key_reused`: the same key was used with another request.",
     429: "Per-key rate limit hit (`rate_limit_error` / `rate_limited`); nothing was executed, "
          "retry after `Retry-After` seconds.",
     500: "Internal error (`internal_error`); safe to retry with the same Idempotency-Key.",
     502: "The processor failed (`processor_error`); for an authorization the payment is "
-         "recorded `failed`. Safe to retry with the same Idempotency-Key.",
+         "recorded `failed`, for a capture, void or refund nothing changed. The answer is "
+         "stored: a retry with the same Idempotency-Key replays it.",
     503: "The database is unavailable (`database_unavailable`) or the gateway is at capacity "
          "(`gateway_overloaded`); see `Retry-After`.",
-    504: "The processor timed out (`processor_timeout`): the outcome is unknown and the "
-         "payment stays `processing` until recovery settles it. Retry with the same "
-         "Idempotency-Key for the final answer.",
+    504: "The processor timed out (`processor_timeout`): the outcome is unknown. An "
+         "authorization stays `processing`, a capture, void or refund pending (the payment "
+         "refuses other changes with 409), until recovery asks the processor and settles it. "
+         "Retry with the same Idempotency-Key for the final answer.",
 }
 RETRY_AFTER_STATUSES = (429, 503)
 
@@ -439,15 +443,15 @@ def paths() -> dict:
         "/v1/payments/{id}/capture": {"post": v1_post(
             "capturePayment", "Capture an authorized payment, once; the rest is released.",
             "payments", "CaptureCreate", 200, ok(200, "The captured payment.", "Payment", True),
-            body_required=False, params=("PaymentId",), errors=(404, 502))},
+            body_required=False, params=("PaymentId",), errors=(404, 502, 504))},
         "/v1/payments/{id}/void": {"post": v1_post(
             "voidPayment", "Release an authorized payment's hold.", "payments", "VoidCreate",
             200, ok(200, "The voided payment.", "Payment", True), body_required=False,
-            params=("PaymentId",), errors=(404, 502))},
+            params=("PaymentId",), errors=(404, 502, 504))},
         "/v1/payments/{id}/refunds": {"post": v1_post(
             "refundPayment", "Refund part or all of a captured payment.", "refunds",
             "RefundCreate", 201, ok(201, "The refund.", "Refund", True), body_required=False,
-            params=("PaymentId",), errors=(404, 502))},
+            params=("PaymentId",), errors=(404, 502, 504))},
         "/v1/refunds/{id}": {"get": v1_get(
             "getRefund", "Read a refund.", "refunds", ok(200, "The refund.", "Refund"),
             params=("RefundId",), errors=(404,))},

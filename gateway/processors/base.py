@@ -1,7 +1,9 @@
 """The connector protocol: what Kassa asks of a processor, and what it answers.
 
 A connector authorizes, captures, voids, refunds and answers status lookups (what
-recovery asks after a lost answer). ``ProcessorError`` means the processor answered
+recovery asks after a lost answer): ``status`` for an authorization, ``operation_status``
+for a capture, void or refund, found by our reference for it (the payment id for a
+capture or void, the refund id for a refund), as the operation was sent. ``ProcessorError`` means the processor answered
 with an error and the operation did not happen; a timeout means the outcome is unknown.
 """
 
@@ -35,3 +37,5 @@ class Connector(Protocol):
     async def void(self, payment_id: str, amount: int) -> Outcome: ...
     async def refund(self, payment_id: str, refund_id: str, amount: int) -> Outcome: ...
     async def status(self, payment_id: str) -> Outcome: ...
+    async def operation_status(self, payment_id: str, operation: str,
+                               reference: str) -> Outcome: ...

@@ -82,3 +82,7 @@ class InstrumentedConnector:
 
     async def status(self, payment_id: str) -> Any:
         return await self._call("status", self._inner.status(payment_id))
+
+    async def operation_status(self, payment_id: str, operation: str, reference: str) -> Any:
+        return await self._call(
+            "status", self._inner.operation_status(payment_id, operation, reference))

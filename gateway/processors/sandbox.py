@@ -23,20 +23,38 @@ SANDBOX_DECLINES = {
     "4000000000000127": "incorrect_cvc",
 }
 SANDBOX_ERROR_CARD = "4000000000000119"
-SANDBOX_TIMEOUT_CARD = "4000000000000259"
-SANDBOX_HANG_S = 3600.0  # the timeout card never answers; our own timeout cuts it
+SANDBOX_TIMEOUT_CARD = "4000009990000005"
+SANDBOX_HANG_S = 3600.0  # the timeout card's payments never answer; our own timeout cuts it
 
 
+# Records operations and answers, per row, whether the answers about its payment are lost
+# (the payment's authorization was made with the timeout card): one round trip for both.
 RECORD_OPERATIONS_SQL = """
-INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-ON CONFLICT (operation, reference) DO NOTHING
+WITH given AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::boolean[]) WITH ORDINALITY
+           AS g (payment_id, operation, reference, outcome, amount, answer_lost, n)
+), recorded AS (
+    INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount,
+                                    answer_lost)
+    SELECT payment_id, operation, reference, outcome, amount, answer_lost FROM given
+    ON CONFLICT (operation, reference) DO NOTHING
+)
+SELECT coalesce(a.answer_lost, g.answer_lost) AS answer_lost
+  FROM given g
+  LEFT JOIN sandbox_operations a ON a.operation = 'authorize' AND a.reference = g.payment_id
+ ORDER BY g.n
+"""
+
+OPERATION_SQL = """
+SELECT outcome FROM sandbox_operations WHERE operation = $1 AND reference = $2
 """
 
 
-async def _write_operations(conn: asyncpg.Connection, rows: Sequence[tuple]) -> list[None]:
-    await conn.execute(RECORD_OPERATIONS_SQL, *[list(column) for column in zip(*rows)])
-    return [None] * len(rows)
+async def _write_operations(conn: asyncpg.Connection, rows: Sequence[tuple]) -> list[bool]:
+    """Per row: whether the answer about it never reaches the gateway."""
+    answers = await conn.fetch(RECORD_OPERATIONS_SQL, *[list(column) for column in zip(*rows)])
+    return [row["answer_lost"] for row in answers]
 
 
 class SandboxConnector:
@@ -54,9 +72,13 @@ class SandboxConnector:
         await self._books.close()
 
     async def _record(self, payment_id: str, operation: str, reference: str, outcome: str,
-                      amount: int) -> None:
-        await self._books.submit((payment_id, operation, reference, outcome, amount),
-                                 sheddable=False)
+                      amount: int, answer_lost: bool = False) -> None:
+        """Book the operation; then, for a payment of the timeout card, hang: the processor
+        did it, but its answer never reaches us."""
+        if await self._books.submit(
+                (payment_id, operation, reference, outcome, amount, answer_lost),
+                sheddable=False):
+            await asyncio.sleep(SANDBOX_HANG_S)
 
     async def _wait(self) -> None:
         if self._latency_s:
@@ -68,9 +90,9 @@ class SandboxConnector:
         if number == SANDBOX_ERROR_CARD:
             raise ProcessorError("sandbox processor error (test card 4000000000000119)")
         if number == SANDBOX_TIMEOUT_CARD:
-            # The processor approves, but its answer never reaches us.
-            await self._record(payment_id, "authorize", payment_id, APPROVED, amount)
-            await asyncio.sleep(SANDBOX_HANG_S)
+            # The processor approves, but its answer never reaches us (nor any later one).
+            await self._record(payment_id, "authorize", payment_id, APPROVED, amount,
+                               answer_lost=True)
         decline_code = SANDBOX_DECLINES.get(number)
         result = DECLINED if decline_code else APPROVED
         await self._record(payment_id, "authorize", payment_id, result, amount)
@@ -102,3 +124,14 @@ class SandboxConnector:
         reference = "sbx_" + payment_id.removeprefix("pay_")
         decline = None if row["outcome"] == APPROVED else "generic_decline"
         return Outcome(row["outcome"], decline, reference)
+
+    async def operation_status(self, payment_id: str, operation: str,
+                               reference: str) -> Outcome:
+        """What became of a capture, void or refund (``reference``: the payment id, or the
+        refund id): the sandbox approves every one it received."""
+        outcome = await self._pool.fetchval(OPERATION_SQL, operation, reference)
+        if outcome is None:
+            return Outcome(NOT_FOUND)
+        if operation == "refund":
+            return Outcome(outcome, reference="sbx_" + reference.removeprefix("re_"))
+        return Outcome(outcome)

@@ -16,7 +16,7 @@ import asyncpg
 
 from gateway.http.answers import Answer
 from gateway.store import idempotency as keys
-from gateway.store import ledger, payments
+from gateway.store import ledger, operations, payments
 from gateway.store.idempotency import Claim
 
 
@@ -51,6 +51,8 @@ class Settlement:
     transitions: tuple             # the core's transitions, in order (authorize[, capture])
     reference: str | None          # the processor's reference
     decline_code: str | None
+    # The automatic capture timed out: record it as a pending operation (recovery settles it).
+    capture_unknown: bool = False
 
 
 def _column(items: Sequence[object], name: str) -> list:
@@ -110,6 +112,10 @@ class AuthorizationWrites:
             ledger.Posting(t, s.row["merchant_id"], s.row["id"], s.row["processor"],
                            s.row["currency"])
             for s in unique if s.row["id"] in settled for t in s.transitions])
+        for s in unique:
+            if s.capture_unknown and s.row["id"] in settled:  # rare: a timed-out capture
+                await operations.insert_pending(conn, s.row, "capture", s.row["amount"],
+                                                None, None, None)
         answers = {payment_id: self._render_answer(row) for payment_id, row in settled.items()}
         await self._complete_keys(conn, [s.row for s in unique if s.row["id"] in settled],
                                   answers)

@@ -75,14 +75,24 @@ SELECT count(*) FROM payments
  WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
 """
 
-EXPIRING_SQL = """
+# A payment with an operation of unknown outcome (a capture may have happened) is left
+# alone until that operation is settled.
+NO_PENDING_OPERATION = """NOT EXISTS (SELECT 1 FROM payment_operations o
+                    WHERE o.payment_id = payments.id AND o.state = 'pending')"""
+
+EXPIRING_SQL = f"""
 SELECT * FROM payments
  WHERE status = 'authorized' AND authorized_at < now() - make_interval(secs => $1)
+   AND {NO_PENDING_OPERATION}
  ORDER BY authorized_at LIMIT $2 FOR UPDATE SKIP LOCKED
 """
 
-EXPIRE_SQL = """
-UPDATE payments SET status = $2, amount_capturable = $3, updated_at = now() WHERE id = $1
+# Checked again here: this statement's snapshot is taken after the row lock, so it sees
+# an operation committed by a request that held the lock just before.
+EXPIRE_SQL = f"""
+UPDATE payments SET status = $2, amount_capturable = $3, updated_at = now()
+ WHERE id = $1 AND {NO_PENDING_OPERATION}
+RETURNING true
 """
 
 INSERT_REFUND_SQL = """
@@ -187,8 +197,10 @@ async def lock_expiring(conn: asyncpg.Connection, ttl_s: int,
     return await conn.fetch(EXPIRING_SQL, float(ttl_s), rows_max)
 
 
-async def expire(conn: asyncpg.Connection, payment_id: str, transition: Any) -> None:
-    await conn.execute(EXPIRE_SQL, payment_id, transition.status, transition.amount_capturable)
+async def expire(conn: asyncpg.Connection, payment_id: str, transition: Any) -> bool:
+    """Expire a locked authorization; False if an operation on it is pending."""
+    return bool(await conn.fetchval(EXPIRE_SQL, payment_id, transition.status,
+                                    transition.amount_capturable))
 
 
 async def amounts_of_all(conn: asyncpg.Connection) -> list[asyncpg.Record]:
