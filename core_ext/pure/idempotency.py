@@ -1,14 +1,18 @@
-"""Idempotency: request fingerprints and a bounded in-process fast-path table.
+"""Idempotency: request fingerprints, the verdict on a reused key, and a bounded
+in-process fast-path table.
 
 The database decides what a key means (unique constraint, stored answer);
-``IdempotencyCache`` only saves a round trip for recent keys in this process.
+``IdempotencyCache`` only saves a round trip for recent keys in this process. Both
+answer a key they already hold through ``verdict``, so the precedence is decided once.
 """
 
 import hashlib
 import math
-from collections import OrderedDict
 
 import cython
+
+# Relative on purpose: each build gets its own table (compiled/idempotency.pxd cimports it).
+from .table import LRUTable
 
 NEW = "new"
 REPLAY = "replay"
@@ -26,10 +30,8 @@ _ESCAPES = tuple(
 )
 
 
-@cython.cfunc
-@cython.exceptval(-1)
 @cython.locals(i=cython.Py_ssize_t, n=cython.Py_ssize_t, start=cython.Py_ssize_t, ch=cython.Py_UCS4)
-def _write_str(out: list, s: str) -> cython.int:
+def _write_str(out: list, s: str):
     # Copy unescaped runs as slices; most strings have no escapes at all.
     out.append('"')
     start = 0
@@ -52,10 +54,8 @@ def _write_str(out: list, s: str) -> cython.int:
     return 0
 
 
-@cython.cfunc
-@cython.exceptval(-1)
 @cython.locals(first=cython.bint, f=cython.double)
-def _write(out: list, value: object, depth: cython.int) -> cython.int:
+def _write(out: list, value: object, depth):
     # Exact types first (the common case), then subclasses through the base
     # type's own repr so an overridden __str__/__repr__ cannot change the bytes.
     if value is None:
@@ -131,17 +131,28 @@ def request_fingerprint(method: object, path: object, merchant_id: object, body:
     return hashlib.sha256(b"".join(buffer)).digest()
 
 
+def verdict(stored_fingerprint: bytes, completed: bool, fingerprint: bytes) -> str:
+    """What a request carrying a key that is already held means (API.md):
+
+    REUSED (422 idempotency_key_reused) when the bodies differ, whether or not the
+    first request has finished: a different body outranks in-flight, so every gateway
+    process answers it the same way; else IN_FLIGHT (409 idempotency_key_in_use)
+    while the first is still executing; else REPLAY (send the stored answer).
+    """
+    if stored_fingerprint != fingerprint:
+        return REUSED
+    if not completed:
+        return IN_FLIGHT
+    return REPLAY
+
+
 @cython.cclass
 class _Entry:
-    fingerprint = cython.declare(bytes)
-    created = cython.declare(cython.double)
-    status_code = cython.declare(cython.int)  # 0 while the request is in flight
-    body = cython.declare(bytes)
+    """One held key (fields in compiled/idempotency.pxd)."""
 
 
-@cython.cfunc
 @cython.locals(e=_Entry)
-def _entry(fingerprint: bytes, created: cython.double, status_code: cython.int, body: bytes) -> _Entry:
+def _entry(fingerprint: bytes, created, status_code, body: bytes):
     e = _Entry.__new__(_Entry)
     e.fingerprint = fingerprint
     e.created = created
@@ -159,10 +170,6 @@ class IdempotencyCache:
     the claim and answers the next lookup the slow way.
     """
 
-    capacity = cython.declare(cython.Py_ssize_t, visibility="readonly")
-    retention_s = cython.declare(cython.double, visibility="readonly")
-    _entries = cython.declare(object)
-
     def __init__(self, capacity: cython.Py_ssize_t, retention_s: cython.double):
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
@@ -170,25 +177,21 @@ class IdempotencyCache:
             raise ValueError("retention_s must be > 0")
         self.capacity = capacity
         self.retention_s = retention_s
-        self._entries = OrderedDict()
+        self._entries = LRUTable(capacity)
 
     @cython.locals(e=_Entry)
     def lookup(self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double) -> tuple:
         k = (merchant_id, key)
-        e = self._entries.get(k)
+        e = self._entries.get(k)  # touches
         if e is None:
             return (NEW, None)
         if now - e.created > self.retention_s:
-            del self._entries[k]
+            self._entries.pop(k)
             return (NEW, None)
-        self._entries.move_to_end(k)
-        # In flight wins over a body mismatch: the first request may still fail
-        # and be discarded, after which this body is simply new.
-        if e.status_code == 0:
-            return (IN_FLIGHT, None)
-        if e.fingerprint != fingerprint:
-            return (REUSED, None)
-        return (REPLAY, (e.status_code, e.body))
+        answer = verdict(e.fingerprint, e.status_code != 0, fingerprint)
+        if answer == REPLAY:
+            return (REPLAY, (e.status_code, e.body))
+        return (answer, None)
 
     def begin(self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double) -> None:
         self._store((merchant_id, key), _entry(fingerprint, now, 0, b""))
@@ -207,23 +210,18 @@ class IdempotencyCache:
             raise ValueError(f"not an HTTP status code: {status_code}")
         k = (merchant_id, key)
         created = now
-        e = self._entries.get(k)
+        e = self._entries.peek(k)
         # Retention runs from the claim, as in the database row.
         if e is not None and e.status_code == 0 and e.fingerprint == fingerprint:
             created = e.created
         self._store(k, _entry(fingerprint, created, status_code, body))
 
     def discard(self, merchant_id: object, key: object) -> None:
-        self._entries.pop((merchant_id, key), None)
+        self._entries.pop((merchant_id, key))
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    @cython.cfunc
-    @cython.exceptval(-1)
-    def _store(self, k: tuple, e: _Entry) -> cython.int:
-        self._entries[k] = e
-        self._entries.move_to_end(k)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+    def _store(self, k, e):
+        self._entries.put(k, e)  # most recent; evicts the least recent past capacity
         return 0
