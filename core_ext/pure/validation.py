@@ -2,7 +2,12 @@
 
 Errors come in a fixed order of precedence (unknown fields first, then the
 fields in the order of API.md's example), so the same input always yields the
-same first error. No message ever contains a card number or a cvc.
+same first error. No message ever contains a card number or a cvc, and no free-text
+field (reference, description, metadata values, customer.email) may hold one: card
+numbers belong in payment_method only (see ``contains_card_number``).
+
+Declarations of the C-level helpers and the typed fields are in
+``core_ext/compiled/validation.pxd`` (where Cython reads them for the compiled build).
 """
 
 import ipaddress
@@ -27,6 +32,9 @@ EXPIRY_YEARS_AHEAD_MAX = 50
 JSON_DEPTH_MAX = 16  # containers nested in a request body; API bodies need 3
 LIST_LIMIT_DEFAULT = 10
 LIST_LIMIT_MAX = 100
+CARD_RUN_DIGITS_MIN = 13  # a run of this many to CARD_RUN_DIGITS_MAX digits, Luhn-valid,
+CARD_RUN_DIGITS_MAX = 19  # is a card number in free text
+REDACTED = "[redacted]"
 
 # ISO 4217 active alphabetic codes and their minor-unit exponents.
 _EXPONENT_0 = (
@@ -65,34 +73,34 @@ def _invalid(param, message, code="parameter_invalid"):
     return CoreError(code, message, param=param)
 
 
-def _check_unknown(body: object, allowed: tuple, prefix: str) -> None:
+def _check_unknown(body, allowed: tuple, prefix: str):
     for key in body:
         if key not in allowed:
             break
     else:
-        return  # the common case: no unknown field, nothing to sort
+        return 0  # the common case: no unknown field, nothing to sort
     first = min(str(k) for k in body if k not in allowed)
     raise _invalid(prefix + first, f"unknown parameter: {prefix}{first}", "parameter_unknown")
 
 
-def _is_int(value: object) -> cython.bint:
+def _is_int(value):
     return type(value) is int
 
 
-def _object(value: object, param) -> dict:
+def _object(value, param):
     if not isinstance(value, dict):
         raise _invalid(param, f"{param or 'request body'} must be a JSON object")
     return value
 
 
-def _storable(text: str) -> cython.bint:
+def _storable(text: str):
     """PostgreSQL text and jsonb cannot hold NUL: a string with one is refused up front
     (else it would fail at the database as a 500)."""
     return "\x00" not in text
 
 
 @cython.locals(i=cython.Py_ssize_t, c=cython.Py_UCS4)
-def object_id_valid(text: object, prefix: str) -> cython.bint:
+def object_id_valid(text, prefix: str) -> bool:
     """``prefix`` then 1..255 characters of [A-Za-z0-9_] in all: the shape of every id
     Kassa issues. Anything else is unknown by construction (404 without a query)."""
     if not isinstance(text, str) or not 1 <= len(text) <= OBJECT_ID_CHARS_MAX:
@@ -105,8 +113,8 @@ def object_id_valid(text: object, prefix: str) -> cython.bint:
     return True
 
 
-def _optional_string(body: dict, name: str, param: str, chars_max: int,
-                     chars_min: int = 0):
+def _optional_string(body: dict, name: str, param: str, chars_max, chars_min,
+                     free_text):
     value = body.get(name)
     if value is None:
         return None
@@ -115,10 +123,12 @@ def _optional_string(body: dict, name: str, param: str, chars_max: int,
                               "characters")
     if not _storable(value):
         raise _invalid(param, f"{param} must not contain NUL characters")
+    if free_text:
+        _no_card_number(value, param)
     return value
 
 
-def _amount(value: object, param: str) -> int:
+def _amount(value, param: str):
     if value is None:
         raise _invalid(param, f"{param} is required", "parameter_missing")
     if not _is_int(value):
@@ -130,9 +140,7 @@ def _amount(value: object, param: str) -> int:
     return value
 
 
-@cython.cfunc
-@cython.exceptval(-1)
-def _nests_deeper(value: object, depth: cython.int) -> cython.int:
+def _nests_deeper(value, depth):
     """1 if ``value`` (a container at level ``depth``) holds containers past JSON_DEPTH_MAX.
     Recursion stops at the limit, so the C stack never holds more than JSON_DEPTH_MAX frames."""
     if depth > JSON_DEPTH_MAX:
@@ -183,7 +191,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 @cython.locals(i=cython.int, p6=cython.int)
-def _prefix6(digits: str) -> cython.int:
+def _prefix6(digits: str):
     p6 = 0
     for i in range(6):
         p6 = p6 * 10 + (ord(digits[i]) - 48)
@@ -191,7 +199,7 @@ def _prefix6(digits: str) -> cython.int:
 
 
 @cython.locals(p2=cython.int, p3=cython.int, p4=cython.int, p6=cython.int)
-def _brand_of(digits: str) -> str:
+def _brand_of(digits: str):
     if len(digits) < 6:
         return "unknown"
     p6 = _prefix6(digits)
@@ -222,7 +230,7 @@ def card_brand(digits: str) -> str:
 
 
 @cython.locals(i=cython.Py_ssize_t, c=cython.Py_UCS4)
-def _all_digits(text: str) -> cython.bint:
+def _all_digits(text: str):
     if len(text) == 0:
         return False
     for c in text:
@@ -231,15 +239,95 @@ def _all_digits(text: str) -> cython.bint:
     return True
 
 
+# --- card numbers in free text -----------------------------------------------------------
+#
+# The rule, kept simple on purpose: a *run* is a maximal stretch of ASCII digits in which
+# single spaces or dashes may stand between two digits ("4242 4242-4242 4242"). Anything
+# else ends it: another character, two separators in a row, a separator not followed by a
+# digit. A run of CARD_RUN_DIGITS_MIN..CARD_RUN_DIGITS_MAX digits that passes luhn_valid
+# is a card number. A longer run is not (an id of 25 digits is not a card), nor is a
+# shorter one; other scripts' digits (Arabic-Indic, fullwidth) never count.
+
+
+@cython.locals(n=cython.Py_ssize_t, i=cython.Py_ssize_t, start=cython.Py_ssize_t,
+               end=cython.Py_ssize_t, digits=cython.Py_ssize_t, c=cython.Py_UCS4,
+               nxt=cython.Py_UCS4)
+def _next_card_run(text: str, pos):
+    """(start, end) of the first card-number run at or after ``pos``, or None."""
+    n = len(text)
+    i = pos
+    while i < n:
+        c = text[i]
+        if c < "0" or c > "9":
+            i += 1
+            continue
+        start = i
+        digits = 1
+        i += 1
+        end = i
+        while i < n:
+            c = text[i]
+            if "0" <= c <= "9":
+                digits += 1
+                i += 1
+                end = i
+            elif (c == " " or c == "-") and i + 1 < n:
+                nxt = text[i + 1]
+                if nxt < "0" or nxt > "9":
+                    break
+                i += 1
+            else:
+                break
+        if CARD_RUN_DIGITS_MIN <= digits <= CARD_RUN_DIGITS_MAX and _run_luhn_valid(
+                text, start, end):
+            return (start, end)
+        i = end
+    return None
+
+
+def _run_luhn_valid(text: str, start, end):
+    # Only runs of a card's length get here (rare in free text): the one Luhn of the core.
+    return luhn_valid(text[start:end].replace(" ", "").replace("-", ""))
+
+
+def contains_card_number(text: str) -> bool:
+    """True if ``text`` holds a card number by the rule above (a Luhn-valid run of 13 to
+    19 digits, single spaces or dashes allowed between digits)."""
+    return _next_card_run(text, 0) is not None
+
+
+@cython.locals(pos=cython.Py_ssize_t, start=cython.Py_ssize_t, end=cython.Py_ssize_t)
+def redact_card_numbers(text: str) -> str:
+    """``text`` with every card-number run (as ``contains_card_number`` finds them) replaced
+    by "[redacted]"; ``text`` itself when it holds none. What is left holds no card number:
+    the runs are maximal and "[redacted]" cannot join two runs."""
+    found = _next_card_run(text, 0)
+    if found is None:
+        return text
+    pieces = []
+    pos = 0
+    while found is not None:
+        start, end = found
+        pieces.append(text[pos:start])
+        pieces.append(REDACTED)
+        pos = end
+        found = _next_card_run(text, pos)
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _no_card_number(text: str, param: str):
+    """Refuse a free-text field holding a card number, without echoing it."""
+    if _next_card_run(text, 0) is not None:
+        raise _invalid(param, f"{param} must not contain a card number: card numbers belong "
+                              "in payment_method only")
+    return 0
+
+
+
 @cython.cclass
 class CardInput:
-    number = cython.declare(str, visibility="readonly")
-    exp_month = cython.declare(int, visibility="readonly")
-    exp_year = cython.declare(int, visibility="readonly")
-    cvc = cython.declare(str, visibility="readonly")
-    holder_name = cython.declare(object, visibility="readonly")
-    brand = cython.declare(str, visibility="readonly")
-    last4 = cython.declare(str, visibility="readonly")
+    """A validated card (fields in compiled/validation.pxd); repr never shows the number."""
 
     def __init__(self, number: str, exp_month: int, exp_year: int, cvc: str,
                  holder_name: object, brand: str):
@@ -260,7 +348,7 @@ class CardInput:
         return f"CardInput(brand={self.brand!r}, last4={self.last4!r})"
 
 
-def _card(value: object, prefix: str, today_year: int, today_month: int) -> CardInput:
+def _card(value, prefix: str, today_year, today_month):
     card = _object(value, prefix[:len(prefix) - 1])
     _check_unknown(card, CARD_FIELDS, prefix)
     number_param = prefix + "number"
@@ -281,11 +369,11 @@ def _card(value: object, prefix: str, today_year: int, today_month: int) -> Card
         raise _invalid(prefix + "exp_month", "the card has expired", "invalid_expiry_month")
     cvc = _cvc(card.get("cvc"), prefix + "cvc", 4 if brand == "amex" else 3)
     holder = _optional_string(card, "holder_name", prefix + "holder_name",
-                              HOLDER_NAME_CHARS_MAX, 1)
+                              HOLDER_NAME_CHARS_MAX, 1, False)
     return CardInput(digits, exp_month, exp_year, cvc, holder, brand)
 
 
-def _expiry_month(value: object, param: str) -> int:
+def _expiry_month(value, param: str):
     if value is None:
         raise _invalid(param, "exp_month is required", "parameter_missing")
     if not _is_int(value) or not 1 <= value <= 12:
@@ -294,7 +382,7 @@ def _expiry_month(value: object, param: str) -> int:
     return value
 
 
-def _expiry_year(value: object, param: str, today_year: int) -> int:
+def _expiry_year(value, param: str, today_year):
     if value is None:
         raise _invalid(param, "exp_year is required", "parameter_missing")
     if not _is_int(value) or not 1000 <= value <= 9999:
@@ -306,7 +394,7 @@ def _expiry_year(value: object, param: str, today_year: int) -> int:
     return value
 
 
-def _cvc(value: object, param: str, length: int) -> str:
+def _cvc(value, param: str, length):
     if value is None:
         raise _invalid(param, "cvc is required", "parameter_missing")
     if not isinstance(value, str) or len(value) != length or not _all_digits(value):
@@ -320,15 +408,7 @@ def _cvc(value: object, param: str, length: int) -> str:
 
 @cython.cclass
 class PaymentRequest:
-    amount = cython.declare(object, visibility="readonly")
-    currency = cython.declare(str, visibility="readonly")
-    capture = cython.declare(str, visibility="readonly")
-    card = cython.declare(object, visibility="readonly")
-    token = cython.declare(object, visibility="readonly")
-    reference = cython.declare(object, visibility="readonly")
-    description = cython.declare(object, visibility="readonly")
-    metadata = cython.declare(dict, visibility="readonly")
-    customer = cython.declare(object, visibility="readonly")
+    """A validated payment request (fields in compiled/validation.pxd)."""
 
     def __init__(self, amount, currency, capture, card, token, reference, description,
                  metadata, customer):
@@ -359,14 +439,14 @@ def currency_exponent(code: object) -> int:
     return exponent
 
 
-def _currency(value: object) -> str:
+def _currency(value):
     if value is None:
         raise _invalid("currency", "currency is required", "parameter_missing")
     currency_exponent(value)
     return value.upper()
 
 
-def _payment_method(value: object, today_year: int, today_month: int) -> tuple:
+def _payment_method(value, today_year, today_month):
     if value is None:
         raise _invalid("payment_method", "payment_method is required", "parameter_missing")
     method = _object(value, "payment_method")
@@ -397,13 +477,14 @@ def _payment_method(value: object, today_year: int, today_month: int) -> tuple:
     raise _invalid("payment_method.type", "payment_method.type must be card or token")
 
 
-def _metadata_entry_ok(key: str, item: object) -> cython.bint:
-    return (1 <= len(key) <= METADATA_KEY_CHARS_MAX and _storable(key)
-            and isinstance(item, str) and len(item) <= METADATA_VALUE_CHARS_MAX
-            and _storable(item))
+def _metadata_entry_ok(key: str, item):
+    return (1 <= len(key) <= METADATA_KEY_CHARS_MAX
+            and _storable(key) and isinstance(item, str)
+            and len(item) <= METADATA_VALUE_CHARS_MAX and _storable(item)
+            and _next_card_run(item, 0) is None)
 
 
-def _metadata(value: object) -> dict:
+def _metadata(value):
     if value is None:
         return {}
     metadata = _object(value, "metadata")
@@ -424,10 +505,11 @@ def _metadata(value: object) -> dict:
             raise _invalid(f"metadata.{key}", "metadata values are strings of at most "
                                               f"{METADATA_VALUE_CHARS_MAX} characters, "
                                               "without NUL")
+        _no_card_number(item, f"metadata.{key}")
     raise AssertionError("unreachable: an entry failed the fast check")
 
 
-def _customer(value: object):
+def _customer(value):
     if value is None:
         return None
     customer = _object(value, "customer")
@@ -439,6 +521,7 @@ def _customer(value: object):
         local, at, domain = email.partition("@")
         if not at or not local or not domain or "@" in domain:
             raise _invalid("customer.email", "customer.email must be an email address")
+        _no_card_number(email, "customer.email")
     ip = customer.get("ip")
     if ip is not None and not (isinstance(ip, str) and len(ip) <= IP_CHARS_MAX
                                and _ip_valid(ip)):
@@ -448,7 +531,7 @@ def _customer(value: object):
 
 @cython.locals(parts=cython.int, digits=cython.int, value=cython.int, c=cython.Py_UCS4,
                first_zero=cython.bint)
-def _ipv4_valid(text: str) -> cython.bint:
+def _ipv4_valid(text: str):
     """Dotted-quad IPv4 as ``ipaddress`` accepts it: 4 parts, 0..255, no leading zeros."""
     parts = 0
     digits = 0
@@ -474,7 +557,7 @@ def _ipv4_valid(text: str) -> cython.bint:
     return parts == 3 and digits > 0
 
 
-def _ip_valid(text: str) -> cython.bint:
+def _ip_valid(text: str) -> bool:
     if ":" not in text:
         return _ipv4_valid(text)
     try:
@@ -493,8 +576,9 @@ def validate_payment(body: object, today_year: int, today_month: int) -> Payment
     if capture not in CAPTURE_METHODS:
         raise _invalid("capture", "capture must be automatic or manual")
     card, token = _payment_method(body.get("payment_method"), today_year, today_month)
-    reference = _optional_string(body, "reference", "reference", REFERENCE_CHARS_MAX, 1)
-    description = _optional_string(body, "description", "description", DESCRIPTION_CHARS_MAX)
+    reference = _optional_string(body, "reference", "reference", REFERENCE_CHARS_MAX, 1, True)
+    description = _optional_string(body, "description", "description", DESCRIPTION_CHARS_MAX,
+                                   0, True)
     metadata = _metadata(body.get("metadata"))
     customer = _customer(body.get("customer"))
     return PaymentRequest(amount, currency, capture, card, token, reference, description,
@@ -509,7 +593,7 @@ def validate_token(body: object, today_year: int, today_month: int) -> CardInput
     return _card(body["card"], "card.", today_year, today_month)
 
 
-def _no_params(body: object) -> dict:
+def _no_params(body):
     if body is None:
         return {}
     return _object(body, None)
