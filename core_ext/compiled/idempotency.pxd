@@ -2,9 +2,15 @@
 
 from core_ext.compiled.table cimport LRUTable
 
+cdef int _MAX_DEPTH                 # C twin of MAX_DEPTH
+cdef Py_ssize_t _PREFIXES_CACHED
+cdef tuple _PREFIXES                # n.to_bytes(8, "big") for small n
+
 # canonical_json's writer: appends pieces to `out`, recursion bounded by MAX_DEPTH.
 cdef int _write_str(list out, str s) except -1
 cdef int _write(list out, object value, int depth) except -1
+cdef int _write_dict(list out, dict value, int depth) except -1
+cdef bytes _length_prefix(Py_ssize_t n)
 
 # The one precedence rule for a held key; also what the gateway's database path calls.
 cpdef str verdict(bytes stored_fingerprint, bint completed, bytes fingerprint)

@@ -23,6 +23,11 @@ REUSED = "reused"
 # on the C stack, and no valid API body comes near it (orjson stops at 1024).
 MAX_DEPTH = 512
 
+_MAX_DEPTH = MAX_DEPTH  # C int twin (compiled/idempotency.pxd)
+_sha256 = hashlib.sha256
+_PREFIXES_CACHED = 256
+_PREFIXES = tuple(n.to_bytes(8, "big") for n in range(_PREFIXES_CACHED))
+
 # JSON escapes for the characters that must be escaped, as json.dumps writes them.
 _ESCAPES = tuple(
     {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}.get(chr(c), "\\u%04x" % c)
@@ -56,14 +61,21 @@ def _write_str(out: list, s: str):
 
 @cython.locals(first=cython.bint, f=cython.double)
 def _write(out: list, value: object, depth):
-    # Exact types first (the common case), then subclasses through the base
-    # type's own repr so an overridden __str__/__repr__ cannot change the bytes.
-    if value is None:
+    # Exact types first (the common case: what orjson returns), without a method call;
+    # then subclasses through the base type's own repr so an overridden __str__/__repr__
+    # cannot change the bytes.
+    if type(value) is str:
+        _write_str(out, cython.cast(str, value))
+    elif value is None:
         out.append("null")
     elif value is True:
         out.append("true")
     elif value is False:
         out.append("false")
+    elif type(value) is int:
+        out.append(repr(value))  # int's own repr, exactly int.__repr__
+    elif type(value) is dict:
+        _write_dict(out, cython.cast(dict, value), depth)
     elif isinstance(value, str):
         _write_str(out, str.__str__(value))
     elif isinstance(value, int):
@@ -74,23 +86,9 @@ def _write(out: list, value: object, depth):
             raise ValueError(f"{value!r} is not a JSON number")
         out.append(float.__repr__(value))  # shortest round-trip repr: 1.0 stays "1.0"
     elif isinstance(value, dict):
-        if depth >= MAX_DEPTH:
-            raise ValueError("JSON value nested too deeply")
-        for key in value:
-            if not isinstance(key, str):
-                raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
-        out.append("{")
-        first = True
-        for key in sorted(value):
-            if not first:
-                out.append(",")
-            first = False
-            _write_str(out, str.__str__(key))
-            out.append(":")
-            _write(out, value[key], depth + 1)
-        out.append("}")
+        _write_dict(out, dict(value), depth)  # a subclass's items, through dict's own view
     elif isinstance(value, (list, tuple)):
-        if depth >= MAX_DEPTH:
+        if depth >= _MAX_DEPTH:
             raise ValueError("JSON value nested too deeply")
         out.append("[")
         first = True
@@ -102,6 +100,27 @@ def _write(out: list, value: object, depth):
         out.append("]")
     else:
         raise TypeError(f"{type(value).__name__} is not a JSON type")
+    return 0
+
+
+@cython.locals(first=cython.bint, keys=list)
+def _write_dict(out: list, value: dict, depth):
+    if depth >= _MAX_DEPTH:
+        raise ValueError("JSON value nested too deeply")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
+    out.append("{")
+    first = True
+    keys = sorted(value)
+    for key in keys:
+        if not first:
+            out.append(",")
+        first = False
+        _write_str(out, key if type(key) is str else str.__str__(key))
+        out.append(":")
+        _write(out, value[key], depth + 1)
+    out.append("}")
     return 0
 
 
@@ -124,11 +143,19 @@ def request_fingerprint(method: object, path: object, merchant_id: object, body:
     for part in (method, path, merchant_id):
         if not isinstance(part, str):
             raise TypeError(f"method, path and merchant_id must be str, not {type(part).__name__}")
-        raw = part.encode("utf-8", "surrogatepass")
-        buffer.append(len(raw).to_bytes(8, "big"))  # no separator can be forged in a field
+        raw = cython.cast(str, part).encode("utf-8", "surrogatepass")
+        buffer.append(_length_prefix(len(raw)))  # no separator can be forged in a field
         buffer.append(raw)
     buffer.append(canonical_json(body))  # last field: it runs to the end
-    return hashlib.sha256(b"".join(buffer)).digest()
+    return _sha256(b"".join(buffer)).digest()
+
+
+def _length_prefix(n):
+    """``n.to_bytes(8, "big")``; the short lengths of method, path and merchant id come
+    from a table built once."""
+    if n < _PREFIXES_CACHED:
+        return _PREFIXES[n]
+    return n.to_bytes(8, "big")
 
 
 def verdict(stored_fingerprint: bytes, completed: bool, fingerprint: bytes) -> str:
