@@ -15,7 +15,7 @@ import importlib
 import os
 from types import SimpleNamespace
 
-MODULES = ("validation", "states", "ledger", "idempotency", "risk")
+MODULES = ("validation", "states", "ledger", "idempotency", "risk", "table")
 
 
 class CoreNotCompiled(ImportError):
@@ -51,6 +51,7 @@ states = _impl.states
 ledger = _impl.ledger
 idempotency = _impl.idempotency
 risk = _impl.risk
+table = _impl.table
 
 BUILD = (
     f"core_ext: compiled ({', '.join(MODULES)})"

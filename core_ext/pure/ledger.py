@@ -14,6 +14,10 @@ import cython
 
 from core_ext.errors import LedgerImbalance
 
+# Relative on purpose: each build reads its own Transition (compiled/ledger.pxd cimports
+# the compiled one, so its fields are C struct reads there).
+from .states import Transition
+
 MERCHANT = "merchant"
 PROCESSOR = "processor"
 PENDING = "pending"
@@ -23,9 +27,7 @@ RECEIVABLE = "receivable"
 _BUCKETS = {MERCHANT: (PENDING, AVAILABLE), PROCESSOR: (PENDING, RECEIVABLE)}
 
 
-@cython.cfunc
-@cython.exceptval(-1)
-def _check_part(name: str, value: object) -> cython.int:
+def _check_part(name: str, value):
     # ':' separates the parts of an account name; allowing it would let two
     # different (owner, currency) pairs spell the same account.
     if not isinstance(value, str) or not value or ":" in value:
@@ -43,9 +45,13 @@ def account(kind: object, owner: object, currency: object, bucket: object) -> st
     return f"{kind}:{owner}:{currency}:{bucket}"
 
 
-@cython.locals(total=cython.longlong, value=cython.longlong, i=cython.Py_ssize_t)
 def check_balanced(entries: list) -> None:
     """Raise LedgerImbalance unless the entries sum to zero with no zero entry."""
+    _check_balanced(entries)
+
+
+@cython.locals(total=cython.longlong, value=cython.longlong, i=cython.Py_ssize_t)
+def _check_balanced(entries: list):
     total = 0
     for i in range(len(entries)):
         entry = entries[i]
@@ -59,17 +65,34 @@ def check_balanced(entries: list) -> None:
         total += value
     if total != 0:
         raise LedgerImbalance(f"ledger transaction does not balance: sum {total} in {entries!r}")
+    return 0
 
 
-@cython.locals(moved=cython.longlong, released=cython.longlong, hold=cython.longlong)
+@cython.locals(t=Transition)
 def postings(transition: object, merchant_id: object, processor: object, currency: object) -> list:
-    """The balanced entries one state Transition must post (empty when no money moved)."""
-    event: str = transition.event
-    moved = transition.amount
-    released = transition.released
+    """The balanced entries one state Transition must post (empty when no money moved).
+
+    A Transition of this build is read field by field as a C struct; anything else with
+    ``event``, ``amount`` and ``released`` (the other build's Transition) is duck-typed.
+    """
+    if isinstance(transition, Transition):
+        t = cython.cast(Transition, transition)
+        return _postings(t.event, t.amount, t.released, merchant_id, processor, currency)
+    return _postings(transition.event, transition.amount, transition.released,
+                     merchant_id, processor, currency)
+
+
+def _postings(event: str, moved, released, merchant_id, processor, currency):
     _check_part("merchant_id", merchant_id)
     _check_part("processor", processor)
     _check_part("currency", currency)
+    # Checked: each is a non-empty str from here on (the casts are free when compiled).
+    return _entries(event, moved, released, cython.cast(str, merchant_id),
+                    cython.cast(str, processor), cython.cast(str, currency))
+
+
+@cython.locals(hold=cython.longlong)
+def _entries(event: str, moved, released, merchant_id: str, processor: str, currency: str):
     if event == "decline" or event == "fail":
         if moved != 0 or released != 0:
             raise LedgerImbalance(f"{event} cannot move money ({moved}, released {released})")
@@ -98,7 +121,7 @@ def postings(transition: object, merchant_id: object, processor: object, currenc
         ]
     else:
         raise ValueError(f"unknown ledger event {event!r}")
-    check_balanced(entries)
+    _check_balanced(entries)
     return entries
 
 
@@ -177,7 +200,7 @@ def entry_columns(postings_per_txn: list) -> tuple:
     amounts = []
     for i in range(len(postings_per_txn)):
         entries = postings_per_txn[i]
-        check_balanced(entries)
+        _check_balanced(entries)
         for name, amount in entries:
             txn_index.append(i)
             accounts.append(name)

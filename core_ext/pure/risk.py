@@ -11,12 +11,15 @@ clock the caller passes (``now``, seconds), so tests and both builds are determi
 
 Like every in-process table in Kassa these are fast paths, not the truth: each gateway
 process counts what it sees. Evicting an entry forgets it (a bucket refills, a window
-empties): the tables fail open, never towards refusing a good checkout.
+empties): the tables fail open, never towards refusing a good checkout. Both keep their
+entries in the core's one ``LRUTable`` (cimported when compiled: see compiled/risk.pxd).
 """
 
-from collections import OrderedDict
-
 import cython
+
+# Relative on purpose: the pure build gets core_ext.pure.table, the compiled one
+# core_ext.compiled.table (whose type compiled/risk.pxd cimports under the same name).
+from .table import LRUTable
 
 # Rule names, in the order ``VelocityGuard.check`` applies them (the first one breached wins).
 MERCHANT_ATTEMPTS = "merchant_attempts"
@@ -31,22 +34,18 @@ TOKEN_EPSILON = 1e-9  # float rounding: a caller who waited exactly the Retry-Af
 
 @cython.cclass
 class _Bucket:
-    tokens = cython.declare(cython.double)
-    updated = cython.declare(cython.double)
+    """One key's token bucket (fields in compiled/risk.pxd)."""
 
 
 @cython.cclass
 class RateLimiter:
     """Token buckets: ``rate_per_s`` tokens a second, at most ``burst`` held, one per request."""
 
-    entries_max = cython.declare(cython.Py_ssize_t, visibility="readonly")
-    _buckets = cython.declare(object)
-
     def __init__(self, entries_max: cython.Py_ssize_t = ENTRIES_MAX_DEFAULT):
         if entries_max < 1:
             raise ValueError("entries_max must be >= 1")
         self.entries_max = entries_max
-        self._buckets = OrderedDict()
+        self._buckets = LRUTable(entries_max)
 
     @cython.locals(b=_Bucket, elapsed=cython.double, tokens=cython.double)
     def take(self, key: str, rate_per_s: cython.double, burst: cython.double,
@@ -59,16 +58,12 @@ class RateLimiter:
             return 0.0
         if burst < 1:
             burst = 1
-        b = self._buckets.get(key)
+        b = self._buckets.get(key)  # touches: the key is now the most recent
         if b is None:
             b = _Bucket.__new__(_Bucket)
             b.tokens = burst
             b.updated = now
-            self._buckets[key] = b
-            while len(self._buckets) > self.entries_max:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
+            self._buckets.put(key, b)  # forgets the least recent key past entries_max
         elapsed = now - b.updated
         if elapsed < 0:  # a clock that went back refills nothing
             elapsed = 0
@@ -89,11 +84,6 @@ class RateLimiter:
 @cython.cclass
 class RiskLimits:
     """One merchant's velocity limits; 0 turns a rule off."""
-
-    window_s = cython.declare(cython.double, visibility="readonly")
-    merchant_attempts_max = cython.declare(cython.long, visibility="readonly")
-    card_attempts_max = cython.declare(cython.long, visibility="readonly")
-    card_declines_max = cython.declare(cython.long, visibility="readonly")
 
     def __init__(self, window_s: cython.double, merchant_attempts_max: cython.long,
                  card_attempts_max: cython.long, card_declines_max: cython.long):
@@ -117,14 +107,9 @@ class _Window:
     """A sliding-window counter: this fixed window's count plus the previous one's,
     weighted by how much of it still overlaps the sliding window (O(1) memory)."""
 
-    start = cython.declare(cython.double)
-    current = cython.declare(cython.double)
-    previous = cython.declare(cython.double)
 
-
-@cython.cfunc
-@cython.locals(w=_Window, start=cython.double)
-def _roll(w: _Window, now: cython.double, window_s: cython.double) -> cython.void:
+@cython.locals(start=cython.double)
+def _roll(w, now, window_s):
     start = now - (now % window_s)
     if start == w.start:
         return
@@ -136,9 +121,8 @@ def _roll(w: _Window, now: cython.double, window_s: cython.double) -> cython.voi
     w.start = start
 
 
-@cython.cfunc
-@cython.locals(w=_Window, overlap=cython.double)
-def _estimate(w: _Window, now: cython.double, window_s: cython.double) -> cython.double:
+@cython.locals(overlap=cython.double)
+def _estimate(w, now, window_s):
     _roll(w, now, window_s)
     overlap = 1.0 - (now - w.start) / window_s
     return w.current + w.previous * overlap
@@ -149,29 +133,21 @@ class VelocityGuard:
     """Counters behind the card-testing rules: attempts per merchant and per card, declines
     per card, each over the merchant's sliding window."""
 
-    entries_max = cython.declare(cython.Py_ssize_t, visibility="readonly")
-    _windows = cython.declare(object)
-
     def __init__(self, entries_max: cython.Py_ssize_t = ENTRIES_MAX_DEFAULT):
         if entries_max < 3:
             raise ValueError("entries_max must be >= 3")
         self.entries_max = entries_max
-        self._windows = OrderedDict()
+        self._windows = LRUTable(entries_max)
 
-    @cython.cfunc
     @cython.locals(w=_Window)
-    def _window(self, key: tuple, now: cython.double, window_s: cython.double) -> _Window:
-        w = self._windows.get(key)
+    def _window(self, key, now, window_s):
+        w = self._windows.get(key)  # touches
         if w is None:
             w = _Window.__new__(_Window)
             w.start = now - (now % window_s)
             w.current = 0
             w.previous = 0
-            self._windows[key] = w
-            while len(self._windows) > self.entries_max:
-                self._windows.popitem(last=False)
-        else:
-            self._windows.move_to_end(key)
+            self._windows.put(key, w)  # forgets the least recent past entries_max
         return w
 
     @cython.locals(merchant=_Window, card=_Window, declines=_Window, window_s=cython.double)

@@ -44,13 +44,7 @@ OUTCOMES = (APPROVED, DECLINED, FAILED)
 class Transition:
     """The result of one legal move: new status and amounts, and the money moved."""
 
-    event = cython.declare(str, visibility="readonly")
-    status = cython.declare(str, visibility="readonly")
-    amount_capturable = cython.declare(cython.longlong, visibility="readonly")
-    amount_captured = cython.declare(cython.longlong, visibility="readonly")
-    amount_refunded = cython.declare(cython.longlong, visibility="readonly")
-    amount = cython.declare(cython.longlong, visibility="readonly")
-    released = cython.declare(cython.longlong, visibility="readonly")
+    # Fields (typed, read-only from Python) are declared in compiled/states.pxd.
 
     def __init__(
         self,
@@ -85,14 +79,7 @@ class Transition:
         return "Transition(%s)" % ", ".join([f"{k}={v!r}" for k, v in self.as_dict().items()])
 
 
-@cython.cfunc
-@cython.exceptval(-1)
-def _check_invariants(
-    total: cython.longlong,
-    capturable: cython.longlong,
-    captured: cython.longlong,
-    refunded: cython.longlong,
-) -> cython.int:
+def _check_invariants(total, capturable, captured, refunded):
     # Explicit, not `assert`: asserts vanish under -O and money bugs must not.
     if not (0 <= refunded <= captured <= total):
         raise LedgerImbalance(
@@ -105,14 +92,10 @@ def _check_invariants(
     return 0
 
 
-@cython.cfunc
-@cython.exceptval(-1)
-def _check_source(
-    status: object, capturable: cython.longlong, captured: cython.longlong, refunded: cython.longlong
-) -> cython.int:
+@cython.locals(ok=cython.bint)
+def _check_source(status, capturable, captured, refunded):
     # A legal source state must also have the amounts that status implies;
     # otherwise the move would post zero or negative money.
-    ok: cython.bint
     if status == AUTHORIZED:
         ok = capturable > 0 and captured == 0 and refunded == 0
     elif status == CAPTURED:
@@ -127,8 +110,7 @@ def _check_source(
     return 0
 
 
-@cython.cfunc
-def _illegal(operation: str, status: object) -> object:
+def _illegal(operation: str, status):
     if status not in STATUSES:
         return ValueError(f"unknown payment status {status!r}")
     return CoreError(
@@ -138,9 +120,7 @@ def _illegal(operation: str, status: object) -> object:
     )
 
 
-@cython.cfunc
-@cython.exceptval(-1)
-def _requested(requested: object, limit: cython.longlong, what: str) -> cython.longlong:
+def _requested(requested, limit, what: str):
     """The amount a capture or refund moves: None means everything left."""
     if requested is None:
         return limit
@@ -159,18 +139,8 @@ def _requested(requested: object, limit: cython.longlong, what: str) -> cython.l
     return requested
 
 
-@cython.cfunc
 @cython.locals(t=Transition)
-def _make(
-    event: str,
-    status: object,
-    total: cython.longlong,
-    capturable: cython.longlong,
-    captured: cython.longlong,
-    refunded: cython.longlong,
-    moved: cython.longlong,
-    released: cython.longlong,
-) -> Transition:
+def _make(event: str, status: str, total, capturable, captured, refunded, moved, released):
     _check_invariants(total, capturable, captured, refunded)
     t = Transition.__new__(Transition)  # skips __init__'s argument parsing
     t.event = event
@@ -214,16 +184,7 @@ def capture(
     return _make("capture", CAPTURED, amount, 0, c, 0, c, amount_capturable - c)
 
 
-@cython.cfunc
-def _release(
-    event: str,
-    new_status: str,
-    status: object,
-    amount: cython.longlong,
-    capturable: cython.longlong,
-    captured: cython.longlong,
-    refunded: cython.longlong,
-) -> Transition:
+def _release(event: str, new_status: str, status, amount, capturable, captured, refunded):
     # void and expire are the same move: the whole hold goes back.
     _check_invariants(amount, capturable, captured, refunded)
     if status != AUTHORIZED:

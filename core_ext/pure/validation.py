@@ -2,7 +2,12 @@
 
 Errors come in a fixed order of precedence (unknown fields first, then the
 fields in the order of API.md's example), so the same input always yields the
-same first error. No message ever contains a card number or a cvc.
+same first error. No message ever contains a card number or a cvc, and no free-text
+field (reference, description, metadata values, customer.email) may hold one: card
+numbers belong in payment_method only (see ``contains_card_number``).
+
+Declarations of the C-level helpers and the typed fields are in
+``core_ext/compiled/validation.pxd`` (where Cython reads them for the compiled build).
 """
 
 import ipaddress
@@ -27,6 +32,21 @@ EXPIRY_YEARS_AHEAD_MAX = 50
 JSON_DEPTH_MAX = 16  # containers nested in a request body; API bodies need 3
 LIST_LIMIT_DEFAULT = 10
 LIST_LIMIT_MAX = 100
+CARD_RUN_DIGITS_MIN = 13  # a run of this many to CARD_RUN_DIGITS_MAX digits, Luhn-valid,
+CARD_RUN_DIGITS_MAX = 19  # is a card number in free text
+REDACTED = "[redacted]"
+
+# C twins of the limits the hot path compares against (declared in compiled/validation.pxd;
+# the public names above stay Python objects for callers and tests).
+_METADATA_KEYS_MAX = METADATA_KEYS_MAX
+_METADATA_KEY_CHARS_MAX = METADATA_KEY_CHARS_MAX
+_METADATA_VALUE_CHARS_MAX = METADATA_VALUE_CHARS_MAX
+_EMAIL_CHARS_MAX = EMAIL_CHARS_MAX
+_OBJECT_ID_CHARS_MAX = OBJECT_ID_CHARS_MAX
+_IP_CHARS_MAX = IP_CHARS_MAX
+_JSON_DEPTH_MAX = JSON_DEPTH_MAX
+_CARD_RUN_DIGITS_MIN = CARD_RUN_DIGITS_MIN
+_CARD_RUN_DIGITS_MAX = CARD_RUN_DIGITS_MAX
 
 # ISO 4217 active alphabetic codes and their minor-unit exponents.
 _EXPONENT_0 = (
@@ -49,6 +69,7 @@ CURRENCY_EXPONENTS = {
     **{code: 3 for code in _EXPONENT_3},
     **{code: 4 for code in _EXPONENT_4},
 }
+_EXPONENTS = CURRENCY_EXPONENTS  # typed dict (compiled/validation.pxd)
 
 PAYMENT_FIELDS = ("amount", "currency", "capture", "payment_method", "reference",
                   "description", "metadata", "customer")
@@ -65,37 +86,44 @@ def _invalid(param, message, code="parameter_invalid"):
     return CoreError(code, message, param=param)
 
 
-def _check_unknown(body: object, allowed: tuple, prefix: str) -> None:
-    for key in body:
-        if key not in allowed:
-            break
+def _check_unknown(body, allowed: tuple, prefix: str):
+    if type(body) is dict:
+        for key in cython.cast(dict, body):  # C dict iteration
+            if key not in allowed:
+                break
+        else:
+            return 0  # the common case: no unknown field, nothing to sort
     else:
-        return  # the common case: no unknown field, nothing to sort
+        for key in body:
+            if key not in allowed:
+                break
+        else:
+            return 0
     first = min(str(k) for k in body if k not in allowed)
     raise _invalid(prefix + first, f"unknown parameter: {prefix}{first}", "parameter_unknown")
 
 
-def _is_int(value: object) -> cython.bint:
+def _is_int(value):
     return type(value) is int
 
 
-def _object(value: object, param) -> dict:
+def _object(value, param):
     if not isinstance(value, dict):
         raise _invalid(param, f"{param or 'request body'} must be a JSON object")
     return value
 
 
-def _storable(text: str) -> cython.bint:
+def _storable(text: str):
     """PostgreSQL text and jsonb cannot hold NUL: a string with one is refused up front
     (else it would fail at the database as a 500)."""
     return "\x00" not in text
 
 
 @cython.locals(i=cython.Py_ssize_t, c=cython.Py_UCS4)
-def object_id_valid(text: object, prefix: str) -> cython.bint:
+def object_id_valid(text, prefix: str) -> bool:
     """``prefix`` then 1..255 characters of [A-Za-z0-9_] in all: the shape of every id
     Kassa issues. Anything else is unknown by construction (404 without a query)."""
-    if not isinstance(text, str) or not 1 <= len(text) <= OBJECT_ID_CHARS_MAX:
+    if not isinstance(text, str) or not 1 <= len(text) <= _OBJECT_ID_CHARS_MAX:
         return False
     if not text.startswith(prefix) or len(text) == len(prefix):
         return False
@@ -105,20 +133,23 @@ def object_id_valid(text: object, prefix: str) -> cython.bint:
     return True
 
 
-def _optional_string(body: dict, name: str, param: str, chars_max: int,
-                     chars_min: int = 0):
+def _optional_string(body: dict, name: str, prefix: str, chars_max, chars_min,
+                     free_text):
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, str) and chars_min <= len(value) <= chars_max and _storable(value):
+        if free_text:
+            _no_card_number(value, prefix + name)
+        return value
+    param = prefix + name  # only on the way to an error
     if not isinstance(value, str) or not chars_min <= len(value) <= chars_max:
         raise _invalid(param, f"{param} must be a string of {chars_min} to {chars_max} "
                               "characters")
-    if not _storable(value):
-        raise _invalid(param, f"{param} must not contain NUL characters")
-    return value
+    raise _invalid(param, f"{param} must not contain NUL characters")
 
 
-def _amount(value: object, param: str) -> int:
+def _amount(value, param: str):
     if value is None:
         raise _invalid(param, f"{param} is required", "parameter_missing")
     if not _is_int(value):
@@ -130,13 +161,21 @@ def _amount(value: object, param: str) -> int:
     return value
 
 
-@cython.cfunc
-@cython.exceptval(-1)
-def _nests_deeper(value: object, depth: cython.int) -> cython.int:
+def _nests_deeper(value, depth):
     """1 if ``value`` (a container at level ``depth``) holds containers past JSON_DEPTH_MAX.
     Recursion stops at the limit, so the C stack never holds more than JSON_DEPTH_MAX frames."""
-    if depth > JSON_DEPTH_MAX:
+    if depth > _JSON_DEPTH_MAX:
         return 1
+    if type(value) is dict:  # exact types: C iteration (subclasses take the generic path)
+        for item in cython.cast(dict, value).values():
+            if isinstance(item, (dict, list)) and _nests_deeper(item, depth + 1):
+                return 1
+        return 0
+    if type(value) is list:
+        for item in cython.cast(list, value):
+            if isinstance(item, (dict, list)) and _nests_deeper(item, depth + 1):
+                return 1
+        return 0
     items = value.values() if isinstance(value, dict) else value
     for item in items:
         if isinstance(item, (dict, list)) and _nests_deeper(item, depth + 1):
@@ -183,7 +222,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 @cython.locals(i=cython.int, p6=cython.int)
-def _prefix6(digits: str) -> cython.int:
+def _prefix6(digits: str):
     p6 = 0
     for i in range(6):
         p6 = p6 * 10 + (ord(digits[i]) - 48)
@@ -191,7 +230,7 @@ def _prefix6(digits: str) -> cython.int:
 
 
 @cython.locals(p2=cython.int, p3=cython.int, p4=cython.int, p6=cython.int)
-def _brand_of(digits: str) -> str:
+def _brand_of(digits: str):
     if len(digits) < 6:
         return "unknown"
     p6 = _prefix6(digits)
@@ -222,7 +261,7 @@ def card_brand(digits: str) -> str:
 
 
 @cython.locals(i=cython.Py_ssize_t, c=cython.Py_UCS4)
-def _all_digits(text: str) -> cython.bint:
+def _all_digits(text: str):
     if len(text) == 0:
         return False
     for c in text:
@@ -231,15 +270,95 @@ def _all_digits(text: str) -> cython.bint:
     return True
 
 
+# --- card numbers in free text -----------------------------------------------------------
+#
+# The rule, kept simple on purpose: a *run* is a maximal stretch of ASCII digits in which
+# single spaces or dashes may stand between two digits ("4242 4242-4242 4242"). Anything
+# else ends it: another character, two separators in a row, a separator not followed by a
+# digit. A run of CARD_RUN_DIGITS_MIN..CARD_RUN_DIGITS_MAX digits that passes luhn_valid
+# is a card number. A longer run is not (an id of 25 digits is not a card), nor is a
+# shorter one; other scripts' digits (Arabic-Indic, fullwidth) never count.
+
+
+@cython.locals(n=cython.Py_ssize_t, i=cython.Py_ssize_t, start=cython.Py_ssize_t,
+               end=cython.Py_ssize_t, digits=cython.Py_ssize_t, c=cython.Py_UCS4,
+               nxt=cython.Py_UCS4)
+def _next_card_run(text: str, pos):
+    """(start, end) of the first card-number run at or after ``pos``, or None."""
+    n = len(text)
+    i = pos
+    while i < n:
+        c = text[i]
+        if c < "0" or c > "9":
+            i += 1
+            continue
+        start = i
+        digits = 1
+        i += 1
+        end = i
+        while i < n:
+            c = text[i]
+            if "0" <= c <= "9":
+                digits += 1
+                i += 1
+                end = i
+            elif (c == " " or c == "-") and i + 1 < n:
+                nxt = text[i + 1]
+                if nxt < "0" or nxt > "9":
+                    break
+                i += 1
+            else:
+                break
+        if _CARD_RUN_DIGITS_MIN <= digits <= _CARD_RUN_DIGITS_MAX and _run_luhn_valid(
+                text, start, end):
+            return (start, end)
+        i = end
+    return None
+
+
+def _run_luhn_valid(text: str, start, end):
+    # Only runs of a card's length get here (rare in free text): the one Luhn of the core.
+    return luhn_valid(text[start:end].replace(" ", "").replace("-", ""))
+
+
+def contains_card_number(text: str) -> bool:
+    """True if ``text`` holds a card number by the rule above (a Luhn-valid run of 13 to
+    19 digits, single spaces or dashes allowed between digits)."""
+    return _next_card_run(text, 0) is not None
+
+
+@cython.locals(pos=cython.Py_ssize_t, start=cython.Py_ssize_t, end=cython.Py_ssize_t)
+def redact_card_numbers(text: str) -> str:
+    """``text`` with every card-number run (as ``contains_card_number`` finds them) replaced
+    by "[redacted]"; ``text`` itself when it holds none. What is left holds no card number:
+    the runs are maximal and "[redacted]" cannot join two runs."""
+    found = _next_card_run(text, 0)
+    if found is None:
+        return text
+    pieces = []
+    pos = 0
+    while found is not None:
+        start, end = found
+        pieces.append(text[pos:start])
+        pieces.append(REDACTED)
+        pos = end
+        found = _next_card_run(text, pos)
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _no_card_number(text: str, param: str):
+    """Refuse a free-text field holding a card number, without echoing it."""
+    if _next_card_run(text, 0) is not None:
+        raise _invalid(param, f"{param} must not contain a card number: card numbers belong "
+                              "in payment_method only")
+    return 0
+
+
+
 @cython.cclass
 class CardInput:
-    number = cython.declare(str, visibility="readonly")
-    exp_month = cython.declare(int, visibility="readonly")
-    exp_year = cython.declare(int, visibility="readonly")
-    cvc = cython.declare(str, visibility="readonly")
-    holder_name = cython.declare(object, visibility="readonly")
-    brand = cython.declare(str, visibility="readonly")
-    last4 = cython.declare(str, visibility="readonly")
+    """A validated card (fields in compiled/validation.pxd); repr never shows the number."""
 
     def __init__(self, number: str, exp_month: int, exp_year: int, cvc: str,
                  holder_name: object, brand: str):
@@ -260,57 +379,73 @@ class CardInput:
         return f"CardInput(brand={self.brand!r}, last4={self.last4!r})"
 
 
-def _card(value: object, prefix: str, today_year: int, today_month: int) -> CardInput:
+def _card(value, prefix: str, today_year, today_month):
     card = _object(value, prefix[:len(prefix) - 1])
     _check_unknown(card, CARD_FIELDS, prefix)
-    number_param = prefix + "number"
     number = card.get("number")
     if number is None:
-        raise _invalid(number_param, "card number is required", "parameter_missing")
+        raise _invalid(prefix + "number", "card number is required", "parameter_missing")
     if not isinstance(number, str):
-        raise _invalid(number_param, "card number must be a string", "invalid_number")
+        raise _invalid(prefix + "number", "card number must be a string", "invalid_number")
     digits = number.replace(" ", "")
     if not 12 <= len(digits) <= 19 or not _all_digits(digits):
-        raise _invalid(number_param, "card number must be 12 to 19 digits", "invalid_number")
+        raise _invalid(prefix + "number", "card number must be 12 to 19 digits",
+                       "invalid_number")
     if not luhn_valid(digits):
-        raise _invalid(number_param, "card number failed the Luhn check", "invalid_number")
+        raise _invalid(prefix + "number", "card number failed the Luhn check",
+                       "invalid_number")
     brand = _brand_of(digits)
-    exp_month = _expiry_month(card.get("exp_month"), prefix + "exp_month")
-    exp_year = _expiry_year(card.get("exp_year"), prefix + "exp_year", today_year)
+    exp_month = _expiry_month(card.get("exp_month"), prefix)
+    exp_year = _expiry_year(card.get("exp_year"), prefix, today_year)
     if exp_year == today_year and exp_month < today_month:
         raise _invalid(prefix + "exp_month", "the card has expired", "invalid_expiry_month")
-    cvc = _cvc(card.get("cvc"), prefix + "cvc", 4 if brand == "amex" else 3)
-    holder = _optional_string(card, "holder_name", prefix + "holder_name",
-                              HOLDER_NAME_CHARS_MAX, 1)
-    return CardInput(digits, exp_month, exp_year, cvc, holder, brand)
+    cvc = _cvc(card.get("cvc"), prefix, 4 if brand == "amex" else 3)
+    holder = _optional_string(card, "holder_name", prefix, HOLDER_NAME_CHARS_MAX, 1, False)
+    return _card_input(digits, exp_month, exp_year, cvc, holder, brand)
 
 
-def _expiry_month(value: object, param: str) -> int:
+@cython.locals(c=CardInput)
+def _card_input(number: str, exp_month, exp_year, cvc: str, holder_name, brand: str):
+    c = CardInput.__new__(CardInput)  # skips __init__'s argument parsing
+    c.number = number
+    c.exp_month = exp_month
+    c.exp_year = exp_year
+    c.cvc = cvc
+    c.holder_name = holder_name
+    c.brand = brand
+    c.last4 = number[len(number) - 4:]
+    return c
+
+
+def _expiry_month(value, prefix: str):
+    # Param names are built only on the way to an error (the valid path allocates none).
     if value is None:
-        raise _invalid(param, "exp_month is required", "parameter_missing")
+        raise _invalid(prefix + "exp_month", "exp_month is required", "parameter_missing")
     if not _is_int(value) or not 1 <= value <= 12:
-        raise _invalid(param, "exp_month must be an integer from 1 to 12",
+        raise _invalid(prefix + "exp_month", "exp_month must be an integer from 1 to 12",
                        "invalid_expiry_month")
     return value
 
 
-def _expiry_year(value: object, param: str, today_year: int) -> int:
+def _expiry_year(value, prefix: str, today_year):
     if value is None:
-        raise _invalid(param, "exp_year is required", "parameter_missing")
+        raise _invalid(prefix + "exp_year", "exp_year is required", "parameter_missing")
     if not _is_int(value) or not 1000 <= value <= 9999:
-        raise _invalid(param, "exp_year must be a four-digit year", "invalid_expiry_year")
+        raise _invalid(prefix + "exp_year", "exp_year must be a four-digit year",
+                       "invalid_expiry_year")
     if value < today_year:
-        raise _invalid(param, "the card has expired", "invalid_expiry_year")
+        raise _invalid(prefix + "exp_year", "the card has expired", "invalid_expiry_year")
     if value > today_year + EXPIRY_YEARS_AHEAD_MAX:
-        raise _invalid(param, "exp_year is too far in the future", "invalid_expiry_year")
+        raise _invalid(prefix + "exp_year", "exp_year is too far in the future",
+                       "invalid_expiry_year")
     return value
 
 
-def _cvc(value: object, param: str, length: int) -> str:
+def _cvc(value, prefix: str, length):
     if value is None:
-        raise _invalid(param, "cvc is required", "parameter_missing")
+        raise _invalid(prefix + "cvc", "cvc is required", "parameter_missing")
     if not isinstance(value, str) or len(value) != length or not _all_digits(value):
-        raise _invalid(param, f"cvc must be a string of {length} digits for this card",
+        raise _invalid(prefix + "cvc", f"cvc must be a string of {length} digits for this card",
                        "invalid_cvc")
     return value
 
@@ -320,15 +455,7 @@ def _cvc(value: object, param: str, length: int) -> str:
 
 @cython.cclass
 class PaymentRequest:
-    amount = cython.declare(object, visibility="readonly")
-    currency = cython.declare(str, visibility="readonly")
-    capture = cython.declare(str, visibility="readonly")
-    card = cython.declare(object, visibility="readonly")
-    token = cython.declare(object, visibility="readonly")
-    reference = cython.declare(object, visibility="readonly")
-    description = cython.declare(object, visibility="readonly")
-    metadata = cython.declare(dict, visibility="readonly")
-    customer = cython.declare(object, visibility="readonly")
+    """A validated payment request (fields in compiled/validation.pxd)."""
 
     def __init__(self, amount, currency, capture, card, token, reference, description,
                  metadata, customer):
@@ -351,22 +478,30 @@ class PaymentRequest:
 
 
 def currency_exponent(code: object) -> int:
-    if not isinstance(code, str) or len(code) != 3 or not code.isascii():
+    return _EXPONENTS[_currency_code(code)]
+
+
+@cython.locals(c=cython.Py_UCS4)
+def _currency_code(code):
+    """``code`` upper-cased if it is a supported ISO 4217 code, else CoreError."""
+    if not isinstance(code, str) or len(code) != 3:
         raise _invalid("currency", "currency must be a three-letter ISO 4217 code")
-    exponent = CURRENCY_EXPONENTS.get(code.upper())
-    if exponent is None:
+    for c in cython.cast(str, code):
+        if c > "\x7f":  # str.isascii(), as a C loop
+            raise _invalid("currency", "currency must be a three-letter ISO 4217 code")
+    upper = cython.cast(str, code).upper()
+    if upper not in _EXPONENTS:
         raise _invalid("currency", "currency is not a supported ISO 4217 code")
-    return exponent
+    return upper
 
 
-def _currency(value: object) -> str:
+def _currency(value):
     if value is None:
         raise _invalid("currency", "currency is required", "parameter_missing")
-    currency_exponent(value)
-    return value.upper()
+    return _currency_code(value)
 
 
-def _payment_method(value: object, today_year: int, today_month: int) -> tuple:
+def _payment_method(value, today_year, today_month):
     if value is None:
         raise _invalid("payment_method", "payment_method is required", "parameter_missing")
     method = _object(value, "payment_method")
@@ -397,17 +532,18 @@ def _payment_method(value: object, today_year: int, today_month: int) -> tuple:
     raise _invalid("payment_method.type", "payment_method.type must be card or token")
 
 
-def _metadata_entry_ok(key: str, item: object) -> cython.bint:
-    return (1 <= len(key) <= METADATA_KEY_CHARS_MAX and _storable(key)
-            and isinstance(item, str) and len(item) <= METADATA_VALUE_CHARS_MAX
-            and _storable(item))
+def _metadata_entry_ok(key: str, item):
+    return (1 <= len(key) <= _METADATA_KEY_CHARS_MAX
+            and _storable(key) and isinstance(item, str)
+            and len(item) <= _METADATA_VALUE_CHARS_MAX and _storable(item)
+            and _next_card_run(item, 0) is None)
 
 
-def _metadata(value: object) -> dict:
+def _metadata(value):
     if value is None:
         return {}
     metadata = _object(value, "metadata")
-    if len(metadata) > METADATA_KEYS_MAX:
+    if len(metadata) > _METADATA_KEYS_MAX:
         raise _invalid("metadata", f"metadata has at most {METADATA_KEYS_MAX} keys")
     for key, item in metadata.items():
         if not _metadata_entry_ok(key, item):
@@ -424,31 +560,47 @@ def _metadata(value: object) -> dict:
             raise _invalid(f"metadata.{key}", "metadata values are strings of at most "
                                               f"{METADATA_VALUE_CHARS_MAX} characters, "
                                               "without NUL")
+        _no_card_number(item, f"metadata.{key}")
     raise AssertionError("unreachable: an entry failed the fast check")
 
 
-def _customer(value: object):
+def _customer(value):
     if value is None:
         return None
     customer = _object(value, "customer")
     _check_unknown(customer, CUSTOMER_FIELDS, "customer.")
     email = customer.get("email")
     if email is not None:
-        if not isinstance(email, str) or len(email) > EMAIL_CHARS_MAX or not _storable(email):
+        if (not isinstance(email, str) or len(email) > _EMAIL_CHARS_MAX
+                or not _storable(email) or not _email_shaped(email)):
             raise _invalid("customer.email", "customer.email must be an email address")
-        local, at, domain = email.partition("@")
-        if not at or not local or not domain or "@" in domain:
-            raise _invalid("customer.email", "customer.email must be an email address")
+        _no_card_number(email, "customer.email")
     ip = customer.get("ip")
-    if ip is not None and not (isinstance(ip, str) and len(ip) <= IP_CHARS_MAX
+    if ip is not None and not (isinstance(ip, str) and len(ip) <= _IP_CHARS_MAX
                                and _ip_valid(ip)):
         raise _invalid("customer.ip", "customer.ip must be an IPv4 or IPv6 address")
     return {"email": email, "ip": ip}
 
 
+@cython.locals(i=cython.Py_ssize_t, n=cython.Py_ssize_t, at=cython.Py_ssize_t,
+               c=cython.Py_UCS4)
+def _email_shaped(text: str):
+    """local@domain: exactly one "@", with something on both sides (what
+    ``local, at, domain = text.partition("@")`` and "@" not in domain checked)."""
+    n = len(text)
+    at = -1
+    for i in range(n):
+        c = text[i]
+        if c == "@":
+            if at >= 0:
+                return False
+            at = i
+    return 0 < at < n - 1
+
+
 @cython.locals(parts=cython.int, digits=cython.int, value=cython.int, c=cython.Py_UCS4,
                first_zero=cython.bint)
-def _ipv4_valid(text: str) -> cython.bint:
+def _ipv4_valid(text: str):
     """Dotted-quad IPv4 as ``ipaddress`` accepts it: 4 parts, 0..255, no leading zeros."""
     parts = 0
     digits = 0
@@ -474,7 +626,7 @@ def _ipv4_valid(text: str) -> cython.bint:
     return parts == 3 and digits > 0
 
 
-def _ip_valid(text: str) -> cython.bint:
+def _ip_valid(text: str) -> bool:
     if ":" not in text:
         return _ipv4_valid(text)
     try:
@@ -484,21 +636,31 @@ def _ip_valid(text: str) -> cython.bint:
     return True
 
 
+@cython.locals(b=dict, r=PaymentRequest)
 def validate_payment(body: object, today_year: int, today_month: int) -> PaymentRequest:
-    body = _object(body, None)
-    _check_unknown(body, PAYMENT_FIELDS, "")
-    amount = _amount(body.get("amount"), "amount")
-    currency = _currency(body.get("currency"))
-    capture = body.get("capture", "automatic")
+    b = _object(body, None)
+    _check_unknown(b, PAYMENT_FIELDS, "")
+    amount = _amount(b.get("amount"), "amount")
+    currency = _currency(b.get("currency"))
+    capture = b.get("capture", "automatic")
     if capture not in CAPTURE_METHODS:
         raise _invalid("capture", "capture must be automatic or manual")
-    card, token = _payment_method(body.get("payment_method"), today_year, today_month)
-    reference = _optional_string(body, "reference", "reference", REFERENCE_CHARS_MAX, 1)
-    description = _optional_string(body, "description", "description", DESCRIPTION_CHARS_MAX)
-    metadata = _metadata(body.get("metadata"))
-    customer = _customer(body.get("customer"))
-    return PaymentRequest(amount, currency, capture, card, token, reference, description,
-                          metadata, customer)
+    card, token = _payment_method(b.get("payment_method"), today_year, today_month)
+    reference = _optional_string(b, "reference", "", REFERENCE_CHARS_MAX, 1, True)
+    description = _optional_string(b, "description", "", DESCRIPTION_CHARS_MAX, 0, True)
+    metadata = _metadata(b.get("metadata"))
+    customer = _customer(b.get("customer"))
+    r = PaymentRequest.__new__(PaymentRequest)  # skips __init__'s argument parsing
+    r.amount = amount
+    r.currency = currency
+    r.capture = capture
+    r.card = card
+    r.token = token
+    r.reference = reference
+    r.description = description
+    r.metadata = metadata
+    r.customer = customer
+    return r
 
 
 def validate_token(body: object, today_year: int, today_month: int) -> CardInput:
@@ -509,7 +671,7 @@ def validate_token(body: object, today_year: int, today_month: int) -> CardInput
     return _card(body["card"], "card.", today_year, today_month)
 
 
-def _no_params(body: object) -> dict:
+def _no_params(body):
     if body is None:
         return {}
     return _object(body, None)

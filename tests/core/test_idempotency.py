@@ -219,12 +219,39 @@ def test_constants(idem):
         "new", "replay", "in_flight", "reused")
 
 
+@pytest.mark.parametrize("stored,completed,fingerprint,expected", [
+    (FP_A, True, FP_A, "replay"),
+    (FP_A, False, FP_A, "in_flight"),
+    (FP_A, True, FP_B, "reused"),
+    (FP_A, False, FP_B, "reused"),   # a different body outranks in-flight
+])
+def test_verdict(idem, stored, completed, fingerprint, expected):
+    assert idem.verdict(stored, completed, fingerprint) == expected
+
+
+def test_verdict_is_exported_from_the_loaded_core():
+    import core_ext
+
+    assert core_ext.idempotency.verdict(FP_A, False, FP_B) == core_ext.idempotency.REUSED
+
+
+@PROP
+@given(stored=st.binary(max_size=4), completed=st.booleans(), fingerprint=st.binary(max_size=4))
+def test_parity_verdict(both, stored, completed, fingerprint):
+    compiled, pure = both
+    answer = compiled.verdict(stored, completed, fingerprint)
+    assert answer == pure.verdict(stored, completed, fingerprint)
+    assert answer == ("reused" if stored != fingerprint else
+                      "replay" if completed else "in_flight")
+
+
 def test_cache_lifecycle(idem):
     cache = idem.IdempotencyCache(10, 60.0)
     assert cache.lookup("m", "k", FP_A, 0.0) == ("new", None)
     cache.begin("m", "k", FP_A, 0.0)
     assert cache.lookup("m", "k", FP_A, 1.0) == ("in_flight", None)
-    assert cache.lookup("m", "k", FP_B, 1.0) == ("in_flight", None)
+    # A different body outranks in-flight (API.md): 422 on every process.
+    assert cache.lookup("m", "k", FP_B, 1.0) == ("reused", None)
     cache.complete("m", "k", FP_A, 201, b'{"id":"pay_1"}', 2.0)
     assert cache.lookup("m", "k", FP_A, 3.0) == ("replay", (201, b'{"id":"pay_1"}'))
     assert cache.lookup("m", "k", FP_B, 3.0) == ("reused", None)
