@@ -90,7 +90,7 @@ RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
 
 # --- the load ----------------------------------------------------------------------------
 APPROVE_CARD = "4242424242424242"
-TIMEOUT_CARD = "4000000000000259"   # outcome unknown until recovery settles it (approved)
+TIMEOUT_CARD = "4000009990000005"   # outcome unknown until recovery settles it (approved)
 DECLINE_CARD = "4000000000000002"   # 402, stored
 ERROR_CARD = "4000000000000119"     # 502, payment failed, stored
 CARD_SHARES = ((TIMEOUT_CARD, 0.05), (DECLINE_CARD, 0.03), (ERROR_CARD, 0.02))

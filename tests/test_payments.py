@@ -9,6 +9,7 @@ from gateway import recovery
 from gateway.http.appkeys import POOL, SERVICE, SETTINGS
 from tests.payments_helpers import (
     APPROVED_AMEX,
+    APPROVED_DISPUTE_LATER,
     APPROVED_MASTERCARD,
     APPROVED_VISA,
     DECLINES,
@@ -58,6 +59,7 @@ async def test_capture_defaults_to_automatic(client, merchant):
 
 @pytest.mark.parametrize("number,brand", [
     (APPROVED_VISA, "visa"), (APPROVED_MASTERCARD, "mastercard"), (APPROVED_AMEX, "amex"),
+    (APPROVED_DISPUTE_LATER, "visa"),
 ])
 async def test_approved_test_cards(client, merchant, number, brand):
     status, payment = await authorize(client, merchant, number)
