@@ -471,3 +471,70 @@ async def test_client_errors_contract(api, merchant, other_merchant):
                  id=payment["id"])
     await expect(400, invalid, "amount_too_large", "post", "/v1/payments/{id}/capture",
                  merchant, id=payment["id"], body={"amount": 2000})
+
+
+# The core owns every limit and enum; the document states them by importing the core's
+# names, so a changed limit cannot leave the document behind. Changing each name in the
+# core and rebuilding the document must change the document.
+CORE_FACTS = {
+    # a name in core_ext.validation: how to read it in the document
+    "AMOUNT_MAX": lambda d: d["components"]["schemas"]["Amount"]["maximum"],
+    "AMOUNT_MIN": lambda d: d["components"]["schemas"]["Amount"]["minimum"],
+    "METADATA_KEYS_MAX": lambda d: d["components"]["schemas"]["Metadata"]["maxProperties"],
+    "METADATA_KEY_CHARS_MAX":
+        lambda d: d["components"]["schemas"]["Metadata"]["propertyNames"]["maxLength"],
+    "METADATA_VALUE_CHARS_MAX":
+        lambda d: d["components"]["schemas"]["Metadata"]["additionalProperties"]["maxLength"],
+    "LIST_LIMIT_MAX": lambda d: d["components"]["parameters"]["Limit"]["schema"]["maximum"],
+    "LIST_LIMIT_DEFAULT": lambda d: d["components"]["parameters"]["Limit"]["schema"]["default"],
+    "REFERENCE_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"]["properties"][
+        "reference"]["maxLength"],
+    "DESCRIPTION_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"][
+        "properties"]["description"]["maxLength"],
+    "HOLDER_NAME_CHARS_MAX": lambda d: d["components"]["schemas"]["CardInput"]["properties"][
+        "holder_name"]["maxLength"],
+    "EMAIL_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"][
+        "email"]["maxLength"],
+    "IP_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"][
+        "ip"]["maxLength"],
+    "CAPTURE_METHODS": lambda d: tuple(d["components"]["schemas"]["CaptureMethod"]["enum"]),
+    "REFUND_REASONS": lambda d: tuple(d["components"]["schemas"]["RefundReason"]["enum"]),
+    "STATUSES": lambda d: tuple(d["components"]["schemas"]["PaymentStatus"]["enum"]),
+}
+
+
+@pytest.fixture
+def rebuilt_document(monkeypatch):
+    """Build the document again after ``monkeypatch`` changed the core; restore it after."""
+    import importlib
+
+    from gateway.http import openapi
+
+    yield lambda: importlib.reload(openapi).DOCUMENT
+    monkeypatch.undo()
+    importlib.reload(openapi)
+
+
+@pytest.mark.parametrize("name", sorted(CORE_FACTS))
+def test_limits_and_enums_are_the_cores(name, monkeypatch, rebuilt_document):
+    import core_ext
+
+    read = CORE_FACTS[name]
+    core_value = getattr(core_ext.validation, name)
+    assert read(DOCUMENT) == core_value
+    changed = (*core_value, "zz_new") if isinstance(core_value, tuple) else core_value - 1
+    monkeypatch.setattr(core_ext.validation, name, changed)
+    if name == "STATUSES":
+        monkeypatch.setattr(core_ext.states, name, changed)
+    assert read(rebuilt_document()) == changed, f"the document restates {name}"
+
+
+def test_idempotency_key_length_is_the_gateways(monkeypatch, rebuilt_document):
+    from gateway.http import answers
+
+    def key_chars_max(document: dict) -> int:
+        return document["components"]["parameters"]["IdempotencyKey"]["schema"]["maxLength"]
+
+    assert key_chars_max(DOCUMENT) == answers.KEY_CHARS_MAX
+    monkeypatch.setattr(answers, "KEY_CHARS_MAX", 64)
+    assert key_chars_max(rebuilt_document()) == 64

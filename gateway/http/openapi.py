@@ -9,20 +9,31 @@ from __future__ import annotations
 
 import orjson
 
-AMOUNT_MAX = 99_999_999  # API.md: 1 <= amount <= 99_999_999 minor units
-METADATA_KEYS_MAX = 20
-METADATA_KEY_CHARS_MAX = 40
-METADATA_VALUE_CHARS_MAX = 500
-IDEMPOTENCY_KEY_CHARS_MAX = 255
-LIST_LIMIT_MAX = 100
-LIST_LIMIT_DEFAULT = 10
+from core_ext import states, validation
+from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
 
-PAYMENT_STATUSES = (
-    "processing", "authorized", "declined", "failed", "captured", "partially_refunded",
-    "refunded", "voided", "expired",
-)
-CAPTURE_METHODS = ("automatic", "manual")
-REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+# One fact stated once: every limit and enum below is the core's (or the HTTP layer's)
+# own name, so the document cannot drift from what the server enforces.
+AMOUNT_MIN = validation.AMOUNT_MIN
+AMOUNT_MAX = validation.AMOUNT_MAX
+METADATA_KEYS_MAX = validation.METADATA_KEYS_MAX
+METADATA_KEY_CHARS_MAX = validation.METADATA_KEY_CHARS_MAX
+METADATA_VALUE_CHARS_MAX = validation.METADATA_VALUE_CHARS_MAX
+REFERENCE_CHARS_MAX = validation.REFERENCE_CHARS_MAX
+DESCRIPTION_CHARS_MAX = validation.DESCRIPTION_CHARS_MAX
+HOLDER_NAME_CHARS_MAX = validation.HOLDER_NAME_CHARS_MAX
+EMAIL_CHARS_MAX = validation.EMAIL_CHARS_MAX
+IP_CHARS_MAX = validation.IP_CHARS_MAX
+OBJECT_ID_CHARS_MAX = validation.OBJECT_ID_CHARS_MAX
+JSON_DEPTH_MAX = validation.JSON_DEPTH_MAX
+LIST_LIMIT_MAX = validation.LIST_LIMIT_MAX
+LIST_LIMIT_DEFAULT = validation.LIST_LIMIT_DEFAULT
+IDEMPOTENCY_KEY_CHARS_MAX = KEY_CHARS_MAX
+
+PAYMENT_STATUSES = states.STATUSES
+CAPTURE_METHODS = validation.CAPTURE_METHODS
+REFUND_REASONS = validation.REFUND_REASONS
+
 ERROR_TYPES = (
     "invalid_request_error", "card_error", "idempotency_error", "authentication_error",
     "rate_limit_error", "api_error",
@@ -37,16 +48,16 @@ ERROR_CODES = (
     "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded", "internal_error",
 )
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Kassa authorizes, captures, voids and refunds card payments.
 
 * **Amounts are integers in the currency's minor unit** (cents for EUR, yen for JPY, fils for
-  BHD: ISO 4217 exponents), `1 <= amount <= 99999999`. Never a decimal, never a float.
+  BHD: ISO 4217 exponents), `{AMOUNT_MIN} <= amount <= {AMOUNT_MAX}`. Never a decimal, never a float.
 * `currency` is an ISO 4217 alphabetic code, accepted in any case, returned upper-case.
 * IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`.
 * Timestamps are RFC 3339 UTC strings.
 * Requests and answers are JSON. Unknown fields are rejected (`400 parameter_unknown`);
-  bodies over 64 KiB answer `413`.
+  bodies over {BODY_BYTES_MAX // 1024} KiB answer `413`.
 * Every `POST` accepts an `Idempotency-Key` header: the same key with the same body returns
   the stored answer with `Idempotent-Replayed: true`; with another body,
   `422 idempotency_key_reused`; while the first request is still executing,
@@ -98,7 +109,7 @@ def schemas() -> dict:
     return {
         # --- shared ------------------------------------------------------------------
         "Amount": {
-            "type": "integer", "minimum": 1, "maximum": AMOUNT_MAX,
+            "type": "integer", "minimum": AMOUNT_MIN, "maximum": AMOUNT_MAX,
             "description": "Integer amount in the currency's minor unit (e.g. cents).",
             "examples": [1999],
         },
@@ -132,16 +143,17 @@ def schemas() -> dict:
                          "description": "Four digits; expiry not past."},
             "cvc": {"type": "string", "pattern": "^[0-9]{3,4}$",
                     "description": "3 digits (4 for American Express). Never stored."},
-            "holder_name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "holder_name": {"type": "string", "minLength": 1, "maxLength": HOLDER_NAME_CHARS_MAX},
         }, ("number", "exp_month", "exp_year", "cvc")),
         "CardPaymentMethod": closed_object(
             {"type": {"const": "card"}, "card": ref("CardInput")}, ("type", "card")),
         "TokenPaymentMethod": closed_object(
-            {"type": {"const": "token"}, "token": {**prefixed_id("tok"), "maxLength": 255}},
+            {"type": {"const": "token"}, "token": {**prefixed_id("tok"), "maxLength": OBJECT_ID_CHARS_MAX}},
             ("type", "token")),
         "Customer": closed_object({
-            "email": {"type": "string", "format": "email", "maxLength": 320},
-            "ip": {"type": "string", "description": "IPv4 or IPv6 address.", "maxLength": 45},
+            "email": {"type": "string", "format": "email", "maxLength": EMAIL_CHARS_MAX},
+            "ip": {"type": "string", "description": "IPv4 or IPv6 address.",
+                   "maxLength": IP_CHARS_MAX},
         }),
         "PaymentCreate": closed_object({
             "amount": ref("Amount"),
@@ -154,8 +166,8 @@ def schemas() -> dict:
                     "token": "#/components/schemas/TokenPaymentMethod",
                 }},
             },
-            "reference": {"type": "string", "minLength": 1, "maxLength": 255},
-            "description": {"type": "string", "maxLength": 1000},
+            "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
+            "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
             "metadata": ref("Metadata"),
             "customer": ref("Customer"),
         }, ("amount", "currency", "payment_method")),
@@ -192,8 +204,8 @@ def schemas() -> dict:
             "processor_reference": nullable({"type": "string"}),
             "decline_code": nullable({"type": "string",
                                       "examples": ["insufficient_funds", "card_velocity_exceeded"]}),
-            "reference": nullable({"type": "string", "maxLength": 255}),
-            "description": nullable({"type": "string", "maxLength": 1000}),
+            "reference": nullable({"type": "string", "maxLength": REFERENCE_CHARS_MAX}),
+            "description": nullable({"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}),
             "metadata": ref("Metadata"),
             "created": TIMESTAMP,
             "updated": TIMESTAMP,
@@ -273,7 +285,8 @@ def schemas() -> dict:
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: a bad, missing or unknown parameter, malformed JSON "
-         "(`invalid_json`), objects and arrays nested deeper than 16 levels (`json_too_deep`), "
+         f"(`invalid_json`), objects and arrays nested deeper than {JSON_DEPTH_MAX} levels "
+         "(`json_too_deep`), "
          "or an amount over what can be captured or refunded (`amount_too_large`).",
     401: "Missing (`api_key_missing`) or wrong, unknown or revoked (`api_key_invalid`) API "
          "key; on /metrics, a missing or wrong metrics token (`metrics_token_invalid`).",
@@ -284,7 +297,7 @@ ERROR_DESCRIPTIONS = {
          "(`request_timeout`); nothing was executed.",
     409: "`payment_state_invalid` (illegal state transition) or `idempotency_key_in_use` "
          "(the same key is still executing, or its outcome is not settled yet).",
-    413: "The request body exceeds 64 KiB (`request_too_large`).",
+    413: f"The request body exceeds {BODY_BYTES_MAX // 1024} KiB (`request_too_large`).",
     422: "`idempotency_key_reused`: the same key was used with another request.",
     429: "Per-key rate limit hit (`rate_limit_error` / `rate_limited`); nothing was executed, "
          "retry after `Retry-After` seconds.",
@@ -356,7 +369,8 @@ def parameters() -> dict:
                              "default": LIST_LIMIT_DEFAULT}},
         "StartingAfter": {"name": "starting_after", "in": "query", "required": False,
                           "description": "A payment id: list the payments older than it.",
-                          "schema": {"type": "string", "pattern": "^pay_", "maxLength": 255}},
+                          "schema": {"type": "string", "pattern": "^pay_",
+                                     "maxLength": OBJECT_ID_CHARS_MAX}},
         "Status": {"name": "status", "in": "query", "required": False,
                    "schema": ref("PaymentStatus")},
     }
