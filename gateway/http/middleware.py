@@ -34,6 +34,7 @@ from gateway.http.answers import (
     untrusted,
 )
 from gateway.http.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL
+from gateway.ids import whole
 from gateway.store.pipeline import Overloaded
 
 log = logging.getLogger("kassa.http")
@@ -43,6 +44,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 200  # a longer or unprintable client id is replaced, never truncated
+REQUEST_ID_BYTES = 16  # a generated id: 32 hex characters
 REQUEST_ID = web.RequestKey("request_id", str)
 IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use", "idempotency_key_reused"})
 UNMATCHED_ROUTE = "unmatched"
@@ -61,10 +63,15 @@ DATABASE_UNAVAILABLE = (
 
 
 def request_id_from(header: str | None) -> str:
-    """The client's X-Request-Id if it is 1..200 printable ASCII characters, else a new one."""
-    if header and len(header) <= REQUEST_ID_CHARS_MAX and all(" " <= c <= "~" for c in header):
+    """The client's X-Request-Id if it is 1..200 printable ASCII characters and holds no
+    card number (an id is echoed whole or not at all), else a new one."""
+    if (header and len(header) <= REQUEST_ID_CHARS_MAX and all(" " <= c <= "~" for c in header)
+            and whole(header)):
         return header
-    return secrets.token_hex(16)
+    while True:
+        generated = secrets.token_hex(REQUEST_ID_BYTES)
+        if whole(generated):  # never one the log scrubber would mangle
+            return generated
 
 
 def route_of(request: web.Request) -> str:
