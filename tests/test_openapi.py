@@ -250,10 +250,10 @@ class Contract:
         kwargs: dict[str, Any] = {"headers": sent, "params": params}
         if body is not NO_BODY:
             kwargs["data"] = orjson.dumps(body)
-            sent["Content-Type"] = "application/json"
+            sent.setdefault("Content-Type", "application/json")
         elif data is not None:
             kwargs["data"] = data
-            sent["Content-Type"] = "application/json"
+            sent.setdefault("Content-Type", "application/json")
         url = path.format(**path_values)
         async with self.client.request(method.upper(), url, **kwargs) as response:
             raw = await response.read()
@@ -452,6 +452,13 @@ async def test_client_errors_contract(api, merchant, other_merchant):
                  params={"limit": "0"}, request_valid=False)
     await expect(400, invalid, "parameter_invalid", "post", "/v1/payments", merchant,
                  body=payment_body(), key="k" * 256, request_valid=False)
+    for path, values in (("/v1/payments", {}), ("/v1/tokens", {}),
+                         ("/v1/payments/{id}/capture", {"id": "pay_x"}),
+                         ("/v1/payments/{id}/void", {"id": "pay_x"}),
+                         ("/v1/payments/{id}/refunds", {"id": "pay_x"})):
+        await expect(415, invalid, "unsupported_media_type", "post", path, merchant,
+                     data=b"{}", headers={"Content-Type": "text/plain"},
+                     **values)
     await expect(413, invalid, "request_too_large", "post", "/v1/tokens", merchant,
                  data=b'{"card": "' + b"x" * (70 * 1024) + b'"}')
 

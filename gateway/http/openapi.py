@@ -41,7 +41,8 @@ ERROR_TYPES = (
 ERROR_CODES = (
     "parameter_unknown", "parameter_missing", "parameter_invalid", "amount_too_small",
     "amount_too_large", "invalid_number", "invalid_expiry_month", "invalid_expiry_year",
-    "invalid_cvc", "invalid_json", "json_too_deep", "request_too_large", "request_timeout",
+    "invalid_cvc", "invalid_json", "json_too_deep", "request_too_large",
+    "unsupported_media_type", "request_timeout",
     "request_invalid", "resource_missing", "method_not_allowed", "payment_state_invalid",
     "card_declined", "idempotency_key_in_use", "idempotency_key_reused", "api_key_missing",
     "api_key_invalid", "metrics_token_invalid", "rate_limited",
@@ -57,7 +58,8 @@ Kassa authorizes, captures, voids and refunds card payments.
 * IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`.
 * Timestamps are RFC 3339 UTC strings.
 * Requests and answers are JSON. Unknown fields are rejected (`400 parameter_unknown`);
-  bodies over {BODY_BYTES_MAX // 1024} KiB answer `413`.
+  bodies over {BODY_BYTES_MAX // 1024} KiB answer `413`; a body whose `Content-Type` is not
+  `application/json` answers `415 unsupported_media_type` and nothing runs.
 * Every `POST` accepts an `Idempotency-Key` header: the same key with the same body returns
   the stored answer with `Idempotent-Replayed: true`; with another body,
   `422 idempotency_key_reused`; while the first request is still executing,
@@ -298,6 +300,9 @@ ERROR_DESCRIPTIONS = {
     409: "`payment_state_invalid` (illegal state transition) or `idempotency_key_in_use` "
          "(the same key is still executing, or its outcome is not settled yet).",
     413: f"The request body exceeds {BODY_BYTES_MAX // 1024} KiB (`request_too_large`).",
+    415: "The request has a body whose `Content-Type` is not `application/json` "
+         "(`unsupported_media_type`); nothing was executed. A `charset` other than UTF-8 "
+         "counts as another type; a request with no body needs no `Content-Type`.",
     422: "`idempotency_key_reused`: the same key was used with another request.",
     429: "Per-key rate limit hit (`rate_limit_error` / `rate_limited`); nothing was executed, "
          "retry after `Retry-After` seconds.",
@@ -377,7 +382,7 @@ def parameters() -> dict:
 
 
 V1_ERRORS = (401, 429, 500, 503)  # any /v1 operation can answer these
-POST_ERRORS = (400, 401, 408, 409, 413, 422, 429, 500, 503)  # any /v1 POST can answer these
+POST_ERRORS = (400, 401, 408, 409, 413, 415, 422, 429, 500, 503)  # any /v1 POST can answer these
 BEARER = [{"bearerAuth": []}]
 
 

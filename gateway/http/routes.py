@@ -15,6 +15,7 @@ from aiohttp import web
 import core_ext
 from gateway import metrics
 from gateway.http.answers import (
+    JSON,
     KEY_CHARS_MAX,
     KEY_HEADER,
     ApiError,
@@ -30,7 +31,24 @@ log = logging.getLogger("kassa.http")
 ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
+JSON_CHARSETS = (None, "utf-8")  # RFC 8259: JSON exchanged between systems is UTF-8
+
+
+def _check_json_media_type(request: web.Request) -> None:
+    """A body that is not declared JSON is refused before anything runs (API.md: 415),
+    so a form post or a text/plain body cannot be read as a payment by accident. No body
+    needs no type: capture and void are often posted bare."""
+    if not request.body_exists:
+        return
+    charset = request.charset
+    if request.content_type != JSON or (charset and charset.lower()) not in JSON_CHARSETS:
+        raise invalid_request(
+            "unsupported_media_type",
+            "request bodies must be JSON: send 'Content-Type: application/json'", status=415)
+
+
 async def _json_body(request: web.Request, required: bool = True) -> object:
+    _check_json_media_type(request)
     timeout_s = request.app[SETTINGS].body_read_timeout_ms / 1000
     try:
         async with asyncio.timeout(timeout_s):  # a client that stalls mid-body holds nothing
