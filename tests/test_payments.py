@@ -391,7 +391,7 @@ async def test_capture_and_void_need_no_body_and_no_content_type(client, merchan
     # With no Content-Type at all, and with the octet-stream aiohttp's client adds.
     for skipped in (("Content-Type",), ()):
         for operation, status_after in (("capture", "captured"), ("void", "voided")):
-            status, held = await authorize(client, merchant)
+            _, held = await authorize(client, merchant)
             response = await client.post(f"/v1/payments/{held['id']}/{operation}",
                                          headers=merchant.headers, skip_auto_headers=skipped)
             assert ("Content-Type" in response.request_info.headers) is not bool(skipped)
