@@ -190,15 +190,19 @@ def _protocol_error_as_api_error(self: web_protocol.RequestHandler, request: web
     say) are echoed back and every error has one shape."""
     if request.writer.output_size > 0:  # as aiohttp: an answer already began, none can follow
         raise ConnectionError("response already started; cannot send an error answer")
+    # Every answer carries a request id; the client's could not be read, so a new one.
+    request_id = request_id_from(None)
     if status >= 500:
         self.log_exception("error handling request", exc_info=exc)
         error = api_error(500, "internal_error", "an internal error occurred")
     else:
         # A client's malformed bytes are not our error: one line, no traceback to flood logs.
-        log.info("malformed HTTP request answered %d: %s", status, type(exc).__name__)
+        log.info("malformed HTTP request answered %d: %s", status, type(exc).__name__,
+                 extra={"kassa": {"request_id": request_id}})
         error = invalid_request("request_invalid", "the HTTP request is malformed and "
                                 "could not be parsed", status=status)
     response = error.response()
+    response.headers[REQUEST_ID_HEADER] = request_id
     response.force_close()  # as aiohttp does: the connection's framing cannot be trusted
     return response
 
