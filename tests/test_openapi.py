@@ -331,10 +331,16 @@ async def test_served_document(api):
     assert status == 200 and served == DOCUMENT
 
 
-async def test_operations_endpoints(api):
+async def test_operations_endpoints(api, monkeypatch):
+    from gateway.store import database
+
     assert (await api.call("get", "/healthz"))[:2] == (200, {"status": "ok"})
     status, ready, _ = await api.call("get", "/readyz")
     assert status == 200 and ready["status"] == "ready"
+    monkeypatch.setattr(database, "LATEST_VERSION", database.LATEST_VERSION + 1)
+    status, error, headers = await api.call("get", "/readyz")
+    assert (status, error["error"]["code"]) == (503, "migrations_pending")
+    assert "Retry-After" in headers
 
 
 async def test_payment_lifecycle_contract(api, merchant):

@@ -46,7 +46,8 @@ ERROR_CODES = (
     "request_invalid", "resource_missing", "method_not_allowed", "payment_state_invalid",
     "card_declined", "idempotency_key_in_use", "idempotency_key_reused", "api_key_missing",
     "api_key_invalid", "metrics_token_invalid", "rate_limited",
-    "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded", "internal_error",
+    "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded",
+    "migrations_pending", "schema_too_new", "internal_error",
 )
 
 DESCRIPTION = f"""\
@@ -273,13 +274,12 @@ def schemas() -> dict:
                                     "card_error or api_error concerns."}),
         })}),
         "Health": record({"status": {"const": "ok"}}),
-        "Readiness": closed_object({
-            "status": enum(("ready", "unavailable")),
-            "schema_version": {"type": "integer"},
-            "expected": {"type": "integer"},
-            "core": {"type": "string"},
-            "reason": {"type": "string"},
-        }, ("status",)),
+        "Readiness": record({
+            "status": {"const": "ready"},
+            "schema_version": {"type": "integer", "description": "The database's schema "
+                               "version, the one this Kassa expects."},
+            "core": {"type": "string", "description": "Which build of the core is loaded."},
+        }),
     }
 
 
@@ -426,7 +426,12 @@ def paths() -> dict:
             "operationId": "readyz", "tags": ["operations"],
             "summary": "The database is reachable and its migrations are current.",
             "responses": {"200": ok(200, "Ready.", "Readiness"),
-                          "503": ok(503, "Not ready; `reason` says why.", "Readiness")},
+                          "503": response(503, "Not ready (`api_error`): the database is "
+                                          "unreachable (`database_unavailable`), its schema "
+                                          "is older than this Kassa's (`migrations_pending`: "
+                                          "run `kassa migrate`) or newer "
+                                          "(`schema_too_new`); see `Retry-After`.",
+                                          ref("Error"))},
         }},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document.", "tags": ["operations"],
