@@ -331,6 +331,18 @@ async def test_served_document(api):
     assert status == 200 and served == DOCUMENT
 
 
+def test_the_repository_carries_the_served_document():
+    """docs/openapi.json is the reference a clone carries: it must be what the server serves."""
+    from pathlib import Path
+
+    from gateway.http.openapi import DOCS_REGENERATE, DOCUMENT_BYTES
+
+    carried = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+    assert carried.exists(), f"docs/openapi.json is missing: run {DOCS_REGENERATE}"
+    assert orjson.loads(carried.read_bytes()) == orjson.loads(DOCUMENT_BYTES), (
+        f"docs/openapi.json differs from GET /openapi.json: run {DOCS_REGENERATE}")
+
+
 async def test_operations_endpoints(api, monkeypatch):
     from gateway.store import database
 
@@ -551,3 +563,38 @@ def test_idempotency_key_length_is_the_gateways(monkeypatch, rebuilt_document):
     assert key_chars_max(DOCUMENT) == answers.KEY_CHARS_MAX
     monkeypatch.setattr(answers, "KEY_CHARS_MAX", 64)
     assert key_chars_max(rebuilt_document()) == 64
+
+
+async def test_settlement_report_contract(api, merchant):
+    from datetime import datetime, timezone
+
+    today = datetime.now(timezone.utc).date().isoformat()
+    status, paid, _ = await api.call("post", "/v1/payments", merchant,
+                                     body=payment_body(capture="automatic"))
+    assert status == 201
+    status, _, _ = await api.call("post", "/v1/payments/{id}/refunds", merchant,
+                                  body={"amount": 500}, id=paid["id"])
+    assert status == 201
+    status, report, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                       params={"date": today})
+    assert (status, report["object"], report["date"]) == (200, "settlement_report", today)
+    assert report["lines"] == [{
+        "date": today, "merchant_id": merchant.id, "currency": "EUR",
+        "captured_amount": 1999, "captured_count": 1, "refunded_amount": 500,
+        "refunded_count": 1, "net_amount": 1499}]
+    status, text, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                     params={"date": today, "format": "csv"})
+    assert status == 200
+    assert text.splitlines() == [
+        "date,merchant_id,currency,captured_amount,captured_count,refunded_amount,"
+        "refunded_count,net_amount",
+        f"{today},{merchant.id},EUR,1999,1,500,1,1499"]
+    status, empty, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                      params={"date": "2000-01-01", "format": "json"})
+    assert (status, empty["lines"]) == (200, [])
+    for params, code in (({"date": "20240101"}, "parameter_invalid"),
+                         ({}, "parameter_invalid"),
+                         ({"date": today, "format": "xml"}, "parameter_invalid")):
+        status, error, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                          params=params, request_valid=False)
+        assert (status, error["error"]["code"]) == (400, code), (params, error)

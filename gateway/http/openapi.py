@@ -247,12 +247,15 @@ def schemas() -> dict:
             "date": {"type": "string", "format": "date"},
             "merchant_id": prefixed_id("mer"),
             "currency": ref("CurrencyCode"),
-            "captured_amount": {"type": "integer"},
+            "captured_amount": {"type": "integer", "minimum": 0,
+                                "description": "Captured on the day, minor units."},
             "captured_count": {"type": "integer", "minimum": 0},
-            "refunded_amount": {"type": "integer"},
+            "refunded_amount": {"type": "integer", "minimum": 0,
+                                "description": "Refunded on the day, minor units."},
             "refunded_count": {"type": "integer", "minimum": 0},
-            "net_amount": {"type": "integer"},
-        }),
+            "net_amount": {"type": "integer", "description": "captured_amount - "
+                           "refunded_amount: negative when refunds outweigh captures."},
+        }, description="One merchant's captures and refunds in one currency on one day."),
         "SettlementReport": record({
             "object": {"const": "settlement_report"},
             "date": {"type": "string", "format": "date"},
@@ -481,17 +484,24 @@ def paths() -> dict:
         "/v1/balance": {"get": v1_get(
             "getBalance", "The merchant's balance per currency, from the ledger.", "balance",
             ok(200, "The balance.", "Balance"))},
-        "/v1/reports/settlement": {"get": v1_get(
+        "/v1/reports/settlement": {"get": {**v1_get(
             "getSettlementReport", "What was captured and refunded on one UTC day, per "
             "currency, from the ledger.", "reports",
-            {"description": "The report, as JSON or CSV (`format`).",
+            {"description": "The report: one line per currency with captures or refunds on "
+                            "that day (none: no lines), as JSON or, with `format=csv`, as CSV "
+                            "with a header row and the same columns.",
              "content": {**json_content(ref("SettlementReport")),
                          "text/csv": {"schema": {"type": "string"}}}},
             params=({"name": "date", "in": "query", "required": True,
-                     "schema": {"type": "string", "format": "date"}},
+                     "description": "The UTC day, `YYYY-MM-DD`.",
+                     "schema": {"type": "string", "format": "date",
+                                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}},
                     {"name": "format", "in": "query", "required": False,
                      "schema": enum(("json", "csv"), default="json")}),
-            errors=(400,))},
+            errors=(400,)),
+            "description": "The merchant's own lines only. Money is in minor units; "
+                           "`net_amount` is `captured_amount - refunded_amount`. Any other "
+                           "query parameter answers `400 parameter_unknown`."}},
     }
 
 
@@ -525,3 +535,10 @@ def document() -> dict:
 
 DOCUMENT: dict = document()
 DOCUMENT_BYTES: bytes = orjson.dumps(DOCUMENT)
+# docs/openapi.json is this document, pretty-printed: python -m gateway.http.openapi
+DOCS_REGENERATE = "python -m gateway.http.openapi > docs/openapi.json"
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.buffer.write(orjson.dumps(DOCUMENT, option=orjson.OPT_INDENT_2) + b"\n")
