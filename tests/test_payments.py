@@ -396,3 +396,14 @@ async def test_capture_and_void_need_no_body_and_no_content_type(client, merchan
                                          headers=merchant.headers, skip_auto_headers=skipped)
             assert ("Content-Type" in response.request_info.headers) is not bool(skipped)
             assert (response.status, (await response.json())["status"]) == (200, status_after)
+
+
+async def test_a_blank_body_is_not_an_empty_one(client, merchant):
+    # No bytes is no body (capture everything); bytes that are not JSON are invalid_json,
+    # even when they are only whitespace.
+    _, held = await authorize(client, merchant)
+    response = await client.post(f"/v1/payments/{held['id']}/capture", data=b"\n",
+                                 headers={**merchant.headers, "Content-Type": "application/json"})
+    assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_json")
+    status, payment = await get(client, f"/v1/payments/{held['id']}", merchant)
+    assert payment["status"] == "authorized"

@@ -59,7 +59,7 @@ async def _json_body(request: web.Request, required: bool = True) -> object:
     except TimeoutError:
         raise invalid_request("request_timeout", f"the request body did not arrive within "
                               f"{timeout_s:g} s", status=408) from None
-    if not raw.strip():
+    if not raw:  # no bytes is no body; whitespace is not JSON (invalid_json below)
         if required:
             raise invalid_request("invalid_json", "request body must be a JSON object")
         return {}
