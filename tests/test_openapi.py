@@ -566,9 +566,9 @@ def test_idempotency_key_length_is_the_gateways(monkeypatch, rebuilt_document):
 
 
 async def test_settlement_report_contract(api, merchant):
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     status, paid, _ = await api.call("post", "/v1/payments", merchant,
                                      body=payment_body(capture="automatic"))
     assert status == 201
@@ -586,8 +586,8 @@ async def test_settlement_report_contract(api, merchant):
                                      params={"date": today, "format": "csv"})
     assert status == 200
     assert text.splitlines() == [
-        "date,merchant_id,currency,captured_amount,captured_count,refunded_amount,"
-        "refunded_count,net_amount",
+        ("date,merchant_id,currency,captured_amount,captured_count,refunded_amount,"
+         "refunded_count,net_amount"),
         f"{today},{merchant.id},EUR,1999,1,500,1,1499"]
     status, empty, _ = await api.call("get", "/v1/reports/settlement", merchant,
                                       params={"date": "2000-01-01", "format": "json"})
