@@ -7,6 +7,8 @@ import copy
 APPROVED_VISA = "4242424242424242"
 APPROVED_MASTERCARD = "5555555555554444"
 APPROVED_AMEX = "378282246310005"
+# Stripe's "disputed after capture" card: approved (there are no disputes yet).
+APPROVED_DISPUTE_LATER = "4000000000000259"
 DECLINES = {
     "4000000000000002": "generic_decline",
     "4000000000009995": "insufficient_funds",
@@ -15,7 +17,7 @@ DECLINES = {
     "4000000000000127": "incorrect_cvc",
 }
 ERROR_CARD = "4000000000000119"
-TIMEOUT_CARD = "4000009990000005"
+TIMEOUT_CARD = "4000009990000005"  # Kassa's own range: Stripe has no timeout card
 
 
 def card(number: str = APPROVED_VISA, **changes: object) -> dict:

@@ -4,6 +4,7 @@ authentication and object-level authorization, against a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import date
 
@@ -325,6 +326,9 @@ async def test_unparseable_http_gets_the_json_error_shape_and_no_echo(client, ra
     assert b"application/json" in head
     assert_error_shape(orjson.loads(body), "invalid_request_error", "request_invalid")
     assert b"4242424242424242" not in answer
+    # Like every answer, it carries a request id to quote to support (a new one: the
+    # client's headers could not be read).
+    assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{32}\r\n", head), head
 
 
 async def test_an_unknown_key_is_remembered_for_the_cache_ttl(client, merchant, db,

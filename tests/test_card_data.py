@@ -4,8 +4,16 @@ import re
 
 import aiohttp
 import orjson
+import pytest
 
-from tests.payments_helpers import APPROVED_AMEX, APPROVED_VISA, DECLINES, ERROR_CARD, card
+from tests.payments_helpers import (
+    APPROVED_AMEX,
+    APPROVED_VISA,
+    DECLINES,
+    ERROR_CARD,
+    card,
+    payment_body,
+)
 
 # Distinctive cvcs, searched as whole numbers so digits inside timestamps or ids
 # cannot match by chance.
@@ -79,3 +87,108 @@ async def test_no_card_number_or_cvc_is_logged_returned_or_stored(
             scanned += 1
             assert leaks(row["line"]) == [], f"{name}: {row['line']}"
     assert scanned > len(NUMBERS) * 3  # the scan saw payments, entries, tokens...
+
+
+# --- echoed client text: a card number anywhere in a request never comes back ------------
+
+# Spelled as a client might paste it; each is Luhn-valid.
+PASTED = ("4242424242424242", "4242 4242 4242 4242", "4242-4242-4242-4242", "378282246310005")
+
+
+def digits_of(text: str) -> str:
+    return re.sub(r"[ -]", "", text)
+
+
+def assert_not_echoed(number: str, response, raw: bytes) -> None:
+    wanted = digits_of(number)
+    assert wanted not in digits_of(raw.decode()), raw
+    for name, value in response.headers.items():
+        assert wanted not in digits_of(value), f"{name}: {value}"
+
+
+async def answer_of(response) -> tuple[int, dict, bytes]:
+    raw = await response.read()
+    return response.status, orjson.loads(raw), raw
+
+
+@pytest.mark.parametrize("number", PASTED)
+async def test_card_number_as_an_unknown_field_name_is_not_echoed(client, merchant, number):
+    for body, param_prefix in (
+        ({"amount": 1000, "currency": "usd", number: 1}, ""),
+        ({"amount": 1000, "currency": "usd", "payment_method": {
+            "type": "card", "card": {**card(APPROVED_VISA), number: "x"}}},
+         "payment_method.card."),
+    ):
+        response = await client.post("/v1/payments", json=body, headers=merchant.headers)
+        status, answer, raw = await answer_of(response)
+        error = answer["error"]
+        assert (status, error["type"], error["code"]) == (
+            400, "invalid_request_error", "parameter_unknown"), answer
+        assert error["param"].startswith(param_prefix) and "[redacted]" in error["param"]
+        assert_not_echoed(number, response, raw)
+
+
+async def test_card_number_as_a_query_key_is_not_echoed(client, merchant):
+    for path in ("/v1/payments", "/v1/reports/settlement"):
+        response = await client.get(f"{path}?4242424242424242=1&date=2026-01-01",
+                                    headers=merchant.headers)
+        status, answer, raw = await answer_of(response)
+        assert (status, answer["error"]["code"]) == (400, "parameter_unknown"), answer
+        assert_not_echoed(APPROVED_VISA, response, raw)
+
+
+@pytest.mark.parametrize("method,path,status,code", [
+    ("GET", "/v1/payments/4242424242424242", 404, "resource_missing"),
+    ("GET", "/v1/x.4242424242424242", 404, "resource_missing"),
+    ("GET", "/v1/refunds/re_4242424242424242", 404, "resource_missing"),
+    ("POST", "/v1/payments/4242424242424242", 405, "method_not_allowed"),
+    ("POST", "/v1/payments/pay_4242424242424242/void", 404, "resource_missing"),
+])
+async def test_card_number_in_the_path_is_not_echoed(client, merchant, method, path, status,
+                                                     code):
+    response = await client.request(method, path, headers=merchant.headers)
+    got, answer, raw = await answer_of(response)
+    assert (got, answer["error"]["code"]) == (status, code), answer
+    assert_not_echoed(APPROVED_VISA, response, raw)
+
+
+async def test_card_number_in_headers_is_not_echoed(client, merchant):
+    # An invalid Idempotency-Key (too long) that carries a card number.
+    key = "k" + APPROVED_VISA * 17
+    response = await client.post("/v1/payments", json=payment_body(), headers={
+        **merchant.headers, "Idempotency-Key": key})
+    status, answer, raw = await answer_of(response)
+    assert (status, answer["error"]["code"], answer["error"]["param"]) == (
+        400, "parameter_invalid", "Idempotency-Key")
+    assert_not_echoed(APPROVED_VISA, response, raw)
+
+    # A client request id is echoed only when it carries no card number: else a new one.
+    for request_id in (f"order-{APPROVED_VISA}", "4242 4242 4242 4242", f"a.{APPROVED_AMEX}"):
+        response = await client.get("/v1/balance", headers={
+            **merchant.headers, "X-Request-Id": request_id})
+        assert response.status == 200
+        generated = response.headers["X-Request-Id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", generated), generated
+        assert_not_echoed(request_id, response, await response.read())
+        response = await client.post("/v1/payments", json={"nope": 1}, headers={
+            **merchant.headers, "X-Request-Id": request_id})
+        assert response.status == 400
+        assert_not_echoed(request_id, response, await response.read())
+    # A card number in a header's name is never echoed either.
+    response = await client.get("/v1/balance", headers={
+        **merchant.headers, f"X-{APPROVED_VISA}": "1"})
+    assert response.status == 200
+    assert_not_echoed(APPROVED_VISA, response, await response.read())
+
+
+def test_the_scrubber_leaves_our_own_ids_whole():
+    """Ids and request ids the gateway issues are never mangled by the scrubber in a log
+    line or an answer (hex ids can hold a Luhn-valid run of digits by chance)."""
+    from gateway.http.middleware import request_id_from
+    from gateway.ids import keyed_id, new_id
+    from gateway.logs import scrub
+
+    ids = [new_id("pay") for _ in range(20_000)]
+    ids += [keyed_id("re", "mer_1", f"key-{n}") for n in range(20_000)]
+    ids += [request_id_from(None) for _ in range(20_000)]
+    assert [i for i in ids if scrub(i) != i] == []

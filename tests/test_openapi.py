@@ -250,10 +250,10 @@ class Contract:
         kwargs: dict[str, Any] = {"headers": sent, "params": params}
         if body is not NO_BODY:
             kwargs["data"] = orjson.dumps(body)
-            sent["Content-Type"] = "application/json"
+            sent.setdefault("Content-Type", "application/json")
         elif data is not None:
             kwargs["data"] = data
-            sent["Content-Type"] = "application/json"
+            sent.setdefault("Content-Type", "application/json")
         url = path.format(**path_values)
         async with self.client.request(method.upper(), url, **kwargs) as response:
             raw = await response.read()
@@ -331,10 +331,28 @@ async def test_served_document(api):
     assert status == 200 and served == DOCUMENT
 
 
-async def test_operations_endpoints(api):
+def test_the_repository_carries_the_served_document():
+    """docs/openapi.json is the reference a clone carries: it must be what the server serves."""
+    from pathlib import Path
+
+    from gateway.http.openapi import DOCS_REGENERATE, DOCUMENT_BYTES
+
+    carried = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+    assert carried.exists(), f"docs/openapi.json is missing: run {DOCS_REGENERATE}"
+    assert orjson.loads(carried.read_bytes()) == orjson.loads(DOCUMENT_BYTES), (
+        f"docs/openapi.json differs from GET /openapi.json: run {DOCS_REGENERATE}")
+
+
+async def test_operations_endpoints(api, monkeypatch):
+    from gateway.store import database
+
     assert (await api.call("get", "/healthz"))[:2] == (200, {"status": "ok"})
     status, ready, _ = await api.call("get", "/readyz")
     assert status == 200 and ready["status"] == "ready"
+    monkeypatch.setattr(database, "LATEST_VERSION", database.LATEST_VERSION + 1)
+    status, error, headers = await api.call("get", "/readyz")
+    assert (status, error["error"]["code"]) == (503, "migrations_pending")
+    assert "Retry-After" in headers
 
 
 async def test_payment_lifecycle_contract(api, merchant):
@@ -469,6 +487,13 @@ async def test_client_errors_contract(api, merchant, other_merchant):
                  params={"limit": "0"}, request_valid=False)
     await expect(400, invalid, "parameter_invalid", "post", "/v1/payments", merchant,
                  body=payment_body(), key="k" * 256, request_valid=False)
+    for path, values in (("/v1/payments", {}), ("/v1/tokens", {}),
+                         ("/v1/payments/{id}/capture", {"id": "pay_x"}),
+                         ("/v1/payments/{id}/void", {"id": "pay_x"}),
+                         ("/v1/payments/{id}/refunds", {"id": "pay_x"})):
+        await expect(415, invalid, "unsupported_media_type", "post", path, merchant,
+                     data=b"{}", headers={"Content-Type": "text/plain"},
+                     **values)
     await expect(413, invalid, "request_too_large", "post", "/v1/tokens", merchant,
                  data=b'{"card": "' + b"x" * (70 * 1024) + b'"}')
 
@@ -488,3 +513,105 @@ async def test_client_errors_contract(api, merchant, other_merchant):
                  id=payment["id"])
     await expect(400, invalid, "amount_too_large", "post", "/v1/payments/{id}/capture",
                  merchant, id=payment["id"], body={"amount": 2000})
+
+
+# The core owns every limit and enum; the document states them by importing the core's
+# names, so a changed limit cannot leave the document behind. Changing each name in the
+# core and rebuilding the document must change the document.
+CORE_FACTS = {
+    # a name in core_ext.validation: how to read it in the document
+    "AMOUNT_MAX": lambda d: d["components"]["schemas"]["Amount"]["maximum"],
+    "AMOUNT_MIN": lambda d: d["components"]["schemas"]["Amount"]["minimum"],
+    "METADATA_KEYS_MAX": lambda d: d["components"]["schemas"]["Metadata"]["maxProperties"],
+    "METADATA_KEY_CHARS_MAX":
+        lambda d: d["components"]["schemas"]["Metadata"]["propertyNames"]["maxLength"],
+    "METADATA_VALUE_CHARS_MAX":
+        lambda d: d["components"]["schemas"]["Metadata"]["additionalProperties"]["maxLength"],
+    "LIST_LIMIT_MAX": lambda d: d["components"]["parameters"]["Limit"]["schema"]["maximum"],
+    "LIST_LIMIT_DEFAULT": lambda d: d["components"]["parameters"]["Limit"]["schema"]["default"],
+    "REFERENCE_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"]["properties"][
+        "reference"]["maxLength"],
+    "DESCRIPTION_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"][
+        "properties"]["description"]["maxLength"],
+    "HOLDER_NAME_CHARS_MAX": lambda d: d["components"]["schemas"]["CardInput"]["properties"][
+        "holder_name"]["maxLength"],
+    "EMAIL_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"][
+        "email"]["maxLength"],
+    "IP_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"][
+        "ip"]["maxLength"],
+    "CAPTURE_METHODS": lambda d: tuple(d["components"]["schemas"]["CaptureMethod"]["enum"]),
+    "REFUND_REASONS": lambda d: tuple(d["components"]["schemas"]["RefundReason"]["enum"]),
+    "STATUSES": lambda d: tuple(d["components"]["schemas"]["PaymentStatus"]["enum"]),
+}
+
+
+@pytest.fixture
+def rebuilt_document(monkeypatch):
+    """Build the document again after ``monkeypatch`` changed the core; restore it after."""
+    import importlib
+
+    from gateway.http import openapi
+
+    yield lambda: importlib.reload(openapi).DOCUMENT
+    monkeypatch.undo()
+    importlib.reload(openapi)
+
+
+@pytest.mark.parametrize("name", sorted(CORE_FACTS))
+def test_limits_and_enums_are_the_cores(name, monkeypatch, rebuilt_document):
+    import core_ext
+
+    read = CORE_FACTS[name]
+    core_value = getattr(core_ext.validation, name)
+    assert read(DOCUMENT) == core_value
+    changed = (*core_value, "zz_new") if isinstance(core_value, tuple) else core_value - 1
+    monkeypatch.setattr(core_ext.validation, name, changed)
+    if name == "STATUSES":
+        monkeypatch.setattr(core_ext.states, name, changed)
+    assert read(rebuilt_document()) == changed, f"the document restates {name}"
+
+
+def test_idempotency_key_length_is_the_gateways(monkeypatch, rebuilt_document):
+    from gateway.http import answers
+
+    def key_chars_max(document: dict) -> int:
+        return document["components"]["parameters"]["IdempotencyKey"]["schema"]["maxLength"]
+
+    assert key_chars_max(DOCUMENT) == answers.KEY_CHARS_MAX
+    monkeypatch.setattr(answers, "KEY_CHARS_MAX", 64)
+    assert key_chars_max(rebuilt_document()) == 64
+
+
+async def test_settlement_report_contract(api, merchant):
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    status, paid, _ = await api.call("post", "/v1/payments", merchant,
+                                     body=payment_body(capture="automatic"))
+    assert status == 201
+    status, _, _ = await api.call("post", "/v1/payments/{id}/refunds", merchant,
+                                  body={"amount": 500}, id=paid["id"])
+    assert status == 201
+    status, report, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                       params={"date": today})
+    assert (status, report["object"], report["date"]) == (200, "settlement_report", today)
+    assert report["lines"] == [{
+        "date": today, "merchant_id": merchant.id, "currency": "EUR",
+        "captured_amount": 1999, "captured_count": 1, "refunded_amount": 500,
+        "refunded_count": 1, "net_amount": 1499}]
+    status, text, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                     params={"date": today, "format": "csv"})
+    assert status == 200
+    assert text.splitlines() == [
+        ("date,merchant_id,currency,captured_amount,captured_count,refunded_amount,"
+         "refunded_count,net_amount"),
+        f"{today},{merchant.id},EUR,1999,1,500,1,1499"]
+    status, empty, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                      params={"date": "2000-01-01", "format": "json"})
+    assert (status, empty["lines"]) == (200, [])
+    for params, code in (({"date": "20240101"}, "parameter_invalid"),
+                         ({}, "parameter_invalid"),
+                         ({"date": today, "format": "xml"}, "parameter_invalid")):
+        status, error, _ = await api.call("get", "/v1/reports/settlement", merchant,
+                                          params=params, request_valid=False)
+        assert (status, error["error"]["code"]) == (400, code), (params, error)

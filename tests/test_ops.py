@@ -1,6 +1,7 @@
 """Operational endpoints, authentication, and the error model's edges."""
 
 import orjson
+import pytest
 
 from gateway.store import database
 
@@ -14,12 +15,34 @@ async def test_healthz_and_readyz(client):
     assert body["schema_version"] == database.LATEST_VERSION
 
 
-async def test_readyz_fails_when_migrations_are_not_current(client, monkeypatch):
-    # This Kassa expects a schema one version newer than the database has.
-    monkeypatch.setattr(database, "LATEST_VERSION", database.LATEST_VERSION + 1)
-    response = await client.get("/readyz")
-    assert response.status == 503
-    assert (await response.json())["reason"] == "migrations not current"
+ERROR_FIELDS = {"type", "code", "message", "param", "decline_code", "payment_id"}
+
+
+async def assert_not_ready(response, code: str) -> dict:
+    """API.md's error shape, and when to ask again."""
+    body = await response.json()
+    assert response.status == 503, body
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_FIELDS, body
+    assert (body["error"]["type"], body["error"]["code"]) == ("api_error", code)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["X-Request-Id"]
+    return body["error"]
+
+
+@pytest.mark.parametrize("ahead,code", [(1, "migrations_pending"), (-1, "schema_too_new")])
+async def test_readyz_fails_when_migrations_are_not_current(client, monkeypatch, ahead, code):
+    # This Kassa expects a schema one version newer (older) than the database has.
+    current = database.LATEST_VERSION
+    monkeypatch.setattr(database, "LATEST_VERSION", current + ahead)
+    error = await assert_not_ready(await client.get("/readyz"), code)
+    assert str(current) in error["message"] and str(current + ahead) in error["message"]
+
+
+async def test_readyz_fails_when_the_database_is_unreachable(client):
+    from gateway.http.appkeys import POOL
+
+    await client.app[POOL].close()  # every connection gone, none can be opened
+    await assert_not_ready(await client.get("/readyz"), "database_unavailable")
 
 
 async def test_openapi_document_is_served(client):

@@ -9,6 +9,7 @@ from gateway import recovery
 from gateway.http.appkeys import POOL, SERVICE, SETTINGS
 from tests.payments_helpers import (
     APPROVED_AMEX,
+    APPROVED_DISPUTE_LATER,
     APPROVED_MASTERCARD,
     APPROVED_VISA,
     DECLINES,
@@ -58,6 +59,7 @@ async def test_capture_defaults_to_automatic(client, merchant):
 
 @pytest.mark.parametrize("number,brand", [
     (APPROVED_VISA, "visa"), (APPROVED_MASTERCARD, "mastercard"), (APPROVED_AMEX, "amex"),
+    (APPROVED_DISPUTE_LATER, "visa"),
 ])
 async def test_approved_test_cards(client, merchant, number, brand):
     status, payment = await authorize(client, merchant, number)
@@ -353,3 +355,55 @@ async def test_zero_and_three_decimal_currencies(client, merchant):
     assert (status, jpy["currency"], jpy["amount_captured"]) == (201, "JPY", 500)
     status, kwd = await authorize(client, merchant, amount=1_250, currency="KWD")
     assert (status, kwd["currency"], kwd["amount"]) == (201, "KWD", 1_250)
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", None, "application/json; charset=latin-1",
+])
+async def test_a_body_that_is_not_json_is_415_and_runs_nothing(client, merchant, db,
+                                                               content_type):
+    import orjson
+
+    status, held = await authorize(client, merchant)
+    assert status == 201
+    raw = orjson.dumps(payment_body())
+    headers = {**merchant.headers, "Idempotency-Key": "plain-1"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    for path, body in (("/v1/payments", raw), ("/v1/tokens", orjson.dumps({"card": card()})),
+                       (f"/v1/payments/{held['id']}/capture", b"{}"),
+                       (f"/v1/payments/{held['id']}/refunds", b'{"amount": 1}')):
+        response = await client.post(path, data=body, headers=headers)
+        error = (await response.json())["error"]
+        assert (response.status, error["type"], error["code"]) == (
+            415, "invalid_request_error", "unsupported_media_type"), (path, error)
+    assert await db.fetchval("SELECT count(*) FROM payments") == 1
+    assert await db.fetchval("SELECT count(*) FROM tokens") == 0
+    status, payment = await get(client, f"/v1/payments/{held['id']}", merchant)
+    assert payment["status"] == "authorized"
+    # The same key with a JSON body then runs: nothing was stored under it.
+    headers["Content-Type"] = "application/json; charset=utf-8"
+    response = await client.post("/v1/payments", data=raw, headers=headers)
+    assert response.status == 201
+
+
+async def test_capture_and_void_need_no_body_and_no_content_type(client, merchant):
+    # With no Content-Type at all, and with the octet-stream aiohttp's client adds.
+    for skipped in (("Content-Type",), ()):
+        for operation, status_after in (("capture", "captured"), ("void", "voided")):
+            _, held = await authorize(client, merchant)
+            response = await client.post(f"/v1/payments/{held['id']}/{operation}",
+                                         headers=merchant.headers, skip_auto_headers=skipped)
+            assert ("Content-Type" in response.request_info.headers) is not bool(skipped)
+            assert (response.status, (await response.json())["status"]) == (200, status_after)
+
+
+async def test_a_blank_body_is_not_an_empty_one(client, merchant):
+    # No bytes is no body (capture everything); bytes that are not JSON are invalid_json,
+    # even when they are only whitespace.
+    _, held = await authorize(client, merchant)
+    response = await client.post(f"/v1/payments/{held['id']}/capture", data=b"\n",
+                                 headers={**merchant.headers, "Content-Type": "application/json"})
+    assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_json")
+    status, payment = await get(client, f"/v1/payments/{held['id']}", merchant)
+    assert payment["status"] == "authorized"

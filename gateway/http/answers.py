@@ -12,6 +12,7 @@ from aiohttp import web
 
 from core_ext.errors import CoreError
 from gateway.ids import ISSUED_ID
+from gateway.logs import scrub
 
 TEXT_ECHOED_CHARS_MAX = 200
 BODY_BYTES_MAX = 64 * 1024  # API.md: larger request bodies answer 413
@@ -49,13 +50,16 @@ class ApiError(Exception):
         return cls(error.status, error.type, error.code, error.message, param=error.param)
 
     def body(self) -> bytes:
+        # The one place every error body is built: ``message`` and ``param`` may quote
+        # client text (an unknown field's name, a query key, a path), so a card number in
+        # it is scrubbed here, whoever raised the error (API.md: no answer contains one).
         return orjson.dumps(
             {
                 "error": {
                     "type": self.type,
                     "code": self.code,
-                    "message": self.message,
-                    "param": self.param,
+                    "message": scrub(self.message),
+                    "param": None if self.param is None else scrub(self.param),
                     "decline_code": self.decline_code,
                     "payment_id": self.payment_id,
                 }
@@ -88,8 +92,6 @@ def resource_missing(kind: str, object_id: str, param: str = "id") -> ApiError:
 def untrusted(text: str) -> str:
     """Client text safe to quote in an error message: card numbers and keys scrubbed,
     length bounded."""
-    from gateway.logs import scrub
-
     return scrub(text[:TEXT_ECHOED_CHARS_MAX])
 
 

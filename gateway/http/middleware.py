@@ -34,6 +34,7 @@ from gateway.http.answers import (
     untrusted,
 )
 from gateway.http.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL
+from gateway.ids import whole
 from gateway.store.pipeline import Overloaded
 
 log = logging.getLogger("kassa.http")
@@ -43,6 +44,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 200  # a longer or unprintable client id is replaced, never truncated
+REQUEST_ID_BYTES = 16  # a generated id: 32 hex characters
 REQUEST_ID = web.RequestKey("request_id", str)
 IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use", "idempotency_key_reused"})
 UNMATCHED_ROUTE = "unmatched"
@@ -61,10 +63,15 @@ DATABASE_UNAVAILABLE = (
 
 
 def request_id_from(header: str | None) -> str:
-    """The client's X-Request-Id if it is 1..200 printable ASCII characters, else a new one."""
-    if header and len(header) <= REQUEST_ID_CHARS_MAX and all(" " <= c <= "~" for c in header):
+    """The client's X-Request-Id if it is 1..200 printable ASCII characters and holds no
+    card number (an id is echoed whole or not at all), else a new one."""
+    if (header and len(header) <= REQUEST_ID_CHARS_MAX and all(" " <= c <= "~" for c in header)
+            and whole(header)):
         return header
-    return secrets.token_hex(16)
+    while True:
+        generated = secrets.token_hex(REQUEST_ID_BYTES)
+        if whole(generated):  # never one the log scrubber would mangle
+            return generated
 
 
 def route_of(request: web.Request) -> str:
@@ -183,15 +190,19 @@ def _protocol_error_as_api_error(self: web_protocol.RequestHandler, request: web
     say) are echoed back and every error has one shape."""
     if request.writer.output_size > 0:  # as aiohttp: an answer already began, none can follow
         raise ConnectionError("response already started; cannot send an error answer")
+    # Every answer carries a request id; the client's could not be read, so a new one.
+    request_id = request_id_from(None)
     if status >= 500:
         self.log_exception("error handling request", exc_info=exc)
         error = api_error(500, "internal_error", "an internal error occurred")
     else:
         # A client's malformed bytes are not our error: one line, no traceback to flood logs.
-        log.info("malformed HTTP request answered %d: %s", status, type(exc).__name__)
+        log.info("malformed HTTP request answered %d: %s", status, type(exc).__name__,
+                 extra={"kassa": {"request_id": request_id}})
         error = invalid_request("request_invalid", "the HTTP request is malformed and "
                                 "could not be parsed", status=status)
     response = error.response()
+    response.headers[REQUEST_ID_HEADER] = request_id
     response.force_close()  # as aiohttp does: the connection's framing cannot be trusted
     return response
 

@@ -9,20 +9,31 @@ from __future__ import annotations
 
 import orjson
 
-AMOUNT_MAX = 99_999_999  # API.md: 1 <= amount <= 99_999_999 minor units
-METADATA_KEYS_MAX = 20
-METADATA_KEY_CHARS_MAX = 40
-METADATA_VALUE_CHARS_MAX = 500
-IDEMPOTENCY_KEY_CHARS_MAX = 255
-LIST_LIMIT_MAX = 100
-LIST_LIMIT_DEFAULT = 10
+from core_ext import states, validation
+from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
 
-PAYMENT_STATUSES = (
-    "processing", "authorized", "declined", "failed", "captured", "partially_refunded",
-    "refunded", "voided", "expired",
-)
-CAPTURE_METHODS = ("automatic", "manual")
-REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+# One fact stated once: every limit and enum below is the core's (or the HTTP layer's)
+# own name, so the document cannot drift from what the server enforces.
+AMOUNT_MIN = validation.AMOUNT_MIN
+AMOUNT_MAX = validation.AMOUNT_MAX
+METADATA_KEYS_MAX = validation.METADATA_KEYS_MAX
+METADATA_KEY_CHARS_MAX = validation.METADATA_KEY_CHARS_MAX
+METADATA_VALUE_CHARS_MAX = validation.METADATA_VALUE_CHARS_MAX
+REFERENCE_CHARS_MAX = validation.REFERENCE_CHARS_MAX
+DESCRIPTION_CHARS_MAX = validation.DESCRIPTION_CHARS_MAX
+HOLDER_NAME_CHARS_MAX = validation.HOLDER_NAME_CHARS_MAX
+EMAIL_CHARS_MAX = validation.EMAIL_CHARS_MAX
+IP_CHARS_MAX = validation.IP_CHARS_MAX
+OBJECT_ID_CHARS_MAX = validation.OBJECT_ID_CHARS_MAX
+JSON_DEPTH_MAX = validation.JSON_DEPTH_MAX
+LIST_LIMIT_MAX = validation.LIST_LIMIT_MAX
+LIST_LIMIT_DEFAULT = validation.LIST_LIMIT_DEFAULT
+IDEMPOTENCY_KEY_CHARS_MAX = KEY_CHARS_MAX
+
+PAYMENT_STATUSES = states.STATUSES
+CAPTURE_METHODS = validation.CAPTURE_METHODS
+REFUND_REASONS = validation.REFUND_REASONS
+
 ERROR_TYPES = (
     "invalid_request_error", "card_error", "idempotency_error", "authentication_error",
     "rate_limit_error", "api_error",
@@ -30,23 +41,26 @@ ERROR_TYPES = (
 ERROR_CODES = (
     "parameter_unknown", "parameter_missing", "parameter_invalid", "amount_too_small",
     "amount_too_large", "invalid_number", "invalid_expiry_month", "invalid_expiry_year",
-    "invalid_cvc", "invalid_json", "json_too_deep", "request_too_large", "request_timeout",
+    "invalid_cvc", "invalid_json", "json_too_deep", "request_too_large",
+    "unsupported_media_type", "request_timeout",
     "request_invalid", "resource_missing", "method_not_allowed", "payment_state_invalid",
     "card_declined", "idempotency_key_in_use", "idempotency_key_reused", "api_key_missing",
     "api_key_invalid", "metrics_token_invalid", "rate_limited",
-    "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded", "internal_error",
+    "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded",
+    "migrations_pending", "schema_too_new", "internal_error",
 )
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Kassa authorizes, captures, voids and refunds card payments.
 
 * **Amounts are integers in the currency's minor unit** (cents for EUR, yen for JPY, fils for
-  BHD: ISO 4217 exponents), `1 <= amount <= 99999999`. Never a decimal, never a float.
+  BHD: ISO 4217 exponents), `{AMOUNT_MIN} <= amount <= {AMOUNT_MAX}`. Never a decimal, never a float.
 * `currency` is an ISO 4217 alphabetic code, accepted in any case, returned upper-case.
 * IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`.
 * Timestamps are RFC 3339 UTC strings.
 * Requests and answers are JSON. Unknown fields are rejected (`400 parameter_unknown`);
-  bodies over 64 KiB answer `413`.
+  bodies over {BODY_BYTES_MAX // 1024} KiB answer `413`; a body whose `Content-Type` is not
+  `application/json` answers `415 unsupported_media_type` and nothing runs.
 * Every `POST` accepts an `Idempotency-Key` header: the same key with the same body returns
   the stored answer with `Idempotent-Replayed: true`; with another body,
   `422 idempotency_key_reused`; while the first request is still executing,
@@ -98,7 +112,7 @@ def schemas() -> dict:
     return {
         # --- shared ------------------------------------------------------------------
         "Amount": {
-            "type": "integer", "minimum": 1, "maximum": AMOUNT_MAX,
+            "type": "integer", "minimum": AMOUNT_MIN, "maximum": AMOUNT_MAX,
             "description": "Integer amount in the currency's minor unit (e.g. cents).",
             "examples": [1999],
         },
@@ -132,16 +146,17 @@ def schemas() -> dict:
                          "description": "Four digits; expiry not past."},
             "cvc": {"type": "string", "pattern": "^[0-9]{3,4}$",
                     "description": "3 digits (4 for American Express). Never stored."},
-            "holder_name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "holder_name": {"type": "string", "minLength": 1, "maxLength": HOLDER_NAME_CHARS_MAX},
         }, ("number", "exp_month", "exp_year", "cvc")),
         "CardPaymentMethod": closed_object(
             {"type": {"const": "card"}, "card": ref("CardInput")}, ("type", "card")),
         "TokenPaymentMethod": closed_object(
-            {"type": {"const": "token"}, "token": {**prefixed_id("tok"), "maxLength": 255}},
+            {"type": {"const": "token"}, "token": {**prefixed_id("tok"), "maxLength": OBJECT_ID_CHARS_MAX}},
             ("type", "token")),
         "Customer": closed_object({
-            "email": {"type": "string", "format": "email", "maxLength": 320},
-            "ip": {"type": "string", "description": "IPv4 or IPv6 address.", "maxLength": 45},
+            "email": {"type": "string", "format": "email", "maxLength": EMAIL_CHARS_MAX},
+            "ip": {"type": "string", "description": "IPv4 or IPv6 address.",
+                   "maxLength": IP_CHARS_MAX},
         }),
         "PaymentCreate": closed_object({
             "amount": ref("Amount"),
@@ -154,8 +169,8 @@ def schemas() -> dict:
                     "token": "#/components/schemas/TokenPaymentMethod",
                 }},
             },
-            "reference": {"type": "string", "minLength": 1, "maxLength": 255},
-            "description": {"type": "string", "maxLength": 1000},
+            "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
+            "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
             "metadata": ref("Metadata"),
             "customer": ref("Customer"),
         }, ("amount", "currency", "payment_method")),
@@ -192,8 +207,8 @@ def schemas() -> dict:
             "processor_reference": nullable({"type": "string"}),
             "decline_code": nullable({"type": "string",
                                       "examples": ["insufficient_funds", "card_velocity_exceeded"]}),
-            "reference": nullable({"type": "string", "maxLength": 255}),
-            "description": nullable({"type": "string", "maxLength": 1000}),
+            "reference": nullable({"type": "string", "maxLength": REFERENCE_CHARS_MAX}),
+            "description": nullable({"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}),
             "metadata": ref("Metadata"),
             "created": TIMESTAMP,
             "updated": TIMESTAMP,
@@ -232,12 +247,15 @@ def schemas() -> dict:
             "date": {"type": "string", "format": "date"},
             "merchant_id": prefixed_id("mer"),
             "currency": ref("CurrencyCode"),
-            "captured_amount": {"type": "integer"},
+            "captured_amount": {"type": "integer", "minimum": 0,
+                                "description": "Captured on the day, minor units."},
             "captured_count": {"type": "integer", "minimum": 0},
-            "refunded_amount": {"type": "integer"},
+            "refunded_amount": {"type": "integer", "minimum": 0,
+                                "description": "Refunded on the day, minor units."},
             "refunded_count": {"type": "integer", "minimum": 0},
-            "net_amount": {"type": "integer"},
-        }),
+            "net_amount": {"type": "integer", "description": "captured_amount - "
+                           "refunded_amount: negative when refunds outweigh captures."},
+        }, description="One merchant's captures and refunds in one currency on one day."),
         "SettlementReport": record({
             "object": {"const": "settlement_report"},
             "date": {"type": "string", "format": "date"},
@@ -259,13 +277,12 @@ def schemas() -> dict:
                                     "card_error or api_error concerns."}),
         })}),
         "Health": record({"status": {"const": "ok"}}),
-        "Readiness": closed_object({
-            "status": enum(("ready", "unavailable")),
-            "schema_version": {"type": "integer"},
-            "expected": {"type": "integer"},
-            "core": {"type": "string"},
-            "reason": {"type": "string"},
-        }, ("status",)),
+        "Readiness": record({
+            "status": {"const": "ready"},
+            "schema_version": {"type": "integer", "description": "The database's schema "
+                               "version, the one this Kassa expects."},
+            "core": {"type": "string", "description": "Which build of the core is loaded."},
+        }),
     }
 
 
@@ -273,7 +290,8 @@ def schemas() -> dict:
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: a bad, missing or unknown parameter, malformed JSON "
-         "(`invalid_json`), objects and arrays nested deeper than 16 levels (`json_too_deep`), "
+         f"(`invalid_json`), objects and arrays nested deeper than {JSON_DEPTH_MAX} levels "
+         "(`json_too_deep`), "
          "or an amount over what can be captured or refunded (`amount_too_large`).",
     401: "Missing (`api_key_missing`) or wrong, unknown or revoked (`api_key_invalid`) API "
          "key; on /metrics, a missing or wrong metrics token (`metrics_token_invalid`).",
@@ -286,7 +304,10 @@ ERROR_DESCRIPTIONS = {
          "refund of the payment timed out and its outcome is being settled) or "
          "`idempotency_key_in_use` (the same key is still executing, or its outcome is not "
          "settled yet).",
-    413: "The request body exceeds 64 KiB (`request_too_large`).",
+    413: f"The request body exceeds {BODY_BYTES_MAX // 1024} KiB (`request_too_large`).",
+    415: "The request has a body whose `Content-Type` is not `application/json` "
+         "(`unsupported_media_type`); nothing was executed. A `charset` other than UTF-8 "
+         "counts as another type; a request with no body needs no `Content-Type`.",
     422: "`idempotency_key_reused`: the same key was used with another request.",
     429: "Per-key rate limit hit (`rate_limit_error` / `rate_limited`); nothing was executed, "
          "retry after `Retry-After` seconds.",
@@ -360,14 +381,15 @@ def parameters() -> dict:
                              "default": LIST_LIMIT_DEFAULT}},
         "StartingAfter": {"name": "starting_after", "in": "query", "required": False,
                           "description": "A payment id: list the payments older than it.",
-                          "schema": {"type": "string", "pattern": "^pay_", "maxLength": 255}},
+                          "schema": {"type": "string", "pattern": "^pay_",
+                                     "maxLength": OBJECT_ID_CHARS_MAX}},
         "Status": {"name": "status", "in": "query", "required": False,
                    "schema": ref("PaymentStatus")},
     }
 
 
 V1_ERRORS = (401, 429, 500, 503)  # any /v1 operation can answer these
-POST_ERRORS = (400, 401, 408, 409, 413, 422, 429, 500, 503)  # any /v1 POST can answer these
+POST_ERRORS = (400, 401, 408, 409, 413, 415, 422, 429, 500, 503)  # any /v1 POST can answer these
 BEARER = [{"bearerAuth": []}]
 
 
@@ -411,7 +433,12 @@ def paths() -> dict:
             "operationId": "readyz", "tags": ["operations"],
             "summary": "The database is reachable and its migrations are current.",
             "responses": {"200": ok(200, "Ready.", "Readiness"),
-                          "503": ok(503, "Not ready; `reason` says why.", "Readiness")},
+                          "503": response(503, "Not ready (`api_error`): the database is "
+                                          "unreachable (`database_unavailable`), its schema "
+                                          "is older than this Kassa's (`migrations_pending`: "
+                                          "run `kassa migrate`) or newer "
+                                          "(`schema_too_new`); see `Retry-After`.",
+                                          ref("Error"))},
         }},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document.", "tags": ["operations"],
@@ -461,17 +488,24 @@ def paths() -> dict:
         "/v1/balance": {"get": v1_get(
             "getBalance", "The merchant's balance per currency, from the ledger.", "balance",
             ok(200, "The balance.", "Balance"))},
-        "/v1/reports/settlement": {"get": v1_get(
+        "/v1/reports/settlement": {"get": {**v1_get(
             "getSettlementReport", "What was captured and refunded on one UTC day, per "
             "currency, from the ledger.", "reports",
-            {"description": "The report, as JSON or CSV (`format`).",
+            {"description": "The report: one line per currency with captures or refunds on "
+                            "that day (none: no lines), as JSON or, with `format=csv`, as CSV "
+                            "with a header row and the same columns.",
              "content": {**json_content(ref("SettlementReport")),
                          "text/csv": {"schema": {"type": "string"}}}},
             params=({"name": "date", "in": "query", "required": True,
-                     "schema": {"type": "string", "format": "date"}},
+                     "description": "The UTC day, `YYYY-MM-DD`.",
+                     "schema": {"type": "string", "format": "date",
+                                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}},
                     {"name": "format", "in": "query", "required": False,
                      "schema": enum(("json", "csv"), default="json")}),
-            errors=(400,))},
+            errors=(400,)),
+            "description": "The merchant's own lines only. Money is in minor units; "
+                           "`net_amount` is `captured_amount - refunded_amount`. Any other "
+                           "query parameter answers `400 parameter_unknown`."}},
     }
 
 
@@ -505,3 +539,10 @@ def document() -> dict:
 
 DOCUMENT: dict = document()
 DOCUMENT_BYTES: bytes = orjson.dumps(DOCUMENT)
+# docs/openapi.json is this document, pretty-printed: python -m gateway.http.openapi
+DOCS_REGENERATE = "python -m gateway.http.openapi > docs/openapi.json"
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.buffer.write(orjson.dumps(DOCUMENT, option=orjson.OPT_INDENT_2) + b"\n")

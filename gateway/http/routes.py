@@ -15,9 +15,11 @@ from aiohttp import web
 import core_ext
 from gateway import metrics
 from gateway.http.answers import (
+    JSON,
     KEY_CHARS_MAX,
     KEY_HEADER,
     ApiError,
+    api_error,
     invalid_request,
     json_response,
 )
@@ -27,10 +29,29 @@ from gateway.store import database
 
 log = logging.getLogger("kassa.http")
 
+READINESS_QUERY_TIMEOUT_S = 1.0  # a database slower than this is not ready for traffic
+READINESS_RETRY_AFTER_S = 5
 ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
+JSON_CHARSETS = (None, "utf-8")  # RFC 8259: JSON exchanged between systems is UTF-8
+
+
+def _check_json_media_type(request: web.Request) -> None:
+    """A body that is not declared JSON is refused before anything runs (API.md: 415),
+    so a form post or a text/plain body cannot be read as a payment by accident. No body
+    needs no type: capture and void are often posted bare."""
+    if not request.body_exists:
+        return
+    charset = request.charset
+    if request.content_type != JSON or (charset and charset.lower()) not in JSON_CHARSETS:
+        raise invalid_request(
+            "unsupported_media_type",
+            "request bodies must be JSON: send 'Content-Type: application/json'", status=415)
+
+
 async def _json_body(request: web.Request, required: bool = True) -> object:
+    _check_json_media_type(request)
     timeout_s = request.app[SETTINGS].body_read_timeout_ms / 1000
     try:
         async with asyncio.timeout(timeout_s):  # a client that stalls mid-body holds nothing
@@ -38,7 +59,7 @@ async def _json_body(request: web.Request, required: bool = True) -> object:
     except TimeoutError:
         raise invalid_request("request_timeout", f"the request body did not arrive within "
                               f"{timeout_s:g} s", status=408) from None
-    if not raw.strip():
+    if not raw:  # no bytes is no body; whitespace is not JSON (invalid_json below)
         if required:
             raise invalid_request("invalid_json", "request body must be a JSON object")
         return {}
@@ -154,19 +175,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        async with request.app[POOL].acquire(timeout=1.0) as conn:
+        async with request.app[POOL].acquire(timeout=READINESS_QUERY_TIMEOUT_S) as conn:
             version = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations", timeout=1.0
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                timeout=READINESS_QUERY_TIMEOUT_S,
             )
     except Exception as exc:
         log.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
-        return json_response({"status": "unavailable", "reason": "database unreachable"}, 503)
-    if version != database.LATEST_VERSION:
-        return json_response(
-            {"status": "unavailable", "reason": "migrations not current",
-             "schema_version": version, "expected": database.LATEST_VERSION}, 503,
-        )
+        return _not_ready("database_unavailable", "the database is unreachable")
+    expected = database.LATEST_VERSION
+    if version < expected:
+        return _not_ready("migrations_pending", f"the database schema is at version "
+                          f"{version}; this Kassa needs {expected}: run 'kassa migrate'")
+    if version > expected:
+        return _not_ready("schema_too_new", f"the database schema is at version {version}, "
+                          f"newer than this Kassa's {expected}: deploy the newer Kassa")
     return json_response({"status": "ready", "schema_version": version, "core": core_ext.BUILD})
+
+
+def _not_ready(code: str, message: str) -> web.Response:
+    """Not ready is an error like any other (API.md's shape), and says when to ask again."""
+    return api_error(503, code, message,
+                     headers={"Retry-After": str(READINESS_RETRY_AFTER_S)}).response()
 
 
 async def openapi_document(request: web.Request) -> web.Response:

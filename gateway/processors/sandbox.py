@@ -23,6 +23,9 @@ SANDBOX_DECLINES = {
     "4000000000000127": "incorrect_cvc",
 }
 SANDBOX_ERROR_CARD = "4000000000000119"
+# Stripe has no timeout card: API.md puts Kassa's own behaviours in the 4000 0099 9 range,
+# which Stripe does not use, so Stripe's numbers keep Stripe's meanings (4000000000000259,
+# "disputed after capture", simply approves until disputes exist).
 SANDBOX_TIMEOUT_CARD = "4000009990000005"
 SANDBOX_HANG_S = 3600.0  # the timeout card's payments never answer; our own timeout cuts it
 
