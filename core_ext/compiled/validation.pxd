@@ -29,7 +29,8 @@ cdef str _brand_of(str digits)
 cdef bint _all_digits(str text) except -1
 
 # --- card numbers in free text (the scan is a C loop over Py_UCS4)
-cdef object _next_card_run(str text, Py_ssize_t pos)      # (start, end) or None
+cdef object _next_card_run(str text, Py_ssize_t pos, bint scrubbing)  # (start, end) or None
+cdef bint _run_holds_card(str text, Py_ssize_t start, Py_ssize_t end, Py_ssize_t digits) except -1
 cdef bint _run_luhn_valid(str text, Py_ssize_t start, Py_ssize_t end) except -1
 cpdef bint contains_card_number(str text) except -1
 cpdef str redact_card_numbers(str text)

@@ -33,7 +33,8 @@ JSON_DEPTH_MAX = 16  # containers nested in a request body; API bodies need 3
 LIST_LIMIT_DEFAULT = 10
 LIST_LIMIT_MAX = 100
 CARD_RUN_DIGITS_MIN = 13  # a run of this many to CARD_RUN_DIGITS_MAX digits, Luhn-valid,
-CARD_RUN_DIGITS_MAX = 19  # is a card number in free text
+CARD_RUN_DIGITS_MAX = 19  # is a card number in free text (API.md)
+CARD_DIGITS_MIN = 12  # a card number's digits (validation); what scrubbing redacts from
 REDACTED = "[redacted]"
 
 # C twins of the limits the hot path compares against (declared in compiled/validation.pxd;
@@ -47,6 +48,7 @@ _IP_CHARS_MAX = IP_CHARS_MAX
 _JSON_DEPTH_MAX = JSON_DEPTH_MAX
 _CARD_RUN_DIGITS_MIN = CARD_RUN_DIGITS_MIN
 _CARD_RUN_DIGITS_MAX = CARD_RUN_DIGITS_MAX
+_CARD_DIGITS_MIN = CARD_DIGITS_MIN
 
 # ISO 4217 active alphabetic codes and their minor-unit exponents.
 _EXPONENT_0 = (
@@ -278,13 +280,19 @@ def _all_digits(text: str):
 # digit. A run of CARD_RUN_DIGITS_MIN..CARD_RUN_DIGITS_MAX digits that passes luhn_valid
 # is a card number. A longer run is not (an id of 25 digits is not a card), nor is a
 # shorter one; other scripts' digits (Arabic-Indic, fullwidth) never count.
+#
+# Scrubbing (what Kassa echoes and logs) errs the other way, since a false positive costs
+# only a "[redacted]": any run of CARD_DIGITS_MIN or more digits that is, or holds within
+# it, a Luhn-valid number of CARD_DIGITS_MIN..CARD_RUN_DIGITS_MAX digits is redacted
+# whole (a card number with digits glued on is still a card number).
 
 
 @cython.locals(n=cython.Py_ssize_t, i=cython.Py_ssize_t, start=cython.Py_ssize_t,
                end=cython.Py_ssize_t, digits=cython.Py_ssize_t, c=cython.Py_UCS4,
                nxt=cython.Py_UCS4)
-def _next_card_run(text: str, pos):
-    """(start, end) of the first card-number run at or after ``pos``, or None."""
+def _next_card_run(text: str, pos, scrubbing):
+    """(start, end) of the first card-number run at or after ``pos``, or None; by the
+    free-text rule, or the scrubbing rule when ``scrubbing``."""
     n = len(text)
     i = pos
     while i < n:
@@ -309,7 +317,10 @@ def _next_card_run(text: str, pos):
                 i += 1
             else:
                 break
-        if _CARD_RUN_DIGITS_MIN <= digits <= _CARD_RUN_DIGITS_MAX and _run_luhn_valid(
+        if scrubbing:
+            if digits >= _CARD_DIGITS_MIN and _run_holds_card(text, start, end, digits):
+                return (start, end)
+        elif _CARD_RUN_DIGITS_MIN <= digits <= _CARD_RUN_DIGITS_MAX and _run_luhn_valid(
                 text, start, end):
             return (start, end)
         i = end
@@ -321,18 +332,34 @@ def _run_luhn_valid(text: str, start, end):
     return luhn_valid(text[start:end].replace(" ", "").replace("-", ""))
 
 
+@cython.locals(size=cython.Py_ssize_t, first=cython.Py_ssize_t, n=cython.Py_ssize_t)
+def _run_holds_card(text: str, start, end, digits) -> cython.bint:
+    """Whether the run is a Luhn-valid card number, or holds one of CARD_DIGITS_MIN..
+    CARD_RUN_DIGITS_MAX digits anywhere in it (only runs of 12 or more digits get here;
+    a run of 12+ digits in free text is rare, so the windows' cost is too)."""
+    run = text[start:end].replace(" ", "").replace("-", "")
+    n = len(run)
+    if n <= _CARD_RUN_DIGITS_MAX and luhn_valid(run):
+        return True
+    for size in range(_CARD_DIGITS_MIN, min(n, _CARD_RUN_DIGITS_MAX) + 1):
+        for first in range(n - size + 1):
+            if luhn_valid(run[first:first + size]):
+                return True
+    return False
+
+
 def contains_card_number(text: str) -> bool:
-    """True if ``text`` holds a card number by the rule above (a Luhn-valid run of 13 to
-    19 digits, single spaces or dashes allowed between digits)."""
-    return _next_card_run(text, 0) is not None
+    """True if ``text`` holds a card number by the free-text rule above (a Luhn-valid run
+    of 13 to 19 digits, single spaces or dashes allowed between digits)."""
+    return _next_card_run(text, 0, False) is not None
 
 
 @cython.locals(pos=cython.Py_ssize_t, start=cython.Py_ssize_t, end=cython.Py_ssize_t)
 def redact_card_numbers(text: str) -> str:
-    """``text`` with every card-number run (as ``contains_card_number`` finds them) replaced
-    by "[redacted]"; ``text`` itself when it holds none. What is left holds no card number:
+    """``text`` with every run the scrubbing rule above finds replaced by "[redacted]";
+    ``text`` itself when it holds none. What is left holds no card number, by either rule:
     the runs are maximal and "[redacted]" cannot join two runs."""
-    found = _next_card_run(text, 0)
+    found = _next_card_run(text, 0, True)
     if found is None:
         return text
     pieces = []
@@ -342,14 +369,14 @@ def redact_card_numbers(text: str) -> str:
         pieces.append(text[pos:start])
         pieces.append(REDACTED)
         pos = end
-        found = _next_card_run(text, pos)
+        found = _next_card_run(text, pos, True)
     pieces.append(text[pos:])
     return "".join(pieces)
 
 
 def _no_card_number(text: str, param: str):
     """Refuse a free-text field holding a card number, without echoing it."""
-    if _next_card_run(text, 0) is not None:
+    if _next_card_run(text, 0, False) is not None:
         raise _invalid(param, f"{param} must not contain a card number: card numbers belong "
                               "in payment_method only")
     return 0
@@ -536,7 +563,7 @@ def _metadata_entry_ok(key: str, item):
     return (1 <= len(key) <= _METADATA_KEY_CHARS_MAX
             and _storable(key) and isinstance(item, str)
             and len(item) <= _METADATA_VALUE_CHARS_MAX and _storable(item)
-            and _next_card_run(item, 0) is None)
+            and _next_card_run(item, 0, False) is None)
 
 
 def _metadata(value):
