@@ -72,9 +72,12 @@ class IdempotencyStore:
         """The answer for a request whose claim lost to ``row``, the key's record."""
         if row is None:  # swept between the two statements: treat as still contended
             return key_in_use()
-        if bytes(row["fingerprint"]) != claim.fingerprint:
+        # The same verdict as the in-process table's (prepare): decided once, in the core.
+        verdict = core_ext.idempotency.verdict(bytes(row["fingerprint"]), row["state"] == "completed",
+                                               claim.fingerprint)
+        if verdict == core_ext.idempotency.REUSED:
             return key_reused()
-        if row["state"] == "in_flight":
+        if verdict == core_ext.idempotency.IN_FLIGHT:
             return key_in_use()
         self._cache.complete(claim.merchant_id, claim.key, claim.fingerprint,
                              row["response_status"], bytes(row["response_body"]), self._now())

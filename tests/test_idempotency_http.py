@@ -152,6 +152,40 @@ async def test_200_concurrent_requests_with_one_key_across_two_workers(
     assert len(set(re.findall(r"worker \d \(pid (\d+)\)", server.logs()))) == 2
 
 
+async def test_other_body_answers_422_on_every_worker_while_the_first_is_in_flight(
+        db, database_url, merchant, serve_process):
+    """API.md: a different body outranks in-flight, on every process. The first request is
+    held at the processor; the same key with another body answers 422 whichever worker
+    the kernel hands it to (the one executing the key included), the same body 409."""
+    server = await serve_process(database_url, workers=2, KASSA_SANDBOX_LATENCY_MS="2000")
+    headers = {**merchant.headers, "Idempotency-Key": "precedence-1",
+               "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def send(body: dict) -> tuple[int, dict]:
+            async with session.post(server.url + "/v1/payments", data=orjson.dumps(body),
+                                    headers=headers) as response:
+                return response.status, await response.json()
+
+        first = asyncio.ensure_future(send(payment_body()))
+        while not await db.fetchval("SELECT count(*) FROM payments"):
+            await asyncio.sleep(0.02)  # the first one's claim and intent are durable
+        other = await asyncio.gather(*[send(payment_body(amount=2000)) for _ in range(16)])
+        same = await asyncio.gather(*[send(payment_body()) for _ in range(16)])
+        assert not first.done(), "the first request must still be in flight"
+        status, _ = await first
+    assert status == 201
+    assert [(s, b["error"]["code"]) for s, b in other] == [
+        (422, "idempotency_key_reused")] * 16
+    assert [(s, b["error"]["code"]) for s, b in same] == [
+        (409, "idempotency_key_in_use")] * 16
+    # Both workers answered (each logs its pid when it starts serving), so the worker
+    # executing the key (its in-process table) and the other (the database) agree.
+    assert len(set(re.findall(r"worker \d \(pid (\d+)\)", server.logs()))) == 2
+    assert await db.fetchval("SELECT count(*) FROM payments") == 1
+
+
 async def test_worker_killed_mid_request_then_retry_elsewhere_makes_one_payment(
         db, database_url, merchant, serve_process):
     slow = await serve_process(database_url, KASSA_SANDBOX_LATENCY_MS="3000")
