@@ -36,6 +36,10 @@ def closed_loop_lines(results: dict) -> list[str]:
               "64 connections waits for its answer before sending again): compare them "
               "between targets, never against the SLO."]
     for name, c in closed["targets"].items():
+        if c["errors"]:
+            lines.append(f"- WARNING: {c['errors']} {name} requests got no 2xx "
+                         f"({c['statuses']}, socket errors {c['socket_errors']}): its "
+                         "closed-loop figure is not a valid ceiling.")
         if c["replayed"]:
             lines.append(f"- WARNING: {c['replayed']} {name} answers were idempotent replays: "
                          "the keys were not unique, the figure is not of new authorizations.")

@@ -9,8 +9,18 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.anatomy import (
-    Frame, group_ticks, machine_busy_ticks, machine_shares, parse_frame, parse_pid_stat,
-    parse_proc_stat, parse_pyspy_raw, ProcCpu, stage_of, stage_samples, worker_pids_from_log,
+    Frame,
+    ProcCpu,
+    group_ticks,
+    machine_busy_ticks,
+    machine_shares,
+    parse_frame,
+    parse_pid_stat,
+    parse_proc_stat,
+    parse_pyspy_raw,
+    stage_of,
+    stage_samples,
+    worker_pids_from_log,
 )
 from benchmarks.closedloop import WrkOutputError, parse_wrk_output
 
@@ -187,3 +197,41 @@ def test_stack_to_stage_mapping():
     counts = stage_samples(stacks, line_text)
     assert sum(counts.values()) == sum(c for _, c in stacks)
     assert counts["event loop/other"] == 73 and counts["ledger"] == 0
+
+
+def _step(rps: float, valid: bool = True) -> dict:
+    return {"offered_rps": rps, "achieved_rps": rps, "p50_ms": 1.0, "p90_ms": 2.0,
+            "p99_ms": 3.0, "p99.9_ms": 4.0, "max_ms": 5.0, "errors": 0, "valid": valid}
+
+
+def _closed(rps: float, **extra) -> dict:
+    return {"rps": rps, "p50_ms": 1.5, "p99_ms": 9.0, "errors": 0, "non2xx": 0,
+            "replayed": 0, "statuses": {"201": 1}, "socket_errors": {}, **extra}
+
+
+def _results(framework_closed: float) -> dict:
+    target = {"capacity_rps": 7680.0, "slo_rps": 7680.0, "steps": [_step(7680.0)]}
+    return {
+        "started": "T", "quick": True, "commit": "abc", "workers": 2, "generators": 1,
+        "step_seconds": 2.0, "slo_p99_ms": 50.0, "postgres": "embedded 16",
+        "machine": {"cpus": 2, "cpu_model": "x", "memory_gib": 1.0},
+        "core": [], "targets": {"framework": target, "kassa": {**target, "slo_rps": 3000.0},
+                                "kassa-nobatch": {**target, "slo_rps": 900.0}},
+        "closed_loop": {"command": "wrk -t1 -c64 -d10s --latency", "seconds": 10,
+                        "targets": {"framework": _closed(framework_closed),
+                                    "kassa": _closed(3419.0, errors=2, non2xx=2,
+                                                     statuses={"201": 9, "503": 2})},
+                        "kassa_over_framework": round(3419.0 / framework_closed, 3)},
+    }
+
+
+def test_summary_flags_a_generator_limited_framework_figure():
+    from benchmarks.report import summary
+
+    text = summary(_results(36604.0))
+    assert "| framework | 7680 | 7680 | 36604 | 1.5 | 9.0 | 0 |" in text
+    assert "Kassa / framework, closed loop: **0.09x**" in text
+    assert "is the Python generator's limit, not the framework's" in text
+    assert "WARNING: 2 kassa requests got no 2xx" in text
+    # when the generator did keep up, no such claim is made
+    assert "generator's limit" not in summary(_results(8000.0))
