@@ -66,6 +66,7 @@ import asyncio
 import collections
 import json
 import linecache
+import math
 import os
 import re
 import shlex
@@ -84,8 +85,8 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 DEFAULT_SECONDS = 10.0
 WARMUP_SECONDS = 2.0
 PROFILE_RATE_HZ = 100           # py-spy samples per second per worker
-PROFILER_SLACK_S = 20.0         # py-spy writes its file after -d; wait at most this longer
-PG_STATS_SETTLE_S = 12.0        # idle backends publish statistics within 10 s (PGSTAT_IDLE_INTERVAL)
+PROFILER_SLACK_S = 20.0         # py-spy ends (and writes its file) at most this after wrk
+PG_STATS_SETTLE_S = 12.0        # idle backends publish statistics within 10 s
 PG_STATS_POLL_S = 1.0
 
 # --- /proc parsing ------------------------------------------------------------------------
@@ -491,22 +492,21 @@ def run(args: argparse.Namespace) -> dict:
                 out = workdir / f"profile-{pid}.txt"
                 spies.append((pid, out, subprocess.Popen(
                     [spy, "record", "--nonblocking", "--format", "raw", "-r",
-                     str(PROFILE_RATE_HZ), "-d", str(max(1, round(seconds))), "-o", str(out),
+                     str(PROFILE_RATE_HZ), "-d", str(max(1, math.ceil(seconds))), "-o", str(out),
                      "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                     text=True)))
             # Started inside the window: absent from `before`, so counted from zero.
             extra = {wrk.pid: "generator", **{p.pid: "profiler" for _, _, p in spies}}
             wait_unreaped(wrk, seconds + closedloop.WRK_SLACK_S)
-            for _, _, p in spies:
-                wait_unreaped(p, PROFILER_SLACK_S)
-            # The same processes, plus any that started inside the window (new backends).
+            # The window ends with the load: the same processes, plus any that started
+            # inside it (new backends); py-spy (still writing its file) as it is now.
             after = snapshot({**process_groups(server.process.pid, workers, info.pid, {}),
                               **extra})
             machine_after = parse_proc_stat(Path("/proc/stat").read_text())
             window_s = time.monotonic() - started
             stdout, stderr = wrk.communicate()
-            for _, _, p in spies:
-                p.communicate()
+            spy_errors = {pid: p.communicate(timeout=PROFILER_SLACK_S)[1]
+                          for pid, _, p in spies}
             if wrk.returncode != 0:
                 raise RuntimeError(f"wrk exited {wrk.returncode}: {stderr.strip()}")
             load = closedloop.parse_wrk_output(stdout)
@@ -515,7 +515,7 @@ def run(args: argparse.Namespace) -> dict:
             for pid, out, p in spies:
                 if p.returncode != 0 or not out.exists():
                     raise RuntimeError(f"py-spy on worker {pid} failed ({p.returncode}): "
-                                       f"{p.stderr.read() if p.stderr else ''}")
+                                       f"{spy_errors[pid].strip()}")
                 profiles[pid] = out.read_text()
                 if args.out_dir:
                     shutil.copy(out, args.out_dir / out.name)

@@ -139,20 +139,25 @@ HANDLER = (BASE + ";RequestHandler._handle_request (aiohttp/web_protocol.py:577)
            "error_middleware (gateway/http/middleware.py:136);"
            "auth_middleware (gateway/http/middleware.py:235);"
            "create_payment (gateway/http/routes.py:73)")
-RAW = f"""\
-{BASE} 73
-{HANDLER};PaymentService.authorize (gateway/payments.py:143) 2
-{HANDLER};PaymentService.authorize (gateway/payments.py:142);now (datetime.py:1) 3
-{HANDLER};PaymentService.authorize (gateway/payments.py:144);IdempotencyStore.prepare (gateway/idempotency.py:33) 4
-_Connection._execute (gateway/store/database.py:140);Connection._execute (asyncpg/connection.py:1904) 5
-{BASE};RequestHandler.data_received (aiohttp/web_protocol.py:446) 6
-{HANDLER};PaymentService.authorize (gateway/payments.py:147);Batcher.submit (gateway/store/pipeline.py:90);shield (asyncio/tasks.py:891) 7
-{HANDLER};PaymentService._authorize (gateway/payments.py:170);VelocityGuard.check (core_ext/pure/risk.py:12) 8
-Batcher._run (gateway/store/pipeline.py:160);AuthorizationWrites.write_settlements (gateway/store/authorizations.py:100) 9
-{HANDLER[:-len(";create_payment (gateway/http/routes.py:73)")]};hash_key (gateway/store/merchants.py:21) 10
-{HANDLER};_record (gateway/http/middleware.py:105) 11
-{BASE};Histogram.observe (prometheus_client/metrics.py:679) 12
-"""
+PAY = HANDLER + ";PaymentService.authorize (gateway/payments.py:{})"
+RAW = "\n".join([
+    f"{BASE} 73",
+    f"{PAY.format(143)} 2",
+    f"{PAY.format(142)};now (datetime.py:1) 3",
+    f"{PAY.format(144)};IdempotencyStore.prepare (gateway/idempotency.py:33) 4",
+    "_Connection._execute (gateway/store/database.py:140);"
+    "Connection._execute (asyncpg/connection.py:1904) 5",
+    f"{BASE};RequestHandler.data_received (aiohttp/web_protocol.py:446) 6",
+    f"{PAY.format(147)};Batcher.submit (gateway/store/pipeline.py:90);"
+    "shield (asyncio/tasks.py:891) 7",
+    f"{HANDLER};PaymentService._authorize (gateway/payments.py:170);"
+    "VelocityGuard.check (core_ext/pure/risk.py:12) 8",
+    "Batcher._run (gateway/store/pipeline.py:160);"
+    "AuthorizationWrites.write_settlements (gateway/store/authorizations.py:100) 9",
+    f"{HANDLER.rsplit(';', 1)[0]};hash_key (gateway/store/merchants.py:21) 10",
+    f"{HANDLER};_record (gateway/http/middleware.py:105) 11",
+    f"{BASE};Histogram.observe (prometheus_client/metrics.py:679) 12",
+]) + "\n"
 SOURCE = {  # the lines of the project frames above, as in this checkout
     ("gateway/payments.py", 143):
         "request = core_ext.validation.validate_payment(body, today.year, today.month)",
