@@ -10,7 +10,60 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def closed_loop_lines(results: dict) -> list[str]:
+    """The wrk ceiling, next to the open-loop figures when the run has them, and the
+    warning when the open-loop framework figure is the Python generator's limit."""
+    from benchmarks.closedloop import GENERATOR_LIMITED_MARGIN
+
+    closed = results.get("closed_loop")
+    if not closed:
+        return []
+    opened = results.get("targets", {})
+    lines = [f"## Closed loop: `{closed['command']}` (fresh server each, same run)", "",
+             "| target | open-loop rps at SLO | open-loop capacity probe | closed-loop rps "
+             "| closed p50 ms | closed p99 ms | closed errors |", "|---|---|---|---|---|---|---|"]
+    for name, c in closed["targets"].items():
+        o = opened.get(name)
+        slo, capacity = ((f"{o['slo_rps']:.0f}", f"{o['capacity_rps']:.0f}") if o
+                         else ("-", "-"))
+        lines.append(f"| {name} | {slo} | {capacity} | {c['rps']:.0f} | "
+                     f"{c['p50_ms']} | {c['p99_ms']} | {c['errors']}"
+                     f"{' ' + str(c['statuses']) if c['non2xx'] else ''} |")
+    ratio = closed.get("kassa_over_framework")
+    ratio_text = f"{ratio:.2f}x" if ratio else "n/a"
+    lines += ["", f"- Kassa / framework, closed loop: **{ratio_text}**",
+              "- Closed-loop latencies are not corrected for coordinated omission (each of the "
+              "64 connections waits for its answer before sending again): compare them "
+              "between targets, never against the SLO."]
+    for name, c in closed["targets"].items():
+        if c["errors"]:
+            lines.append(f"- WARNING: {c['errors']} {name} requests got no 2xx "
+                         f"({c['statuses']}, socket errors {c['socket_errors']}): its "
+                         "closed-loop figure is not a valid ceiling.")
+        if c["replayed"]:
+            lines.append(f"- WARNING: {c['replayed']} {name} answers were idempotent replays: "
+                         "the keys were not unique, the figure is not of new authorizations.")
+    framework_open = opened.get("framework")
+    framework_closed = closed["targets"].get("framework")
+    if framework_open and framework_closed and (
+            framework_closed["rps"] > GENERATOR_LIMITED_MARGIN * framework_open["capacity_rps"]):
+        lines.append(
+            f"- **The open-loop framework figure ({framework_open['slo_rps']:.0f}/s at SLO, "
+            f"probe {framework_open['capacity_rps']:.0f}/s) is the Python generator's limit, "
+            f"not the framework's**: wrk reaches {framework_closed['rps']:.0f}/s on the same "
+            "machine. The open-loop Kassa / framework ratio above overstates Kassa; the "
+            "closed-loop ratio is the honest one.")
+    return lines + [""]
+
+
 def summary(results: dict) -> str:
+    if "targets" not in results:  # --closed-loop-only
+        return "\n".join([
+            f"# Kassa benchmark {results['started']} (closed loop only)", "",
+            f"Commit {results['commit']}; {results['machine']['cpus']} CPUs "
+            f"({results['machine']['cpu_model']}); {results['workers']} server workers; "
+            f"wrk on the same machine; PostgreSQL {results.get('postgres', '?')}.", "",
+            *closed_loop_lines(results)])
     t = results["targets"]
     kassa, framework, nobatch = (t["kassa"]["slo_rps"], t["framework"]["slo_rps"],
                                  t["kassa-nobatch"]["slo_rps"])
@@ -43,6 +96,7 @@ def summary(results: dict) -> str:
         "Invalid steps (the generator fell behind its schedule, so the step measures the "
         "generator): " + (", ".join(invalid) or "none") + ".",
         "",
+        *closed_loop_lines(results),
         "## Saturation sweeps (authorize)",
         "",
     ]
@@ -101,4 +155,5 @@ def plot(results: dict, path: Path) -> None:
 def write(out: Path, results: dict) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "summary.md").write_text(summary(results))
-    plot(results, out / "latency.png")
+    if "targets" in results:
+        plot(results, out / "latency.png")

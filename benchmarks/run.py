@@ -2,11 +2,14 @@
 
     python -m benchmarks.run            # full: ~6 minutes on 2 cores
     python -m benchmarks.run --quick    # smoke: ~2 minutes, same shape, shorter steps
+    python -m benchmarks.run --closed-loop-only   # wrk ceiling only: ~1 minute
 
 Targets, all on this machine in one run so their ratios survive its noise:
   framework      a trivial aiohttp handler, same workers (the ceiling)
   kassa          Kassa with group commit (the default)
   kassa-nobatch  Kassa with KASSA_GROUP_COMMIT=0 (one transaction per write)
+Open loop (benchmarks/loadgen.py, SLO headline) and closed loop (wrk -t1 -c64, the
+ceiling of framework and kassa, benchmarks/closedloop.py), reported side by side.
 Writes benchmarks/results/<timestamp>/{results.json,summary.md,latency.png}.
 """
 
@@ -23,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import report, targets
+from benchmarks import closedloop, report, targets
 from benchmarks.loadgen import StepResult, run_step
 from benchmarks.scenarios import SCENARIOS
 
@@ -94,6 +97,27 @@ def measure_target(name: str, start, args) -> dict:
     return result
 
 
+def closed_loop(workdir: Path, args) -> dict:
+    """framework and kassa, each fresh, under the same wrk load, one after the other."""
+    print(f"closed loop ({closedloop.THREADS} wrk thread, {closedloop.CONNECTIONS} "
+          f"connections, {args.closed_loop_seconds:g} s after {closedloop.WARMUP_SECONDS:g} s "
+          f"warm-up):", flush=True)
+    measured = {}
+    starts = {"framework": lambda: targets.framework_baseline(workdir, args.workers),
+              "kassa": lambda: targets.kassa("kassa-closed", workdir, args.workers,
+                                             args.database_url, True)}
+    for name, start in starts.items():
+        with start() as target:
+            result = closedloop.measure(target, args.closed_loop_seconds)
+        print(closedloop.describe(name, result), flush=True)
+        measured[name] = result.as_dict()
+    framework, kassa = measured["framework"]["rps"], measured["kassa"]["rps"]
+    return {"command": f"wrk -t{closedloop.THREADS} -c{closedloop.CONNECTIONS} "
+                       f"-d{args.closed_loop_seconds:g}s --latency",
+            "seconds": args.closed_loop_seconds, "targets": measured,
+            "kassa_over_framework": round(kassa / framework, 3) if framework else None}
+
+
 def core_microbenchmarks(workdir: Path, seconds: float) -> list[dict]:
     out = workdir / "core.json"
     subprocess.run([sys.executable, "benchmarks/core_bench.py", "--seconds", str(seconds),
@@ -139,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="measure Kassa on this PostgreSQL instead of "
                                                "the embedded one (its tables are written)")
     parser.add_argument("--out", type=Path, help="results directory")
+    parser.add_argument("--closed-loop-only", action="store_true",
+                        help="only the wrk closed-loop ceiling of framework and kassa")
+    parser.add_argument("--closed-loop-seconds", type=float, default=closedloop.SECONDS,
+                        help="measured seconds of each wrk run")
     args = parser.parse_args(argv)
     args.step_seconds = args.step_seconds or (2.0 if args.quick else 5.0)
     args.warmup_seconds = 0.5 if args.quick else 1.0
@@ -152,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         results = {"started": stamp, "quick": args.quick, "workers": args.workers,
                    "generators": args.generators, "step_seconds": args.step_seconds,
                    "slo_p99_ms": SLO_P99_MS, **environment()}
+        closedloop.wrk_executable()  # fail now, not after the open-loop sweeps
+        results["closed_loop"] = closed_loop(workdir, args)
+        if args.closed_loop_only:
+            results["postgres"] = targets.postgres_version(args.database_url,
+                                                           workdir / "data-kassa-closed")
+            return finish(out, results, started)
         results["core"] = core_microbenchmarks(workdir, 0.2 if args.quick else 0.5)
         results["targets"] = {
             "framework": measure_target(
@@ -162,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                 "kassa-nobatch", workdir, args.workers, args.database_url, False), args),
         }
         results["postgres"] = targets.postgres_version(args.database_url, workdir / "data-kassa")
+    return finish(out, results, started)
+
+
+def finish(out: Path, results: dict, started: float) -> int:
     results["seconds"] = round(time.monotonic() - started, 1)
     report.write(out, results)
     print((out / "summary.md").read_text())

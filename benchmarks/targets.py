@@ -26,9 +26,10 @@ ABUSE_LIMITS_NEVER_HIT = {
 
 
 @contextlib.contextmanager
-def kassa(name: str, workdir: Path, workers: int, database_url: str | None,
-          group_commit: bool) -> Iterator[Target]:
-    """``kassa serve`` on a fresh embedded database (or ``database_url``), one merchant."""
+def kassa_server(name: str, workdir: Path, workers: int, database_url: str | None,
+                 group_commit: bool) -> Iterator[tuple[KassaServer, Target]]:
+    """``kassa serve`` on a fresh embedded database (or ``database_url``), one merchant;
+    the server too, for whoever needs its processes (benchmarks/anatomy.py)."""
     server = KassaServer(workdir, database_url, workers=workers,
                          data_dir=workdir / f"data-{name}", log_path=workdir / f"{name}.log",
                          env={"KASSA_LOG_LEVEL": "warning",
@@ -38,9 +39,16 @@ def kassa(name: str, workdir: Path, workers: int, database_url: str | None,
     server.start()
     try:
         server.wait_ready(READY_TIMEOUT_S)
-        yield Target(name, server.url, secret)
+        yield server, Target(name, server.url, secret)
     finally:
         server.stop(STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def kassa(name: str, workdir: Path, workers: int, database_url: str | None,
+          group_commit: bool) -> Iterator[Target]:
+    with kassa_server(name, workdir, workers, database_url, group_commit) as (_, target):
+        yield target
 
 
 @contextlib.contextmanager

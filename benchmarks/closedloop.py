@@ -1,0 +1,162 @@
+"""Closed-loop load with wrk: the honest ceiling of a target on this machine.
+
+``wrk -t1 -c64 -d10s --latency`` keeps 64 connections each with exactly one request in
+flight: a new request leaves as soon as the previous answer arrives (closed loop), so the
+rate it reaches is what the server can do with 64 concurrent clients, and wrk (C,
+one thread) spends far less CPU per request than the Python open-loop generator
+(benchmarks/loadgen.py), which tops out well below what the framework baseline can
+serve. Its latencies are *not* corrected for coordinated omission (a slow answer delays
+the next send): use them to compare targets under the same load, never as an SLO figure;
+that is what the open-loop sweep is for.
+
+The request is API.md's authorization (benchmarks/wrk/authorize.lua: fresh Idempotency-Key
+per request, the merchant's key); the framework gets the same bytes (baseline.lua).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WRK_SCRIPTS = ROOT / "benchmarks" / "wrk"
+INSTALLER = ROOT / "scripts" / "install-bench-tools"
+
+THREADS = 1
+CONNECTIONS = 64
+SECONDS = 10.0
+WARMUP_SECONDS = 2.0          # a separate wrk run first: connections, caches, JIT-free warm
+REQUEST_TIMEOUT_S = 5         # wrk --timeout: an answer slower than this is a socket error
+WRK_SLACK_S = 30.0            # wrk's own run time past -d before we give up on it
+
+# The open-loop framework figure is the generator's, not the framework's, when wrk (closed
+# loop, same machine, same run) serves this much more.
+GENERATOR_LIMITED_MARGIN = 1.2
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_LATENCY_LINE = re.compile(r"^\s*(50|75|90|99(?:\.\d+)?)%\s+([\d.]+)(us|ms|s|m|h)\s*$",
+                           re.MULTILINE)
+_REQUESTS_LINE = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h),", re.MULTILINE)
+_RPS_LINE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_SOCKET_ERRORS = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_NON_2XX_3XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_SCRIPT_LINE = re.compile(
+    r"^kassa-wrk: answers=(\d+) non2xx=(\d+) replayed=(\d+) statuses=(\S*)$", re.MULTILINE)
+
+
+class WrkOutputError(ValueError):
+    """wrk's output lacks a figure we need (it failed, or it is not wrk's)."""
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    latency_ms: dict[str, float]          # "50", "75", "90", "99" -> ms
+    non2xx: int                           # counted by the Lua `response` callback
+    replayed: int                         # answers with Idempotent-Replayed (must be 0)
+    statuses: dict[int, int] = field(default_factory=dict)
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        """Every request that did not get a 2xx: non-2xx answers and socket errors."""
+        return self.non2xx + sum(self.socket_errors.values())
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non2xx
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "seconds": self.seconds,
+                "rps": round(self.rps, 1), "errors": self.errors, "non2xx": self.non2xx,
+                "replayed": self.replayed, "statuses": {str(k): v for k, v in
+                                                        sorted(self.statuses.items())},
+                "socket_errors": self.socket_errors,
+                **{f"p{p}_ms": round(v, 3) for p, v in self.latency_ms.items()}}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNIT_MS[unit]
+
+
+def parse_wrk_output(text: str) -> WrkResult:
+    """The figures of one ``wrk --latency -s authorize.lua`` run from its stdout."""
+    requests = _REQUESTS_LINE.search(text)
+    rps = _RPS_LINE.search(text)
+    script = _SCRIPT_LINE.search(text)
+    if requests is None or rps is None:
+        raise WrkOutputError(f"no request count in wrk's output:\n{text[-2000:]}")
+    if script is None:
+        raise WrkOutputError("no 'kassa-wrk:' line: was wrk run with benchmarks/wrk/*.lua?")
+    latency = {m[1]: _ms(m[2], m[3]) for m in _LATENCY_LINE.finditer(text)}
+    if "50" not in latency or "99" not in latency:
+        raise WrkOutputError("no latency distribution: was wrk run with --latency?")
+    socket = _SOCKET_ERRORS.search(text)
+    socket_errors = ({name: int(socket[i + 1]) for i, name in
+                      enumerate(("connect", "read", "write", "timeout"))} if socket else {})
+    statuses = {int(code): int(count) for code, count in
+                (pair.split(":") for pair in script[4].split(",") if pair)}
+    non2xx = int(script[2])
+    wrk_bad = _NON_2XX_3XX.search(text)
+    # wrk's own count (status > 399) can only be lower than the script's (any non-2xx).
+    if wrk_bad and int(wrk_bad[1]) > non2xx:
+        non2xx = int(wrk_bad[1])
+    return WrkResult(requests=int(requests[1]),
+                     seconds=round(_ms(requests[2], requests[3]) / 1000, 3),
+                     rps=float(rps[1]), latency_ms=latency, non2xx=non2xx,
+                     replayed=int(script[3]), statuses=statuses, socket_errors=socket_errors)
+
+
+def wrk_executable() -> str:
+    """wrk's path; installs it with scripts/install-bench-tools when missing (as root),
+    else fails with what to install."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    done = subprocess.run([str(INSTALLER)], env={**os.environ, "PYTHON": sys.executable},
+                          capture_output=True, text=True, check=False)
+    found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError(f"wrk is needed for the closed-loop figures: "
+                           f"{done.stderr.strip() or 'scripts/install-bench-tools failed'}")
+    return found
+
+
+def wrk_command(url: str, secret_key: str | None, seconds: float,
+                connections: int = CONNECTIONS, threads: int = THREADS) -> list[str]:
+    script = WRK_SCRIPTS / ("authorize.lua" if secret_key else "baseline.lua")
+    command = [wrk_executable(), f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
+               f"--timeout={REQUEST_TIMEOUT_S}s", "--latency", "-s", str(script), url]
+    return command + (["--", secret_key] if secret_key else [])
+
+
+def run_wrk(url: str, secret_key: str | None, seconds: float,
+            connections: int = CONNECTIONS, threads: int = THREADS) -> WrkResult:
+    command = wrk_command(url, secret_key, seconds, connections, threads)
+    done = subprocess.run(command, capture_output=True, text=True,
+                          timeout=seconds + WRK_SLACK_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()}")
+    return parse_wrk_output(done.stdout)
+
+
+def measure(target, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS) -> WrkResult:
+    """Warm up (not counted), then one closed-loop run against ``target`` (a Target)."""
+    if warmup_s > 0:
+        run_wrk(target.url, target.secret_key, warmup_s)
+    return run_wrk(target.url, target.secret_key, seconds)
+
+
+def describe(name: str, result: WrkResult) -> str:
+    return (f"  closed loop {name:10} {result.rps:8.0f}/s p50 {result.latency_ms['50']:6.2f} "
+            f"p99 {result.latency_ms['99']:7.2f} ms errors {result.errors}"
+            + (f" {result.statuses}" if result.non2xx else "")
+            + (f" REPLAYED {result.replayed}" if result.replayed else ""))
