@@ -42,7 +42,28 @@ def account(kind: object, owner: object, currency: object, bucket: object) -> st
         raise ValueError(f"no {bucket!r} account for kind {kind!r}")
     _check_part("owner", owner)
     _check_part("currency", currency)
+    return _name(kind, owner, currency, bucket)
+
+
+def _name(kind: str, owner: str, currency: str, bucket: str) -> str:
+    # The one place an account name is spelled; the parts were checked by the caller.
     return f"{kind}:{owner}:{currency}:{bucket}"
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def account_pattern(kind: object, owner: object = None, bucket: object = None) -> str:
+    """A SQL LIKE pattern (backslash escapes) matching accounts of ``kind``: of one owner
+    and one bucket, or any (None), in any currency. E.g. one merchant's accounts for its
+    balance, or every merchant's available accounts for settlement."""
+    if kind not in _BUCKETS or (bucket is not None and bucket not in _BUCKETS[kind]):
+        raise ValueError(f"no {bucket!r} account for kind {kind!r}")
+    if owner is not None:
+        _check_part("owner", owner)
+    return _name(kind, "%" if owner is None else _like_escaped(owner), "%",
+                 "%" if bucket is None else bucket)
 
 
 def check_balanced(entries: list) -> None:
@@ -98,8 +119,8 @@ def _entries(event: str, moved, released, merchant_id: str, processor: str, curr
             raise LedgerImbalance(f"{event} cannot move money ({moved}, released {released})")
         return []
     # Direct formatting: the parts were checked once above.
-    m_pending = f"merchant:{merchant_id}:{currency}:pending"
-    p_pending = f"processor:{processor}:{currency}:pending"
+    m_pending = _name(MERCHANT, merchant_id, currency, PENDING)
+    p_pending = _name(PROCESSOR, processor, currency, PENDING)
     if moved <= 0 or released < 0 or (released != 0 and event != "capture"):
         raise LedgerImbalance(f"{event} with amount={moved} released={released}")
     if event == "authorize":
@@ -109,15 +130,15 @@ def _entries(event: str, moved, released, merchant_id: str, processor: str, curr
         entries = [
             (m_pending, hold),
             (p_pending, -hold),
-            (f"processor:{processor}:{currency}:receivable", moved),
-            (f"merchant:{merchant_id}:{currency}:available", -moved),
+            (_name(PROCESSOR, processor, currency, RECEIVABLE), moved),
+            (_name(MERCHANT, merchant_id, currency, AVAILABLE), -moved),
         ]
     elif event == "void" or event == "expire":
         entries = [(m_pending, moved), (p_pending, -moved)]
     elif event == "refund":
         entries = [
-            (f"merchant:{merchant_id}:{currency}:available", moved),
-            (f"processor:{processor}:{currency}:receivable", -moved),
+            (_name(MERCHANT, merchant_id, currency, AVAILABLE), moved),
+            (_name(PROCESSOR, processor, currency, RECEIVABLE), -moved),
         ]
     else:
         raise ValueError(f"unknown ledger event {event!r}")

@@ -86,8 +86,7 @@ async def balance(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str) -> 
     rows = await conn.fetch(
         """SELECT account, sum(amount)::bigint AS total FROM ledger_entries
             WHERE account LIKE $1 GROUP BY account""",
-        # Escape LIKE's wildcard: ids contain "_".
-        f"merchant:{merchant_id.replace('_', chr(92) + '_')}:%",
+        core_ext.ledger.account_pattern(core_ext.ledger.MERCHANT, merchant_id),
     )
     return core_ext.ledger.balance_view({row["account"]: row["total"] for row in rows})
 
@@ -141,12 +140,13 @@ async def settlement_rows(conn: asyncpg.Connection | asyncpg.Pool, start: dateti
              JOIN ledger_entries e ON e.transaction_id = t.id
             WHERE t.created_at >= $1 AND t.created_at < $1 + interval '1 day'
               AND t.event IN ('capture', 'refund')
-              AND e.account LIKE 'merchant:%:available'
+              AND e.account LIKE $3
               AND ($2::text IS NULL OR t.merchant_id = $2)
             GROUP BY t.merchant_id, t.currency, t.event""",
         # The day's end is computed by PostgreSQL: 9999-12-31 + 1 day overflows Python's
         # datetime but is a valid timestamptz.
         start, merchant_id,
+        core_ext.ledger.account_pattern(core_ext.ledger.MERCHANT, None, core_ext.ledger.AVAILABLE),
     )
 
 

@@ -269,3 +269,16 @@ def test_parity_postings(both, outcome, amount, ops, merchant, currency):
             last.amount_refunded)
     assert pure_ledger.expected_payment_balances(*args) == \
         compiled_ledger.expected_payment_balances(*args)
+
+
+def test_account_pattern_spells_accounts_as_account_does(core):
+    lg = core.ledger
+    assert lg.account_pattern(lg.MERCHANT, "mer_a%b") == r"merchant:mer\_a\%b:%:%"
+    assert lg.account_pattern(lg.MERCHANT, None, lg.AVAILABLE) == "merchant:%:%:available"
+    # The pattern's fixed parts are exactly account()'s.
+    name = lg.account(lg.MERCHANT, "mer_x", "EUR", lg.AVAILABLE)
+    assert name.startswith(lg.account_pattern(lg.MERCHANT, "mer_x").replace("\\", "")[:-4])
+    with pytest.raises(ValueError):
+        lg.account_pattern(lg.PROCESSOR, None, lg.AVAILABLE)
+    with pytest.raises(ValueError):
+        lg.account_pattern(lg.MERCHANT, "a:b")
