@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 
+from gateway.cards import load_master_key
 from gateway.config import Settings
 from gateway.store import database
 
@@ -80,6 +81,9 @@ def serve(settings: Settings) -> int:
     from gateway.http.app import require_compiled_core
 
     require_compiled_core(settings)
+    # Every worker needs the master key: a bad one must stop the supervisor here, before a
+    # database or a worker starts, not crash-loop each worker once a second (MasterKeyError).
+    load_master_key(settings.master_key, settings.data_dir)
     dsn, embedded = database.resolve_dsn(settings)
     try:
         applied = asyncio.run(_migrate(dsn))
