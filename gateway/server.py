@@ -11,6 +11,7 @@ is replaced.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -18,6 +19,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 
 from gateway.cards import load_master_key
@@ -27,6 +29,8 @@ from gateway.store import database
 log = logging.getLogger("kassa.server")
 
 WORKER_RESTART_DELAY_S = 0.5  # bounds a crash loop's restart rate
+SUPERVISOR_POLL_S = 1.0  # how soon a worker notices its supervisor is gone, without prctl
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _install_uvloop() -> None:
@@ -37,18 +41,46 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, share: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
     return sock
 
 
-def run_worker(settings: Settings, dsn: str, index: int) -> None:
+def _die_with_supervisor(supervisor_pid: int) -> None:
+    """SIGTERM this worker when its supervisor dies, even by SIGKILL (no chance to forward
+    a signal): an orphan would keep serving the port (SO_REUSEPORT) beside the next
+    ``kassa serve`` and keep its pool on a database no one owns.
+
+    Linux: the kernel sends it (PR_SET_PDEATHSIG). Everywhere, also a thread that notices
+    the worker being re-parented; it covers other systems and a supervisor that died
+    before prctl ran. SIGTERM, not SIGKILL: in-flight requests finish as on a normal stop.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    threading.Thread(target=_watch_supervisor, args=(supervisor_pid,),
+                     name="kassa-supervisor-watch", daemon=True).start()
+
+
+def _watch_supervisor(supervisor_pid: int) -> None:
+    while os.getppid() == supervisor_pid:
+        time.sleep(SUPERVISOR_POLL_S)
+    log.error("supervisor (pid %d) is gone; stopping worker pid %d", supervisor_pid,
+              os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_worker(settings: Settings, dsn: str, index: int, supervisor_pid: int) -> None:
     """Entry point of one worker process."""
     from aiohttp import web
 
@@ -56,6 +88,7 @@ def run_worker(settings: Settings, dsn: str, index: int) -> None:
     from gateway.logs import configure_logging
 
     configure_logging(settings.log_level)
+    _die_with_supervisor(supervisor_pid)
     _install_uvloop()
     app = create_app(settings, dsn)
     sock = bind_socket(settings.host, settings.port)
@@ -71,9 +104,21 @@ def run_worker(settings: Settings, dsn: str, index: int) -> None:
     )
 
 
+class PortInUseError(OSError):
+    pass
+
+
 def _check_port_free(settings: Settings) -> None:
     # Bind once in the supervisor so "address in use" is one clear error, not N dying workers.
-    probe = bind_socket(settings.host, settings.port)
+    # Without SO_REUSEPORT: a port that another server's workers hold (a second kassa serve
+    # started by mistake, or an orphan) is refused instead of silently shared with it.
+    try:
+        probe = bind_socket(settings.host, settings.port, share=False)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortInUseError(f"{settings.host}:{settings.port} is already in use "
+                             "(another kassa serve?); choose another with --port") from None
     probe.close()
 
 
@@ -137,7 +182,8 @@ def _supervise(settings: Settings, dsn: str) -> int:
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
-            target=run_worker, args=(settings, dsn, index), name=f"kassa-worker-{index}"
+            target=run_worker, args=(settings, dsn, index, os.getpid()),
+            name=f"kassa-worker-{index}",
         )
         process.start()
         return process

@@ -204,8 +204,9 @@ async def serve_process(tmp_path: Path):
     """Start ``kassa serve`` processes; all are stopped after the test."""
     started: list[ServerProcess] = []
 
-    async def start(database_url: str | None, workers: int = 1, **extra: str) -> ServerProcess:
-        port = free_port()
+    async def start(database_url: str | None, workers: int = 1, port: int | None = None,
+                    **extra: str) -> ServerProcess:
+        port = port or free_port()
         env = kassa_env(database_url, KASSA_PORT=str(port), KASSA_WORKERS=str(workers), **extra)
         env.setdefault("KASSA_DATA_DIR", str(tmp_path / "data"))
         log_path = tmp_path / f"serve-{port}.log"

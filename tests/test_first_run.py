@@ -4,10 +4,16 @@ killed hard, and the hints printed on the way. ``kassa serve`` runs as a subproc
 from __future__ import annotations
 
 import base64
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import aiohttp
+import psutil
 import pytest
 
 from gateway.cards import MASTER_KEY_FILE
@@ -61,3 +67,105 @@ def test_a_corrupt_generated_master_key_file_is_named(tmp_path):
     assert len(lines) == 1 and str(data_dir / MASTER_KEY_FILE) in lines[0], result.stderr
     assert "truncated" not in result.stderr
     assert not (data_dir / "postgres").exists()
+
+
+# --- a supervisor killed with SIGKILL ------------------------------------------------
+
+ORPHANS_GONE_TIMEOUT_S = 10  # workers notice their supervisor's death within about a second
+
+
+def postmasters(pgdata: Path) -> list[psutil.Process]:
+    """PostgreSQL server processes (not their backends) running on ``pgdata``."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "-D" in cmdline and str(pgdata) in cmdline and "postgres" in (cmdline[0] or ""):
+            found.append(process)
+    return found
+
+
+def port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_path,
+                                                                           serve_process):
+    data_dir = tmp_path / "data"
+    pgdata = (data_dir / "postgres").resolve()
+    first = await serve_process(None, workers=2, KASSA_DATA_DIR=str(data_dir))
+    children = psutil.Process(first.process.pid).children(recursive=True)
+    try:
+        first.process.kill()
+        first.process.wait(10)
+        # The workers die with their supervisor: nothing keeps serving the port...
+        assert wait_for(lambda: not port_answers(first.port), ORPHANS_GONE_TIMEOUT_S), \
+            "a worker still answers after its supervisor was killed"
+        assert wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+                                        for c in children), ORPHANS_GONE_TIMEOUT_S)
+        # ...so a new server on the same port and data dir is the only one answering, on the
+        # database the killed one left running, not a second PostgreSQL.
+        second = await serve_process(None, workers=1, port=first.port,
+                                     KASSA_DATA_DIR=str(data_dir))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(second.url + "/readyz") as response:
+                assert response.status == 200
+        assert len(postmasters(pgdata)) == 1
+        # The killed holder is forgotten: stopping the new server stops the database.
+        assert second.stop() == 0
+        assert wait_for(lambda: not postmasters(pgdata), ORPHANS_GONE_TIMEOUT_S), \
+            "the embedded PostgreSQL kept running after the last server stopped"
+    finally:
+        for process in children + postmasters(pgdata):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+async def test_a_second_serve_on_a_busy_port_is_refused(db, database_url, serve_process):
+    first = await serve_process(database_url, workers=2)
+    result = serve_until_exit(kassa_env(database_url, KASSA_PORT=str(first.port)))
+    assert result.returncode == 1, result.stderr
+    assert f"127.0.0.1:{first.port} is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+WATCHED_CHILD = """
+import os, sys, threading, time
+from gateway.server import _watch_supervisor
+threading.Thread(target=_watch_supervisor, args=(int(sys.argv[1]),), daemon=True).start()
+time.sleep(60)
+"""
+MIDDLE = f"""
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {WATCHED_CHILD!r}, str(os.getpid())])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_without_prctl_a_worker_still_notices_its_supervisor_die():
+    # The portable fallback alone (no PR_SET_PDEATHSIG): macOS and the BSDs rely on it.
+    supervisor = subprocess.Popen([sys.executable, "-c", MIDDLE], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+    worker = psutil.Process(int(supervisor.stdout.readline()))
+    try:
+        supervisor.kill()
+        supervisor.wait(10)
+        assert wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE,
+                        ORPHANS_GONE_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+        supervisor.stdout.close()
