@@ -169,3 +169,77 @@ def test_without_prctl_a_worker_still_notices_its_supervisor_die():
         with contextlib.suppress(psutil.NoSuchProcess):
             worker.kill()
         supervisor.stdout.close()
+
+
+# --- scripts/bootstrap, on a copy of the checkout with a stand-in venv ------------------
+
+# Stands in for .venv/bin/python: records every call, never runs pip or a build (no network,
+# and the shared venv is never touched); runs the bootstrap's own Python snippets for real.
+FAKE_VENV_PYTHON = """#!/usr/bin/env bash
+root=$(dirname "$0")/../..
+echo "$*" >>"$root/calls.log"
+case "$1" in
+    -m) exec test ! -e "$root/pip-fails" ;;
+    setup.py) exit 0 ;;
+    -c) case "$2" in *core_ext.COMPILED*) echo "core_ext: compiled"; exit 0 ;; esac ;;
+esac
+exec {python} "$@"
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("pyproject.toml", "setup.py", "scripts/bootstrap"):
+        (root / name).write_bytes((ROOT / name).read_bytes())
+    venv_python = root / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(FAKE_VENV_PYTHON.format(python=sys.executable))
+    venv_python.chmod(0o755)
+    return root
+
+
+def bootstrap(root: Path, extras: str = "") -> list[str]:
+    """Run the checkout's scripts/bootstrap as scripts/serve does; the pip calls it made."""
+    log = root / "calls.log"
+    log.unlink(missing_ok=True)
+    result = subprocess.run(["bash", "-c", f'source scripts/bootstrap "{extras}"'], cwd=root,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert any(call.startswith("setup.py") for call in calls)  # the core is always checked
+    return [call for call in calls if call.startswith("-m pip")]
+
+
+def test_bootstrap_skips_pip_when_nothing_changed(checkout):
+    first = bootstrap(checkout)
+    assert any("install" in call and "-e ." in call for call in first), first
+    assert bootstrap(checkout) == []  # a second scripts/serve: offline, no setup redone
+
+    with open(checkout / "pyproject.toml", "a") as pyproject:
+        pyproject.write("# a dependency changed\n")
+    assert any("-e ." in call for call in bootstrap(checkout))
+    assert bootstrap(checkout) == []
+
+
+def test_bootstrap_installs_missing_extras_once(checkout):
+    bootstrap(checkout)
+    assert any("-e .[test]" in call for call in bootstrap(checkout, "test"))
+    assert bootstrap(checkout, "test") == []
+    assert bootstrap(checkout) == []  # scripts/serve after scripts/test: test extras kept
+
+
+def test_a_setup_that_failed_is_redone(checkout):
+    bootstrap(checkout)
+    pyproject = checkout / "pyproject.toml"
+    original = pyproject.read_bytes()
+    pyproject.write_bytes(original + b"# a dependency changed\n")
+    (checkout / "pip-fails").touch()  # offline, say: the venv is left half updated
+    result = subprocess.run(["bash", "-c", 'source scripts/bootstrap ""'], cwd=checkout,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    (checkout / "pip-fails").unlink()
+    pyproject.write_bytes(original)  # back to the files of the last good setup
+    assert bootstrap(checkout) != []
+    assert bootstrap(checkout) == []
