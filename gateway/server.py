@@ -31,6 +31,8 @@ log = logging.getLogger("kassa.server")
 WORKER_RESTART_DELAY_S = 0.5  # bounds a crash loop's restart rate
 SUPERVISOR_POLL_S = 1.0  # how soon a worker notices its supervisor is gone, without prctl
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+NO_MERCHANTS_HINT = ("kassa: no merchants yet; create one, and its secret key, with: "
+                     "kassa merchants create NAME")
 
 
 def _install_uvloop() -> None:
@@ -131,10 +133,12 @@ def serve(settings: Settings) -> int:
     load_master_key(settings.master_key, settings.data_dir)
     dsn, embedded = database.resolve_dsn(settings)
     try:
-        applied = asyncio.run(_migrate(dsn))
+        applied, any_merchant = asyncio.run(_prepare_database(dsn))
         for migration in applied:
             log.info("applied migration %04d_%s", migration.version, migration.name)
         _check_port_free(settings)
+        if not any_merchant:  # a first start: without a merchant no API call can succeed
+            print(NO_MERCHANTS_HINT, file=sys.stderr, flush=True)
         metrics_dir = _fresh_metrics_dir(settings)
         try:
             return _supervise(settings, dsn)
@@ -166,12 +170,16 @@ def _worker_exited(process: multiprocessing.process.BaseProcess) -> None:
         multiprocess.mark_process_dead(process.pid)
 
 
-async def _migrate(dsn: str) -> list[database.Migration]:
+async def _prepare_database(dsn: str) -> tuple[list[database.Migration], bool]:
+    """The migrations applied now, and whether any merchant exists."""
     import asyncpg
+
+    from gateway.store.merchants import any_merchant
 
     conn = await asyncpg.connect(dsn)
     try:
-        return await database.migrate(conn)
+        applied = await database.migrate(conn)
+        return applied, await any_merchant(conn)
     finally:
         await conn.close()
 

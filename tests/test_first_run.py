@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -119,9 +120,9 @@ async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_p
         # database the killed one left running, not a second PostgreSQL.
         second = await serve_process(None, workers=1, port=first.port,
                                      KASSA_DATA_DIR=str(data_dir))
-        async with aiohttp.ClientSession() as session:
-            async with session.get(second.url + "/readyz") as response:
-                assert response.status == 200
+        async with aiohttp.ClientSession() as session, \
+                session.get(second.url + "/readyz") as response:
+            assert response.status == 200
         assert len(postmasters(pgdata)) == 1
         # The killed holder is forgotten: stopping the new server stops the database.
         assert second.stop() == 0
@@ -205,7 +206,7 @@ def bootstrap(root: Path, extras: str = "") -> list[str]:
     log = root / "calls.log"
     log.unlink(missing_ok=True)
     result = subprocess.run(["bash", "-c", f'source scripts/bootstrap "{extras}"'], cwd=root,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
     assert any(call.startswith("setup.py") for call in calls)  # the core is always checked
@@ -237,9 +238,86 @@ def test_a_setup_that_failed_is_redone(checkout):
     pyproject.write_bytes(original + b"# a dependency changed\n")
     (checkout / "pip-fails").touch()  # offline, say: the venv is left half updated
     result = subprocess.run(["bash", "-c", 'source scripts/bootstrap ""'], cwd=checkout,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     (checkout / "pip-fails").unlink()
     pyproject.write_bytes(original)  # back to the files of the last good setup
     assert bootstrap(checkout) != []
     assert bootstrap(checkout) == []
+
+
+# --- scripts/serve, on a copy of the checkout: setup stubbed, kassa serve recorded -------
+
+FAKE_BOOTSTRAP = "cd \"$(dirname \"${BASH_SOURCE[0]}\")/..\"\n"  # the real one runs pip
+# .venv/bin/python and .venv/bin/kassa run this checkout's gateway; `kassa serve` only
+# records its arguments, so the script's steps before it run for real, on a real database.
+FAKE_VENV_TOOL = """#!/usr/bin/env bash
+export PYTHONPATH={root}
+{run}
+"""
+FAKE_KASSA_RUN = """if [ "$1" = serve ]; then echo "kassa $*" >>"$(dirname "$0")/../../serve.log"; exit 0; fi
+exec {python} -m gateway "$@"
+"""
+
+
+@pytest.fixture
+def serve_checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "serve").write_bytes((ROOT / "scripts" / "serve").read_bytes())
+    (root / "scripts" / "bootstrap").write_text(FAKE_BOOTSTRAP)
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    tools = {"python": f'exec {sys.executable} "$@"',
+             "kassa": FAKE_KASSA_RUN.format(python=sys.executable)}
+    for name, run in tools.items():
+        (bin_dir / name).write_text(FAKE_VENV_TOOL.format(root=ROOT, run=run))
+        (bin_dir / name).chmod(0o755)
+    return root
+
+
+def scripts_serve(root: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(["bash", "scripts/serve", *args], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (root / "serve.log").read_text().splitlines()[-1] == " ".join(["kassa serve", *args])
+    return result.stdout + result.stderr
+
+
+async def test_scripts_serve_prints_a_curl_for_the_port_it_serves(db, database_url,
+                                                                  serve_checkout):
+    output = scripts_serve(serve_checkout, kassa_env(database_url), "--port", "9000")
+    assert "curl -s http://127.0.0.1:9000/v1/payments" in output, output
+    assert re.search(r"Bearer sk_\w+", output)
+
+    env = kassa_env(database_url, KASSA_PORT="9100", KASSA_HOST="0.0.0.0")
+    output = scripts_serve(serve_checkout, env, "--workers", "2")
+    assert "http://127.0.0.1:9100/v1/payments" in output, output
+
+
+async def test_scripts_serve_says_how_to_get_a_key_once_merchants_exist(db, database_url,
+                                                                       serve_checkout):
+    first = scripts_serve(serve_checkout, kassa_env(database_url))
+    assert "secret_key:" in first
+    again = scripts_serve(serve_checkout, kassa_env(database_url))
+    assert "secret_key:" not in again
+    assert "Demo Shop" in again  # the merchants there are
+    assert "kassa merchants create NAME" in again and "kassa keys rotate MERCHANT_ID" in again
+    assert await db.fetchval("SELECT count(*) FROM merchants") == 1
+
+
+NO_MERCHANTS_HINT = "kassa merchants create NAME"
+
+
+async def test_serve_without_merchants_says_how_to_create_one(db, database_url, serve_process):
+    server = await serve_process(database_url, workers=2)
+    assert server.stop() == 0
+    assert server.logs().count(NO_MERCHANTS_HINT) == 1, server.logs()
+
+    from gateway.store.merchants import create_merchant
+
+    async with db.acquire() as conn:
+        await create_merchant(conn, "Some Shop")
+    server = await serve_process(database_url)
+    assert server.stop() == 0
+    assert NO_MERCHANTS_HINT not in server.logs()

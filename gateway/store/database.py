@@ -77,7 +77,7 @@ def _forget_dead_holders(pgdata: Path) -> None:
     ``.handle_pids.json``; a holder killed with SIGKILL (or a crash) stays listed, so no
     later holder would ever be the last and the server would run on forever after.
     """
-    import psutil  # pgserver's own dependency
+    import psutil  # type: ignore[import-untyped]  # pgserver's own dependency
     from pgserver.postgres_server import PostgresServer
     from pgserver.utils import DiskList
 
