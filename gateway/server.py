@@ -155,11 +155,27 @@ def _fresh_metrics_dir(settings: Settings) -> str:
     Workers share one port, so a scrape reaches any one of them: each writes its samples
     to files here and whichever answers /metrics merges all of them (gateway/metrics.py).
     """
-    path = settings.data_dir / "metrics" / str(os.getpid())
+    parent = settings.data_dir / "metrics"
+    path = parent / str(os.getpid())
     shutil.rmtree(path, ignore_errors=True)
+    # A supervisor killed with SIGKILL left its directory behind; other live supervisors on
+    # this data dir (on other ports) keep theirs.
+    for left in parent.glob("[0-9]*"):
+        if not _process_exists(int(left.name)):
+            shutil.rmtree(left, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return str(path)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 def _worker_exited(process: multiprocessing.process.BaseProcess) -> None:

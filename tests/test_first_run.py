@@ -124,6 +124,7 @@ async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_p
                 session.get(second.url + "/readyz") as response:
             assert response.status == 200
         assert len(postmasters(pgdata)) == 1
+        assert [d.name for d in (data_dir / "metrics").iterdir()] == [str(second.process.pid)]
         # The killed holder is forgotten: stopping the new server stops the database.
         assert second.stop() == 0
         assert wait_for(lambda: not postmasters(pgdata), ORPHANS_GONE_TIMEOUT_S), \
