@@ -5,7 +5,7 @@ then starts workers that each bind the port with SO_REUSEPORT so the kernel
 spreads connections across them. SIGTERM/SIGINT: the supervisor forwards
 SIGTERM; each worker stops accepting, finishes in-flight requests (up to the
 shutdown grace), closes its pool and exits. A worker that dies unexpectedly
-is replaced.
+is replaced; a supervisor that dies, even by SIGKILL, takes its workers with it.
 """
 
 from __future__ import annotations
@@ -160,8 +160,8 @@ def _fresh_metrics_dir(settings: Settings) -> str:
     shutil.rmtree(path, ignore_errors=True)
     # A supervisor killed with SIGKILL left its directory behind; other live supervisors on
     # this data dir (on other ports) keep theirs.
-    for left in parent.glob("[0-9]*"):
-        if not _process_exists(int(left.name)):
+    for left in parent.iterdir() if parent.exists() else ():
+        if left.name.isdigit() and not _process_exists(int(left.name)):
             shutil.rmtree(left, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
