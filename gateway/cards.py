@@ -35,15 +35,21 @@ def _derive(master: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(master)
 
 
+def _decode_master_key(text: str, source: str) -> bytes:
+    # The message names where the key came from, never the key itself.
+    try:
+        key = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise MasterKeyError(f"{source} is not valid base64") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise MasterKeyError(f"{source} must decode to {MASTER_KEY_BYTES} bytes, "
+                             f"not {len(key)}")
+    return key
+
+
 def load_master_key(configured: str, data_dir: Path) -> bytes:
     if configured:
-        try:
-            key = base64.b64decode(configured, validate=True)
-        except binascii.Error:
-            raise MasterKeyError("KASSA_MASTER_KEY is not valid base64") from None
-        if len(key) != MASTER_KEY_BYTES:
-            raise MasterKeyError(f"KASSA_MASTER_KEY must decode to {MASTER_KEY_BYTES} bytes")
-        return key
+        return _decode_master_key(configured, "KASSA_MASTER_KEY")
     path = data_dir / MASTER_KEY_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +64,8 @@ def load_master_key(configured: str, data_dir: Path) -> bytes:
                 handle.write(encoded)
             log.warning("generated a new master key in %s: back it up, or set KASSA_MASTER_KEY; "
                         "tokens cannot be decrypted without it", path)
-    return load_master_key(path.read_text().strip(), data_dir)
+    return _decode_master_key(path.read_text().strip(),
+                              f"the master key file {path} (used as KASSA_MASTER_KEY is empty)")
 
 
 class CardVault:

@@ -236,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
+        from gateway.cards import MasterKeyError
         from gateway.http.app import CoreNotCompiledError
         from gateway.server import serve
 
@@ -244,6 +245,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         except CoreNotCompiledError as exc:
             print(f"kassa: {exc}", file=sys.stderr)
             return EXIT_FAILURE
+        except MasterKeyError as exc:  # a configuration error, found before anything started
+            print(f"kassa: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    # The other commands never touch card data, so they neither need nor check the master key.
     work: Callable[[asyncpg.Connection], Awaitable[int]]
     if args.command == "migrate":
         work = _migrate

@@ -222,6 +222,16 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def local_url(self) -> str:
+        """The base URL a client on this machine reaches ``kassa serve`` at."""
+        host = _ANY_ADDRESS_LOOPBACK.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+
+# Listening on every address: a client on this machine connects to the loopback one.
+_ANY_ADDRESS_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
 
 def load_settings(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None

@@ -1,5 +1,7 @@
 """Operational endpoints, authentication, and the error model's edges."""
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -85,3 +87,27 @@ async def test_oversized_body_is_413(client, merchant):
     )
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "request_too_large"
+
+
+async def test_no_answer_names_the_server_software(client, merchant):
+    # A Server header naming Python's and aiohttp's versions tells a scanner which known
+    # vulnerabilities to try; no answer carries one, errors included.
+    answers = [
+        await client.get("/healthz"),
+        await client.get("/readyz"),
+        await client.get("/v1/balance", headers=merchant.headers),
+        await client.get("/v1/balance"),  # 401
+        await client.get("/nowhere"),  # 404
+        await client.delete("/v1/payments", headers=merchant.headers),  # 405
+    ]
+    for response in answers:
+        assert "Server" not in response.headers, (response.url, response.headers["Server"])
+    # HTTP aiohttp cannot parse is answered before any route or middleware.
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: k\r\nX-Bad: \x00\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.split(b" ")[1] == b"400", answer
+    assert b"\r\nserver:" not in head, head

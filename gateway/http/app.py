@@ -17,6 +17,7 @@ from gateway.http.answers import BODY_BYTES_MAX
 from gateway.http.appkeys import KEYS, LIMITER, POOL, SERVICE, SETTINGS
 from gateway.http.middleware import (
     auth_middleware,
+    drop_server_header,
     error_middleware,
     install_protocol_error_answers,
     observability_middleware,
@@ -92,6 +93,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[KEYS] = KeyCache(LimitDefaults.from_settings(settings),
                          settings.db_acquire_timeout_ms / 1000)
     app[LIMITER] = core_ext.risk.RateLimiter()
+    app.on_response_prepare.append(drop_server_header)
     app.cleanup_ctx.append(_services_ctx(dsn))
     routes.setup(app)
     return app

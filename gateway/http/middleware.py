@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import orjson
-from aiohttp import web, web_protocol
+from aiohttp import hdrs, web, web_protocol
 
 from core_ext.errors import CoreError
 from gateway import metrics
@@ -201,10 +201,27 @@ def _protocol_error_as_api_error(self: web_protocol.RequestHandler, request: web
                  extra={"kassa": {"request_id": request_id}})
         error = invalid_request("request_invalid", "the HTTP request is malformed and "
                                 "could not be parsed", status=status)
-    response = error.response()
+    response = _AnonymousResponse(status=error.status, body=error.body(),
+                                  content_type="application/json", headers=error.headers)
     response.headers[REQUEST_ID_HEADER] = request_id
     response.force_close()  # as aiohttp does: the connection's framing cannot be trusted
     return response
+
+
+async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp's default Server header names its and Python's versions, which tells a
+    scanner which known vulnerabilities to try: no answer carries one (on_response_prepare
+    runs after aiohttp adds it, before the headers are written)."""
+    response.headers.popall(hdrs.SERVER, None)
+
+
+class _AnonymousResponse(web.Response):
+    """An answer to unparseable HTTP: no route matched, so on_response_prepare does not run
+    for it; drop the Server header here instead (tests/test_ops.py checks both paths)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
 
 
 def install_protocol_error_answers() -> None:

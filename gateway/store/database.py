@@ -29,6 +29,9 @@ CONNECT_TIMEOUT_S = 5.0  # opening a connection; asyncpg's default (60 s) would 
 COMMAND_TIMEOUT_SLACK_S = 1.0  # past statement_timeout before the client gives up on its own
 
 
+HOLDERS_FILE = ".handle_pids.json"  # pgserver's list of processes using the embedded server
+
+
 class EmbeddedDatabaseError(RuntimeError):
     pass
 
@@ -48,6 +51,10 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
+            _forget_dead_holders(self.pgdata)
+            # A server left running by a killed holder is joined (pgserver reads its
+            # postmaster.pid), never started twice: PostgreSQL itself refuses a second
+            # postmaster on one data directory.
             self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises bare subprocess errors
             log_path = self.pgdata / "log"
@@ -61,6 +68,26 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+def _forget_dead_holders(pgdata: Path) -> None:
+    """Drop processes that died without closing their handle from pgserver's holder list.
+
+    pgserver stops the server when its last holder closes, holders being the pids in
+    ``.handle_pids.json``; a holder killed with SIGKILL (or a crash) stays listed, so no
+    later holder would ever be the last and the server would run on forever after.
+    """
+    import psutil  # type: ignore[import-untyped]  # pgserver's own dependency
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList
+
+    holders = DiskList(pgdata / HOLDERS_FILE)
+    with PostgresServer._lock:  # the lock pgserver takes around every change of the list
+        for pid in holders.get():
+            if not psutil.pid_exists(pid):
+                log.warning("forgetting embedded PostgreSQL holder pid %d, which died "
+                            "without stopping it", pid)
+                holders.get_and_remove(pid)
 
 
 def resolve_dsn(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:

@@ -74,6 +74,10 @@ async def rotate_key(conn: asyncpg.Connection, merchant_id: str, grace_s: int = 
         return await _insert_key(conn, merchant_id)
 
 
+async def any_merchant(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM merchants)")
+
+
 async def list_merchants(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT m.id, m.name, m.created_at,
