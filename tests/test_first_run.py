@@ -126,7 +126,7 @@ async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_p
         assert len(postmasters(pgdata)) == 1
         assert [d.name for d in (data_dir / "metrics").iterdir()] == [str(second.process.pid)]
         # The killed holder is forgotten: stopping the new server stops the database.
-        assert second.stop() == 0
+        assert second.stop().exit_code == 0
         assert wait_for(lambda: not postmasters(pgdata), ORPHANS_GONE_TIMEOUT_S), \
             "the embedded PostgreSQL kept running after the last server stopped"
     finally:
@@ -312,7 +312,7 @@ NO_MERCHANTS_HINT = "kassa merchants create NAME"
 
 async def test_serve_without_merchants_says_how_to_create_one(db, database_url, serve_process):
     server = await serve_process(database_url, workers=2)
-    assert server.stop() == 0
+    assert server.stop().exit_code == 0
     assert server.logs().count(NO_MERCHANTS_HINT) == 1, server.logs()
 
     from gateway.store.merchants import create_merchant
@@ -320,5 +320,5 @@ async def test_serve_without_merchants_says_how_to_create_one(db, database_url, 
     async with db.acquire() as conn:
         await create_merchant(conn, "Some Shop")
     server = await serve_process(database_url)
-    assert server.stop() == 0
+    assert server.stop().exit_code == 0
     assert NO_MERCHANTS_HINT not in server.logs()
