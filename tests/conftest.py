@@ -24,6 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.config import Settings, load_settings
 from gateway.store import database
 
+# Fixtures defined beside their helpers, for every test module.
+pytest_plugins = ["tests.promtool"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".kassa" / "test"
 

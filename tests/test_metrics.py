@@ -22,7 +22,6 @@ from tests.payments_helpers import (
     payment_body,
     post,
 )
-from tests.promtool import promtool  # noqa: F401 - the session fixture
 from tests.promtool import run as run_promtool
 
 REQUESTS_R = 60
@@ -227,7 +226,7 @@ def test_the_formatter_scrubs_card_numbers_and_keys():
 # --- exposition format ----------------------------------------------------------------------
 
 
-async def test_in_process_exposition_passes_promtool(client, merchant, promtool):  # noqa: F811
+async def test_in_process_exposition_passes_promtool(client, merchant, promtool):
     await authorize(client, merchant)
     result = run_promtool(promtool, "check", "metrics", stdin=await scrape(client))
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
@@ -239,16 +238,17 @@ async def test_in_process_exposition_passes_promtool(client, merchant, promtool)
 
 async def fresh_connection_get(url: str, headers: dict[str, str]) -> int:
     # A new connection per request: SO_REUSEPORT spreads connections, not requests.
-    async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True)) as session:
-        async with session.get(url, headers=headers) as response:
-            await response.read()
-            return response.status
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(
+        url, headers=headers
+    ) as response:
+        await response.read()
+        return response.status
 
 
 @pytest.mark.timeout(900)  # may include installing promtool
 async def test_counters_add_up_over_worker_processes(serve_process, database_url, merchant,
-                                                     promtool):  # noqa: F811
+                                                     promtool):
     server = await serve_process(database_url, workers=2)
     await workers_listening(server, 2)
     first = await scrape_url(server.url)
@@ -284,10 +284,9 @@ async def workers_listening(server, workers: int, timeout_s: float = 60) -> None
 
 
 async def scrape_url(url: str) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url + "/metrics") as response:
-            assert response.status == 200
-            return await response.text()
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        assert response.status == 200
+        return await response.text()
 
 
 def server_access_lines(server) -> list[dict]:

@@ -123,6 +123,7 @@ async def test_timeout_card_is_settled_by_recovery_without_a_second_authorizatio
 async def test_recovery_fails_a_payment_the_processor_never_saw(app_factory, merchant, db):
     client = await app_factory()
     status, payment = await authorize(client, merchant)
+    assert status == 201, payment
     # Simulate a crash between the write-ahead and the processor call.
     await db.execute("""INSERT INTO payments (id, merchant_id, status, amount, currency,
         capture_method, card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint,
@@ -142,6 +143,7 @@ async def test_recovery_fails_a_payment_the_processor_never_saw(app_factory, mer
     result = await recovery.run_once(app[POOL], app[SERVICE], app[SERVICE]._connector, settings)
     assert result.recovered == 1
     status, crashed = await get(client, "/v1/payments/pay_crashed", merchant)
+    assert status == 200
     assert crashed["status"] == "failed"
 
 
@@ -277,7 +279,8 @@ async def test_list_is_newest_first_with_cursor_and_status(client, merchant, oth
         _, payment = await authorize(client, merchant, amount=amount)
         ids.append(payment["id"])
     await authorize(client, other_merchant)
-    _, declined = await authorize(client, merchant, "4000000000000002")
+    status, declined = await authorize(client, merchant, "4000000000000002")
+    assert (status, declined["error"]["decline_code"]) == (402, "generic_decline")
     status, page = await get(client, "/v1/payments?limit=2&status=authorized", merchant)
     assert status == 200 and page["object"] == "list"
     assert [p["id"] for p in page["data"]] == [ids[2], ids[1]]
