@@ -24,8 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.config import Settings, load_settings
 from gateway.store import database
 
-# Fixtures defined beside their helpers, for every test module.
-pytest_plugins = ["tests.promtool"]
+# Fixtures and hooks defined beside their helpers, for every test module: uvloop and the
+# loop-error check (tests/loop_errors.py), promtool, and pytester for testing those.
+pytest_plugins = ["tests.loop_errors", "tests.promtool", "pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".kassa" / "test"
