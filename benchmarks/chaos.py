@@ -39,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -372,7 +373,8 @@ def plan_flow(seed: int, index: int) -> FlowPlan:
 def authorization_body(plan: FlowPlan) -> dict:
     return {"amount": plan.amount, "currency": CURRENCY.lower(), "capture": "manual",
             "payment_method": {"type": "card", "card": {
-                "number": plan.card, "exp_month": 12, "exp_year": 2035, "cvc": "123"}},
+                "number": plan.card, "exp_month": 12,
+                "exp_year": datetime.now(UTC).year + 4, "cvc": "123"}},
             "reference": f"chaos-{plan.name}"}
 
 

@@ -100,7 +100,7 @@ async def _run_schedule(target: Target, scenario: str, rate: float, warmup_s: fl
         async def one(index: int, intended: float) -> None:
             try:
                 ok, kind = await run(session, target, state, index, rng)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 ok, kind = False, type(exc).__name__
             if index < measure_from:
                 return  # warm-up: not counted

@@ -132,10 +132,11 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             return "absent"
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo
                 if line.startswith("model name")), platform.processor())
-    memory_kb = next(int(line.split()[1]) for line in open("/proc/meminfo")
-                     if line.startswith("MemTotal"))
+    memory_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=targets.ROOT,
                             capture_output=True, text=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=targets.ROOT,

@@ -12,6 +12,7 @@ import collections
 import os
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
@@ -21,13 +22,14 @@ DECLINED = "4000000000000002"
 DECLINE_SHARE = 0.10
 RETRY_SHARE = 0.20
 RECENT_KEYS_MAX = 1000
+EXP_YEAR = datetime.now(UTC).year + 4  # a card expiry that is valid whenever this runs
 
 
 def payment_body(number: str = APPROVED, capture: str = "manual") -> bytes:
     return orjson.dumps({
         "amount": 1999, "currency": "eur", "capture": capture,
         "payment_method": {"type": "card", "card": {
-            "number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}},
+            "number": number, "exp_month": 12, "exp_year": EXP_YEAR, "cvc": "123"}},
         "reference": "bench", "metadata": {"cart": "c_77"},
     })
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 MODULES = ("validation", "states", "ledger", "idempotency", "risk", "table")
 
@@ -29,7 +30,7 @@ def implementation(kind: str) -> SimpleNamespace:
     modules = {}
     for name in MODULES:
         module = importlib.import_module(f"core_ext.{kind}.{name}")
-        if kind == "compiled" and not module.__file__.endswith((".so", ".pyd")):
+        if kind == "compiled" and not (module.__file__ or "").endswith((".so", ".pyd")):
             raise CoreNotCompiled(f"core_ext.compiled.{name} is not an extension module")
         modules[name] = module
     return SimpleNamespace(kind=kind, **modules)
@@ -46,12 +47,17 @@ def _load() -> tuple[SimpleNamespace, str | None]:
 
 _impl, LOAD_ERROR = _load()
 COMPILED: bool = _impl.kind == "compiled"
-validation = _impl.validation
-states = _impl.states
-ledger = _impl.ledger
-idempotency = _impl.idempotency
-risk = _impl.risk
-table = _impl.table
+if TYPE_CHECKING:
+    # The compiled modules have no stubs: type checkers read the one source both builds
+    # are made from.
+    from core_ext.pure import idempotency, ledger, risk, states, table, validation
+else:
+    validation = _impl.validation
+    states = _impl.states
+    ledger = _impl.ledger
+    idempotency = _impl.idempotency
+    risk = _impl.risk
+    table = _impl.table
 
 BUILD = (
     f"core_ext: compiled ({', '.join(MODULES)})"

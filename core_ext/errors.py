@@ -25,7 +25,7 @@ class CoreError(Exception):
         self.status = status
         self.type = type
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[int, str, str, str | None, str]:
         return (self.status, self.type, self.code, self.param, self.message)
 
     def __repr__(self) -> str:

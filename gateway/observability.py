@@ -35,7 +35,7 @@ class _TimedPool(asyncpg.pool.Pool):
     async def _acquire(self, timeout: float | None) -> Any:
         started = time.perf_counter()
         try:
-            return await super()._acquire(timeout)
+            return await super()._acquire(timeout)  # type: ignore[misc]  # private
         finally:
             metrics.DB_POOL_ACQUIRE.observe(time.perf_counter() - started)
 

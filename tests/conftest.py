@@ -22,6 +22,10 @@ from gateway.config import Settings, load_settings
 from gateway.store import database
 from gateway.testing import KassaServer
 
+# Fixtures and hooks defined beside their helpers, for every test module: uvloop and the
+# loop-error check (tests/loop_errors.py), promtool, and pytester for testing those.
+pytest_plugins = ["tests.loop_errors", "tests.promtool", "pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".kassa" / "test"
 SERVE_READY_TIMEOUT_S = 60

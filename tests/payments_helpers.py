@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 
 APPROVED_VISA = "4242424242424242"
 APPROVED_MASTERCARD = "5555555555554444"
@@ -18,11 +19,23 @@ DECLINES = {
 }
 ERROR_CARD = "4000000000000119"
 TIMEOUT_CARD = "4000009990000005"  # Kassa's own range: Stripe has no timeout card
+EXPIRY_YEARS_AHEAD = 4  # a test card's expiry: years after today (the core allows up to 50)
+
+
+def future_expiry(years: int = EXPIRY_YEARS_AHEAD) -> tuple[int, int]:
+    """(month, year) of an expiry ``years`` after today: valid whenever the suite runs."""
+    return 12, datetime.now(UTC).year + years
+
+
+def this_year() -> int:
+    """The year the gateway validates expiries against (it uses UTC too)."""
+    return datetime.now(UTC).year
 
 
 def card(number: str = APPROVED_VISA, **changes: object) -> dict:
     cvc = "1234" if number.startswith(("34", "37")) else "123"
-    return {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": cvc, **changes}
+    month, year = future_expiry()
+    return {"number": number, "exp_month": month, "exp_year": year, "cvc": cvc, **changes}
 
 
 def payment_body(number: str = APPROVED_VISA, **changes: object) -> dict:

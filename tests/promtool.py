@@ -2,7 +2,7 @@
 ``prometheus`` package when running as root with apt-get; otherwise the test FAILS (a
 check that cannot run must not pass silently as a skip).
 
-Import the fixture into a test module: ``from tests.promtool import promtool  # noqa: F401``.
+The ``promtool`` fixture is registered for every test module by ``tests/conftest.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The card vault: keys from the environment or generated once, encryption bound to its row."""
 
 import base64
+import hashlib
+import re
 import stat
 
 import pytest
@@ -45,4 +47,9 @@ def test_fingerprints_are_keyed_and_per_merchant():
     assert same == vault.fingerprint("mer_a", "4242424242424242")
     assert same != vault.fingerprint("mer_b", "4242424242424242")
     assert same != other.fingerprint("mer_a", "4242424242424242")
-    assert len(same) == 32 and int(same, 16) >= 0  # hex digest, not the number
+    assert same != vault.fingerprint("mer_a", "5555555555554444")
+    # 32 hex characters that carry nothing of the number: not it, not its last 12 digits,
+    # not an unkeyed hash anyone could compute from it.
+    assert re.fullmatch(r"[0-9a-f]{32}", same)
+    assert "4242424242424242" not in same and "424242424242" not in same
+    assert same != hashlib.sha256(b"4242424242424242").hexdigest()[:32]

@@ -20,11 +20,10 @@ def create_merchant(env, name="Cli Shop"):
 
 
 async def balance_status(url, secret):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            url + "/v1/balance", headers={"Authorization": f"Bearer {secret}"}
-        ) as response:
-            return response.status
+    async with aiohttp.ClientSession() as session, session.get(
+        url + "/v1/balance", headers={"Authorization": f"Bearer {secret}"}
+    ) as response:
+        return response.status
 
 
 async def test_migrate_reports_the_schema_version(db, database_url):

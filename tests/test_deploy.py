@@ -12,7 +12,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.payments_helpers import authorize
-from tests.promtool import promtool  # noqa: F401 - the session fixture
 from tests.promtool import run as run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +40,11 @@ def rules_of(kind: str) -> list[dict]:
 # --- Prometheus -----------------------------------------------------------------------------
 
 
-def test_rules_pass_promtool_check(promtool):  # noqa: F811
+def test_rules_pass_promtool_check(promtool):
     promtool_ok(promtool, "check", "rules", str(PROMETHEUS / "alerts.yml"))
 
 
-def test_rule_unit_tests_pass(promtool):  # noqa: F811
+def test_rule_unit_tests_pass(promtool):
     output = promtool_ok(promtool, "test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
     assert "SUCCESS" in output
 
@@ -74,14 +73,14 @@ def test_burn_rate_alerts_follow_the_sre_workbook():
     assert 'le="0.25"' in "".join(r["expr"] for r in rules_of("record"))
 
 
-def test_prometheus_config_passes_promtool(promtool):  # noqa: F811
+def test_prometheus_config_passes_promtool(promtool):
     promtool_ok(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["kassa"]["static_configs"][0]["targets"] == ["kassa:8080"]
 
 
-def test_kubernetes_scrape_config_passes_promtool(promtool, tmp_path):  # noqa: F811
+def test_kubernetes_scrape_config_passes_promtool(promtool, tmp_path):
     config_map = yaml.safe_load((K8S / "prometheus-scrape.yaml").read_text())
     assert config_map["kind"] == "ConfigMap"
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])

@@ -62,6 +62,7 @@ from tests.payments_helpers import (
     APPROVED_VISA,
     DECLINES,
     card,
+    future_expiry,
     payment_body,
 )
 
@@ -224,7 +225,8 @@ def _plausible(body: dict, number: str, currency: str, token: str) -> dict:
         method["token"] = token
     card = method.get("card") if isinstance(method, dict) else body.get("card")
     if isinstance(card, dict):
-        card.update(number=number, exp_year=2031, cvc="1234" if number[0] == "3" else "123")
+        card.update(number=number, exp_year=future_expiry()[1],
+                    cvc="1234" if number[0] == "3" else "123")
         if isinstance(card.get("exp_month"), float):
             card["exp_month"] = int(card["exp_month"])
     return body

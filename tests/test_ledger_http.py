@@ -3,7 +3,7 @@
 import csv
 import io
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 import orjson
@@ -140,6 +140,7 @@ async def test_zero_and_three_decimal_currencies_post_exactly(client, merchant, 
     await authorize(client, merchant, amount=1234, currency="jpy", capture="automatic")
     await authorize(client, merchant, amount=5005, currency="kwd")
     status, balance = await get(client, "/v1/balance", merchant)
+    assert status == 200
     assert balance == {"object": "balance", "currencies": [
         {"currency": "JPY", "pending": 0, "available": 1234},
         {"currency": "KWD", "pending": 5005, "available": 0},
@@ -154,7 +155,7 @@ async def test_settlement_report_matches_the_ledger(client, merchant, other_merc
     await post(client, f"/v1/payments/{a['id']}/refunds", merchant, {"amount": 250})
     await authorize(client, merchant, amount=77, currency="jpy", capture="automatic")
     await authorize(client, other_merchant, amount=9, capture="automatic")
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
 
     status, report = await get(client, f"/v1/reports/settlement?date={today}", merchant)
     assert status == 200

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import aiohttp
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import core_ext
 from gateway import metrics, observability
+from gateway.config import FIELDS
+from gateway.http.appkeys import SETTINGS
 from gateway.logs import JsonFormatter
 from tests.payments_helpers import (
     APPROVED_VISA,
@@ -22,10 +26,10 @@ from tests.payments_helpers import (
     payment_body,
     post,
 )
-from tests.promtool import promtool  # noqa: F401 - the session fixture
 from tests.promtool import run as run_promtool
 
 REQUESTS_R = 60
+DEFAULT_POOL_MAX = int(FIELDS["db_pool_max"].default)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -36,10 +40,24 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
             for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    return sum(v for n, have, v in samples(text)
-               if n == name and all(have.get(k) == want for k, want in labels.items()))
+def value(text: str, name: str, missing: float | None = None, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``.
+
+    No such sample is a failure (a series that is not exposed must not read as 0 and pass
+    an assertion like ``== 0``), unless ``missing`` says what it means: a scrape taken
+    before a labelled counter was first incremented has no series, which is 0 then.
+    """
+    found = [v for n, have, v in samples(text)
+             if n == name and all(have.get(k) == want for k, want in labels.items())]
+    if not found:
+        assert missing is not None, f"no {name}{labels or ''} in the exposition"
+        return missing
+    return sum(found)
+
+
+def delta(before: str, after: str, name: str, **labels: str) -> float:
+    """How much the series changed between two scrapes: it must exist in the second."""
+    return value(after, name, **labels) - value(before, name, missing=0, **labels)
 
 
 async def scrape(client) -> str:
@@ -64,15 +82,14 @@ async def test_requests_are_counted_by_route_template_method_and_status_class(cl
     assert (await client.get("/healthz")).status == 200
     after = await scrape(client)
 
-    def delta(**labels: str) -> float:
-        name = "kassa_http_requests_total"
-        return value(after, name, **labels) - value(before, name, **labels)
+    def requests(**labels: str) -> float:
+        return delta(before, after, "kassa_http_requests_total", **labels)
 
-    assert delta(route="/v1/payments/{id}", method="GET", status_class="4xx") == 3
-    assert delta(route="unmatched", method="GET", status_class="4xx") == 1
-    assert delta(route="/healthz", method="GET", status_class="2xx") == 1
-    assert delta(route="/metrics", method="GET", status_class="2xx") == 1  # the first scrape
-    assert delta() == 6
+    assert requests(route="/v1/payments/{id}", method="GET", status_class="4xx") == 3
+    assert requests(route="unmatched", method="GET", status_class="4xx") == 1
+    assert requests(route="/healthz", method="GET", status_class="2xx") == 1
+    assert requests(route="/metrics", method="GET", status_class="2xx") == 1  # the first scrape
+    assert requests() == 6
     histogram = "kassa_http_request_duration_seconds_bucket"
     buckets = {float(labels["le"]) for name, labels, _ in samples(after)
                if name == histogram and labels["route"] == "/healthz"}
@@ -80,7 +97,7 @@ async def test_requests_are_counted_by_route_template_method_and_status_class(cl
     assert "pay_nope" not in after  # a route template, never a path
 
 
-async def test_payment_processor_and_idempotency_metrics(app_factory, merchant):
+async def test_payment_processor_and_idempotency_metrics(app_factory, merchant, db):
     client = await app_factory(processor_timeout_ms=200)
     before = await scrape(client)
     status, paid = await authorize(client, merchant, APPROVED_VISA, amount=500, currency="jpy",
@@ -98,30 +115,41 @@ async def test_payment_processor_and_idempotency_metrics(app_factory, merchant):
                        {"amount": 100}))[0] == 201
     after = await scrape(client)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+    def change(name: str, **labels: str) -> float:
+        return delta(before, after, name, **labels)
 
     authorizations = "kassa_authorizations_total"
-    assert delta(authorizations, processor="sandbox", outcome="approved") == 2
-    assert delta(authorizations, outcome="declined", decline_code="insufficient_funds") == 1
-    assert delta(authorizations, outcome="error") == 1
-    assert delta(authorizations, outcome="timeout") == 1
-    assert delta("kassa_processor_errors_total", operation="authorize", kind="timeout") == 1
-    assert delta("kassa_processor_errors_total", operation="authorize", kind="error") == 1
-    assert delta("kassa_processor_request_duration_seconds_count", operation="authorize") == 5
-    assert delta("kassa_captures_total", processor="sandbox") == 1  # the automatic capture
-    assert delta("kassa_voids_total") == 1
-    assert delta("kassa_refunds_total") == 1
-    assert delta("kassa_authorized_amount_minor_units_total", currency="JPY") == 500
-    assert delta("kassa_authorized_amount_minor_units_total", currency="EUR") == 1999
-    assert delta("kassa_idempotency_replays_total") == 1
-    assert delta("kassa_idempotency_conflicts_total", code="idempotency_key_in_use") == 1
-    assert delta("kassa_idempotency_conflicts_total", code="idempotency_key_reused") == 1
-    # Group commit and the ledger report through the hooks pipeline.py and ledger.py expose.
-    assert delta("kassa_pipeline_commit_batch_rows_count", pipeline="intents") >= 1
-    assert delta("kassa_pipeline_commit_duration_seconds_count", pipeline="settlements") >= 1
-    assert delta("kassa_ledger_entries_posted_total") > 0
-    assert delta("kassa_http_requests_total", route="/v1/payments", status_class="5xx") == 2
+    assert change(authorizations, processor="sandbox", outcome="approved") == 2
+    assert change(authorizations, outcome="declined", decline_code="insufficient_funds") == 1
+    assert change(authorizations, outcome="error") == 1
+    assert change(authorizations, outcome="timeout") == 1
+    assert change("kassa_processor_errors_total", operation="authorize", kind="timeout") == 1
+    assert change("kassa_processor_errors_total", operation="authorize", kind="error") == 1
+    assert change("kassa_processor_request_duration_seconds_count", operation="authorize") == 5
+    assert change("kassa_captures_total", processor="sandbox") == 1  # the automatic capture
+    assert change("kassa_voids_total") == 1
+    assert change("kassa_refunds_total") == 1
+    assert change("kassa_authorized_amount_minor_units_total", currency="JPY") == 500
+    assert change("kassa_authorized_amount_minor_units_total", currency="EUR") == 1999
+    assert change("kassa_idempotency_replays_total") == 1
+    assert change("kassa_idempotency_conflicts_total", code="idempotency_key_in_use") == 1
+    assert change("kassa_idempotency_conflicts_total", code="idempotency_key_reused") == 1
+    # Group commit and the ledger report through the hooks pipeline.py and ledger.py expose:
+    # an intent row for each of the five payments created and for the timeout's retry (its
+    # claim lost to the first, in the database: 409); the replay and the reused key were
+    # answered before that. A settlement row per processor answer recorded (approved,
+    # declined, failed, the manual one; the timeout is settled later). Every ledger entry.
+    payments = await db.fetchval("SELECT count(*) FROM payments")
+    assert payments == 5
+    assert change("kassa_pipeline_commit_batch_rows_sum", pipeline="intents") == payments + 1
+    assert 1 <= change("kassa_pipeline_commit_batch_rows_count", pipeline="intents") <= payments + 1
+    assert change("kassa_pipeline_commit_batch_rows_sum", pipeline="settlements") == 4
+    assert change("kassa_pipeline_commit_duration_seconds_count", pipeline="settlements") == (
+        change("kassa_pipeline_commit_batch_rows_count", pipeline="settlements"))
+    entries = await db.fetchval("SELECT count(*) FROM ledger_entries")
+    assert entries > 0
+    assert change("kassa_ledger_entries_posted_total") == entries
+    assert change("kassa_http_requests_total", route="/v1/payments", status_class="5xx") == 2
     # Card numbers and keys never reach a metric.
     assert APPROVED_VISA not in after and merchant.secret not in after
 
@@ -130,13 +158,18 @@ async def test_internal_gauges_and_histograms_are_exposed(client, merchant):
     assert (await client.get("/v1/balance", headers=merchant.headers)).status == 200
     await asyncio.sleep(observability.SAMPLE_INTERVAL_S * 2.5)  # a few loop-lag samples
     text = await scrape(client)
-    assert value(text, "kassa_db_pool_max_connections") >= 1
-    assert value(text, "kassa_db_pool_connections", state="in_use") >= 0
-    assert value(text, "kassa_db_pool_connections", state="idle") >= 1
+    settings = client.app[SETTINGS]
+    assert value(text, "kassa_db_pool_max_connections") == settings.db_pool_max
+    # Sampled while no request is running: every open connection is idle, and both states
+    # add up to what the pool holds (at least its minimum).
+    in_use = value(text, "kassa_db_pool_connections", state="in_use")
+    idle = value(text, "kassa_db_pool_connections", state="idle")
+    assert in_use == 0
+    assert settings.db_pool_min <= idle <= settings.db_pool_max
     assert value(text, "kassa_db_pool_acquire_duration_seconds_count") >= 1
     assert value(text, "kassa_event_loop_lag_seconds_count") >= 2
     assert "kassa_pipeline_queue_depth" in exposed_names(text)
-    assert value(text, "kassa_build_info") >= 1
+    assert value(text, "kassa_build_info", core="compiled" if core_ext.COMPILED else "pure") == 1
 
 
 async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
@@ -153,6 +186,7 @@ async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
     assert value(text, "kassa_payments_stuck_processing") == 1
     assert value(text, "kassa_ledger_verify_ok") == 1
     stamp = value(text, "kassa_ledger_verify_timestamp_seconds")
+    assert abs(stamp - time.time()) < 60  # the check just ran, and says when
     # An unbalanced entry (written around the schema's balance trigger) is found.
     async with db.acquire() as conn:
         await conn.execute("SET session_replication_role = replica")
@@ -166,7 +200,7 @@ async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
     assert await observability.check_ledger(db) is False
     text = await scrape(client)
     assert value(text, "kassa_ledger_verify_ok") == 0
-    assert value(text, "kassa_ledger_verify_timestamp_seconds") >= stamp
+    assert stamp <= value(text, "kassa_ledger_verify_timestamp_seconds") <= time.time()
 
 
 # --- request ids and the access log ---------------------------------------------------------
@@ -227,7 +261,7 @@ def test_the_formatter_scrubs_card_numbers_and_keys():
 # --- exposition format ----------------------------------------------------------------------
 
 
-async def test_in_process_exposition_passes_promtool(client, merchant, promtool):  # noqa: F811
+async def test_in_process_exposition_passes_promtool(client, merchant, promtool):
     await authorize(client, merchant)
     result = run_promtool(promtool, "check", "metrics", stdin=await scrape(client))
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
@@ -239,16 +273,17 @@ async def test_in_process_exposition_passes_promtool(client, merchant, promtool)
 
 async def fresh_connection_get(url: str, headers: dict[str, str]) -> int:
     # A new connection per request: SO_REUSEPORT spreads connections, not requests.
-    async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True)) as session:
-        async with session.get(url, headers=headers) as response:
-            await response.read()
-            return response.status
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(
+        url, headers=headers
+    ) as response:
+        await response.read()
+        return response.status
 
 
 @pytest.mark.timeout(900)  # may include installing promtool
 async def test_counters_add_up_over_worker_processes(serve_process, database_url, merchant,
-                                                     promtool):  # noqa: F811
+                                                     promtool):
     server = await serve_process(database_url, workers=2)
     await workers_listening(server, 2)
     first = await scrape_url(server.url)
@@ -256,6 +291,7 @@ async def test_counters_add_up_over_worker_processes(serve_process, database_url
         fresh_connection_get(server.url + "/v1/balance", merchant.headers)
         for _ in range(REQUESTS_R)])
     assert statuses == [200] * REQUESTS_R
+    await asyncio.sleep(observability.SAMPLE_INTERVAL_S * 2.5)  # every worker sampled its pool
     second = await scrape_url(server.url)
     total = "kassa_http_requests_total"
     assert value(second, total, route="/v1/balance") == REQUESTS_R
@@ -267,7 +303,8 @@ async def test_counters_add_up_over_worker_processes(serve_process, database_url
     # Both workers answered some of them, and the scrape merged both.
     pids = {line["pid"] for line in server_access_lines(server) if line["route"] == "/v1/balance"}
     assert len(pids) == 2, pids
-    assert value(second, "kassa_db_pool_max_connections") >= 2 * 1  # a pool per live worker
+    # A pool per live worker, summed (each at the default size: serve_process sets none).
+    assert value(second, "kassa_db_pool_max_connections") == 2 * DEFAULT_POOL_MAX
     result = run_promtool(promtool, "check", "metrics", stdin=second)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr)
@@ -284,10 +321,9 @@ async def workers_listening(server, workers: int, timeout_s: float = 60) -> None
 
 
 async def scrape_url(url: str) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url + "/metrics") as response:
-            assert response.status == 200
-            return await response.text()
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        assert response.status == 200
+        return await response.text()
 
 
 def server_access_lines(server) -> list[dict]:

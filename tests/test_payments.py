@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+import core_ext
 from gateway import recovery
 from gateway.http.appkeys import POOL, SERVICE, SETTINGS
 from tests.payments_helpers import (
@@ -17,9 +18,11 @@ from tests.payments_helpers import (
     TIMEOUT_CARD,
     authorize,
     card,
+    future_expiry,
     get,
     payment_body,
     post,
+    this_year,
 )
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -125,11 +128,12 @@ async def test_timeout_card_is_settled_by_recovery_without_a_second_authorizatio
 async def test_recovery_fails_a_payment_the_processor_never_saw(app_factory, merchant, db):
     client = await app_factory()
     status, payment = await authorize(client, merchant)
+    assert status == 201, payment
     # Simulate a crash between the write-ahead and the processor call.
     await db.execute("""INSERT INTO payments (id, merchant_id, status, amount, currency,
         capture_method, card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint,
         processor) VALUES ('pay_crashed', $1, 'processing', 500, 'EUR', 'manual', 'visa', '4242',
-        12, 2030, 'f', 'sandbox')""", merchant.id)
+        $2, $3, 'f', 'sandbox')""", merchant.id, *future_expiry())
     app = client.app
     settings = app[SETTINGS].replace(recovery_after_s=10)
     # Past the recovery delay but not yet twice it: a processor call may still be running
@@ -144,6 +148,7 @@ async def test_recovery_fails_a_payment_the_processor_never_saw(app_factory, mer
     result = await recovery.run_once(app[POOL], app[SERVICE], app[SERVICE]._connector, settings)
     assert result.recovered == 1
     status, crashed = await get(client, "/v1/payments/pay_crashed", merchant)
+    assert status == 200
     assert crashed["status"] == "failed"
 
 
@@ -265,7 +270,7 @@ async def test_tokens_pay_without_the_card_number(client, merchant, db):
 async def test_fingerprint_is_per_card_and_per_merchant(client, merchant, other_merchant):
     _, first = await authorize(client, merchant)
     _, second = await authorize(client, merchant, payment_method={
-        "type": "card", "card": card(APPROVED_VISA, exp_year=2031)})
+        "type": "card", "card": card(APPROVED_VISA, exp_year=future_expiry()[1] + 1)})
     _, other_card = await authorize(client, merchant, APPROVED_MASTERCARD)
     _, elsewhere = await authorize(client, other_merchant)
     assert first["card"]["fingerprint"] == second["card"]["fingerprint"]
@@ -279,7 +284,8 @@ async def test_list_is_newest_first_with_cursor_and_status(client, merchant, oth
         _, payment = await authorize(client, merchant, amount=amount)
         ids.append(payment["id"])
     await authorize(client, other_merchant)
-    _, declined = await authorize(client, merchant, "4000000000000002")
+    status, declined = await authorize(client, merchant, "4000000000000002")
+    assert (status, declined["error"]["decline_code"]) == (402, "generic_decline")
     status, page = await get(client, "/v1/payments?limit=2&status=authorized", merchant)
     assert status == 200 and page["object"] == "list"
     assert [p["id"] for p in page["data"]] == [ids[2], ids[1]]
@@ -328,7 +334,10 @@ async def test_merchants_cannot_see_or_touch_each_others_objects(client, merchan
     ({"surprise": 1}, "parameter_unknown", "surprise"),
     ({"payment_method": {"type": "card", "card": card("4242424242424241")}},
      "invalid_number", "payment_method.card.number"),
-    ({"payment_method": {"type": "card", "card": card(exp_year=2020)}},
+    ({"payment_method": {"type": "card", "card": card(exp_year=this_year() - 1)}},
+     "invalid_expiry_year", "payment_method.card.exp_year"),
+    ({"payment_method": {"type": "card", "card": card(
+        exp_year=this_year() + core_ext.validation.EXPIRY_YEARS_AHEAD_MAX + 1)}},
      "invalid_expiry_year", "payment_method.card.exp_year"),
     ({"payment_method": {"type": "card", "card": card(APPROVED_AMEX, cvc="123")}},
      "invalid_cvc", "payment_method.card.cvc"),

@@ -97,6 +97,7 @@ async def test_http_overload_is_a_503_with_retry_after(app_factory, merchant, db
 
 async def test_one_batch_mixes_new_keys_replays_and_duplicates(client, merchant, db):
     status, first = await authorize(client, merchant, key="seen")
+    assert status == 201
     bodies = await asyncio.gather(
         *[authorize(client, merchant, key=f"new-{n}") for n in range(10)],
         authorize(client, merchant, key="seen"),

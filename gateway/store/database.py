@@ -164,7 +164,7 @@ class _Connection(asyncpg.Connection):
 
     async def _execute(self, *args: Any, **kwargs: Any) -> Any:
         with _lost_if_terminated(self):
-            return await super()._execute(*args, **kwargs)
+            return await super()._execute(*args, **kwargs)  # type: ignore[misc]  # private
 
 
 # --- migrations -------------------------------------------------------------------

@@ -137,10 +137,10 @@ def leaf_paths(value, path=()):
     # Empty containers count as leaves: replacing one changes the body too.
     if isinstance(value, dict) and value:
         for k, v in value.items():
-            yield from leaf_paths(v, path + (k,))
+            yield from leaf_paths(v, (*path, k))
     elif isinstance(value, list) and value:
         for i, v in enumerate(value):
-            yield from leaf_paths(v, path + (i,))
+            yield from leaf_paths(v, (*path, i))
     else:
         yield path
 

@@ -173,11 +173,11 @@ def test_both_builds_agree_and_never_let_more_than_the_limit_through(
     for kind, merchant_id, fingerprint, gap in events:
         now = min(now + gap, 99.0)  # one fixed window: the estimate is the plain count
         if kind == "decline":
-            for guard, rule in zip(guards, rules):
+            for guard, rule in zip(guards, rules, strict=True):
                 guard.record_decline(merchant_id, fingerprint, rule, now)
             continue
         verdicts = [guard.check(merchant_id, fingerprint, rule, now)
-                    for guard, rule in zip(guards, rules)]
+                    for guard, rule in zip(guards, rules, strict=True)]
         assert verdicts[0] == verdicts[1]
         if verdicts[0] is None:
             allowed[merchant_id] = allowed.get(merchant_id, 0) + 1

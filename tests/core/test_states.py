@@ -281,7 +281,7 @@ small = st.integers(-3, 130)
 @PROP
 @given(
     op=st.sampled_from(OPS),
-    status=st.sampled_from(ALL + ("bogus",)),
+    status=st.sampled_from((*ALL, "bogus")),
     amounts=st.tuples(small, small, small, small),
     requested=st.none() | small | st.integers(-(2**70), 2**70),
 )
