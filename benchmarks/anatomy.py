@@ -120,7 +120,8 @@ def parse_proc_stat(text: str) -> dict[str, int]:
     for line in text.splitlines():
         if line.startswith("cpu "):
             values = [int(v) for v in line.split()[1:]]
-            return dict(zip(MACHINE_FIELDS, values + [0] * (len(MACHINE_FIELDS) - len(values))))
+            padded = values[: len(MACHINE_FIELDS)] + [0] * (len(MACHINE_FIELDS) - len(values))
+            return dict(zip(MACHINE_FIELDS, padded, strict=True))
     raise ValueError("no 'cpu' line in /proc/stat")
 
 

@@ -53,7 +53,7 @@ def closed_loop_lines(results: dict) -> list[str]:
             f"not the framework's**: wrk reaches {framework_closed['rps']:.0f}/s on the same "
             "machine. The open-loop Kassa / framework ratio above overstates Kassa; the "
             "closed-loop ratio is the honest one.")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def summary(results: dict) -> str:

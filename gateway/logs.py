@@ -26,7 +26,8 @@ def scrub(line: str) -> str:
     """``line`` without card numbers (the core's scrubbing rule) or secret keys."""
     if "sk_" in line:
         line = _SECRET_KEY.sub("sk_[redacted]", line)
-    return core_ext.validation.redact_card_numbers(line)
+    scrubbed: str = core_ext.validation.redact_card_numbers(line)
+    return scrubbed
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -59,7 +59,8 @@ class Stopped(NamedTuple):
 def free_port(host: str = HOST) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def environment(database_url: str | None, data_dir: Path | None = None,
@@ -78,7 +79,7 @@ def environment(database_url: str | None, data_dir: Path | None = None,
 
 
 def run_cli(*args: str, env: Mapping[str, str],
-            timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+            timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS``, its output captured as text; the caller checks the code."""
     return subprocess.run([sys.executable, "-m", "gateway", *args], env=env, cwd=SOURCE_ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
@@ -91,7 +92,7 @@ def log_tail(log_path: Path) -> str:
         return "(no log)"
 
 
-def _check_running(process: subprocess.Popen, url: str, log_path: Path) -> None:
+def _check_running(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
     if process.poll() is not None:
         raise ServerFailed(f"{url} exited with {process.returncode} during start "
                            f"(log {log_path}):\n{log_tail(log_path)}")
@@ -102,7 +103,7 @@ def _not_ready(url: str, log_path: Path, timeout_s: float) -> ServerFailed:
                         f"{log_tail(log_path)}")
 
 
-def wait_http_ready(url: str, process: subprocess.Popen, log_path: Path,
+def wait_http_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
                     timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll ``url``/readyz until it answers 200; raise if the process exits first."""
     deadline = time.monotonic() + timeout_s
@@ -116,7 +117,7 @@ def wait_http_ready(url: str, process: subprocess.Popen, log_path: Path,
     raise _not_ready(url, log_path, timeout_s)
 
 
-async def wait_http_ready_async(url: str, process: subprocess.Popen, log_path: Path,
+async def wait_http_ready_async(url: str, process: subprocess.Popen[bytes], log_path: Path,
                                 timeout_s: float = READY_TIMEOUT_S) -> None:
     """:func:`wait_http_ready` without blocking the event loop."""
     deadline = time.monotonic() + timeout_s
@@ -132,7 +133,7 @@ async def wait_http_ready_async(url: str, process: subprocess.Popen, log_path: P
     raise _not_ready(url, log_path, timeout_s)
 
 
-def stop_process(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> Stopped:
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> Stopped:
     """SIGTERM (a graceful drain), then SIGKILL (its whole process group when it leads
     one, so no worker is orphaned) if it outlives ``timeout_s``."""
     started = time.monotonic()
@@ -169,7 +170,7 @@ class KassaServer:
         self.env = environment(database_url, self.data_dir, **(env or {}))
         self.env.update(KASSA_HOST=HOST, KASSA_PORT=str(self.port),
                         KASSA_WORKERS=str(workers))
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0          # how far the log was read for "serving on" lines
         self._serving: set[int] = set()
 
@@ -179,7 +180,7 @@ class KassaServer:
 
     # --- other kassa commands, same environment ------------------------------------------
 
-    def cli(self, *args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env=self.env, timeout=timeout)
 
     def create_merchant(self, name: str) -> tuple[str, str]:
@@ -220,7 +221,7 @@ class KassaServer:
             return Stopped(None, 0.0)
         return stop_process(self.process, timeout_s)
 
-    def _running(self) -> subprocess.Popen:
+    def _running(self) -> subprocess.Popen[bytes]:
         if self.process is None:
             raise RuntimeError("KassaServer.start() was not called")
         return self.process
@@ -265,10 +266,10 @@ class KassaServer:
                            f"(log {self.log_path})")
 
 
-def _alive(process) -> bool:  # a psutil.Process
-    import psutil  # type: ignore[import-untyped]
+def _alive(process: Any) -> bool:  # a psutil.Process (psutil is optional, so untyped)
+    import psutil
 
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False

@@ -75,7 +75,7 @@ async def rotate_key(conn: asyncpg.Connection, merchant_id: str, grace_s: int = 
 
 
 async def any_merchant(conn: asyncpg.Connection) -> bool:
-    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM merchants)")
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM merchants)"))
 
 
 async def list_merchants(conn: asyncpg.Connection) -> list[asyncpg.Record]:

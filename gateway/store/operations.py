@@ -57,13 +57,18 @@ async def unlock_changes(conn: asyncpg.Connection) -> None:
 async def insert_pending(conn: asyncpg.Connection, payment: asyncpg.Record, operation: str,
                          amount: int, refund_id: str | None, reason: str | None,
                          idempotency_key: str | None) -> asyncpg.Record:
-    return await conn.fetchrow(INSERT_PENDING_SQL, payment["id"], payment["merchant_id"],
-                               operation, amount, refund_id, reason, idempotency_key)
+    row: asyncpg.Record | None = await conn.fetchrow(
+        INSERT_PENDING_SQL, payment["id"], payment["merchant_id"], operation, amount,
+        refund_id, reason, idempotency_key)
+    if row is None:  # INSERT ... RETURNING always answers one row
+        raise RuntimeError(f"no pending operation written for {payment['id']}")
+    return row
 
 
 async def pending_on(conn: asyncpg.Connection, payment_id: str) -> str | None:
     """The operation of unknown outcome on the payment, if any."""
-    return await conn.fetchval(PENDING_ON_SQL, payment_id)
+    operation: str | None = await conn.fetchval(PENDING_ON_SQL, payment_id)
+    return operation
 
 
 async def finish(conn: asyncpg.Connection, operation_id: int, state: str) -> bool:
@@ -79,4 +84,4 @@ async def pending_due(pool: asyncpg.Pool, older_than_s: int,
 
 def reference(operation: Any) -> str:
     """Our id for the operation at the processor: the refund id, else the payment id."""
-    return operation["refund_id"] or operation["payment_id"]
+    return str(operation["refund_id"] or operation["payment_id"])

@@ -137,7 +137,7 @@ def test_cdef_classes_are_typed_extension_types(decl, cclass):
         wrong = values(type_name)[1]
         if wrong is not None:
             with pytest.raises(TypeError):
-                obj.__setstate_cython__(good[:i] + (wrong,) + good[i + 1:])
+                obj.__setstate_cython__((*good[:i], wrong, *good[i + 1:]))
         if readonly:
             getattr(obj, name)
             with pytest.raises(AttributeError):
