@@ -84,18 +84,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 DEFAULT_SECONDS = 10.0
 WARMUP_SECONDS = 2.0
-PROFILE_RATE_HZ = 100           # py-spy samples per second per worker
-PROFILER_SLACK_S = 20.0         # py-spy ends (and writes its file) at most this after wrk
-PG_STATS_SETTLE_S = 12.0        # idle backends publish statistics within 10 s
+PROFILE_RATE_HZ = 100  # py-spy samples per second per worker
+PROFILER_SLACK_S = 20.0  # py-spy ends (and writes its file) at most this after wrk
+PG_STATS_SETTLE_S = 12.0  # idle backends publish statistics within 10 s
 PG_STATS_POLL_S = 1.0
 
 # --- /proc parsing ------------------------------------------------------------------------
 
 
 class ProcCpu(NamedTuple):
-    utime: int       # clock ticks
+    utime: int  # clock ticks
     stime: int
-    starttime: int   # clock ticks after boot: with the pid, tells a reused pid apart
+    starttime: int  # clock ticks after boot: with the pid, tells a reused pid apart
 
     @property
     def ticks(self) -> int:
@@ -106,7 +106,7 @@ def parse_pid_stat(text: str) -> ProcCpu:
     """``/proc/<pid>/stat``: utime, stime and starttime (fields 14, 15, 22). The command
     name (field 2) is in parentheses and may itself contain spaces and parentheses, so
     the fields are counted from the last ')'."""
-    rest = text[text.rindex(")") + 2:].split()
+    rest = text[text.rindex(")") + 2 :].split()
     # rest[0] is field 3 (state): field n is rest[n - 3].
     return ProcCpu(int(rest[11]), int(rest[12]), int(rest[19]))
 
@@ -129,9 +129,13 @@ def machine_shares(before: dict[str, int], after: dict[str, int]) -> dict[str, f
     """user (with nice), sys (with irq and softirq), iowait, idle, steal: % of all ticks."""
     delta = {k: after[k] - before[k] for k in MACHINE_FIELDS}
     total = sum(delta.values()) or 1
-    groups = {"user": delta["user"] + delta["nice"],
-              "sys": delta["system"] + delta["irq"] + delta["softirq"],
-              "iowait": delta["iowait"], "idle": delta["idle"], "steal": delta["steal"]}
+    groups = {
+        "user": delta["user"] + delta["nice"],
+        "sys": delta["system"] + delta["irq"] + delta["softirq"],
+        "iowait": delta["iowait"],
+        "idle": delta["idle"],
+        "steal": delta["steal"],
+    }
     return {k: round(100 * v / total, 1) for k, v in groups.items()}
 
 
@@ -152,8 +156,8 @@ def read_pid_cpu(pid: int) -> ProcCpu | None:
 
 class Frame(NamedTuple):
     function: str
-    file: str        # as py-spy prints it: relative to its sys.path entry ("gateway/payments.py")
-    line: int        # 0 when unknown (native frames)
+    file: str  # as py-spy prints it: relative to its sys.path entry ("gateway/payments.py")
+    line: int  # 0 when unknown (native frames)
 
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -179,14 +183,30 @@ def parse_pyspy_raw(text: str) -> list[tuple[list[Frame], int]]:
     return stacks
 
 
-STAGES = ("HTTP", "auth", "validation", "idempotency", "risk", "intent write", "processor",
-          "settlement write", "ledger", "rendering", "metrics", "access log", "asyncpg",
-          "gateway (other)", "event loop/other")
+STAGES = (
+    "HTTP",
+    "auth",
+    "validation",
+    "idempotency",
+    "risk",
+    "intent write",
+    "processor",
+    "settlement write",
+    "ledger",
+    "rendering",
+    "metrics",
+    "access log",
+    "asyncpg",
+    "gateway (other)",
+    "event loop/other",
+)
 
 # Library code, by the start of the file path py-spy prints (rule 1): the first such
 # frame from the inside decides.
 LIBRARY_STAGES = (
-    ("aiohttp/", "HTTP"), ("multidict/", "HTTP"), ("yarl/", "HTTP"),
+    ("aiohttp/", "HTTP"),
+    ("multidict/", "HTTP"),
+    ("yarl/", "HTTP"),
     ("asyncpg/", "asyncpg"),
     ("prometheus_client/", "metrics"),
     ("logging/", "access log"),
@@ -206,9 +226,17 @@ LINE_STAGES = (
 # The project frame's file, and optionally its function (rule 2, then): the first match.
 PROJECT_STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("gateway/http/middleware.py", ("auth_middleware", "_bearer"), "auth"),
-    ("gateway/http/middleware.py", ("observability_middleware", "_record",
-                                    "_count_idempotency", "request_id_from", "route_of"),
-     "metrics"),
+    (
+        "gateway/http/middleware.py",
+        (
+            "observability_middleware",
+            "_record",
+            "_count_idempotency",
+            "request_id_from",
+            "route_of",
+        ),
+        "metrics",
+    ),
     ("gateway/merchants.py", (), "auth"),
     ("gateway/store/merchants.py", (), "auth"),
     ("core_ext/pure/validation.py", (), "validation"),
@@ -216,8 +244,11 @@ PROJECT_STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("gateway/store/idempotency.py", (), "idempotency"),
     ("core_ext/pure/idempotency.py", (), "idempotency"),
     ("core_ext/pure/risk.py", (), "risk"),
-    ("gateway/store/authorizations.py", ("write_settlements", "_complete_keys"),
-     "settlement write"),
+    (
+        "gateway/store/authorizations.py",
+        ("write_settlements", "_complete_keys"),
+        "settlement write",
+    ),
     ("gateway/store/authorizations.py", (), "intent write"),
     # The group-commit batcher runs both pipelines; it is charged to the intent write.
     ("gateway/store/pipeline.py", (), "intent write"),
@@ -261,23 +292,29 @@ def stage_of(frames: Iterable[Frame], line_text: Callable[[Frame], str] = source
             if pattern.search(text):
                 return stage
         for file, functions, stage in PROJECT_STAGES:
-            if path.startswith(file) and (not functions or frame.function.split(".")[-1]
-                                          in functions):
+            if path.startswith(file) and (
+                not functions or frame.function.split(".")[-1] in functions
+            ):
                 return stage
         return "gateway (other)"
     return "event loop/other"
 
 
-def stage_samples(stacks: list[tuple[list[Frame], int]],
-                  line_text: Callable[[Frame], str] = source_line) -> dict[str, int]:
+def stage_samples(
+    stacks: list[tuple[list[Frame], int]], line_text: Callable[[Frame], str] = source_line
+) -> dict[str, int]:
     counts = dict.fromkeys(STAGES, 0)
     for frames, count in stacks:
         counts[stage_of(frames, line_text)] += count
     return counts
 
 
-def top_frames(stacks: list[tuple[list[Frame], int]], stage: str, limit: int = 5,
-               line_text: Callable[[Frame], str] = source_line) -> list[tuple[str, int]]:
+def top_frames(
+    stacks: list[tuple[list[Frame], int]],
+    stage: str,
+    limit: int = 5,
+    line_text: Callable[[Frame], str] = source_line,
+) -> list[tuple[str, int]]:
     """The innermost frames that carry most of a stage's samples (for digging in)."""
     counter: collections.Counter[str] = collections.Counter()
     for frames, count in stacks:
@@ -290,8 +327,9 @@ def top_frames(stacks: list[tuple[list[Frame], int]], stage: str, limit: int = 5
 # --- processes ------------------------------------------------------------------------
 
 
-def process_groups(supervisor_pid: int, worker_pids: set[int], postmaster_pid: int,
-                   extra: dict[int, str]) -> dict[int, str]:
+def process_groups(
+    supervisor_pid: int, worker_pids: set[int], postmaster_pid: int, extra: dict[int, str]
+) -> dict[int, str]:
     import psutil
 
     groups: dict[int, str] = {}
@@ -320,8 +358,9 @@ def snapshot(groups: dict[int, str]) -> dict[int, tuple[str, ProcCpu]]:
     return taken
 
 
-def group_ticks(before: dict[int, tuple[str, ProcCpu]],
-                after: dict[int, tuple[str, ProcCpu]]) -> tuple[dict[str, int], dict, int]:
+def group_ticks(
+    before: dict[int, tuple[str, ProcCpu]], after: dict[int, tuple[str, ProcCpu]]
+) -> tuple[dict[str, int], dict, int]:
     """Ticks per group in the window, processes per group, processes that vanished."""
     ticks: dict[str, int] = collections.Counter()
     members: dict[str, int] = collections.Counter()
@@ -377,7 +416,8 @@ async def _pg_read(dsn: str) -> dict:
         wal = dict(await conn.fetchrow(PG_WAL_SQL))
         statements = None
         if await conn.fetchval(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'"):
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'"
+        ):
             statements = await conn.fetchval(PG_STATEMENTS_SQL)
         return {"database": database, "tables": tables, "wal": wal, "statements": statements}
     finally:
@@ -391,8 +431,9 @@ def pg_settled(dsn: str, settle_s: float = PG_STATS_SETTLE_S) -> dict:
     while time.monotonic() < deadline:
         time.sleep(PG_STATS_POLL_S)
         current = asyncio.run(_pg_read(dsn))
-        same = (current["database"] == previous["database"]
-                and current["tables"] == previous["tables"])
+        same = (
+            current["database"] == previous["database"] and current["tables"] == previous["tables"]
+        )
         previous = current
         if same:
             break
@@ -409,15 +450,23 @@ def pg_per_authorization(before: dict, after: dict) -> dict:
         inserted, updated = delta(start, end, "n_tup_ins"), delta(start, end, "n_tup_upd")
         hot, deleted = delta(start, end, "n_tup_hot_upd"), delta(start, end, "n_tup_del")
         if inserted or updated or deleted:
-            tables[name] = {"inserted": inserted, "updated": updated, "hot_updated": hot,
-                            "deleted": deleted, "indexes": int(end["indexes"]),
-                            # every index gets an entry per insert and per non-HOT update
-                            "index_entries": (inserted + updated - hot) * int(end["indexes"])}
+            tables[name] = {
+                "inserted": inserted,
+                "updated": updated,
+                "hot_updated": hot,
+                "deleted": deleted,
+                "indexes": int(end["indexes"]),
+                # every index gets an entry per insert and per non-HOT update
+                "index_entries": (inserted + updated - hot) * int(end["indexes"]),
+            }
     payments = tables.get(PAYMENTS_TABLE, {}).get("inserted", 0)
     per = (lambda n: round(n / payments, 3)) if payments else (lambda n: None)
     db_before, db_after = before["database"], after["database"]
-    statements = (None if after["statements"] is None or before["statements"] is None
-                  else after["statements"] - before["statements"])
+    statements = (
+        None
+        if after["statements"] is None or before["statements"] is None
+        else after["statements"] - before["statements"]
+    )
     return {
         "payments_inserted": payments,
         "per_authorization": {
@@ -433,9 +482,13 @@ def pg_per_authorization(before: dict, after: dict) -> dict:
         },
         "tables_per_authorization": {
             name: {k: per(v) if k != "indexes" else v for k, v in t.items()}
-            for name, t in sorted(tables.items())},
-        "statements_source": ("pg_stat_statements" if statements is not None else
-                              "unavailable: pg_stat_statements is not in this server's build"),
+            for name, t in sorted(tables.items())
+        },
+        "statements_source": (
+            "pg_stat_statements"
+            if statements is not None
+            else "unavailable: pg_stat_statements is not in this server's build"
+        ),
     }
 
 
@@ -447,13 +500,18 @@ def py_spy_executable() -> str:
     found = str(beside) if beside.exists() else shutil.which("py-spy")
     if found:
         return found
-    done = subprocess.run([str(ROOT / "scripts" / "install-bench-tools")],
-                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "install-bench-tools")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     found = str(beside) if beside.exists() else shutil.which("py-spy")
     if not found:
-        raise RuntimeError(f"py-spy is needed for the stages (or pass --no-profile): "
-                           f"{done.stderr.strip()}")
+        raise RuntimeError(
+            f"py-spy is needed for the stages (or pass --no-profile): {done.stderr.strip()}"
+        )
     return found
 
 
@@ -470,8 +528,7 @@ def run(args: argparse.Namespace) -> dict:
         workdir = Path(scratch)
         closedloop.wrk_executable()  # fail before starting anything if wrk is missing
         spy = None if args.no_profile else py_spy_executable()
-        with targets.kassa_server("kassa", workdir, args.workers, None, True) as (server,
-                                                                                   target):
+        with targets.kassa_server("kassa", workdir, args.workers, None, True) as (server, target):
             workers = worker_pids_from_log(server.logs())
             if len(workers) != args.workers:
                 raise RuntimeError(f"expected {args.workers} worker pids in {server.log_path}")
@@ -486,28 +543,48 @@ def run(args: argparse.Namespace) -> dict:
             before = snapshot(groups)
             machine_before = parse_proc_stat(Path("/proc/stat").read_text())
             started = time.monotonic()
-            wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+            wrk = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             spies = []
             for pid in sorted(workers) if spy else ():
                 out = workdir / f"profile-{pid}.txt"
-                spies.append((pid, out, subprocess.Popen(
-                    [spy, "record", "--nonblocking", "--format", "raw", "-r",
-                     str(PROFILE_RATE_HZ), "-d", str(max(1, math.ceil(seconds))), "-o", str(out),
-                     "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                    text=True)))
+                spies.append(
+                    (
+                        pid,
+                        out,
+                        subprocess.Popen(
+                            [
+                                spy,
+                                "record",
+                                "--nonblocking",
+                                "--format",
+                                "raw",
+                                "-r",
+                                str(PROFILE_RATE_HZ),
+                                "-d",
+                                str(max(1, math.ceil(seconds))),
+                                "-o",
+                                str(out),
+                                "--pid",
+                                str(pid),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        ),
+                    )
+                )
             # Started inside the window: absent from `before`, so counted from zero.
             extra = {wrk.pid: "generator", **{p.pid: "profiler" for _, _, p in spies}}
             wait_unreaped(wrk, seconds + closedloop.WRK_SLACK_S)
             # The window ends with the load: the same processes, plus any that started
             # inside it (new backends); py-spy (still writing its file) as it is now.
-            after = snapshot({**process_groups(server.process.pid, workers, info.pid, {}),
-                              **extra})
+            after = snapshot({**process_groups(server.process.pid, workers, info.pid, {}), **extra})
             machine_after = parse_proc_stat(Path("/proc/stat").read_text())
             window_s = time.monotonic() - started
             stdout, stderr = wrk.communicate()
-            spy_errors = {pid: p.communicate(timeout=PROFILER_SLACK_S)[1]
-                          for pid, _, p in spies}
+            spy_errors = {pid: p.communicate(timeout=PROFILER_SLACK_S)[1] for pid, _, p in spies}
             if wrk.returncode != 0:
                 raise RuntimeError(f"wrk exited {wrk.returncode}: {stderr.strip()}")
             load = closedloop.parse_wrk_output(stdout)
@@ -515,17 +592,40 @@ def run(args: argparse.Namespace) -> dict:
             profiles = {}
             for pid, out, p in spies:
                 if p.returncode != 0 or not out.exists():
-                    raise RuntimeError(f"py-spy on worker {pid} failed ({p.returncode}): "
-                                       f"{spy_errors[pid].strip()}")
+                    raise RuntimeError(
+                        f"py-spy on worker {pid} failed ({p.returncode}): {spy_errors[pid].strip()}"
+                    )
                 profiles[pid] = out.read_text()
                 if args.out_dir:
                     shutil.copy(out, args.out_dir / out.name)
-    return summarize(args, command, load, before, after, machine_before, machine_after,
-                     window_s, pg_before, pg_after, profiles)
+    return summarize(
+        args,
+        command,
+        load,
+        before,
+        after,
+        machine_before,
+        machine_after,
+        window_s,
+        pg_before,
+        pg_after,
+        profiles,
+    )
 
 
-def summarize(args, command, load, before, after, machine_before, machine_after, window_s,
-              pg_before, pg_after, profiles) -> dict:
+def summarize(
+    args,
+    command,
+    load,
+    before,
+    after,
+    machine_before,
+    machine_after,
+    window_s,
+    pg_before,
+    pg_after,
+    profiles,
+) -> dict:
     ticks, members, vanished = group_ticks(before, after)
     busy = machine_busy_ticks(machine_before, machine_after)
     ticks["other"] = busy - sum(ticks.values())
@@ -536,33 +636,50 @@ def summarize(args, command, load, before, after, machine_before, machine_after,
         return round(t * us_per_tick / authorizations, 1) if authorizations else None
 
     order = ("workers", "supervisor", "postgres", "generator", "profiler", "other")
-    cpu = {g: {"us_per_authorization": per_auth(ticks.get(g, 0)),
-               "cpu_seconds": round(ticks.get(g, 0) / CLOCK_TICKS_PER_S, 2),
-               "processes": members.get(g, 0)} for g in order}
+    cpu = {
+        g: {
+            "us_per_authorization": per_auth(ticks.get(g, 0)),
+            "cpu_seconds": round(ticks.get(g, 0) / CLOCK_TICKS_PER_S, 2),
+            "processes": members.get(g, 0),
+        }
+        for g in order
+    }
     stacks = [s for text in profiles.values() for s in parse_pyspy_raw(text)]
     samples = stage_samples(stacks)
     total_samples = sum(samples.values())
     worker_us = cpu["workers"]["us_per_authorization"] or 0.0
-    stages = {name: {"samples": n,
-                     "share": round(n / total_samples, 4) if total_samples else 0.0,
-                     "us_per_authorization": round(worker_us * n / total_samples, 1)
-                     if total_samples else None,
-                     "top_frames": top_frames(stacks, name)}
-              for name, n in samples.items()}
+    stages = {
+        name: {
+            "samples": n,
+            "share": round(n / total_samples, 4) if total_samples else 0.0,
+            "us_per_authorization": round(worker_us * n / total_samples, 1)
+            if total_samples
+            else None,
+            "top_frames": top_frames(stacks, name),
+        }
+        for name, n in samples.items()
+    }
     return {
-        "command": " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.anatomy",
-                                                     *args.argv]),
-        "load_command": " ".join(["wrk", *command[1:6], "-s",
-                                  str(Path(command[7]).relative_to(ROOT)), "URL -- KEY"]),
-        "workers": args.workers, "seconds": args.seconds, "window_s": round(window_s, 2),
+        "command": " ".join(
+            shlex.quote(a) for a in ["python", "-m", "benchmarks.anatomy", *args.argv]
+        ),
+        "load_command": " ".join(
+            ["wrk", *command[1:6], "-s", str(Path(command[7]).relative_to(ROOT)), "URL -- KEY"]
+        ),
+        "workers": args.workers,
+        "seconds": args.seconds,
+        "window_s": round(window_s, 2),
         "clock_ticks_per_s": CLOCK_TICKS_PER_S,
-        "load": load.as_dict(), "authorizations": authorizations,
+        "load": load.as_dict(),
+        "authorizations": authorizations,
         "authorizations_per_s": round(load.rps * authorizations / max(load.requests, 1), 1),
         "machine_percent": machine_shares(machine_before, machine_after),
         "machine_busy_cpu_seconds": round(busy / CLOCK_TICKS_PER_S, 2),
-        "cpu": cpu, "vanished_processes": vanished,
+        "cpu": cpu,
+        "vanished_processes": vanished,
         "postgres": pg_per_authorization(pg_before, pg_after),
-        "stages": stages, "profile_samples": total_samples,
+        "stages": stages,
+        "profile_samples": total_samples,
     }
 
 
@@ -575,9 +692,14 @@ def render(result: dict) -> str:
         f"authorizations/s {result['authorizations_per_s']:.0f}  ({result['authorizations']} "
         f"in {load['seconds']} s; errors {load['errors']}, replayed {load['replayed']}; "
         f"p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, closed loop)",
-        *([f"WARNING: {load['errors']} requests got no 2xx {load['statuses']}: the figures "
-           "below are not those of successful authorizations only"]
-          if load["errors"] or load["replayed"] else []),
+        *(
+            [
+                f"WARNING: {load['errors']} requests got no 2xx {load['statuses']}: the figures "
+                "below are not those of successful authorizations only"
+            ]
+            if load["errors"] or load["replayed"]
+            else []
+        ),
         f"machine: user {machine['user']}%  sys {machine['sys']}%  iowait {machine['iowait']}%"
         f"  idle {machine['idle']}%  steal {machine['steal']}%  "
         f"(busy {result['machine_busy_cpu_seconds']} CPU-s)",
@@ -587,45 +709,64 @@ def render(result: dict) -> str:
     ]
     for group, c in result["cpu"].items():
         us = c["us_per_authorization"]
-        lines.append(f"  {group:12} {us if us is not None else '-':>9} {c['cpu_seconds']:>7} "
-                     f"{c['processes'] if group != 'other' else '':>5}")
+        lines.append(
+            f"  {group:12} {us if us is not None else '-':>9} {c['cpu_seconds']:>7} "
+            f"{c['processes'] if group != 'other' else '':>5}"
+        )
     if result["vanished_processes"]:
-        lines.append(f"  ({result['vanished_processes']} measured processes ended inside the "
-                     "window: their CPU there is lost to 'other')")
+        lines.append(
+            f"  ({result['vanished_processes']} measured processes ended inside the "
+            "window: their CPU there is lost to 'other')"
+        )
     pg = result["postgres"]
     per = pg["per_authorization"]
-    lines += ["", f"PostgreSQL per authorization ({pg['payments_inserted']} payments inserted "
-                  "in the statistics)",
-              *[f"  {k:24} {v if v is not None else '-'}" for k, v in per.items()],
-              f"  statements: {pg['statements_source']}",
-              f"  {'table':24} {'ins':>6} {'upd':>6} {'hot':>6} {'del':>6} {'idx':>4} "
-              f"{'idx entries':>11}"]
+    lines += [
+        "",
+        f"PostgreSQL per authorization ({pg['payments_inserted']} payments inserted "
+        "in the statistics)",
+        *[f"  {k:24} {v if v is not None else '-'}" for k, v in per.items()],
+        f"  statements: {pg['statements_source']}",
+        f"  {'table':24} {'ins':>6} {'upd':>6} {'hot':>6} {'del':>6} {'idx':>4} "
+        f"{'idx entries':>11}",
+    ]
     for name, t in pg["tables_per_authorization"].items():
-        lines.append(f"  {name:24} {t['inserted']:>6} {t['updated']:>6} {t['hot_updated']:>6} "
-                     f"{t['deleted']:>6} {t['indexes']:>4} {t['index_entries']:>11}")
+        lines.append(
+            f"  {name:24} {t['inserted']:>6} {t['updated']:>6} {t['hot_updated']:>6} "
+            f"{t['deleted']:>6} {t['indexes']:>4} {t['index_entries']:>11}"
+        )
     if result["profile_samples"]:
-        lines += ["", f"Worker stages (py-spy, {result['profile_samples']} busy samples; "
-                      "us/auth = share x workers' us/auth)",
-                  f"  {'stage':20} {'share':>7} {'us/auth':>8}  top frame"]
+        lines += [
+            "",
+            f"Worker stages (py-spy, {result['profile_samples']} busy samples; "
+            "us/auth = share x workers' us/auth)",
+            f"  {'stage':20} {'share':>7} {'us/auth':>8}  top frame",
+        ]
         for name, s in sorted(result["stages"].items(), key=lambda kv: -kv[1]["samples"]):
             top = s["top_frames"][0][0] if s["top_frames"] else ""
-            lines.append(f"  {name:20} {s['share']:>7.1%} {s['us_per_authorization']:>8}  "
-                         f"{top[:70]}")
+            lines.append(
+                f"  {name:20} {s['share']:>7.1%} {s['us_per_authorization']:>8}  {top[:70]}"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.anatomy",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                        help="measured seconds of load")
-    parser.add_argument("--warmup", type=float, default=WARMUP_SECONDS,
-                        help="seconds of load before the window")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.anatomy", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=DEFAULT_SECONDS, help="measured seconds of load"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=WARMUP_SECONDS, help="seconds of load before the window"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy (no stages)")
-    parser.add_argument("--json", type=Path, help="write the figures here (default: "
-                                                  "benchmarks/results/anatomy-<time>/)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="write the figures here (default: benchmarks/results/anatomy-<time>/)",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -634,8 +775,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir = ROOT / "benchmarks" / "results" / f"anatomy-{stamp}"
         args.out_dir.mkdir(parents=True, exist_ok=True)
         args.json = args.out_dir / "anatomy.json"
-    print(f"$ python -m benchmarks.anatomy {' '.join(shlex.quote(a) for a in argv)}".rstrip(),
-          flush=True)
+    print(
+        f"$ python -m benchmarks.anatomy {' '.join(shlex.quote(a) for a in argv)}".rstrip(),
+        flush=True,
+    )
     result = run(args)
     print(render(result), end="")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,11 @@ from aiohttp import web
 
 async def create_payment(request: web.Request) -> web.Response:
     body = orjson.loads(await request.read())
-    return web.Response(status=201, content_type="application/json",
-                        body=orjson.dumps({"id": "pay_baseline", "amount": body["amount"]}))
+    return web.Response(
+        status=201,
+        content_type="application/json",
+        body=orjson.dumps({"id": "pay_baseline", "amount": body["amount"]}),
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -37,8 +40,7 @@ def serve_one(host: str, port: int) -> None:
     app = web.Application()
     app.router.add_post("/v1/payments", create_payment)
     app.router.add_get("/readyz", readyz)
-    web.run_app(app, sock=bind_socket(host, port), print=None, access_log=None,
-                shutdown_timeout=1)
+    web.run_app(app, sock=bind_socket(host, port), print=None, access_log=None, shutdown_timeout=1)
 
 
 def main() -> None:
@@ -48,8 +50,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=serve_one, args=(args.host, args.port))
-               for _ in range(args.workers)]
+    workers = [
+        context.Process(target=serve_one, args=(args.host, args.port)) for _ in range(args.workers)
+    ]
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

@@ -53,30 +53,30 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = testing.HOST
 
 # --- timing (seconds) ------------------------------------------------------------------
-REQUEST_TIMEOUT_S = 15.0      # one HTTP request; past it the request counts as a hang
-STEP_DEADLINE_S = 60.0        # all attempts of one step (a key), then the client gives up
-STEP_ATTEMPTS_MAX = 300       # ... or this many attempts
-BACKOFF_FIRST_S = 0.05        # retry backoff doubles from here ...
-BACKOFF_MAX_S = 1.0           # ... up to here (the gateway's Retry-After is 1 s)
+REQUEST_TIMEOUT_S = 15.0  # one HTTP request; past it the request counts as a hang
+STEP_DEADLINE_S = 60.0  # all attempts of one step (a key), then the client gives up
+STEP_ATTEMPTS_MAX = 300  # ... or this many attempts
+BACKOFF_FIRST_S = 0.05  # retry backoff doubles from here ...
+BACKOFF_MAX_S = 1.0  # ... up to here (the gateway's Retry-After is 1 s)
 KILL_INTERVAL_S = (0.6, 1.6)  # between two worker kills (uniform, seeded)
-RESTART_UP_S = 4.0            # the load runs on a healthy database before each restart
-RESTART_DOWN_S = 2.0          # the database stays down this long: the gateway must answer 503
-RECOVERY_BOUND_S = 20.0       # after a restart, a new authorization must succeed within this
-SETTLE_WAIT_S = 30.0          # for recovery to settle every 'processing' payment
-READY_TIMEOUT_S = 90.0        # kassa serve ready, or all its workers serving again
-PG_CTL_TIMEOUT_S = 60         # pg_ctl start/stop (-t)
-GATEWAY_STOP_GRACE_S = 15.0   # SIGTERM -> exit, before it is killed
-VERIFY_TIMEOUT_S = 120.0      # kassa ledger verify
+RESTART_UP_S = 4.0  # the load runs on a healthy database before each restart
+RESTART_DOWN_S = 2.0  # the database stays down this long: the gateway must answer 503
+RECOVERY_BOUND_S = 20.0  # after a restart, a new authorization must succeed within this
+SETTLE_WAIT_S = 30.0  # for recovery to settle every 'processing' payment
+READY_TIMEOUT_S = 90.0  # kassa serve ready, or all its workers serving again
+PG_CTL_TIMEOUT_S = 60  # pg_ctl start/stop (-t)
+GATEWAY_STOP_GRACE_S = 15.0  # SIGTERM -> exit, before it is killed
+VERIFY_TIMEOUT_S = 120.0  # kassa ledger verify
 
 # --- the gateway under test ------------------------------------------------------------
 GATEWAY_ENV = {
     "KASSA_PROCESSOR_TIMEOUT_MS": "1000",
-    "KASSA_RECOVERY_AFTER_S": "2",      # > the processor timeout, so recovery never races it
+    "KASSA_RECOVERY_AFTER_S": "2",  # > the processor timeout, so recovery never races it
     "KASSA_RECOVERY_INTERVAL_S": "1",
-    "KASSA_SANDBOX_LATENCY_MS": "20",   # so requests are in flight when a worker dies
+    "KASSA_SANDBOX_LATENCY_MS": "20",  # so requests are in flight when a worker dies
     "KASSA_SHUTDOWN_GRACE_S": "5",
     "KASSA_DB_POOL_MAX": "8",
-    "KASSA_LOG_LEVEL": "info",          # the "worker N (pid P) serving" lines find the workers
+    "KASSA_LOG_LEVEL": "info",  # the "worker N (pid P) serving" lines find the workers
     # The load sends a handful of test cards at a high rate from one key: the abuse rules
     # (rate limit, card-testing velocity) would rightly refuse it, which is not what this
     # test measures. 0 turns each off.
@@ -89,11 +89,11 @@ RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
 
 # --- the load ----------------------------------------------------------------------------
 APPROVE_CARD = "4242424242424242"
-TIMEOUT_CARD = "4000009990000005"   # outcome unknown until recovery settles it (approved)
-DECLINE_CARD = "4000000000000002"   # 402, stored
-ERROR_CARD = "4000000000000119"     # 502, payment failed, stored
+TIMEOUT_CARD = "4000009990000005"  # outcome unknown until recovery settles it (approved)
+DECLINE_CARD = "4000000000000002"  # 402, stored
+ERROR_CARD = "4000000000000119"  # 502, payment failed, stored
 CARD_SHARES = ((TIMEOUT_CARD, 0.05), (DECLINE_CARD, 0.03), (ERROR_CARD, 0.02))
-AMOUNT_RANGE = (100, 50_000)        # minor units
+AMOUNT_RANGE = (100, 50_000)  # minor units
 PARTIAL_CAPTURE_SHARE = 0.3
 REFUND_SHARE = 0.4
 CURRENCY = "EUR"
@@ -145,16 +145,30 @@ class PostgresCluster:
         # Output to a file, never a pipe: the postmaster inherits pg_ctl's descriptors and
         # would keep a pipe open, so reading it to EOF would hang.
         with open(self.home / "pg_ctl.out", "ab") as out:
-            subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, stdout=out,
-                           stderr=subprocess.STDOUT, timeout=timeout, user=self.user)
+            subprocess.run(
+                [str(self.bin / args[0]), *args[1:]],
+                check=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                user=self.user,
+            )
 
     def init(self) -> None:
         self.home.mkdir(parents=True)
         self.home.parent.chmod(0o755)  # the postgres user must traverse the work directory
         if self.user is not None:
             shutil.chown(self.home, self.user, self.user)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                  "--encoding=utf8", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=utf8",
+            "--no-sync",
+        )
         # fsync off by default: we crash the server process, never the machine, so the
         # kernel's page cache survives every crash here and fsync would only spend the
         # shared disk's time. WAL is still written at each commit (what a crash needs).
@@ -170,13 +184,23 @@ class PostgresCluster:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "server.log"),
-                  "-w", "-t", str(PG_CTL_TIMEOUT_S), "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.home / "server.log"),
+            "-w",
+            "-t",
+            str(PG_CTL_TIMEOUT_S),
+            "start",
+        )
 
     def stop(self, mode: str) -> None:
         """``immediate``: a crash (no checkpoint, recovery on start); ``fast``: clean."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(PG_CTL_TIMEOUT_S),
-                  "stop")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(PG_CTL_TIMEOUT_S), "stop"
+        )
 
     def ensure_stopped(self) -> None:
         if (self.data / "postmaster.pid").exists():
@@ -191,9 +215,14 @@ class PostgresCluster:
 
 def make_gateway(workdir: Path, dsn: str, workers: int) -> KassaServer:
     """``kassa serve`` on the cluster, not started yet; the tests' throwaway master key."""
-    return KassaServer(workdir, dsn, workers=workers, data_dir=workdir / "kassa",
-                       log_path=workdir / "gateway.log",
-                       env={**GATEWAY_ENV, "KASSA_MASTER_KEY": testing.TEST_MASTER_KEY})
+    return KassaServer(
+        workdir,
+        dsn,
+        workers=workers,
+        data_dir=workdir / "kassa",
+        log_path=workdir / "gateway.log",
+        env={**GATEWAY_ENV, "KASSA_MASTER_KEY": testing.TEST_MASTER_KEY},
+    )
 
 
 def unhandled_errors(gateway: KassaServer) -> list[str]:
@@ -226,7 +255,7 @@ class Stats:
     by_status: Counter = field(default_factory=Counter)
     connection_errors: int = 0
     hangs: int = 0
-    server_errors: list[str] = field(default_factory=list)   # 500s and malformed bodies
+    server_errors: list[str] = field(default_factory=list)  # 500s and malformed bodies
     exchanges: list[Exchange] = field(default_factory=list)
     down_windows: list[tuple[float, float]] = field(default_factory=list)
     restart_modes: list[str] = field(default_factory=list)
@@ -258,8 +287,13 @@ def well_formed(status: int, raw: bytes) -> bool:
     if status < 300:
         return True
     error = doc.get("error")
-    return (set(doc) == {"error"} and isinstance(error, dict) and set(error) == ERROR_FIELDS
-            and isinstance(error["type"], str) and isinstance(error["code"], str))
+    return (
+        set(doc) == {"error"}
+        and isinstance(error, dict)
+        and set(error) == ERROR_FIELDS
+        and isinstance(error["type"], str)
+        and isinstance(error["code"], str)
+    )
 
 
 def error_code(body: dict | None) -> str | None:
@@ -287,23 +321,31 @@ def retryable(step: str, status: int | None, body: dict | None) -> bool:
 
 
 class Client:
-    def __init__(self, session: aiohttp.ClientSession, url: str, secret: str, stats: Stats,
-                 give_up_at: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, secret: str, stats: Stats, give_up_at: float
+    ) -> None:
         self.session = session
         self.url = url
         self.secret = secret
         self.stats = stats
         self.give_up_at = give_up_at  # the run's hard deadline: no retries past it
 
-    async def attempt(self, path: str, raw: bytes, key: str,
-                      what: str) -> tuple[int | None, dict | None]:
-        headers = {"Authorization": f"Bearer {self.secret}", "Idempotency-Key": key,
-                   "Content-Type": "application/json"}
+    async def attempt(
+        self, path: str, raw: bytes, key: str, what: str
+    ) -> tuple[int | None, dict | None]:
+        headers = {
+            "Authorization": f"Bearer {self.secret}",
+            "Idempotency-Key": key,
+            "Content-Type": "application/json",
+        }
         sent = time.monotonic()
         try:
             async with self.session.post(
-                    self.url + path, data=raw, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as response:
+                self.url + path,
+                data=raw,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+            ) as response:
                 body = await response.read()
                 status = response.status
         except TimeoutError:  # before ClientError: aiohttp's timeouts are both
@@ -320,9 +362,16 @@ class Client:
         except orjson.JSONDecodeError:
             return status, None
 
-    async def step(self, step: str, path: str, body: dict, key: str, rng: random.Random,
-                   deadline_s: float = STEP_DEADLINE_S,
-                   backoff_max_s: float = BACKOFF_MAX_S) -> StepResult:
+    async def step(
+        self,
+        step: str,
+        path: str,
+        body: dict,
+        key: str,
+        rng: random.Random,
+        deadline_s: float = STEP_DEADLINE_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> StepResult:
         """POST until a definitive answer, always with the same key and the same body."""
         raw = orjson.dumps(body)
         result = StepResult(key)
@@ -348,8 +397,8 @@ class FlowPlan:
     name: str
     amount: int
     card: str
-    capture_amount: int | None     # None: no capture step
-    refund_amount: int | None      # None: no refund step
+    capture_amount: int | None  # None: no capture step
+    refund_amount: int | None  # None: no refund step
 
     def key(self, seed: int, step: str) -> str:
         return f"chaos-{seed}-{self.name}-{step}"
@@ -371,11 +420,21 @@ def plan_flow(seed: int, index: int) -> FlowPlan:
 
 
 def authorization_body(plan: FlowPlan) -> dict:
-    return {"amount": plan.amount, "currency": CURRENCY.lower(), "capture": "manual",
-            "payment_method": {"type": "card", "card": {
-                "number": plan.card, "exp_month": 12,
-                "exp_year": datetime.now(UTC).year + 4, "cvc": "123"}},
-            "reference": f"chaos-{plan.name}"}
+    return {
+        "amount": plan.amount,
+        "currency": CURRENCY.lower(),
+        "capture": "manual",
+        "payment_method": {
+            "type": "card",
+            "card": {
+                "number": plan.card,
+                "exp_month": 12,
+                "exp_year": datetime.now(UTC).year + 4,
+                "cvc": "123",
+            },
+        },
+        "reference": f"chaos-{plan.name}",
+    }
 
 
 @dataclass
@@ -388,26 +447,38 @@ class FlowRecord:
 
 async def run_flow(client: Client, plan: FlowPlan, seed: int) -> FlowRecord:
     rng = random.Random(f"{seed}:{plan.name}:backoff")
-    record = FlowRecord(plan, await client.step(
-        "authorize", "/v1/payments", authorization_body(plan), plan.key(seed, "auth"), rng))
+    record = FlowRecord(
+        plan,
+        await client.step(
+            "authorize", "/v1/payments", authorization_body(plan), plan.key(seed, "auth"), rng
+        ),
+    )
     if record.authorize.status != 201 or plan.capture_amount is None:
         return record
     payment_id = record.authorize.body["id"]
     record.capture = await client.step(
-        "capture", f"/v1/payments/{payment_id}/capture", {"amount": plan.capture_amount},
-        plan.key(seed, "capture"), rng)
+        "capture",
+        f"/v1/payments/{payment_id}/capture",
+        {"amount": plan.capture_amount},
+        plan.key(seed, "capture"),
+        rng,
+    )
     if record.capture.status != 200 or plan.refund_amount is None:
         return record
     record.refund = await client.step(
-        "refund", f"/v1/payments/{payment_id}/refunds",
+        "refund",
+        f"/v1/payments/{payment_id}/refunds",
         {"amount": plan.refund_amount, "reason": "requested_by_customer"},
-        plan.key(seed, "refund"), rng)
+        plan.key(seed, "refund"),
+        rng,
+    )
     return record
 
 
 @contextlib.asynccontextmanager
-async def load(client: Client, seed: int, counter: Iterator[int], concurrency: int,
-               records: list[FlowRecord]) -> AsyncIterator[None]:
+async def load(
+    client: Client, seed: int, counter: Iterator[int], concurrency: int, records: list[FlowRecord]
+) -> AsyncIterator[None]:
     """``concurrency`` clients run checkouts back to back until the block ends; leaving
     it waits for the checkouts in progress (each bounded by its steps' deadlines)."""
     stopping = asyncio.Event()
@@ -441,9 +512,15 @@ async def kill_workers(gateway: KassaServer, kills: int, rng: random.Random, sta
         print(f"  kill {stats.kills:3d}: worker pid {victim}", flush=True)
 
 
-async def restart_database(cluster: PostgresCluster, client: Client, restarts: int,
-                           seed: int, rng: random.Random, stats: Stats,
-                           records: list[FlowRecord]) -> None:
+async def restart_database(
+    cluster: PostgresCluster,
+    client: Client,
+    restarts: int,
+    seed: int,
+    rng: random.Random,
+    stats: Stats,
+    records: list[FlowRecord],
+) -> None:
     for index in range(restarts):
         await asyncio.sleep(RESTART_UP_S)
         mode = rng.choice(("immediate", "fast"))
@@ -457,22 +534,28 @@ async def restart_database(cluster: PostgresCluster, client: Client, restarts: i
         stats.restarts += 1
         recovery = await probe_recovery(client, seed, index, records)
         outcome = "NOT recovered" if recovery is None else f"recovered in {recovery:.1f} s"
-        print(f"  restart {index + 1}: {mode}, down {up_at - down_at:.1f} s, {outcome}",
-              flush=True)
+        print(f"  restart {index + 1}: {mode}, down {up_at - down_at:.1f} s, {outcome}", flush=True)
         if recovery is None:
             stats.not_recovered += 1
         else:
             stats.recovery_s.append(recovery)
 
 
-async def probe_recovery(client: Client, seed: int, index: int,
-                         records: list[FlowRecord]) -> float | None:
+async def probe_recovery(
+    client: Client, seed: int, index: int, records: list[FlowRecord]
+) -> float | None:
     """Seconds from the database being back until a new authorization succeeds."""
     started = time.monotonic()
     plan = FlowPlan(f"probe{index}", 1000, APPROVE_CARD, None, None)
-    result = await client.step("authorize", "/v1/payments", authorization_body(plan),
-                               plan.key(seed, "auth"), random.Random(f"{seed}:probe{index}"),
-                               deadline_s=RECOVERY_BOUND_S, backoff_max_s=0.2)
+    result = await client.step(
+        "authorize",
+        "/v1/payments",
+        authorization_body(plan),
+        plan.key(seed, "auth"),
+        random.Random(f"{seed}:probe{index}"),
+        deadline_s=RECOVERY_BOUND_S,
+        backoff_max_s=0.2,
+    )
     records.append(FlowRecord(plan, result))
     return time.monotonic() - started if result.status == 201 else None
 
@@ -488,8 +571,8 @@ class Findings:
     duplicated: list[str] = field(default_factory=list)
     imbalanced: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
-    undecided: int = 0          # steps the client gave up on (no definitive answer)
-    checked: int = 0            # payments a client was told about, compared with the books
+    undecided: int = 0  # steps the client gave up on (no definitive answer)
+    checked: int = 0  # payments a client was told about, compared with the books
     unexpected: list[str] = field(default_factory=list)  # definitive but surprising answers
 
 
@@ -500,34 +583,47 @@ class Books:
     payments: dict[str, asyncpg.Record]
     refunds: dict[str, asyncpg.Record]
     refunds_by_payment: dict[str, list[asyncpg.Record]]
-    ledger_events: dict[str, Counter]               # payment -> event -> transactions
-    ledger_refund_ids: Counter                      # refund id -> transactions
-    processor: dict[str, Counter]                   # payment -> operation -> operations
-    processor_refunded: Counter                     # payment -> refunded at the processor
+    ledger_events: dict[str, Counter]  # payment -> event -> transactions
+    ledger_refund_ids: Counter  # refund id -> transactions
+    processor: dict[str, Counter]  # payment -> operation -> operations
+    processor_refunded: Counter  # payment -> refunded at the processor
 
 
 async def read_books(conn: asyncpg.Connection, merchant_id: str) -> Books:
-    payments = {r["id"]: r for r in await conn.fetch(
-        """SELECT id, idempotency_key, status, amount, amount_capturable, amount_captured,
-                  amount_refunded FROM payments WHERE merchant_id = $1""", merchant_id)}
-    refunds = {r["id"]: r for r in await conn.fetch(
-        "SELECT id, payment_id, amount FROM refunds WHERE merchant_id = $1", merchant_id)}
+    payments = {
+        r["id"]: r
+        for r in await conn.fetch(
+            """SELECT id, idempotency_key, status, amount, amount_capturable, amount_captured,
+                  amount_refunded FROM payments WHERE merchant_id = $1""",
+            merchant_id,
+        )
+    }
+    refunds = {
+        r["id"]: r
+        for r in await conn.fetch(
+            "SELECT id, payment_id, amount FROM refunds WHERE merchant_id = $1", merchant_id
+        )
+    }
     by_payment: dict[str, list[asyncpg.Record]] = {}
     for refund in refunds.values():
         by_payment.setdefault(refund["payment_id"], []).append(refund)
     events: dict[str, Counter] = {}
     refund_ids: Counter = Counter()
     for row in await conn.fetch(
-            """SELECT payment_id, refund_id, event FROM ledger_transactions
-                WHERE merchant_id = $1""", merchant_id):
+        """SELECT payment_id, refund_id, event FROM ledger_transactions
+                WHERE merchant_id = $1""",
+        merchant_id,
+    ):
         events.setdefault(row["payment_id"], Counter())[row["event"]] += 1
         if row["refund_id"] is not None:
             refund_ids[row["refund_id"]] += 1
     processor: dict[str, Counter] = {}
     refunded: Counter = Counter()
     for row in await conn.fetch(
-            """SELECT payment_id, operation, outcome, amount FROM sandbox_operations
-                WHERE payment_id = any($1::text[])""", list(payments)):
+        """SELECT payment_id, operation, outcome, amount FROM sandbox_operations
+                WHERE payment_id = any($1::text[])""",
+        list(payments),
+    ):
         processor.setdefault(row["payment_id"], Counter())[row["operation"]] += 1
         if row["operation"] == "refund":
             refunded[row["payment_id"]] += row["amount"]
@@ -548,8 +644,12 @@ def told_state(record: FlowRecord) -> tuple | None:
             return None
         if record.capture.status == 200:
             payment = record.capture.body
-    state = (payment["status"], payment["amount_capturable"], payment["amount_captured"],
-             payment["amount_refunded"])
+    state = (
+        payment["status"],
+        payment["amount_capturable"],
+        payment["amount_captured"],
+        payment["amount_refunded"],
+    )
     if record.refund is not None:
         if record.refund.status is None:
             return None
@@ -574,8 +674,7 @@ def check_flow(record: FlowRecord, books: Books, seed: int, findings: Findings) 
     steps = [s for s in (record.authorize, record.capture, record.refund) if s is not None]
     findings.undecided += sum(1 for s in steps if s.status is None)
     for step in steps:
-        if step.status is not None and not (200 <= step.status < 300 or
-                                            step.status in (402, 502)):
+        if step.status is not None and not (200 <= step.status < 300 or step.status in (402, 502)):
             findings.unexpected.append(f"{step.key}: {step.status} {error_code(step.body)}")
     payment_id = payment_id_of(record)
     if payment_id is None:
@@ -583,43 +682,55 @@ def check_flow(record: FlowRecord, books: Books, seed: int, findings: Findings) 
     findings.checked += 1
     row = books.payments.get(payment_id)
     if row is None or row["idempotency_key"] != record.plan.key(seed, "auth"):
-        findings.lost.append(f"{record.plan.name}: payment {payment_id} the client was told "
-                             f"about is not in the books under its key")
+        findings.lost.append(
+            f"{record.plan.name}: payment {payment_id} the client was told "
+            f"about is not in the books under its key"
+        )
         return
     told = told_state(record)
-    held = (row["status"], row["amount_capturable"], row["amount_captured"],
-            row["amount_refunded"])
+    held = (row["status"], row["amount_capturable"], row["amount_captured"], row["amount_refunded"])
     if told is not None and held != told:
         findings.lost.append(f"{record.plan.name}: {payment_id} told {told}, books hold {held}")
     if record.refund is not None and record.refund.status == 201:
         refund = books.refunds.get(record.refund.body["id"])
         if refund is None or (refund["payment_id"], refund["amount"]) != (
-                payment_id, record.refund.body["amount"]):
-            findings.lost.append(f"{record.plan.name}: refund {record.refund.body['id']} "
-                                 f"the client was told about is not in the books as told")
+            payment_id,
+            record.refund.body["amount"],
+        ):
+            findings.lost.append(
+                f"{record.plan.name}: refund {record.refund.body['id']} "
+                f"the client was told about is not in the books as told"
+            )
     refunds = books.refunds_by_payment.get(payment_id, [])
     if len(refunds) > (1 if record.refund is not None else 0):
-        findings.duplicated.append(f"{record.plan.name}: {len(refunds)} refunds for "
-                                   f"{payment_id}, the client asked for at most one")
+        findings.duplicated.append(
+            f"{record.plan.name}: {len(refunds)} refunds for "
+            f"{payment_id}, the client asked for at most one"
+        )
     if record.refund is not None and record.refund.status is not None:
         # Less than told is a lost refund, reported above; more is a refund made twice.
         told_refunded = record.refund.body["amount"] if record.refund.status == 201 else 0
         if sum(r["amount"] for r in refunds) > told_refunded:
-            findings.duplicated.append(f"{record.plan.name}: refunds of {payment_id} total "
-                                       f"{sum(r['amount'] for r in refunds)}, the client was "
-                                       f"told {told_refunded}")
+            findings.duplicated.append(
+                f"{record.plan.name}: refunds of {payment_id} total "
+                f"{sum(r['amount'] for r in refunds)}, the client was "
+                f"told {told_refunded}"
+            )
 
 
 async def check_duplicates(conn: asyncpg.Connection, books: Books, findings: Findings) -> None:
     for row in await conn.fetch(
-            """SELECT merchant_id, idempotency_key, count(*) AS n FROM payments
-                WHERE idempotency_key IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1"""):
+        """SELECT merchant_id, idempotency_key, count(*) AS n FROM payments
+                WHERE idempotency_key IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1"""
+    ):
         findings.duplicated.append(f"key {row['idempotency_key']}: {row['n']} payments")
     for row in await conn.fetch(
-            """SELECT operation, reference, count(*) AS n FROM sandbox_operations
-                GROUP BY 1, 2 HAVING count(*) > 1"""):
-        findings.duplicated.append(f"processor: {row['n']} {row['operation']} operations "
-                                   f"for {row['reference']}")
+        """SELECT operation, reference, count(*) AS n FROM sandbox_operations
+                GROUP BY 1, 2 HAVING count(*) > 1"""
+    ):
+        findings.duplicated.append(
+            f"processor: {row['n']} {row['operation']} operations for {row['reference']}"
+        )
     for refund_id, n in books.ledger_refund_ids.items():
         if n > 1:
             findings.duplicated.append(f"ledger: {n} transactions for refund {refund_id}")
@@ -639,33 +750,45 @@ def payment_duplicates(payment_id: str, row: asyncpg.Record, books: Books) -> li
     if events["void"] + events["expire"] > 1:
         found.append(f"ledger: {events['void'] + events['expire']} releases for {payment_id}")
     if events["refund"] != len(refunds):
-        found.append(f"ledger: {events['refund']} refund transactions for {payment_id}, "
-                     f"{len(refunds)} refunds")
+        found.append(
+            f"ledger: {events['refund']} refund transactions for {payment_id}, "
+            f"{len(refunds)} refunds"
+        )
     if sum(r["amount"] for r in refunds) != row["amount_refunded"]:
-        found.append(f"{payment_id}: refunds total {sum(r['amount'] for r in refunds)}, "
-                     f"amount_refunded {row['amount_refunded']}")
+        found.append(
+            f"{payment_id}: refunds total {sum(r['amount'] for r in refunds)}, "
+            f"amount_refunded {row['amount_refunded']}"
+        )
     if at_processor["authorize"] > 1:
         found.append(f"processor: {at_processor['authorize']} authorizations of {payment_id}")
     if at_processor["capture"] > events["capture"]:
-        found.append(f"processor: {at_processor['capture']} captures of {payment_id}, "
-                     f"our books {events['capture']}")
-    if at_processor["refund"] > len(refunds) or books.processor_refunded[payment_id] > \
-            row["amount_refunded"]:
-        found.append(f"processor: {at_processor['refund']} refunds "
-                     f"({books.processor_refunded[payment_id]}) of {payment_id}, our books "
-                     f"{len(refunds)} ({row['amount_refunded']})")
+        found.append(
+            f"processor: {at_processor['capture']} captures of {payment_id}, "
+            f"our books {events['capture']}"
+        )
+    if (
+        at_processor["refund"] > len(refunds)
+        or books.processor_refunded[payment_id] > row["amount_refunded"]
+    ):
+        found.append(
+            f"processor: {at_processor['refund']} refunds "
+            f"({books.processor_refunded[payment_id]}) of {payment_id}, our books "
+            f"{len(refunds)} ({row['amount_refunded']})"
+        )
     return found
 
 
 async def check_processor_orphans(conn: asyncpg.Connection, findings: Findings) -> None:
     """A charge at the processor with no payment of ours, or one we recorded as not taken."""
     for row in await conn.fetch(
-            """SELECT s.payment_id, p.status FROM sandbox_operations s
+        """SELECT s.payment_id, p.status FROM sandbox_operations s
                  LEFT JOIN payments p ON p.id = s.payment_id
                 WHERE s.operation = 'authorize' AND s.outcome = 'approved'
-                  AND (p.id IS NULL OR p.status IN ('failed', 'declined'))"""):
-        findings.lost.append(f"processor approved {row['payment_id']}, our books: "
-                             f"{row['status'] or 'no payment'}")
+                  AND (p.id IS NULL OR p.status IN ('failed', 'declined'))"""
+    ):
+        findings.lost.append(
+            f"processor approved {row['payment_id']}, our books: {row['status'] or 'no payment'}"
+        )
 
 
 async def wait_settled(conn: asyncpg.Connection) -> int:
@@ -678,16 +801,21 @@ async def wait_settled(conn: asyncpg.Connection) -> int:
         await asyncio.sleep(0.5)
 
 
-async def check_books(dsn: str, merchant_id: str, records: list[FlowRecord], seed: int,
-                      gateway: KassaServer) -> Findings:
+async def check_books(
+    dsn: str, merchant_id: str, records: list[FlowRecord], seed: int, gateway: KassaServer
+) -> Findings:
     findings = Findings()
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await wait_settled(conn)
-        findings.stuck = [f"payment {r['id']} still processing" for r in await conn.fetch(
-            "SELECT id FROM payments WHERE status = 'processing'")]
-        findings.stuck += [f"key {r['key']} still in flight" for r in await conn.fetch(
-            "SELECT key FROM idempotency_keys WHERE state = 'in_flight'")]
+        findings.stuck = [
+            f"payment {r['id']} still processing"
+            for r in await conn.fetch("SELECT id FROM payments WHERE status = 'processing'")
+        ]
+        findings.stuck += [
+            f"key {r['key']} still in flight"
+            for r in await conn.fetch("SELECT key FROM idempotency_keys WHERE state = 'in_flight'")
+        ]
         books = await read_books(conn, merchant_id)
         for record in records:
             check_flow(record, books, seed, findings)
@@ -754,18 +882,27 @@ def answers_while_down(stats: Stats) -> Counter:
     """Statuses of answers to requests in flight at some point while the database was down."""
     counted: Counter = Counter()
     for exchange in stats.exchanges:
-        if any(exchange.sent <= up and exchange.received >= down
-               for down, up in stats.down_windows):
+        if any(
+            exchange.sent <= up and exchange.received >= down for down, up in stats.down_windows
+        ):
             counted[exchange.status] += 1
     return counted
 
 
 def failures_of(summary: Summary) -> list[str]:
-    failures = [f"{name} {value}" for name, value in (
-        ("lost", summary.lost), ("duplicated", summary.duplicated),
-        ("imbalanced", summary.imbalanced), ("stuck", summary.stuck),
-        ("500s/malformed", summary.server_errors), ("hangs", summary.hangs),
-        ("not recovered after a restart", summary.not_recovered)) if value]
+    failures = [
+        f"{name} {value}"
+        for name, value in (
+            ("lost", summary.lost),
+            ("duplicated", summary.duplicated),
+            ("imbalanced", summary.imbalanced),
+            ("stuck", summary.stuck),
+            ("500s/malformed", summary.server_errors),
+            ("hangs", summary.hangs),
+            ("not recovered after a restart", summary.not_recovered),
+        )
+        if value
+    ]
     if summary.kills < summary.kills_asked:
         failures.append(f"only {summary.kills} of {summary.kills_asked} kills")
     if summary.restarts < summary.restarts_asked:
@@ -777,31 +914,62 @@ def failures_of(summary: Summary) -> list[str]:
     return failures
 
 
-def summarize(args: argparse.Namespace, stats: Stats, findings: Findings,
-              records: list[FlowRecord], gateway_exit: int | None, gateway_stop_s: float,
-              gateway: KassaServer, elapsed_s: float) -> Summary:
+def summarize(
+    args: argparse.Namespace,
+    stats: Stats,
+    findings: Findings,
+    records: list[FlowRecord],
+    gateway_exit: int | None,
+    gateway_stop_s: float,
+    gateway: KassaServer,
+    elapsed_s: float,
+) -> Summary:
     log_problems = unhandled_errors(gateway)
     down = answers_while_down(stats)
-    details = [f"{kind}: {line}" for kind, lines in (
-        ("lost", findings.lost), ("duplicated", findings.duplicated),
-        ("imbalanced", findings.imbalanced), ("stuck", findings.stuck),
-        ("500", stats.server_errors), ("gateway log", log_problems),
-        ("unexpected", findings.unexpected)) for line in lines[:PROBLEMS_SHOWN_MAX]]
+    details = [
+        f"{kind}: {line}"
+        for kind, lines in (
+            ("lost", findings.lost),
+            ("duplicated", findings.duplicated),
+            ("imbalanced", findings.imbalanced),
+            ("stuck", findings.stuck),
+            ("500", stats.server_errors),
+            ("gateway log", log_problems),
+            ("unexpected", findings.unexpected),
+        )
+        for line in lines[:PROBLEMS_SHOWN_MAX]
+    ]
     summary = Summary(
-        seed=args.seed, requests=stats.requests, kills=stats.kills, kills_asked=args.kills,
-        restarts=stats.restarts, restarts_asked=args.restarts, restart_modes=stats.restart_modes,
+        seed=args.seed,
+        requests=stats.requests,
+        kills=stats.kills,
+        kills_asked=args.kills,
+        restarts=stats.restarts,
+        restarts_asked=args.restarts,
+        restart_modes=stats.restart_modes,
         by_status={str(k): v for k, v in sorted(stats.by_status.items())},
         connection_errors=stats.connection_errors,
-        down_by_status={str(k): v for k, v in sorted(down.items())}, down_503=down[503],
-        hangs=stats.hangs, server_errors=len(stats.server_errors),
-        not_recovered=stats.not_recovered, recovery_s=[round(s, 2) for s in stats.recovery_s],
-        checkouts=len(records), checked=findings.checked, recovered=recoveries(gateway),
+        down_by_status={str(k): v for k, v in sorted(down.items())},
+        down_503=down[503],
+        hangs=stats.hangs,
+        server_errors=len(stats.server_errors),
+        not_recovered=stats.not_recovered,
+        recovery_s=[round(s, 2) for s in stats.recovery_s],
+        checkouts=len(records),
+        checked=findings.checked,
+        recovered=recoveries(gateway),
         undecided=findings.undecided,
-        unexpected=len(findings.unexpected), lost=len(findings.lost),
-        duplicated=len(findings.duplicated), imbalanced=len(findings.imbalanced),
-        stuck=len(findings.stuck), gateway_exit=gateway_exit,
-        gateway_stop_s=round(gateway_stop_s, 2), elapsed_s=round(elapsed_s, 1), failures=[],
-        details=details)
+        unexpected=len(findings.unexpected),
+        lost=len(findings.lost),
+        duplicated=len(findings.duplicated),
+        imbalanced=len(findings.imbalanced),
+        stuck=len(findings.stuck),
+        gateway_exit=gateway_exit,
+        gateway_stop_s=round(gateway_stop_s, 2),
+        elapsed_s=round(elapsed_s, 1),
+        failures=[],
+        details=details,
+    )
     summary.failures = failures_of(summary)
     return summary
 
@@ -814,16 +982,24 @@ def print_summary(summary: Summary, short: bool) -> None:
     verdict = "PASS" if summary.ok else "FAIL: " + "; ".join(summary.failures)
     lines = [
         f"chaos summary (seed {summary.seed}{', short' if short else ''})",
-        (f"  requests           {summary.requests} ({summary.connection_errors} connection "
-         "errors, retried)"),
-        (f"  checkouts          {summary.checkouts} ({summary.checked} payments checked "
-         f"against the books, {summary.undecided} steps undecided, {summary.unexpected} "
-         "unexpected answers)"),
-        (f"  recovered          {sum(summary.recovered.values())} payments settled by "
-         f"recovery ({recovered or 'none'})"),
+        (
+            f"  requests           {summary.requests} ({summary.connection_errors} connection "
+            "errors, retried)"
+        ),
+        (
+            f"  checkouts          {summary.checkouts} ({summary.checked} payments checked "
+            f"against the books, {summary.undecided} steps undecided, {summary.unexpected} "
+            "unexpected answers)"
+        ),
+        (
+            f"  recovered          {sum(summary.recovered.values())} payments settled by "
+            f"recovery ({recovered or 'none'})"
+        ),
         f"  kills              {summary.kills} (asked {summary.kills_asked})",
-        (f"  restarts           {summary.restarts} (asked {summary.restarts_asked}: "
-         f"{', '.join(summary.restart_modes) or '-'})"),
+        (
+            f"  restarts           {summary.restarts} (asked {summary.restarts_asked}: "
+            f"{', '.join(summary.restart_modes) or '-'})"
+        ),
         f"  answers by status  {statuses}",
         f"  while db down      {summary.down_503} x 503 ({down})",
         f"  max recovery       {recovery:.1f} s after a restart ({summary.recovery_s})",
@@ -838,13 +1014,15 @@ def print_summary(summary: Summary, short: bool) -> None:
         f"  verdict            {verdict}",
     ]
     lines += [f"  ! {line}" for line in summary.details]
-    lines.append(f"replay: python -m benchmarks.chaos --seed {summary.seed}"
-                 f"{' --short' if short else ''}")
+    lines.append(
+        f"replay: python -m benchmarks.chaos --seed {summary.seed}{' --short' if short else ''}"
+    )
     print("\n".join(lines), flush=True)
 
 
-async def run_chaos(args: argparse.Namespace, workdir: Path,
-                    cluster: PostgresCluster, gateway: KassaServer) -> Summary:
+async def run_chaos(
+    args: argparse.Namespace, workdir: Path, cluster: PostgresCluster, gateway: KassaServer
+) -> Summary:
     started = time.monotonic()
     stats, records = Stats(), []
     cluster.init()
@@ -856,8 +1034,11 @@ async def run_chaos(args: argparse.Namespace, workdir: Path,
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         await gateway.wait_ready_async(READY_TIMEOUT_S, all_workers=True)
-        print(f"chaos: seed {args.seed}, {args.workers} workers, {args.clients} clients, "
-              f"workdir {workdir}", flush=True)
+        print(
+            f"chaos: seed {args.seed}, {args.workers} workers, {args.clients} clients, "
+            f"workdir {workdir}",
+            flush=True,
+        )
         client = Client(session, gateway.url, secret, stats, time.monotonic() + args.deadline)
         counter, rng = itertools.count(), random.Random(args.seed)
         print(f"phase 1: {args.kills} worker kills under load", flush=True)
@@ -866,14 +1047,14 @@ async def run_chaos(args: argparse.Namespace, workdir: Path,
         await gateway.wait_workers(args.workers)
         print(f"phase 2: {args.restarts} database restarts under load", flush=True)
         async with load(client, args.seed, counter, args.clients, records):
-            await restart_database(cluster, client, args.restarts, args.seed, rng, stats,
-                                   records)
+            await restart_database(cluster, client, args.restarts, args.seed, rng, stats, records)
             await asyncio.sleep(RESTART_UP_S)
     print("checking the books", flush=True)
     findings = await check_books(cluster.dsn, merchant_id, records, args.seed, gateway)
     gateway_exit, stop_s = gateway.stop(GATEWAY_STOP_GRACE_S)
-    return summarize(args, stats, findings, records, gateway_exit, stop_s, gateway,
-                     time.monotonic() - started)
+    return summarize(
+        args, stats, findings, records, gateway_exit, stop_s, gateway, time.monotonic() - started
+    )
 
 
 SHORT = {"kills": 20, "restarts": 3, "clients": 8, "deadline": 150.0}
@@ -881,25 +1062,45 @@ FULL = {"kills": 30, "restarts": 5, "clients": 16, "deadline": 300.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=None,
-                        help="fixes every random choice (default: a new one, printed)")
-    parser.add_argument("--short", action="store_true",
-                        help="the CI form: " + ", ".join(f"{k} {v}" for k, v in SHORT.items()))
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="fixes every random choice (default: a new one, printed)",
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="the CI form: " + ", ".join(f"{k} {v}" for k, v in SHORT.items()),
+    )
     parser.add_argument("--kills", type=int, help=f"worker SIGKILLs (full: {FULL['kills']})")
-    parser.add_argument("--restarts", type=int,
-                        help=f"database restarts (full: {FULL['restarts']})")
-    parser.add_argument("--clients", type=int,
-                        help=f"concurrent checkouts (full: {FULL['clients']})")
+    parser.add_argument(
+        "--restarts", type=int, help=f"database restarts (full: {FULL['restarts']})"
+    )
+    parser.add_argument(
+        "--clients", type=int, help=f"concurrent checkouts (full: {FULL['clients']})"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
-    parser.add_argument("--deadline", type=float,
-                        help="seconds after which clients stop retrying (full: "
-                             f"{FULL['deadline']:.0f})")
-    parser.add_argument("--fsync", action="store_true",
-                        help="run PostgreSQL with fsync on (slower; we never crash the OS)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (logs, database) even on success")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        help=f"seconds after which clients stop retrying (full: {FULL['deadline']:.0f})",
+    )
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="run PostgreSQL with fsync on (slower; we never crash the OS)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (logs, database) even on success",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary here as JSON")
     args = parser.parse_args(argv)
     for name, value in (SHORT if args.short else FULL).items():
@@ -912,6 +1113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _terminate_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C, so the cluster and the gateway are always stopped."""
+
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 

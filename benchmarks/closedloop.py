@@ -30,24 +30,25 @@ INSTALLER = ROOT / "scripts" / "install-bench-tools"
 THREADS = 1
 CONNECTIONS = 64
 SECONDS = 10.0
-WARMUP_SECONDS = 2.0          # a separate wrk run first: connections, caches, JIT-free warm
-REQUEST_TIMEOUT_S = 5         # wrk --timeout: an answer slower than this is a socket error
-WRK_SLACK_S = 30.0            # wrk's own run time past -d before we give up on it
+WARMUP_SECONDS = 2.0  # a separate wrk run first: connections, caches, JIT-free warm
+REQUEST_TIMEOUT_S = 5  # wrk --timeout: an answer slower than this is a socket error
+WRK_SLACK_S = 30.0  # wrk's own run time past -d before we give up on it
 
 # The open-loop framework figure is the generator's, not the framework's, when wrk (closed
 # loop, same machine, same run) serves this much more.
 GENERATOR_LIMITED_MARGIN = 1.2
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-_LATENCY_LINE = re.compile(r"^\s*(50|75|90|99(?:\.\d+)?)%\s+([\d.]+)(us|ms|s|m|h)\s*$",
-                           re.MULTILINE)
+_LATENCY_LINE = re.compile(
+    r"^\s*(50|75|90|99(?:\.\d+)?)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE
+)
 _REQUESTS_LINE = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h),", re.MULTILINE)
 _RPS_LINE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
-_SOCKET_ERRORS = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 _NON_2XX_3XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _SCRIPT_LINE = re.compile(
-    r"^kassa-wrk: answers=(\d+) non2xx=(\d+) replayed=(\d+) statuses=(\S*)$", re.MULTILINE)
+    r"^kassa-wrk: answers=(\d+) non2xx=(\d+) replayed=(\d+) statuses=(\S*)$", re.MULTILINE
+)
 
 
 class WrkOutputError(ValueError):
@@ -59,9 +60,9 @@ class WrkResult:
     requests: int
     seconds: float
     rps: float
-    latency_ms: dict[str, float]          # "50", "75", "90", "99" -> ms
-    non2xx: int                           # counted by the Lua `response` callback
-    replayed: int                         # answers with Idempotent-Replayed (must be 0)
+    latency_ms: dict[str, float]  # "50", "75", "90", "99" -> ms
+    non2xx: int  # counted by the Lua `response` callback
+    replayed: int  # answers with Idempotent-Replayed (must be 0)
     statuses: dict[int, int] = field(default_factory=dict)
     socket_errors: dict[str, int] = field(default_factory=dict)
 
@@ -75,12 +76,17 @@ class WrkResult:
         return self.requests - self.non2xx
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "seconds": self.seconds,
-                "rps": round(self.rps, 1), "errors": self.errors, "non2xx": self.non2xx,
-                "replayed": self.replayed, "statuses": {str(k): v for k, v in
-                                                        sorted(self.statuses.items())},
-                "socket_errors": self.socket_errors,
-                **{f"p{p}_ms": round(v, 3) for p, v in self.latency_ms.items()}}
+        return {
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "rps": round(self.rps, 1),
+            "errors": self.errors,
+            "non2xx": self.non2xx,
+            "replayed": self.replayed,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "socket_errors": self.socket_errors,
+            **{f"p{p}_ms": round(v, 3) for p, v in self.latency_ms.items()},
+        }
 
 
 def _ms(value: str, unit: str) -> float:
@@ -100,19 +106,30 @@ def parse_wrk_output(text: str) -> WrkResult:
     if "50" not in latency or "99" not in latency:
         raise WrkOutputError("no latency distribution: was wrk run with --latency?")
     socket = _SOCKET_ERRORS.search(text)
-    socket_errors = ({name: int(socket[i + 1]) for i, name in
-                      enumerate(("connect", "read", "write", "timeout"))} if socket else {})
-    statuses = {int(code): int(count) for code, count in
-                (pair.split(":") for pair in script[4].split(",") if pair)}
+    socket_errors = (
+        {name: int(socket[i + 1]) for i, name in enumerate(("connect", "read", "write", "timeout"))}
+        if socket
+        else {}
+    )
+    statuses = {
+        int(code): int(count)
+        for code, count in (pair.split(":") for pair in script[4].split(",") if pair)
+    }
     non2xx = int(script[2])
     wrk_bad = _NON_2XX_3XX.search(text)
     # wrk's own count (status > 399) can only be lower than the script's (any non-2xx).
     if wrk_bad and int(wrk_bad[1]) > non2xx:
         non2xx = int(wrk_bad[1])
-    return WrkResult(requests=int(requests[1]),
-                     seconds=round(_ms(requests[2], requests[3]) / 1000, 3),
-                     rps=float(rps[1]), latency_ms=latency, non2xx=non2xx,
-                     replayed=int(script[3]), statuses=statuses, socket_errors=socket_errors)
+    return WrkResult(
+        requests=int(requests[1]),
+        seconds=round(_ms(requests[2], requests[3]) / 1000, 3),
+        rps=float(rps[1]),
+        latency_ms=latency,
+        non2xx=non2xx,
+        replayed=int(script[3]),
+        statuses=statuses,
+        socket_errors=socket_errors,
+    )
 
 
 def wrk_executable() -> str:
@@ -121,28 +138,55 @@ def wrk_executable() -> str:
     found = shutil.which("wrk")
     if found:
         return found
-    done = subprocess.run([str(INSTALLER)], env={**os.environ, "PYTHON": sys.executable},
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(INSTALLER)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     found = shutil.which("wrk")
     if found is None:
-        raise RuntimeError(f"wrk is needed for the closed-loop figures: "
-                           f"{done.stderr.strip() or 'scripts/install-bench-tools failed'}")
+        raise RuntimeError(
+            f"wrk is needed for the closed-loop figures: "
+            f"{done.stderr.strip() or 'scripts/install-bench-tools failed'}"
+        )
     return found
 
 
-def wrk_command(url: str, secret_key: str | None, seconds: float,
-                connections: int = CONNECTIONS, threads: int = THREADS) -> list[str]:
+def wrk_command(
+    url: str,
+    secret_key: str | None,
+    seconds: float,
+    connections: int = CONNECTIONS,
+    threads: int = THREADS,
+) -> list[str]:
     script = WRK_SCRIPTS / ("authorize.lua" if secret_key else "baseline.lua")
-    command = [wrk_executable(), f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
-               f"--timeout={REQUEST_TIMEOUT_S}s", "--latency", "-s", str(script), url]
+    command = [
+        wrk_executable(),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        f"--timeout={REQUEST_TIMEOUT_S}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     return command + (["--", secret_key] if secret_key else [])
 
 
-def run_wrk(url: str, secret_key: str | None, seconds: float,
-            connections: int = CONNECTIONS, threads: int = THREADS) -> WrkResult:
+def run_wrk(
+    url: str,
+    secret_key: str | None,
+    seconds: float,
+    connections: int = CONNECTIONS,
+    threads: int = THREADS,
+) -> WrkResult:
     command = wrk_command(url, secret_key, seconds, connections, threads)
-    done = subprocess.run(command, capture_output=True, text=True,
-                          timeout=seconds + WRK_SLACK_S, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + WRK_SLACK_S, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()}")
     return parse_wrk_output(done.stdout)
@@ -156,7 +200,9 @@ def measure(target, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS) 
 
 
 def describe(name: str, result: WrkResult) -> str:
-    return (f"  closed loop {name:10} {result.rps:8.0f}/s p50 {result.latency_ms['50']:6.2f} "
-            f"p99 {result.latency_ms['99']:7.2f} ms errors {result.errors}"
-            + (f" {result.statuses}" if result.non2xx else "")
-            + (f" REPLAYED {result.replayed}" if result.replayed else ""))
+    return (
+        f"  closed loop {name:10} {result.rps:8.0f}/s p50 {result.latency_ms['50']:6.2f} "
+        f"p99 {result.latency_ms['99']:7.2f} ms errors {result.errors}"
+        + (f" {result.statuses}" if result.non2xx else "")
+        + (f" REPLAYED {result.replayed}" if result.replayed else "")
+    )

@@ -23,18 +23,28 @@ import core_ext
 NOW = datetime.now(UTC)
 TODAY = (NOW.year, NOW.month)  # what the gateway passes the core: it never reads the clock
 PAYMENT = {
-    "amount": 1999, "currency": "eur", "capture": "manual",
-    "payment_method": {"type": "card", "card": {
-        "number": "4242424242424242", "exp_month": 12, "exp_year": NOW.year + 4, "cvc": "123",
-        "holder_name": "Ada Lovelace"}},
-    "reference": "order-1001", "description": "2 items", "metadata": {"cart": "c_77"},
+    "amount": 1999,
+    "currency": "eur",
+    "capture": "manual",
+    "payment_method": {
+        "type": "card",
+        "card": {
+            "number": "4242424242424242",
+            "exp_month": 12,
+            "exp_year": NOW.year + 4,
+            "cvc": "123",
+            "holder_name": "Ada Lovelace",
+        },
+    },
+    "reference": "order-1001",
+    "description": "2 items",
+    "metadata": {"cart": "c_77"},
     "customer": {"email": "ada@example.com", "ip": "203.0.113.9"},
 }
 
 
 def cases(core) -> dict[str, Callable[[], object]]:
-    v, s, lg, idem, risk = (core.validation, core.states, core.ledger, core.idempotency,
-                            core.risk)
+    v, s, lg, idem, risk = (core.validation, core.states, core.ledger, core.idempotency, core.risk)
     transition = s.capture("authorized", 1999, 1999, 0, 0, 1500)
     limiter, guard = risk.RateLimiter(), risk.VelocityGuard()
     # Limits that never trip, so every call does the full counting work.
@@ -55,16 +65,23 @@ def cases(core) -> dict[str, Callable[[], object]]:
         idem.request_fingerprint("POST", "/v1/payments", "mer_x", PAYMENT)
         velocity_check()
         auth = s.settle_authorization("approved", request.amount)
-        cap = s.capture(auth.status, request.amount, auth.amount_capturable,
-                        auth.amount_captured, auth.amount_refunded, None)
+        cap = s.capture(
+            auth.status,
+            request.amount,
+            auth.amount_capturable,
+            auth.amount_captured,
+            auth.amount_refunded,
+            None,
+        )
         lg.postings(auth, "mer_x", "sandbox", request.currency)
         lg.postings(cap, "mer_x", "sandbox", request.currency)
 
     return {
         "validate_payment": lambda: v.validate_payment(PAYMENT, *TODAY),
         "luhn_valid": lambda: v.luhn_valid("4242424242424242"),
-        "request_fingerprint": lambda: idem.request_fingerprint("POST", "/v1/payments",
-                                                                "mer_x", PAYMENT),
+        "request_fingerprint": lambda: idem.request_fingerprint(
+            "POST", "/v1/payments", "mer_x", PAYMENT
+        ),
         "capture_transition": lambda: s.capture("authorized", 1999, 1999, 0, 0, 1500),
         "ledger_postings": lambda: lg.postings(transition, "mer_x", "sandbox", "EUR"),
         "json_depth": lambda: v.check_json_depth(PAYMENT),
@@ -93,8 +110,9 @@ def batch_ns(fn: Callable[[], object], number: int) -> float:
     return (time.perf_counter_ns() - start) / number
 
 
-def compare(fast: Callable[[], object], slow: Callable[[], object],
-            seconds: float) -> tuple[float, float]:
+def compare(
+    fast: Callable[[], object], slow: Callable[[], object], seconds: float
+) -> tuple[float, float]:
     """Best ns per call of each, from short batches that alternate between the two builds.
 
     On a shared, noisy machine a long batch almost always includes time stolen by other
@@ -121,13 +139,23 @@ def main() -> int:
     print(f"{'case':<22}{'compiled ns':>14}{'pure ns':>12}{'speedup':>10}")
     for name in compiled_cases:
         fast, slow = compare(compiled_cases[name], pure_cases[name], args.seconds)
-        rows.append({"case": name, "compiled_ns": round(fast, 1), "pure_ns": round(slow, 1),
-                     "speedup": round(slow / fast, 2)})
+        rows.append(
+            {
+                "case": name,
+                "compiled_ns": round(fast, 1),
+                "pure_ns": round(slow, 1),
+                "speedup": round(slow / fast, 2),
+            }
+        )
         print(f"{name:<22}{fast:>14.0f}{slow:>12.0f}{slow / fast:>9.2f}x")
     if args.json:
         with open(args.json, "wb") as out:
-            out.write(orjson.dumps({"python": sys.version, "machine": platform.machine(),
-                                    "rows": rows}, option=orjson.OPT_INDENT_2))
+            out.write(
+                orjson.dumps(
+                    {"python": sys.version, "machine": platform.machine(), "rows": rows},
+                    option=orjson.OPT_INDENT_2,
+                )
+            )
     return 0
 
 

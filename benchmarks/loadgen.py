@@ -55,8 +55,7 @@ class StepResult:
 
     @property
     def valid(self) -> bool:
-        return (self.overflow == 0
-                and self.late_sends <= LATE_SENDS_SHARE_MAX * max(self.sent, 1))
+        return self.overflow == 0 and self.late_sends <= LATE_SENDS_SHARE_MAX * max(self.sent, 1)
 
     def percentile_ms(self, p: float) -> float:
         return self.histogram.get_value_at_percentile(p) / 1000
@@ -72,17 +71,24 @@ class StepResult:
         return {
             "offered_rps": round(self.offered_rps, 1),
             "achieved_rps": round(self.achieved_rps, 1),
-            "sent": self.sent, "completed": self.completed, "errors": self.errors,
-            "error_kinds": self.error_kinds, "late_sends": self.late_sends,
-            "overflow": self.overflow, "valid": self.valid,
-            **{f"p{label}_ms": round(self.percentile_ms(p), 2)
-               for label, p in (("50", 50), ("90", 90), ("99", 99), ("99.9", 99.9))},
+            "sent": self.sent,
+            "completed": self.completed,
+            "errors": self.errors,
+            "error_kinds": self.error_kinds,
+            "late_sends": self.late_sends,
+            "overflow": self.overflow,
+            "valid": self.valid,
+            **{
+                f"p{label}_ms": round(self.percentile_ms(p), 2)
+                for label, p in (("50", 50), ("90", 90), ("99", 99), ("99.9", 99.9))
+            },
             "max_ms": round(self.histogram.get_max_value() / 1000, 2),
         }
 
 
-async def _run_schedule(target: Target, scenario: str, rate: float, warmup_s: float,
-                        seconds: float, seed: int) -> dict:
+async def _run_schedule(
+    target: Target, scenario: str, rate: float, warmup_s: float, seconds: float, seed: int
+) -> dict:
     run = SCENARIOS[scenario]
     rng = random.Random(seed)
     histogram = new_histogram()
@@ -139,12 +145,21 @@ def _process_main(args: tuple) -> dict:
     return uvloop.run(_run_schedule(target, scenario, rate, warmup_s, seconds, seed))
 
 
-def run_step(target: Target, scenario: str, rate: float, seconds: float, warmup_s: float,
-             processes: int = 1, seed: int = 1) -> StepResult:
+def run_step(
+    target: Target,
+    scenario: str,
+    rate: float,
+    seconds: float,
+    warmup_s: float,
+    processes: int = 1,
+    seed: int = 1,
+) -> StepResult:
     """Offer ``rate`` requests/s for ``warmup_s + seconds``; measure the last ``seconds``."""
     result = StepResult(offered_rps=rate, seconds=seconds)
-    jobs = [(target, scenario, rate / processes, warmup_s, seconds, seed * 1000 + i)
-            for i in range(processes)]
+    jobs = [
+        (target, scenario, rate / processes, warmup_s, seconds, seed * 1000 + i)
+        for i in range(processes)
+    ]
     if processes == 1:
         parts = [_process_main(jobs[0])]
     else:

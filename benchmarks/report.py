@@ -19,58 +19,86 @@ def closed_loop_lines(results: dict) -> list[str]:
     if not closed:
         return []
     opened = results.get("targets", {})
-    lines = [f"## Closed loop: `{closed['command']}` (fresh server each, same run)", "",
-             "| target | open-loop rps at SLO | open-loop capacity probe | closed-loop rps "
-             "| closed p50 ms | closed p99 ms | closed errors |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Closed loop: `{closed['command']}` (fresh server each, same run)",
+        "",
+        "| target | open-loop rps at SLO | open-loop capacity probe | closed-loop rps "
+        "| closed p50 ms | closed p99 ms | closed errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, c in closed["targets"].items():
         o = opened.get(name)
-        slo, capacity = ((f"{o['slo_rps']:.0f}", f"{o['capacity_rps']:.0f}") if o
-                         else ("-", "-"))
-        lines.append(f"| {name} | {slo} | {capacity} | {c['rps']:.0f} | "
-                     f"{c['p50_ms']} | {c['p99_ms']} | {c['errors']}"
-                     f"{' ' + str(c['statuses']) if c['non2xx'] else ''} |")
+        slo, capacity = (f"{o['slo_rps']:.0f}", f"{o['capacity_rps']:.0f}") if o else ("-", "-")
+        lines.append(
+            f"| {name} | {slo} | {capacity} | {c['rps']:.0f} | "
+            f"{c['p50_ms']} | {c['p99_ms']} | {c['errors']}"
+            f"{' ' + str(c['statuses']) if c['non2xx'] else ''} |"
+        )
     ratio = closed.get("kassa_over_framework")
     ratio_text = f"{ratio:.2f}x" if ratio else "n/a"
-    lines += ["", f"- Kassa / framework, closed loop: **{ratio_text}**",
-              "- Closed-loop latencies are not corrected for coordinated omission (each of the "
-              "64 connections waits for its answer before sending again): compare them "
-              "between targets, never against the SLO."]
+    lines += [
+        "",
+        f"- Kassa / framework, closed loop: **{ratio_text}**",
+        "- Closed-loop latencies are not corrected for coordinated omission (each of the "
+        "64 connections waits for its answer before sending again): compare them "
+        "between targets, never against the SLO.",
+    ]
     for name, c in closed["targets"].items():
         if c["errors"]:
-            lines.append(f"- WARNING: {c['errors']} {name} requests got no 2xx "
-                         f"({c['statuses']}, socket errors {c['socket_errors']}): its "
-                         "closed-loop figure is not a valid ceiling.")
+            lines.append(
+                f"- WARNING: {c['errors']} {name} requests got no 2xx "
+                f"({c['statuses']}, socket errors {c['socket_errors']}): its "
+                "closed-loop figure is not a valid ceiling."
+            )
         if c["replayed"]:
-            lines.append(f"- WARNING: {c['replayed']} {name} answers were idempotent replays: "
-                         "the keys were not unique, the figure is not of new authorizations.")
+            lines.append(
+                f"- WARNING: {c['replayed']} {name} answers were idempotent replays: "
+                "the keys were not unique, the figure is not of new authorizations."
+            )
     framework_open = opened.get("framework")
     framework_closed = closed["targets"].get("framework")
-    if framework_open and framework_closed and (
-            framework_closed["rps"] > GENERATOR_LIMITED_MARGIN * framework_open["capacity_rps"]):
+    if (
+        framework_open
+        and framework_closed
+        and (framework_closed["rps"] > GENERATOR_LIMITED_MARGIN * framework_open["capacity_rps"])
+    ):
         lines.append(
             f"- **The open-loop framework figure ({framework_open['slo_rps']:.0f}/s at SLO, "
             f"probe {framework_open['capacity_rps']:.0f}/s) is the Python generator's limit, "
             f"not the framework's**: wrk reaches {framework_closed['rps']:.0f}/s on the same "
             "machine. The open-loop Kassa / framework ratio above overstates Kassa; the "
-            "closed-loop ratio is the honest one.")
+            "closed-loop ratio is the honest one."
+        )
     return [*lines, ""]
 
 
 def summary(results: dict) -> str:
     if "targets" not in results:  # --closed-loop-only
-        return "\n".join([
-            f"# Kassa benchmark {results['started']} (closed loop only)", "",
-            f"Commit {results['commit']}; {results['machine']['cpus']} CPUs "
-            f"({results['machine']['cpu_model']}); {results['workers']} server workers; "
-            f"wrk on the same machine; PostgreSQL {results.get('postgres', '?')}.", "",
-            *closed_loop_lines(results)])
+        return "\n".join(
+            [
+                f"# Kassa benchmark {results['started']} (closed loop only)",
+                "",
+                f"Commit {results['commit']}; {results['machine']['cpus']} CPUs "
+                f"({results['machine']['cpu_model']}); {results['workers']} server workers; "
+                f"wrk on the same machine; PostgreSQL {results.get('postgres', '?')}.",
+                "",
+                *closed_loop_lines(results),
+            ]
+        )
     t = results["targets"]
-    kassa, framework, nobatch = (t["kassa"]["slo_rps"], t["framework"]["slo_rps"],
-                                 t["kassa-nobatch"]["slo_rps"])
+    kassa, framework, nobatch = (
+        t["kassa"]["slo_rps"],
+        t["framework"]["slo_rps"],
+        t["kassa-nobatch"]["slo_rps"],
+    )
     core = {row["case"]: row for row in results["core"]}
     path = core.get("authorization_path", {})
-    invalid = [f"{name} at {s['offered_rps']:.0f}/s" for name, target in t.items()
-               for s in target["steps"] if not s["valid"]]
+    invalid = [
+        f"{name} at {s['offered_rps']:.0f}/s"
+        for name, target in t.items()
+        for s in target["steps"]
+        if not s["valid"]
+    ]
     lines = [
         f"# Kassa benchmark {results['started']} ({'quick' if results['quick'] else 'full'})",
         "",
@@ -84,8 +112,10 @@ def summary(results: dict) -> str:
         "",
         "| target | rps at SLO | capacity probe (rps) |",
         "|---|---|---|",
-        *[f"| {name} | {target['slo_rps']:.0f} | {target['capacity_rps']:.0f} |"
-          for name, target in t.items()],
+        *[
+            f"| {name} | {target['slo_rps']:.0f} | {target['capacity_rps']:.0f} |"
+            for name, target in t.items()
+        ],
         "",
         f"- Kassa / framework ceiling: **{_ratio(kassa, framework)}** (target >= 0.40x)",
         f"- Kassa / Kassa with batching off: **{_ratio(kassa, nobatch)}** (target >= 3x)",
@@ -101,26 +131,44 @@ def summary(results: dict) -> str:
         "",
     ]
     for name, target in t.items():
-        lines += [f"### {name}", "",
-                  "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-                  "| errors | valid |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {s['offered_rps']:.0f} | {s['achieved_rps']:.0f} | {s['p50_ms']} | "
-                  f"{s['p90_ms']} | {s['p99_ms']} | {s['p99.9_ms']} | {s['max_ms']} | "
-                  f"{s['errors']} | {'yes' if s['valid'] else 'NO'} |" for s in target["steps"]]
+        lines += [
+            f"### {name}",
+            "",
+            "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+            "| errors | valid |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s['offered_rps']:.0f} | {s['achieved_rps']:.0f} | {s['p50_ms']} | "
+            f"{s['p90_ms']} | {s['p99_ms']} | {s['p99.9_ms']} | {s['max_ms']} | "
+            f"{s['errors']} | {'yes' if s['valid'] else 'NO'} |"
+            for s in target["steps"]
+        ]
         lines.append("")
     scenarios = t["kassa"].get("scenarios", {})
     if scenarios:
-        lines += ["## Kassa scenarios at half the best valid authorize rate", "",
-                  "| scenario | offered/s | achieved/s | p50 ms | p99 ms | errors |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {name} | {s['offered_rps']:.0f} | {s['achieved_rps']:.0f} | "
-                  f"{s['p50_ms']} | {s['p99_ms']} | {s['errors']} {s['error_kinds'] or ''} |"
-                  for name, s in scenarios.items()]
+        lines += [
+            "## Kassa scenarios at half the best valid authorize rate",
+            "",
+            "| scenario | offered/s | achieved/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {s['offered_rps']:.0f} | {s['achieved_rps']:.0f} | "
+            f"{s['p50_ms']} | {s['p99_ms']} | {s['errors']} {s['error_kinds'] or ''} |"
+            for name, s in scenarios.items()
+        ]
         lines.append("")
-    lines += ["## Core micro-benchmarks (ns per call)", "",
-              "| case | compiled | pure | speedup |", "|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['compiled_ns']:.0f} | {r['pure_ns']:.0f} | "
-              f"{r['speedup']:.2f}x |" for r in results["core"]]
+    lines += [
+        "## Core micro-benchmarks (ns per call)",
+        "",
+        "| case | compiled | pure | speedup |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['case']} | {r['compiled_ns']:.0f} | {r['pure_ns']:.0f} | {r['speedup']:.2f}x |"
+        for r in results["core"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -136,11 +184,22 @@ def plot(results: dict, path: Path) -> None:
     for name, target in results["targets"].items():
         offered = [s["offered_rps"] for s in target["steps"]]
         for key, style in styles.items():
-            ax.plot(offered, [max(s[key], 0.01) for s in target["steps"]], style, marker=".",
-                    color=colors.get(name), label=f"{name} {key[:-3]}")
+            ax.plot(
+                offered,
+                [max(s[key], 0.01) for s in target["steps"]],
+                style,
+                marker=".",
+                color=colors.get(name),
+                label=f"{name} {key[:-3]}",
+            )
     ax.axhline(results["slo_p99_ms"], color="red", linewidth=0.8)
-    ax.text(0.01, results["slo_p99_ms"] * 1.08, f"SLO p99 {results['slo_p99_ms']:.0f} ms",
-            color="red", transform=ax.get_yaxis_transform())
+    ax.text(
+        0.01,
+        results["slo_p99_ms"] * 1.08,
+        f"SLO p99 {results['slo_p99_ms']:.0f} ms",
+        color="red",
+        transform=ax.get_yaxis_transform(),
+    )
     ax.set_yscale("log")
     ax.set_xlabel("offered load (requests/s, open loop)")
     ax.set_ylabel("latency from intended send time (ms)")

@@ -43,10 +43,17 @@ def probe_capacity(target, scenario: str, seconds: float, processes: int) -> flo
     for _ in range(PROBE_STEPS_MAX):
         step = run_step(target, scenario, rate, seconds, warmup_s=0.5, processes=processes)
         best = max(best, step.achieved_rps)
-        print(f"  probe {target.name:14} offered {rate:7.0f}/s achieved "
-              f"{step.achieved_rps:7.0f}/s p99 {step.percentile_ms(99):8.1f} ms", flush=True)
-        if (step.achieved_rps < 0.9 * rate or step.percentile_ms(99) > 500
-                or step.errors or not step.valid):
+        print(
+            f"  probe {target.name:14} offered {rate:7.0f}/s achieved "
+            f"{step.achieved_rps:7.0f}/s p99 {step.percentile_ms(99):8.1f} ms",
+            flush=True,
+        )
+        if (
+            step.achieved_rps < 0.9 * rate
+            or step.percentile_ms(99) > 500
+            or step.errors
+            or not step.valid
+        ):
             break
         rate *= 2
     return best
@@ -56,21 +63,32 @@ def sweep(target, scenario: str, capacity: float, args) -> list[StepResult]:
     steps = []
     for fraction in SWEEP_FRACTIONS:
         rate = max(10.0, capacity * fraction)
-        step = run_step(target, scenario, rate, args.step_seconds, args.warmup_seconds,
-                        processes=args.generators)
+        step = run_step(
+            target,
+            scenario,
+            rate,
+            args.step_seconds,
+            args.warmup_seconds,
+            processes=args.generators,
+        )
         steps.append(step)
-        print(f"  sweep {target.name:14} {fraction:4.0%} offered {rate:7.0f}/s achieved "
-              f"{step.achieved_rps:7.0f}/s p50 {step.percentile_ms(50):6.1f} "
-              f"p99 {step.percentile_ms(99):7.1f} p99.9 {step.percentile_ms(99.9):7.1f} ms "
-              f"errors {step.errors}{'' if step.valid else '  INVALID (generator behind)'}",
-              flush=True)
+        print(
+            f"  sweep {target.name:14} {fraction:4.0%} offered {rate:7.0f}/s achieved "
+            f"{step.achieved_rps:7.0f}/s p50 {step.percentile_ms(50):6.1f} "
+            f"p99 {step.percentile_ms(99):7.1f} p99.9 {step.percentile_ms(99.9):7.1f} ms "
+            f"errors {step.errors}{'' if step.valid else '  INVALID (generator behind)'}",
+            flush=True,
+        )
     return steps
 
 
 def headline(steps: list[StepResult]) -> float:
     """Requests per second at p99 <= 50 ms with zero errors (best valid step)."""
-    good = [s.achieved_rps for s in steps
-            if s.valid and s.errors == 0 and s.percentile_ms(99) <= SLO_P99_MS]
+    good = [
+        s.achieved_rps
+        for s in steps
+        if s.valid and s.errors == 0 and s.percentile_ms(99) <= SLO_P99_MS
+    ]
     return max(good, default=0.0)
 
 
@@ -79,49 +97,74 @@ def measure_target(name: str, start, args) -> dict:
     with start() as target:
         capacity = probe_capacity(target, "authorize", args.probe_seconds, args.generators)
         steps = sweep(target, "authorize", capacity, args)
-        result = {"capacity_rps": round(capacity, 1), "steps": [s.as_dict() for s in steps],
-                  "slo_rps": round(headline(steps), 1)}
+        result = {
+            "capacity_rps": round(capacity, 1),
+            "steps": [s.as_dict() for s in steps],
+            "slo_rps": round(headline(steps), 1),
+        }
         if name == "kassa":
             # Half the best rate it served validly, per operation (a checkout is 2 requests).
-            served = max([s.achieved_rps for s in steps if s.valid and not s.errors],
-                         default=capacity)
+            served = max(
+                [s.achieved_rps for s in steps if s.valid and not s.errors], default=capacity
+            )
             result["scenarios"] = {}
             for scenario in args.scenarios:
                 rate = max(10.0, served * 0.5 / REQUESTS_PER_OPERATION.get(scenario, 1))
-                step = run_step(target, scenario, rate, args.step_seconds, args.warmup_seconds,
-                                processes=args.generators)
+                step = run_step(
+                    target,
+                    scenario,
+                    rate,
+                    args.step_seconds,
+                    args.warmup_seconds,
+                    processes=args.generators,
+                )
                 result["scenarios"][scenario] = step.as_dict()
-                print(f"  scenario {scenario:12} offered {rate:7.0f}/s achieved "
-                      f"{step.achieved_rps:7.0f}/s p99 {step.percentile_ms(99):7.1f} ms "
-                      f"errors {step.errors} {step.error_kinds or ''}", flush=True)
+                print(
+                    f"  scenario {scenario:12} offered {rate:7.0f}/s achieved "
+                    f"{step.achieved_rps:7.0f}/s p99 {step.percentile_ms(99):7.1f} ms "
+                    f"errors {step.errors} {step.error_kinds or ''}",
+                    flush=True,
+                )
     return result
 
 
 def closed_loop(workdir: Path, args) -> dict:
     """framework and kassa, each fresh, under the same wrk load, one after the other."""
-    print(f"closed loop ({closedloop.THREADS} wrk thread, {closedloop.CONNECTIONS} "
-          f"connections, {args.closed_loop_seconds:g} s after {closedloop.WARMUP_SECONDS:g} s "
-          f"warm-up):", flush=True)
+    print(
+        f"closed loop ({closedloop.THREADS} wrk thread, {closedloop.CONNECTIONS} "
+        f"connections, {args.closed_loop_seconds:g} s after {closedloop.WARMUP_SECONDS:g} s "
+        f"warm-up):",
+        flush=True,
+    )
     measured = {}
-    starts = {"framework": lambda: targets.framework_baseline(workdir, args.workers),
-              "kassa": lambda: targets.kassa("kassa-closed", workdir, args.workers,
-                                             args.database_url, True)}
+    starts = {
+        "framework": lambda: targets.framework_baseline(workdir, args.workers),
+        "kassa": lambda: targets.kassa(
+            "kassa-closed", workdir, args.workers, args.database_url, True
+        ),
+    }
     for name, start in starts.items():
         with start() as target:
             result = closedloop.measure(target, args.closed_loop_seconds)
         print(closedloop.describe(name, result), flush=True)
         measured[name] = result.as_dict()
     framework, kassa = measured["framework"]["rps"], measured["kassa"]["rps"]
-    return {"command": f"wrk -t{closedloop.THREADS} -c{closedloop.CONNECTIONS} "
-                       f"-d{args.closed_loop_seconds:g}s --latency",
-            "seconds": args.closed_loop_seconds, "targets": measured,
-            "kassa_over_framework": round(kassa / framework, 3) if framework else None}
+    return {
+        "command": f"wrk -t{closedloop.THREADS} -c{closedloop.CONNECTIONS} "
+        f"-d{args.closed_loop_seconds:g}s --latency",
+        "seconds": args.closed_loop_seconds,
+        "targets": measured,
+        "kassa_over_framework": round(kassa / framework, 3) if framework else None,
+    }
 
 
 def core_microbenchmarks(workdir: Path, seconds: float) -> list[dict]:
     out = workdir / "core.json"
-    subprocess.run([sys.executable, "benchmarks/core_bench.py", "--seconds", str(seconds),
-                    "--json", str(out)], cwd=targets.ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "benchmarks/core_bench.py", "--seconds", str(seconds), "--json", str(out)],
+        cwd=targets.ROOT,
+        check=True,
+    )
     return json.loads(out.read_text())["rows"]
 
 
@@ -134,40 +177,75 @@ def environment() -> dict:
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     meminfo = Path("/proc/meminfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+        platform.processor(),
+    )
     memory_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=targets.ROOT,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=targets.ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=targets.ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        or "unknown"
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=targets.ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return {
-        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu,
-                    "memory_gib": round(memory_kb / 2**20, 1), "platform": platform.platform()},
-        "versions": {"python": platform.python_version(),
-                     **{p: version(p) for p in ("aiohttp", "asyncpg", "uvloop", "Cython",
-                                                 "orjson", "hdrhistogram")}},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu,
+            "memory_gib": round(memory_kb / 2**20, 1),
+            "platform": platform.platform(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            **{
+                p: version(p)
+                for p in ("aiohttp", "asyncpg", "uvloop", "Cython", "orjson", "hdrhistogram")
+            },
+        },
         "commit": commit + ("-dirty" if dirty else ""),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="short steps (~2 minutes)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes")
     parser.add_argument("--step-seconds", type=float, help="measured seconds per step")
-    parser.add_argument("--scenarios", nargs="*", default=[s for s in SCENARIOS
-                                                           if s != "authorize"],
-                        choices=list(SCENARIOS), help="extra Kassa scenarios at half the best valid rate")
-    parser.add_argument("--database-url", help="measure Kassa on this PostgreSQL instead of "
-                                               "the embedded one (its tables are written)")
+    parser.add_argument(
+        "--scenarios",
+        nargs="*",
+        default=[s for s in SCENARIOS if s != "authorize"],
+        choices=list(SCENARIOS),
+        help="extra Kassa scenarios at half the best valid rate",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="measure Kassa on this PostgreSQL instead of "
+        "the embedded one (its tables are written)",
+    )
     parser.add_argument("--out", type=Path, help="results directory")
-    parser.add_argument("--closed-loop-only", action="store_true",
-                        help="only the wrk closed-loop ceiling of framework and kassa")
-    parser.add_argument("--closed-loop-seconds", type=float, default=closedloop.SECONDS,
-                        help="measured seconds of each wrk run")
+    parser.add_argument(
+        "--closed-loop-only",
+        action="store_true",
+        help="only the wrk closed-loop ceiling of framework and kassa",
+    )
+    parser.add_argument(
+        "--closed-loop-seconds",
+        type=float,
+        default=closedloop.SECONDS,
+        help="measured seconds of each wrk run",
+    )
     args = parser.parse_args(argv)
     args.step_seconds = args.step_seconds or (2.0 if args.quick else 5.0)
     args.warmup_seconds = 0.5 if args.quick else 1.0
@@ -178,23 +256,39 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kassa-bench-") as scratch:
         workdir = Path(scratch)
-        results = {"started": stamp, "quick": args.quick, "workers": args.workers,
-                   "generators": args.generators, "step_seconds": args.step_seconds,
-                   "slo_p99_ms": SLO_P99_MS, **environment()}
+        results = {
+            "started": stamp,
+            "quick": args.quick,
+            "workers": args.workers,
+            "generators": args.generators,
+            "step_seconds": args.step_seconds,
+            "slo_p99_ms": SLO_P99_MS,
+            **environment(),
+        }
         closedloop.wrk_executable()  # fail now, not after the open-loop sweeps
         results["closed_loop"] = closed_loop(workdir, args)
         if args.closed_loop_only:
-            results["postgres"] = targets.postgres_version(args.database_url,
-                                                           workdir / "data-kassa-closed")
+            results["postgres"] = targets.postgres_version(
+                args.database_url, workdir / "data-kassa-closed"
+            )
             return finish(out, results, started)
         results["core"] = core_microbenchmarks(workdir, 0.2 if args.quick else 0.5)
         results["targets"] = {
             "framework": measure_target(
-                "framework", lambda: targets.framework_baseline(workdir, args.workers), args),
-            "kassa": measure_target("kassa", lambda: targets.kassa(
-                "kassa", workdir, args.workers, args.database_url, True), args),
-            "kassa-nobatch": measure_target("kassa-nobatch", lambda: targets.kassa(
-                "kassa-nobatch", workdir, args.workers, args.database_url, False), args),
+                "framework", lambda: targets.framework_baseline(workdir, args.workers), args
+            ),
+            "kassa": measure_target(
+                "kassa",
+                lambda: targets.kassa("kassa", workdir, args.workers, args.database_url, True),
+                args,
+            ),
+            "kassa-nobatch": measure_target(
+                "kassa-nobatch",
+                lambda: targets.kassa(
+                    "kassa-nobatch", workdir, args.workers, args.database_url, False
+                ),
+                args,
+            ),
         }
         results["postgres"] = targets.postgres_version(args.database_url, workdir / "data-kassa")
     return finish(out, results, started)

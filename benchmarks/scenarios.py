@@ -26,12 +26,19 @@ EXP_YEAR = datetime.now(UTC).year + 4  # a card expiry that is valid whenever th
 
 
 def payment_body(number: str = APPROVED, capture: str = "manual") -> bytes:
-    return orjson.dumps({
-        "amount": 1999, "currency": "eur", "capture": capture,
-        "payment_method": {"type": "card", "card": {
-            "number": number, "exp_month": 12, "exp_year": EXP_YEAR, "cvc": "123"}},
-        "reference": "bench", "metadata": {"cart": "c_77"},
-    })
+    return orjson.dumps(
+        {
+            "amount": 1999,
+            "currency": "eur",
+            "capture": capture,
+            "payment_method": {
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": EXP_YEAR, "cvc": "123"},
+            },
+            "reference": "bench",
+            "metadata": {"cart": "c_77"},
+        }
+    )
 
 
 BODIES = {
@@ -56,12 +63,12 @@ class Target:
         return headers
 
     def new_state(self) -> dict:
-        return {"prefix": os.urandom(6).hex(),
-                "recent": collections.deque(maxlen=RECENT_KEYS_MAX)}
+        return {"prefix": os.urandom(6).hex(), "recent": collections.deque(maxlen=RECENT_KEYS_MAX)}
 
 
-async def _post(session: aiohttp.ClientSession, target: Target, path: str, body: bytes,
-                key: str | None = None) -> tuple[int, bytes]:
+async def _post(
+    session: aiohttp.ClientSession, target: Target, path: str, body: bytes, key: str | None = None
+) -> tuple[int, bytes]:
     async with session.post(target.url + path, data=body, headers=target.headers(key)) as r:
         return r.status, await r.read()
 
@@ -71,19 +78,26 @@ def _key(state: dict, index: int) -> str:
 
 
 async def authorize(session, target, state, index, rng: random.Random):
-    status, _ = await _post(session, target, "/v1/payments", BODIES["approved", "manual"],
-                            _key(state, index))
+    status, _ = await _post(
+        session, target, "/v1/payments", BODIES["approved", "manual"], _key(state, index)
+    )
     return status == 201, f"status {status}"
 
 
 async def checkout(session, target, state, index, rng):
-    status, raw = await _post(session, target, "/v1/payments", BODIES["approved", "manual"],
-                              _key(state, index))
+    status, raw = await _post(
+        session, target, "/v1/payments", BODIES["approved", "manual"], _key(state, index)
+    )
     if status != 201:
         return False, f"authorize {status}"
     payment_id = orjson.loads(raw)["id"]
-    status, _ = await _post(session, target, f"/v1/payments/{payment_id}/capture", b"{}",
-                            _key(state, index) + "-capture")
+    status, _ = await _post(
+        session,
+        target,
+        f"/v1/payments/{payment_id}/capture",
+        b"{}",
+        _key(state, index) + "-capture",
+    )
     return status == 200, f"capture {status}"
 
 
@@ -106,13 +120,19 @@ async def decline_mix(session, target, state, index, rng):
 
 
 async def refunds(session, target, state, index, rng):
-    status, raw = await _post(session, target, "/v1/payments", BODIES["approved", "automatic"],
-                              _key(state, index))
+    status, raw = await _post(
+        session, target, "/v1/payments", BODIES["approved", "automatic"], _key(state, index)
+    )
     if status != 201:
         return False, f"authorize {status}"
     payment_id = orjson.loads(raw)["id"]
-    status, _ = await _post(session, target, f"/v1/payments/{payment_id}/refunds",
-                            b'{"amount": 500}', _key(state, index) + "-refund")
+    status, _ = await _post(
+        session,
+        target,
+        f"/v1/payments/{payment_id}/refunds",
+        b'{"amount": 500}',
+        _key(state, index) + "-refund",
+    )
     return status == 201, f"refund {status}"
 
 

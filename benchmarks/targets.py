@@ -19,22 +19,32 @@ STOP_TIMEOUT_S = 60  # SIGTERM -> exit; a loaded server drains its in-flight req
 # exactly what the rate limit and the card-testing rules exist to stop. Set them so high
 # that they never trip, but still run (their cost is part of what is measured).
 ABUSE_LIMITS_NEVER_HIT = {
-    "KASSA_RATE_LIMIT_PER_S": "1000000", "KASSA_RATE_LIMIT_BURST": "1000000",
+    "KASSA_RATE_LIMIT_PER_S": "1000000",
+    "KASSA_RATE_LIMIT_BURST": "1000000",
     "KASSA_VELOCITY_CARD_ATTEMPTS_MAX": "100000000",
     "KASSA_VELOCITY_CARD_DECLINES_MAX": "100000000",
 }
 
 
 @contextlib.contextmanager
-def kassa_server(name: str, workdir: Path, workers: int, database_url: str | None,
-                 group_commit: bool) -> Iterator[tuple[KassaServer, Target]]:
+def kassa_server(
+    name: str, workdir: Path, workers: int, database_url: str | None, group_commit: bool
+) -> Iterator[tuple[KassaServer, Target]]:
     """``kassa serve`` on a fresh embedded database (or ``database_url``), one merchant;
     the server too, for whoever needs its processes (benchmarks/anatomy.py)."""
-    server = KassaServer(workdir, database_url, workers=workers,
-                         data_dir=workdir / f"data-{name}", log_path=workdir / f"{name}.log",
-                         env={"KASSA_LOG_LEVEL": "warning",
-                              "KASSA_GROUP_COMMIT": "1" if group_commit else "0",
-                              "KASSA_DB_POOL_MAX": "16", **ABUSE_LIMITS_NEVER_HIT})
+    server = KassaServer(
+        workdir,
+        database_url,
+        workers=workers,
+        data_dir=workdir / f"data-{name}",
+        log_path=workdir / f"{name}.log",
+        env={
+            "KASSA_LOG_LEVEL": "warning",
+            "KASSA_GROUP_COMMIT": "1" if group_commit else "0",
+            "KASSA_DB_POOL_MAX": "16",
+            **ABUSE_LIMITS_NEVER_HIT,
+        },
+    )
     _, secret = server.create_merchant(name)
     server.start()
     try:
@@ -45,8 +55,9 @@ def kassa_server(name: str, workdir: Path, workers: int, database_url: str | Non
 
 
 @contextlib.contextmanager
-def kassa(name: str, workdir: Path, workers: int, database_url: str | None,
-          group_commit: bool) -> Iterator[Target]:
+def kassa(
+    name: str, workdir: Path, workers: int, database_url: str | None, group_commit: bool
+) -> Iterator[Target]:
     with kassa_server(name, workdir, workers, database_url, group_commit) as (_, target):
         yield target
 
@@ -57,8 +68,19 @@ def framework_baseline(workdir: Path, workers: int) -> Iterator[Target]:
     log = workdir / "framework.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.baseline_app", "--port", str(port),
-             "--workers", str(workers)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.baseline_app",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://{testing.HOST}:{port}"
         testing.wait_http_ready(url, process, log, READY_TIMEOUT_S)

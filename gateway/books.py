@@ -33,9 +33,11 @@ class Verification:
 
     def summary(self) -> str:
         if self.ok:
-            return (f"ledger ok: {self.transactions} transactions, {self.entries} entries, "
-                    f"{self.payments} payments agree; every currency sums to zero "
-                    f"({', '.join(self.currencies) or 'none'})")
+            return (
+                f"ledger ok: {self.transactions} transactions, {self.entries} entries, "
+                f"{self.payments} payments agree; every currency sums to zero "
+                f"({', '.join(self.currencies) or 'none'})"
+            )
         return f"ledger BROKEN: {len(self.problems)} problem(s)"
 
 
@@ -49,8 +51,9 @@ async def verify(conn: asyncpg.Connection) -> Verification:
     return result
 
 
-async def verify_balances(conn: asyncpg.Connection,
-                          currencies: list[str] | None = None) -> list[str]:
+async def verify_balances(
+    conn: asyncpg.Connection, currencies: list[str] | None = None
+) -> list[str]:
     """Every transaction and every currency sums to zero; the problems found.
 
     Cheap enough for the gateway's periodic check (two aggregates, no per-payment
@@ -61,15 +64,14 @@ async def verify_balances(conn: asyncpg.Connection,
         if row["total"]:
             problems.append(
                 f"transaction {row['transaction_id']} does not balance: "
-                f"entries sum to {row['total']:+d}")
+                f"entries sum to {row['total']:+d}"
+            )
         if row["wrong_currency"]:
-            problems.append(
-                f"transaction {row['transaction_id']} has entries in another currency")
+            problems.append(f"transaction {row['transaction_id']} has entries in another currency")
     for row in await ledger.currency_totals(conn):
         currencies.append(row["currency"])
         if row["total"]:
-            problems.append(
-                f"currency {row['currency']} does not sum to zero: {row['total']:+d}")
+            problems.append(f"currency {row['currency']} does not sum to zero: {row['total']:+d}")
     return problems
 
 
@@ -79,36 +81,59 @@ async def _verify_payments(conn: asyncpg.Connection, result: Verification) -> No
     result.payments = len(payments)
     for payment in payments:
         expected = core_ext.ledger.expected_payment_balances(
-            payment["merchant_id"], payment["processor"], payment["currency"],
-            payment["amount_capturable"], payment["amount_captured"], payment["amount_refunded"])
+            payment["merchant_id"],
+            payment["processor"],
+            payment["currency"],
+            payment["amount_capturable"],
+            payment["amount_captured"],
+            payment["amount_refunded"],
+        )
         actual = sums.pop(payment["id"], {})
         differences = core_ext.ledger.balance_differences(expected, actual)
         for account, (want, have) in differences.items():
             result.problems.append(
                 f"payment {payment['id']}: account {account} holds {have:+d}, "
-                f"its amounts say {want:+d}")
+                f"its amounts say {want:+d}"
+            )
     for payment_id in sorted(sums):
         result.problems.append(f"ledger entries for unknown payment {payment_id}")
 
 
 # --- settlement -------------------------------------------------------------------
 
-SETTLEMENT_COLUMNS = ("date", "merchant_id", "currency", "captured_amount", "captured_count",
-                      "refunded_amount", "refunded_count", "net_amount")
+SETTLEMENT_COLUMNS = (
+    "date",
+    "merchant_id",
+    "currency",
+    "captured_amount",
+    "captured_count",
+    "refunded_amount",
+    "refunded_count",
+    "net_amount",
+)
 
 
-async def settlement(conn: asyncpg.Connection | asyncpg.Pool, day: date,
-                     merchant_id: str | None = None) -> list[dict]:
+async def settlement(
+    conn: asyncpg.Connection | asyncpg.Pool, day: date, merchant_id: str | None = None
+) -> list[dict]:
     """Per merchant and currency: what was captured and refunded on ``day`` (UTC)."""
     start = datetime.combine(day, time(0), tzinfo=timezone.utc)
     rows = await ledger.settlement_rows(conn, start, merchant_id)
     report: dict[tuple[str, str], dict] = {}
     for row in rows:
-        line = report.setdefault((row["merchant_id"], row["currency"]), {
-            "date": day.isoformat(), "merchant_id": row["merchant_id"],
-            "currency": row["currency"], "captured_amount": 0, "captured_count": 0,
-            "refunded_amount": 0, "refunded_count": 0, "net_amount": 0,
-        })
+        line = report.setdefault(
+            (row["merchant_id"], row["currency"]),
+            {
+                "date": day.isoformat(),
+                "merchant_id": row["merchant_id"],
+                "currency": row["currency"],
+                "captured_amount": 0,
+                "captured_count": 0,
+                "refunded_amount": 0,
+                "refunded_count": 0,
+                "net_amount": 0,
+            },
+        )
         if row["event"] == "capture":
             line["captured_amount"] += row["credited"]
             line["captured_count"] += row["n"]

@@ -42,8 +42,7 @@ def _decode_master_key(text: str, source: str) -> bytes:
     except binascii.Error:
         raise MasterKeyError(f"{source} is not valid base64") from None
     if len(key) != MASTER_KEY_BYTES:
-        raise MasterKeyError(f"{source} must decode to {MASTER_KEY_BYTES} bytes, "
-                             f"not {len(key)}")
+        raise MasterKeyError(f"{source} must decode to {MASTER_KEY_BYTES} bytes, not {len(key)}")
     return key
 
 
@@ -62,10 +61,14 @@ def load_master_key(configured: str, data_dir: Path) -> bytes:
         else:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(encoded)
-            log.warning("generated a new master key in %s: back it up, or set KASSA_MASTER_KEY; "
-                        "tokens cannot be decrypted without it", path)
-    return _decode_master_key(path.read_text().strip(),
-                              f"the master key file {path} (used as KASSA_MASTER_KEY is empty)")
+            log.warning(
+                "generated a new master key in %s: back it up, or set KASSA_MASTER_KEY; "
+                "tokens cannot be decrypted without it",
+                path,
+            )
+    return _decode_master_key(
+        path.read_text().strip(), f"the master key file {path} (used as KASSA_MASTER_KEY is empty)"
+    )
 
 
 class CardVault:

@@ -37,18 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     merchant_commands.add_parser("list", help="list merchants")
     limits = merchant_commands.add_parser(
-        "limits", help="show a merchant's rate and velocity limits, or override them")
+        "limits", help="show a merchant's rate and velocity limits, or override them"
+    )
     limits.add_argument("merchant_id")
     for flag, column, meaning in LIMIT_FLAGS:
-        limits.add_argument(flag, dest=column, type=_limit_value, metavar="N|default",
-                            help=f"{meaning} (0: off; 'default': the gateway's setting)")
+        limits.add_argument(
+            flag,
+            dest=column,
+            type=_limit_value,
+            metavar="N|default",
+            help=f"{meaning} (0: off; 'default': the gateway's setting)",
+        )
 
     keys = commands.add_parser("keys", help="manage secret keys")
     key_commands = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     rotate = key_commands.add_parser("rotate", help="issue a new key, retire the old ones")
     rotate.add_argument("merchant_id")
-    rotate.add_argument("--grace", type=int, default=0, metavar="SECONDS",
-                        help="old keys keep working this long (default 0: at once)")
+    rotate.add_argument(
+        "--grace",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="old keys keep working this long (default 0: at once)",
+    )
 
     ledger = commands.add_parser("ledger", help="the double-entry ledger")
     ledger_commands = ledger.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -57,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="reports from the ledger")
     report_commands = report.add_subparsers(dest="action", required=True, metavar="ACTION")
     settlement = report_commands.add_parser("settlement", help="one day's captures and refunds")
-    settlement.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD",
-                            help="the UTC day")
+    settlement.add_argument(
+        "--date", required=True, type=_iso_date, metavar="YYYY-MM-DD", help="the UTC day"
+    )
     settlement.add_argument("--merchant", metavar="MERCHANT_ID", help="only this merchant")
     settlement.add_argument("--format", choices=("csv", "json"), default="csv")
     return parser
@@ -68,12 +80,21 @@ def _parser() -> argparse.ArgumentParser:
 LIMIT_FLAGS = (
     ("--rate-per-s", "rate_limit_per_s", "requests a second per API key and worker"),
     ("--burst", "rate_limit_burst", "requests a key may send at once"),
-    ("--merchant-attempts", "velocity_merchant_attempts_max",
-     "authorizations per merchant per velocity window"),
-    ("--card-attempts", "velocity_card_attempts_max",
-     "authorizations per card per velocity window"),
-    ("--card-declines", "velocity_card_declines_max",
-     "declines per card per velocity window before the card is refused"),
+    (
+        "--merchant-attempts",
+        "velocity_merchant_attempts_max",
+        "authorizations per merchant per velocity window",
+    ),
+    (
+        "--card-attempts",
+        "velocity_card_attempts_max",
+        "authorizations per card per velocity window",
+    ),
+    (
+        "--card-declines",
+        "velocity_card_declines_max",
+        "declines per card per velocity window before the card is refused",
+    ),
 )
 RESET = "default"
 
@@ -107,15 +128,19 @@ async def _ledger_verify(conn: asyncpg.Connection) -> int:
     return 0 if result.ok else EXIT_FAILURE
 
 
-def _report_settlement(day: date, merchant_id: str | None,
-                       fmt: str) -> Callable[[asyncpg.Connection], Awaitable[int]]:
+def _report_settlement(
+    day: date, merchant_id: str | None, fmt: str
+) -> Callable[[asyncpg.Connection], Awaitable[int]]:
     async def work(conn: asyncpg.Connection) -> int:
         from gateway.books import settlement, settlement_csv
 
         lines = await settlement(conn, day, merchant_id)
         if fmt == "json":
-            print(orjson.dumps({"date": day.isoformat(), "lines": lines},
-                               option=orjson.OPT_INDENT_2).decode())
+            print(
+                orjson.dumps(
+                    {"date": day.isoformat(), "lines": lines}, option=orjson.OPT_INDENT_2
+                ).decode()
+            )
         else:
             print(settlement_csv(lines), end="")
         return 0
@@ -167,13 +192,16 @@ async def _merchants_list(conn: asyncpg.Connection) -> int:
     from gateway.store.merchants import list_merchants
 
     for row in await list_merchants(conn):
-        print(f"{row['id']}\t{row['active_keys']} active key(s)\t"
-              f"{row['created_at'].isoformat()}\t{row['name']}")
+        print(
+            f"{row['id']}\t{row['active_keys']} active key(s)\t"
+            f"{row['created_at'].isoformat()}\t{row['name']}"
+        )
     return 0
 
 
-def _merchants_limits(merchant_id: str, given: dict[str, int | str],
-                      settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[int]]:
+def _merchants_limits(
+    merchant_id: str, given: dict[str, int | str], settings: Settings
+) -> Callable[[asyncpg.Connection], Awaitable[int]]:
     async def work(conn: asyncpg.Connection) -> int:
         from gateway.store.merchants import UnknownMerchant, set_limits
 
@@ -226,8 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return _run(args, settings)
-    except (database.EmbeddedDatabaseError, database.MigrationError, OSError,
-            asyncpg.PostgresError) as exc:
+    except (
+        database.EmbeddedDatabaseError,
+        database.MigrationError,
+        OSError,
+        asyncpg.PostgresError,
+    ) as exc:
         print(f"kassa: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -255,8 +287,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "merchants" and args.action == "create":
         work = _merchants_create(args.name)
     elif args.command == "merchants" and args.action == "limits":
-        given = {column: getattr(args, column) for _, column, _ in LIMIT_FLAGS
-                 if getattr(args, column) is not None}
+        given = {
+            column: getattr(args, column)
+            for _, column, _ in LIMIT_FLAGS
+            if getattr(args, column) is not None
+        }
         work = _merchants_limits(args.merchant_id, given, settings)
     elif args.command == "merchants":
         work = _merchants_list

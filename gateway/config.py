@@ -109,21 +109,30 @@ FIELDS: dict[str, Field] = {
         "KASSA_SANDBOX_LATENCY_MS", _integer(0, 60_000), "0", "simulated processor latency"
     ),
     "recovery_after_s": Field(
-        "KASSA_RECOVERY_AFTER_S", _integer(1, 86_400), "30", "age of a processing payment to recover"
+        "KASSA_RECOVERY_AFTER_S",
+        _integer(1, 86_400),
+        "30",
+        "age of a processing payment to recover",
     ),
     "recovery_interval_s": Field(
         "KASSA_RECOVERY_INTERVAL_S", _integer(1, 3_600), "5", "how often recovery runs"
     ),
     "authorization_ttl_s": Field(
-        "KASSA_AUTHORIZATION_TTL_S", _integer(1, 31 * 86_400), str(7 * 86_400),
+        "KASSA_AUTHORIZATION_TTL_S",
+        _integer(1, 31 * 86_400),
+        str(7 * 86_400),
         "uncaptured authorizations expire after this",
     ),
     "idempotency_retention_s": Field(
-        "KASSA_IDEMPOTENCY_RETENTION_S", _integer(86_400, 30 * 86_400), "86400",
+        "KASSA_IDEMPOTENCY_RETENTION_S",
+        _integer(86_400, 30 * 86_400),
+        "86400",
         "idempotency keys are kept at least this long",
     ),
     "idempotency_cache_entries": Field(
-        "KASSA_IDEMPOTENCY_CACHE_ENTRIES", _integer(0, 10_000_000), "100000",
+        "KASSA_IDEMPOTENCY_CACHE_ENTRIES",
+        _integer(0, 10_000_000),
+        "100000",
         "in-process replay cache size",
     ),
     "group_commit": Field(
@@ -133,43 +142,61 @@ FIELDS: dict[str, Field] = {
         "KASSA_COMMIT_BATCH_ROWS_MAX", _integer(1, 10_000), "128", "items per transaction"
     ),
     "commit_wait_ms": Field(
-        "KASSA_COMMIT_WAIT_MS", _integer(0, 50), "0",
-        "extra wait for a batch to fill (0: batches fill while earlier ones commit)"
+        "KASSA_COMMIT_WAIT_MS",
+        _integer(0, 50),
+        "0",
+        "extra wait for a batch to fill (0: batches fill while earlier ones commit)",
     ),
     "pipeline_inflight_max": Field(
-        "KASSA_PIPELINE_INFLIGHT_MAX", _integer(1, 1_000_000), "4096",
+        "KASSA_PIPELINE_INFLIGHT_MAX",
+        _integer(1, 1_000_000),
+        "4096",
         "writes waiting per pipeline before shedding load with 503",
     ),
     "shutdown_grace_s": Field(
         "KASSA_SHUTDOWN_GRACE_S", _integer(1, 600), "30", "time to finish in-flight requests"
     ),
     "rate_limit_per_s": Field(
-        "KASSA_RATE_LIMIT_PER_S", _integer(0, 1_000_000), "500",
+        "KASSA_RATE_LIMIT_PER_S",
+        _integer(0, 1_000_000),
+        "500",
         "requests a second per API key and worker process (0: unlimited); per merchant: "
         "kassa merchants limits",
     ),
     "rate_limit_burst": Field(
-        "KASSA_RATE_LIMIT_BURST", _integer(1, 1_000_000), "1000",
+        "KASSA_RATE_LIMIT_BURST",
+        _integer(1, 1_000_000),
+        "1000",
         "requests an API key may send at once before the rate applies",
     ),
     "velocity_window_s": Field(
-        "KASSA_VELOCITY_WINDOW_S", _integer(1, 7 * 86_400), "3600",
+        "KASSA_VELOCITY_WINDOW_S",
+        _integer(1, 7 * 86_400),
+        "3600",
         "sliding window of the card-testing velocity rules",
     ),
     "velocity_merchant_attempts_max": Field(
-        "KASSA_VELOCITY_MERCHANT_ATTEMPTS_MAX", _integer(0, 100_000_000), "0",
+        "KASSA_VELOCITY_MERCHANT_ATTEMPTS_MAX",
+        _integer(0, 100_000_000),
+        "0",
         "authorizations per merchant per window (0: rule off)",
     ),
     "velocity_card_attempts_max": Field(
-        "KASSA_VELOCITY_CARD_ATTEMPTS_MAX", _integer(0, 100_000_000), "50",
+        "KASSA_VELOCITY_CARD_ATTEMPTS_MAX",
+        _integer(0, 100_000_000),
+        "50",
         "authorizations per card fingerprint per window (0: rule off)",
     ),
     "velocity_card_declines_max": Field(
-        "KASSA_VELOCITY_CARD_DECLINES_MAX", _integer(0, 100_000_000), "5",
+        "KASSA_VELOCITY_CARD_DECLINES_MAX",
+        _integer(0, 100_000_000),
+        "5",
         "declines per card fingerprint per window before the card is refused (0: rule off)",
     ),
     "body_read_timeout_ms": Field(
-        "KASSA_BODY_READ_TIMEOUT_MS", _integer(100, 600_000), "10000",
+        "KASSA_BODY_READ_TIMEOUT_MS",
+        _integer(100, 600_000),
+        "10000",
         "a request body must arrive within this (else 408)",
     ),
     "metrics_token": Field(

@@ -25,8 +25,9 @@ class IdempotencyStore:
         self._cache = core_ext.idempotency.IdempotencyCache(max(cache_entries, 1), retention_s)
         self._now = time.time
 
-    def prepare(self, merchant_id: str, key: str | None, method: str, path: str,
-                body: object) -> tuple[Claim | None, Answer | None]:
+    def prepare(
+        self, merchant_id: str, key: str | None, method: str, path: str, body: object
+    ) -> tuple[Claim | None, Answer | None]:
         """The claim to make, or an answer the in-process table already knows."""
         if key is None:
             return None, None
@@ -53,13 +54,13 @@ class IdempotencyStore:
                 self._cache.discard(claim.merchant_id, claim.key)
             raise
 
-    async def claim(self, conn: asyncpg.Connection, claim: Claim | None,
-                    payment_id: str | None) -> Answer | None:
+    async def claim(
+        self, conn: asyncpg.Connection, claim: Claim | None, payment_id: str | None
+    ) -> Answer | None:
         """Claim the key in the caller's transaction; an Answer means: do not execute."""
         if claim is None:
             return None
-        if await keys.claim_one(conn, claim.merchant_id, claim.key, claim.fingerprint,
-                                payment_id):
+        if await keys.claim_one(conn, claim.merchant_id, claim.key, claim.fingerprint, payment_id):
             self.began(claim)
             return None
         return self.judge(claim, await keys.record(conn, claim.merchant_id, claim.key))
@@ -73,33 +74,48 @@ class IdempotencyStore:
         if row is None:  # swept between the two statements: treat as still contended
             return key_in_use()
         # The same verdict as the in-process table's (prepare): decided once, in the core.
-        verdict = core_ext.idempotency.verdict(bytes(row["fingerprint"]), row["state"] == "completed",
-                                               claim.fingerprint)
+        verdict = core_ext.idempotency.verdict(
+            bytes(row["fingerprint"]), row["state"] == "completed", claim.fingerprint
+        )
         if verdict == core_ext.idempotency.REUSED:
             return key_reused()
         if verdict == core_ext.idempotency.IN_FLIGHT:
             return key_in_use()
-        self._cache.complete(claim.merchant_id, claim.key, claim.fingerprint,
-                             row["response_status"], bytes(row["response_body"]), self._now())
+        self._cache.complete(
+            claim.merchant_id,
+            claim.key,
+            claim.fingerprint,
+            row["response_status"],
+            bytes(row["response_body"]),
+            self._now(),
+        )
         return replayed(row["response_status"], row["response_body"])
 
-    async def complete(self, conn: asyncpg.Connection, claim: Claim | None,
-                       answer: Answer, payment_id: str | None = None) -> None:
+    async def complete(
+        self,
+        conn: asyncpg.Connection,
+        claim: Claim | None,
+        answer: Answer,
+        payment_id: str | None = None,
+    ) -> None:
         """Store the answer in the caller's transaction (call ``remember`` after commit)."""
         if claim is None:
             return
-        await keys.complete_one(conn, claim.merchant_id, claim.key, answer.status,
-                                answer.body, payment_id)
+        await keys.complete_one(
+            conn, claim.merchant_id, claim.key, answer.status, answer.body, payment_id
+        )
 
-    async def complete_key(self, conn: asyncpg.Connection, merchant_id: str, key: str | None,
-                           answer: Answer) -> None:
+    async def complete_key(
+        self, conn: asyncpg.Connection, merchant_id: str, key: str | None, answer: Answer
+    ) -> None:
         """Store the answer of a claim made earlier, perhaps by another process (an
         operation recovery settled): by (merchant, key) alone."""
         if key is not None:
             await keys.complete_one(conn, merchant_id, key, answer.status, answer.body)
 
-    async def stored(self, conn: asyncpg.Connection, merchant_id: str,
-                     key: str | None) -> Answer | None:
+    async def stored(
+        self, conn: asyncpg.Connection, merchant_id: str, key: str | None
+    ) -> Answer | None:
         """The answer stored for the key, if it is completed."""
         row = None if key is None else await keys.record(conn, merchant_id, key)
         if row is None or row["state"] != "completed":
@@ -108,5 +124,11 @@ class IdempotencyStore:
 
     def remember(self, claim: Claim | None, answer: Answer) -> None:
         if claim is not None and answer.storable:
-            self._cache.complete(claim.merchant_id, claim.key, claim.fingerprint, answer.status,
-                                 answer.body, self._now())
+            self._cache.complete(
+                claim.merchant_id,
+                claim.key,
+                claim.fingerprint,
+                answer.status,
+                answer.body,
+                self._now(),
+            )

@@ -46,8 +46,9 @@ class Caller:
 
 
 def _effective(row: asyncpg.Record, defaults: LimitDefaults) -> dict[str, int]:
-    return {name: getattr(defaults, name) if row[name] is None else row[name]
-            for name in LIMIT_COLUMNS}
+    return {
+        name: getattr(defaults, name) if row[name] is None else row[name] for name in LIMIT_COLUMNS
+    }
 
 
 class KeyCache:
@@ -87,7 +88,15 @@ class KeyCache:
     def _caller(self, row: asyncpg.Record) -> Caller:
         limits = _effective(row, self._defaults)
         risk = core_ext.risk.RiskLimits(
-            float(self._defaults.velocity_window_s), limits["velocity_merchant_attempts_max"],
-            limits["velocity_card_attempts_max"], limits["velocity_card_declines_max"])
-        return Caller(row["merchant_id"], row["id"], limits["rate_limit_per_s"],
-                      limits["rate_limit_burst"], risk)
+            float(self._defaults.velocity_window_s),
+            limits["velocity_merchant_attempts_max"],
+            limits["velocity_card_attempts_max"],
+            limits["velocity_card_declines_max"],
+        )
+        return Caller(
+            row["merchant_id"],
+            row["id"],
+            limits["rate_limit_per_s"],
+            limits["rate_limit_burst"],
+            risk,
+        )

@@ -44,74 +44,108 @@ BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Decline codes a processor may give; anything else is counted as "other" so a processor
 # cannot grow the label set without bound.
-DECLINE_CODES = frozenset({
-    "generic_decline", "insufficient_funds", "lost_card", "stolen_card", "expired_card",
-    "incorrect_cvc", "incorrect_number", "card_not_supported", "currency_not_supported",
-    "do_not_honor", "fraudulent", "pickup_card", "processing_error", "try_again_later",
-    "withdrawal_count_limit_exceeded", "card_velocity_exceeded", "authentication_required",
-})
+DECLINE_CODES = frozenset(
+    {
+        "generic_decline",
+        "insufficient_funds",
+        "lost_card",
+        "stolen_card",
+        "expired_card",
+        "incorrect_cvc",
+        "incorrect_number",
+        "card_not_supported",
+        "currency_not_supported",
+        "do_not_honor",
+        "fraudulent",
+        "pickup_card",
+        "processing_error",
+        "try_again_later",
+        "withdrawal_count_limit_exceeded",
+        "card_velocity_exceeded",
+        "authentication_required",
+    }
+)
 AUTHORIZATION_OUTCOMES = ("approved", "declined", "error", "timeout")
 
 # --- HTTP (RED) ---------------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(
-    "kassa_http_requests", "HTTP requests answered, by route template, method and status class.",
-    ["route", "method", "status_class"])
+    "kassa_http_requests",
+    "HTTP requests answered, by route template, method and status class.",
+    ["route", "method", "status_class"],
+)
 HTTP_REQUEST_DURATION = Histogram(
     "kassa_http_request_duration_seconds",
     "Time from the request reaching the application to its answer, by route template.",
-    ["route", "method"], buckets=LATENCY_BUCKETS_S)
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS_S,
+)
 
 # --- payments -----------------------------------------------------------------------------
 
 AUTHORIZATIONS = Counter(
     "kassa_authorizations",
     "Processor authorizations by outcome (approved, declined, error, timeout) and decline code.",
-    ["processor", "outcome", "decline_code"])
+    ["processor", "outcome", "decline_code"],
+)
 CAPTURES = Counter("kassa_captures", "Captures the processor accepted.", ["processor"])
 VOIDS = Counter("kassa_voids", "Voids the processor accepted.", ["processor"])
 REFUNDS = Counter("kassa_refunds", "Refunds the processor accepted.", ["processor"])
 AUTHORIZED_AMOUNT = Counter(
     "kassa_authorized_amount_minor_units",
     "Approved authorization amounts in the currency's minor unit (ISO 4217 exponent).",
-    ["currency"])
+    ["currency"],
+)
 PAYMENTS_STUCK = Gauge(
     "kassa_payments_stuck_processing",
     "Payments still 'processing' after KASSA_RECOVERY_AFTER_S (recovery should settle them).",
-    multiprocess_mode="livemostrecent")
+    multiprocess_mode="livemostrecent",
+)
 RECOVERY_ACTIONS = Counter(
     "kassa_recovery_actions",
-    "Payments recovery settled by asking the processor, by the settled result.", ["result"])
+    "Payments recovery settled by asking the processor, by the settled result.",
+    ["result"],
+)
 AUTHORIZATIONS_EXPIRED = Counter(
-    "kassa_authorizations_expired", "Uncaptured authorizations expired by the background loop.")
+    "kassa_authorizations_expired", "Uncaptured authorizations expired by the background loop."
+)
 BACKGROUND_FAILURES = Counter(
-    "kassa_background_pass_failures", "Background (recovery, expiry, sweep) passes that failed.")
+    "kassa_background_pass_failures", "Background (recovery, expiry, sweep) passes that failed."
+)
 
 RATE_LIMITED = Counter(
-    "kassa_rate_limited", "Requests refused with 429 rate_limit by the per-key token bucket.")
+    "kassa_rate_limited", "Requests refused with 429 rate_limit by the per-key token bucket."
+)
 RISK_DECLINES = Counter(
     "kassa_risk_declines",
     "Authorizations the card-testing rules declined (card_velocity_exceeded), by rule.",
-    ["rule"])
+    ["rule"],
+)
 
 # --- processor client ---------------------------------------------------------------------
 
 PROCESSOR_DURATION = Histogram(
     "kassa_processor_request_duration_seconds",
     "Processor call latency (including failed and timed-out calls).",
-    ["processor", "operation"], buckets=LATENCY_BUCKETS_S)
+    ["processor", "operation"],
+    buckets=LATENCY_BUCKETS_S,
+)
 PROCESSOR_ERRORS = Counter(
-    "kassa_processor_errors", "Processor calls that failed (kind=error) or timed out (kind=timeout).",
-    ["processor", "operation", "kind"])
+    "kassa_processor_errors",
+    "Processor calls that failed (kind=error) or timed out (kind=timeout).",
+    ["processor", "operation", "kind"],
+)
 
 # --- idempotency --------------------------------------------------------------------------
 
 IDEMPOTENT_REPLAYS = Counter(
-    "kassa_idempotency_replays", "Stored answers replayed for a repeated Idempotency-Key.")
+    "kassa_idempotency_replays", "Stored answers replayed for a repeated Idempotency-Key."
+)
 IDEMPOTENCY_CONFLICTS = Counter(
     "kassa_idempotency_conflicts",
     "Idempotency-Key refusals: 409 idempotency_key_in_use, 422 idempotency_key_reused.",
-    ["code"])
+    ["code"],
+)
 
 # --- ledger -------------------------------------------------------------------------------
 
@@ -119,43 +153,65 @@ LEDGER_ENTRIES = Counter("kassa_ledger_entries_posted", "Ledger entries written.
 LEDGER_VERIFY_OK = Gauge(
     "kassa_ledger_verify_ok",
     "1 if the last periodic ledger balance check passed, 0 if it found a problem.",
-    multiprocess_mode="livemostrecent")
+    multiprocess_mode="livemostrecent",
+)
 LEDGER_VERIFY_TIMESTAMP = Gauge(
     "kassa_ledger_verify_timestamp_seconds",
     "Unix time of the last completed periodic ledger balance check.",
-    multiprocess_mode="livemax")
+    multiprocess_mode="livemax",
+)
 
 # --- internals ----------------------------------------------------------------------------
 
 COMMIT_BATCH_ROWS = Histogram(
-    "kassa_pipeline_commit_batch_rows", "Items written per group-commit transaction.",
-    ["pipeline"], buckets=BATCH_ROWS_BUCKETS)
+    "kassa_pipeline_commit_batch_rows",
+    "Items written per group-commit transaction.",
+    ["pipeline"],
+    buckets=BATCH_ROWS_BUCKETS,
+)
 COMMIT_DURATION = Histogram(
     "kassa_pipeline_commit_duration_seconds",
     "Time to acquire a connection, write a batch and commit it.",
-    ["pipeline"], buckets=LATENCY_BUCKETS_S)
+    ["pipeline"],
+    buckets=LATENCY_BUCKETS_S,
+)
 PIPELINE_DEPTH = Gauge(
-    "kassa_pipeline_queue_depth", "Writes accepted by the commit pipelines and not yet answered.",
-    multiprocess_mode="livesum")
+    "kassa_pipeline_queue_depth",
+    "Writes accepted by the commit pipelines and not yet answered.",
+    multiprocess_mode="livesum",
+)
 PIPELINE_SHED = Counter(
-    "kassa_pipeline_shed", "Writes refused with 503 gateway_overloaded because a pipeline was full.",
-    ["pipeline"])
+    "kassa_pipeline_shed",
+    "Writes refused with 503 gateway_overloaded because a pipeline was full.",
+    ["pipeline"],
+)
 DB_POOL_CONNECTIONS = Gauge(
-    "kassa_db_pool_connections", "Database pool connections by state (in_use, idle).",
-    ["state"], multiprocess_mode="livesum")
+    "kassa_db_pool_connections",
+    "Database pool connections by state (in_use, idle).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
 DB_POOL_MAX = Gauge(
-    "kassa_db_pool_max_connections", "Configured maximum size of the database pools.",
-    multiprocess_mode="livesum")
+    "kassa_db_pool_max_connections",
+    "Configured maximum size of the database pools.",
+    multiprocess_mode="livesum",
+)
 DB_POOL_ACQUIRE = Histogram(
-    "kassa_db_pool_acquire_duration_seconds", "Time waiting for a pooled database connection.",
-    buckets=LATENCY_BUCKETS_S)
+    "kassa_db_pool_acquire_duration_seconds",
+    "Time waiting for a pooled database connection.",
+    buckets=LATENCY_BUCKETS_S,
+)
 LOOP_LAG = Histogram(
     "kassa_event_loop_lag_seconds",
     "How late the event loop woke a sleeping task: time the loop was busy elsewhere.",
-    buckets=LOOP_LAG_BUCKETS_S)
+    buckets=LOOP_LAG_BUCKETS_S,
+)
 BUILD_INFO = Gauge(
-    "kassa_build_info", "Always 1; labels say which core build the workers run.",
-    ["core"], multiprocess_mode="livemax")
+    "kassa_build_info",
+    "Always 1; labels say which core build the workers run.",
+    ["core"],
+    multiprocess_mode="livemax",
+)
 
 
 # --- recording functions (call sites in payments, pipeline, ledger, recovery) ------------

@@ -78,6 +78,7 @@ async def sample_forever(app: web.Application) -> None:
 
 # --- background checks (called by gateway.recovery's loop) -------------------------------
 
+
 async def refresh_stuck_payments(pool: asyncpg.Pool, older_than_s: int) -> int:
     """COUNT (on the partial index of 'processing' payments) into the stuck gauge."""
     stuck = await payments.count_stuck(pool, older_than_s)
@@ -93,8 +94,7 @@ async def check_ledger(pool: asyncpg.Pool) -> bool | None:
     """
     from gateway.books import verify_balances
 
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                        readonly=True):
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         if not await ledger.try_check_lock(conn):
             return None
         problems = await verify_balances(conn)

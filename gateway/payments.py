@@ -72,8 +72,14 @@ def batch_settings(settings: Settings) -> BatchSettings:
 
 
 class PaymentService:
-    def __init__(self, pool: asyncpg.Pool, connector: Connector, vault: CardVault,
-                 idempotency: IdempotencyStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connector: Connector,
+        vault: CardVault,
+        idempotency: IdempotencyStore,
+        settings: Settings,
+    ) -> None:
         self._pool = pool
         self._connector = connector
         self._vault = vault
@@ -110,18 +116,34 @@ class PaymentService:
         with self._idempotency.guard(claim):
             return await self._insert_token(merchant_id, card, token_id, fingerprint, claim)
 
-    async def _insert_token(self, merchant_id: str, card: object, token_id: str,
-                            fingerprint: str, claim: Claim | None) -> Answer:
+    async def _insert_token(
+        self, merchant_id: str, card: object, token_id: str, fingerprint: str, claim: Claim | None
+    ) -> Answer:
         async with self._acquire() as conn, conn.transaction():
             conflict = await self._idempotency.claim(conn, claim, None)
             if conflict:
                 return conflict
-            await payments.insert_token(conn, token_id, merchant_id, card, fingerprint,
-                                        self._vault.encrypt_number(card.number, token_id))
-            answer = Answer.of_json(201, render_token(token_id, {
-                "brand": card.brand, "last4": card.last4, "exp_month": card.exp_month,
-                "exp_year": card.exp_year, "fingerprint": fingerprint,
-            }))
+            await payments.insert_token(
+                conn,
+                token_id,
+                merchant_id,
+                card,
+                fingerprint,
+                self._vault.encrypt_number(card.number, token_id),
+            )
+            answer = Answer.of_json(
+                201,
+                render_token(
+                    token_id,
+                    {
+                        "brand": card.brand,
+                        "last4": card.last4,
+                        "exp_month": card.exp_month,
+                        "exp_year": card.exp_year,
+                        "fingerprint": fingerprint,
+                    },
+                ),
+            )
             await self._idempotency.complete(conn, claim, answer)
         self._idempotency.remember(claim, answer)
         return answer
@@ -129,19 +151,32 @@ class PaymentService:
     async def _resolve_card(self, merchant_id: str, request: object) -> ResolvedCard:
         card = request.card
         if card is not None:
-            return ResolvedCard(card.number, card.brand, card.last4, card.exp_month,
-                                card.exp_year, self._vault.fingerprint(merchant_id, card.number),
-                                None)
-        row = await self._owned("token", request.token, merchant_id,
-                                param="payment_method.token")
+            return ResolvedCard(
+                card.number,
+                card.brand,
+                card.last4,
+                card.exp_month,
+                card.exp_year,
+                self._vault.fingerprint(merchant_id, card.number),
+                None,
+            )
+        row = await self._owned("token", request.token, merchant_id, param="payment_method.token")
         number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
-        return ResolvedCard(number, row["brand"], row["last4"], row["exp_month"],
-                            row["exp_year"], row["fingerprint"], row["id"])
+        return ResolvedCard(
+            number,
+            row["brand"],
+            row["last4"],
+            row["exp_month"],
+            row["exp_year"],
+            row["fingerprint"],
+            row["id"],
+        )
 
     # --- authorization ----------------------------------------------------------------
 
-    async def authorize(self, merchant_id: str, body: object, key: str | None,
-                        risk: object) -> Answer:
+    async def authorize(
+        self, merchant_id: str, body: object, key: str | None, risk: object
+    ) -> Answer:
         """``risk``: the merchant's core_ext.risk.RiskLimits (gateway.merchants.Caller)."""
         today = datetime.now(timezone.utc)
         request = core_ext.validation.validate_payment(body, today.year, today.month)
@@ -154,13 +189,31 @@ class PaymentService:
         self._idempotency.remember(claim, answer)
         return answer
 
-    async def _authorize(self, merchant_id: str, request: object, card: ResolvedCard,
-                         claim: Claim | None, risk: object) -> Answer:
+    async def _authorize(
+        self,
+        merchant_id: str,
+        request: object,
+        card: ResolvedCard,
+        claim: Claim | None,
+        risk: object,
+    ) -> Answer:
         intent = Intent(
-            claim, new_id("pay"), merchant_id, request.amount, request.currency,
-            request.capture, card.brand, card.last4, card.exp_month, card.exp_year,
-            card.fingerprint, card.token_id, self._connector.name, request.reference,
-            request.description, orjson.dumps(request.metadata).decode(),
+            claim,
+            new_id("pay"),
+            merchant_id,
+            request.amount,
+            request.currency,
+            request.capture,
+            card.brand,
+            card.last4,
+            card.exp_month,
+            card.exp_year,
+            card.fingerprint,
+            card.token_id,
+            self._connector.name,
+            request.reference,
+            request.description,
+            orjson.dumps(request.metadata).decode(),
             orjson.dumps(request.customer).decode() if request.customer else None,
         )
         written = await self._intents.submit(intent)
@@ -179,17 +232,21 @@ class PaymentService:
         # recovery settles by asking the processor, never a charge without a record.
         try:
             outcome = await asyncio.wait_for(
-                self._connector.authorize(payment_id, card.number, request.amount,
-                                          request.currency),
+                self._connector.authorize(
+                    payment_id, card.number, request.amount, request.currency
+                ),
                 self._processor_timeout_s,
             )
         except ProcessorError:
             outcome = Outcome("failed")
         except TimeoutError:
             raise api_error(
-                504, "processor_timeout", "the processor did not answer in time; the outcome "
+                504,
+                "processor_timeout",
+                "the processor did not answer in time; the outcome "
                 "is unknown and will be settled by recovery. Retry with the same "
-                "Idempotency-Key to get the final answer", payment_id=payment_id,
+                "Idempotency-Key to get the final answer",
+                payment_id=payment_id,
             ) from None
         if outcome.result == DECLINED:
             self._velocity.record_decline(merchant_id, card.fingerprint, risk, time.monotonic())
@@ -204,14 +261,24 @@ class PaymentService:
             captured = await self._auto_capture(row["id"], row["amount"])
             if captured:
                 t = transitions[0]
-                transitions.append(states.capture(t.status, row["amount"], t.amount_capturable,
-                                                  t.amount_captured, t.amount_refunded, None))
+                transitions.append(
+                    states.capture(
+                        t.status,
+                        row["amount"],
+                        t.amount_capturable,
+                        t.amount_captured,
+                        t.amount_refunded,
+                        None,
+                    )
+                )
             capture_unknown = captured is None
         # Never shed here: the processor has answered, the outcome must be recorded.
         return await self._settlements.submit(
-            Settlement(row, tuple(transitions), outcome.reference, outcome.decline_code,
-                       capture_unknown),
-            sheddable=False)
+            Settlement(
+                row, tuple(transitions), outcome.reference, outcome.decline_code, capture_unknown
+            ),
+            sheddable=False,
+        )
 
     async def _auto_capture(self, payment_id: str, amount: int) -> bool | None:
         """Capture right after authorizing: True if captured. False if the processor refused:
@@ -219,52 +286,70 @@ class PaymentService:
         void later. None if it timed out: the payment is recorded authorized with its
         capture pending, which recovery settles as it settles a timed-out capture."""
         try:
-            await asyncio.wait_for(self._connector.capture(payment_id, amount),
-                                   self._processor_timeout_s)
+            await asyncio.wait_for(
+                self._connector.capture(payment_id, amount), self._processor_timeout_s
+            )
         except ProcessorError:
             log.warning("automatic capture of %s failed; it stays authorized", payment_id)
             return False
         except TimeoutError:
-            log.warning("automatic capture of %s timed out; recovery will settle it",
-                        payment_id)
+            log.warning("automatic capture of %s timed out; recovery will settle it", payment_id)
             return None
         return True
 
     # --- capture, void, refund --------------------------------------------------------
 
-    async def capture(self, merchant_id: str, payment_id: str, body: object,
-                      key: str | None) -> Answer:
+    async def capture(
+        self, merchant_id: str, payment_id: str, body: object, key: str | None
+    ) -> Answer:
         requested = core_ext.validation.validate_capture(body)
         return await self._change(merchant_id, payment_id, "capture", requested, None, body, key)
 
-    async def void(self, merchant_id: str, payment_id: str, body: object,
-                   key: str | None) -> Answer:
+    async def void(
+        self, merchant_id: str, payment_id: str, body: object, key: str | None
+    ) -> Answer:
         core_ext.validation.validate_void(body)
         return await self._change(merchant_id, payment_id, "void", None, None, body, key)
 
-    async def refund(self, merchant_id: str, payment_id: str, body: object,
-                     key: str | None) -> Answer:
+    async def refund(
+        self, merchant_id: str, payment_id: str, body: object, key: str | None
+    ) -> Answer:
         requested, reason = core_ext.validation.validate_refund(body)
         return await self._change(merchant_id, payment_id, "refund", requested, reason, body, key)
 
-    async def _change(self, merchant_id: str, payment_id: str, operation: str,
-                      requested: int | None, reason: str | None, body: object,
-                      key: str | None) -> Answer:
+    async def _change(
+        self,
+        merchant_id: str,
+        payment_id: str,
+        operation: str,
+        requested: int | None,
+        reason: str | None,
+        body: object,
+        key: str | None,
+    ) -> Answer:
         _require_id_shape("payment", payment_id)
         path = f"/v1/payments/{payment_id}/{'refunds' if operation == 'refund' else operation}"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
             return known
         with self._idempotency.guard(claim):
-            return await self._change_locked(merchant_id, payment_id, operation, requested,
-                                             reason, claim)
+            return await self._change_locked(
+                merchant_id, payment_id, operation, requested, reason, claim
+            )
 
-    async def _change_locked(self, merchant_id: str, payment_id: str, operation: str,
-                             requested: int | None, reason: str | None,
-                             claim: Claim | None) -> Answer:
+    async def _change_locked(
+        self,
+        merchant_id: str,
+        payment_id: str,
+        operation: str,
+        requested: int | None,
+        reason: str | None,
+        claim: Claim | None,
+    ) -> Answer:
         async with self._acquire() as conn, _serialized(conn, payment_id):
-            planned = await self._write_ahead(conn, merchant_id, payment_id, operation,
-                                              requested, reason, claim)
+            planned = await self._write_ahead(
+                conn, merchant_id, payment_id, operation, requested, reason, claim
+            )
             if isinstance(planned, Answer):
                 answer = planned
             else:
@@ -272,9 +357,16 @@ class PaymentService:
         self._idempotency.remember(claim, answer)
         return answer
 
-    async def _write_ahead(self, conn: asyncpg.Connection, merchant_id: str, payment_id: str,
-                           operation: str, requested: int | None, reason: str | None,
-                           claim: Claim | None) -> asyncpg.Record | Answer:
+    async def _write_ahead(
+        self,
+        conn: asyncpg.Connection,
+        merchant_id: str,
+        payment_id: str,
+        operation: str,
+        requested: int | None,
+        reason: str | None,
+        claim: Claim | None,
+    ) -> asyncpg.Record | Answer:
         """Claim the key and commit the operation 'pending' before the processor is called,
         so a lost answer leaves a record recovery settles; or the answer, if the request
         ends here."""
@@ -289,9 +381,12 @@ class PaymentService:
             if pending is not None:
                 # Raised, so the claim rolls back: once settled, a retry with the key runs.
                 raise invalid_request(
-                    "payment_state_invalid", f"the outcome of an earlier {pending} of this "
+                    "payment_state_invalid",
+                    f"the outcome of an earlier {pending} of this "
                     "payment is unknown (the processor's answer was lost) and is being "
-                    "settled; retry later", status=409)
+                    "settled; retry later",
+                    status=409,
+                )
             try:
                 transition = _transition(operation, row, requested)
             except CoreError as exc:
@@ -303,11 +398,18 @@ class PaymentService:
             if operation == "refund":
                 # With a key, every attempt sends the same refund id, which the processor
                 # deduplicates: one key, one refund at the processor too.
-                refund_id = new_id("re") if claim is None else keyed_id(
-                    "re", claim.merchant_id, claim.key)
+                refund_id = (
+                    new_id("re") if claim is None else keyed_id("re", claim.merchant_id, claim.key)
+                )
             return await operations.insert_pending(
-                conn, row, operation, transition.amount, refund_id, reason,
-                claim.key if claim is not None else None)
+                conn,
+                row,
+                operation,
+                transition.amount,
+                refund_id,
+                reason,
+                claim.key if claim is not None else None,
+            )
 
     async def _perform(self, conn: asyncpg.Connection, op: asyncpg.Record) -> Answer:
         try:
@@ -317,7 +419,9 @@ class PaymentService:
         except TimeoutError:
             # The operation stays pending and its key in flight until recovery settles it.
             raise api_error(
-                504, "processor_timeout", f"the processor did not answer the {op['operation']} "
+                504,
+                "processor_timeout",
+                f"the processor did not answer the {op['operation']} "
                 "in time; the outcome is unknown and will be settled by recovery. Retry "
                 "with the same Idempotency-Key to get the final answer",
                 payment_id=op["payment_id"],
@@ -331,8 +435,9 @@ class PaymentService:
             return self._connector.void(op["payment_id"], op["amount"])
         return self._connector.refund(op["payment_id"], op["refund_id"], op["amount"])
 
-    async def settle_operation(self, conn: asyncpg.Connection, op: asyncpg.Record,
-                               approved: bool) -> Answer:
+    async def settle_operation(
+        self, conn: asyncpg.Connection, op: asyncpg.Record, approved: bool
+    ) -> Answer:
         """Record the processor's verdict on a pending capture, void or refund (request path
         and recovery): apply it, or fail it changing nothing; complete its key either way."""
         async with conn.transaction():
@@ -342,51 +447,77 @@ class PaymentService:
             if approved:
                 answer = await self._apply(conn, row, op)
             else:
-                answer = Answer.of_error(api_error(
-                    502, "processor_error", f"the processor did not {op['operation']} the "
-                    "payment; nothing changed. This answer is stored for the Idempotency-Key: "
-                    "to try again, use a new key", payment_id=op["payment_id"]))
-            await self._idempotency.complete_key(conn, op["merchant_id"],
-                                                 op["idempotency_key"], answer)
+                answer = Answer.of_error(
+                    api_error(
+                        502,
+                        "processor_error",
+                        f"the processor did not {op['operation']} the "
+                        "payment; nothing changed. This answer is stored for the Idempotency-Key: "
+                        "to try again, use a new key",
+                        payment_id=op["payment_id"],
+                    )
+                )
+            await self._idempotency.complete_key(
+                conn, op["merchant_id"], op["idempotency_key"], answer
+            )
         return answer
 
-    async def _settled_answer(self, conn: asyncpg.Connection, op: asyncpg.Record,
-                              approved: bool) -> Answer:
+    async def _settled_answer(
+        self, conn: asyncpg.Connection, op: asyncpg.Record, approved: bool
+    ) -> Answer:
         """Someone settled the operation first (recovery, while this answer was late):
         that settlement stands, and so does the answer it stored."""
-        log.warning("operation %s on %s was settled before its answer (%s) arrived",
-                    op["id"], op["payment_id"], "approved" if approved else "failed")
+        log.warning(
+            "operation %s on %s was settled before its answer (%s) arrived",
+            op["id"],
+            op["payment_id"],
+            "approved" if approved else "failed",
+        )
         stored = await self._idempotency.stored(conn, op["merchant_id"], op["idempotency_key"])
         if stored is not None:
             return stored
-        raise invalid_request("payment_state_invalid", f"this {op['operation']} was settled "
-                              "meanwhile; read the payment for its outcome", status=409)
+        raise invalid_request(
+            "payment_state_invalid",
+            f"this {op['operation']} was settled meanwhile; read the payment for its outcome",
+            status=409,
+        )
 
-    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record,
-                     op: asyncpg.Record) -> Answer:
+    async def _apply(
+        self, conn: asyncpg.Connection, row: asyncpg.Record, op: asyncpg.Record
+    ) -> Answer:
         operation, refund_id = op["operation"], op["refund_id"]
         # Nothing changes a payment while its operation is pending, so the move is the one
         # planned; a different one means corrupted data, never something to post.
         transition = _transition(operation, row, None if operation == "void" else op["amount"])
         if transition.amount != op["amount"]:
-            raise RuntimeError(f"operation {op['id']} on {row['id']} planned {op['amount']}, "
-                               f"the payment now allows {transition.amount}")
+            raise RuntimeError(
+                f"operation {op['id']} on {row['id']} planned {op['amount']}, "
+                f"the payment now allows {transition.amount}"
+            )
         updated = await payments.update_amounts(conn, row["id"], transition)
         refund_row = None
         if refund_id is not None:
-            refund_row = await payments.insert_refund(conn, refund_id, row, transition.amount,
-                                                      op["reason"])
-        await ledger.post(conn, transition, merchant_id=row["merchant_id"], payment_id=row["id"],
-                          processor=row["processor"], currency=row["currency"],
-                          refund_id=refund_id)
+            refund_row = await payments.insert_refund(
+                conn, refund_id, row, transition.amount, op["reason"]
+            )
+        await ledger.post(
+            conn,
+            transition,
+            merchant_id=row["merchant_id"],
+            payment_id=row["id"],
+            processor=row["processor"],
+            currency=row["currency"],
+            refund_id=refund_id,
+        )
         if refund_row is not None:
             return Answer.of_json(201, render_refund(refund_row))
         return Answer.of_json(200, render_payment(updated))
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def _owned(self, kind: str, object_id: str, merchant_id: str,
-                     param: str = "id") -> asyncpg.Record:
+    async def _owned(
+        self, kind: str, object_id: str, merchant_id: str, param: str = "id"
+    ) -> asyncpg.Record:
         """The merchant's own row, or 404: another merchant's id is indistinguishable
         from an unknown one (no existence oracle)."""
         _require_id_shape(kind, object_id, param)
@@ -403,8 +534,9 @@ class PaymentService:
         limit, starting_after, status = core_ext.validation.validate_list_query(query)
         cursor = None
         if starting_after is not None:
-            cursor = await self._owned("payment", starting_after, merchant_id,
-                                       param="starting_after")
+            cursor = await self._owned(
+                "payment", starting_after, merchant_id, param="starting_after"
+            )
         async with self._acquire() as conn:
             rows = await payments.list_page(conn, merchant_id, status, cursor, limit + 1)
         return {
@@ -436,8 +568,11 @@ async def _serialized(conn: asyncpg.Connection, payment_id: str) -> AsyncIterato
         except Exception:
             # A pooled connection still holding the lock would block the payment's changes
             # until it closed: close it now. The answer already decided stands.
-            log.warning("could not release the change lock of %s; closing the connection",
-                        payment_id, exc_info=True)
+            log.warning(
+                "could not release the change lock of %s; closing the connection",
+                payment_id,
+                exc_info=True,
+            )
             conn.terminate()
         except BaseException:  # cancelled while releasing
             conn.terminate()
@@ -452,8 +587,13 @@ def _require_id_shape(kind: str, object_id: str, param: str = "id") -> None:
 
 
 def _transition(operation: str, row: asyncpg.Record, requested: int | None) -> object:
-    amounts = (row["status"], row["amount"], row["amount_capturable"], row["amount_captured"],
-               row["amount_refunded"])
+    amounts = (
+        row["status"],
+        row["amount"],
+        row["amount_capturable"],
+        row["amount_captured"],
+        row["amount_refunded"],
+    )
     if operation == "capture":
         return states.capture(*amounts, requested)
     if operation == "void":

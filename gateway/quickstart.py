@@ -84,8 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return asyncio.run(cli._with_connection(settings, lambda conn: _welcome(conn, settings)))
-    except (database.EmbeddedDatabaseError, database.MigrationError, OSError,
-            asyncpg.PostgresError) as exc:
+    except (
+        database.EmbeddedDatabaseError,
+        database.MigrationError,
+        OSError,
+        asyncpg.PostgresError,
+    ) as exc:
         print(f"kassa: {type(exc).__name__}: {exc}", file=sys.stderr)
         return cli.EXIT_FAILURE
 

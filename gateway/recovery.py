@@ -42,9 +42,13 @@ class PassResult:
     swept: int = 0
 
 
-async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
-                             connector: Connector, older_than_s: int,
-                             processor_timeout_s: float = 10.0) -> int:
+async def recover_processing(
+    pool: asyncpg.Pool,
+    service: PaymentService,
+    connector: Connector,
+    older_than_s: int,
+    processor_timeout_s: float = 10.0,
+) -> int:
     rows = await payments.processing_due(pool, older_than_s, BATCH_ROWS_MAX)
     settled = 0
     for row in rows:
@@ -66,18 +70,22 @@ async def recover_processing(pool: asyncpg.Pool, service: PaymentService,
     return settled
 
 
-async def recover_operations(pool: asyncpg.Pool, service: PaymentService,
-                             connector: Connector, older_than_s: int,
-                             processor_timeout_s: float = 10.0) -> int:
+async def recover_operations(
+    pool: asyncpg.Pool,
+    service: PaymentService,
+    connector: Connector,
+    older_than_s: int,
+    processor_timeout_s: float = 10.0,
+) -> int:
     """Settle captures, voids and refunds whose answer was lost: applied if the processor
     did them, failed (nothing changed) if it never received them."""
     rows = await operations.pending_due(pool, older_than_s, BATCH_ROWS_MAX)
     settled = 0
     for op in rows:
         outcome = await asyncio.wait_for(
-            connector.operation_status(op["payment_id"], op["operation"],
-                                       operations.reference(op)),
-            processor_timeout_s)
+            connector.operation_status(op["payment_id"], op["operation"], operations.reference(op)),
+            processor_timeout_s,
+        )
         if outcome.result == NOT_FOUND and op["age_s"] < NOT_FOUND_FINAL_AFTER * older_than_s:
             continue  # not seen *yet*: the call may still be on its way (see above)
         approved = outcome.result == APPROVED
@@ -85,8 +93,13 @@ async def recover_operations(pool: asyncpg.Pool, service: PaymentService,
             await service.settle_operation(conn, op, approved)
         metrics.recovery_action(APPROVED if approved else "failed")
         settled += 1
-        log.info("recovered %s %s of payment %s as %s", op["operation"], op["id"],
-                 op["payment_id"], "approved" if approved else "failed")
+        log.info(
+            "recovered %s %s of payment %s as %s",
+            op["operation"],
+            op["id"],
+            op["payment_id"],
+            "approved" if approved else "failed",
+        )
     return settled
 
 
@@ -96,27 +109,36 @@ async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
         rows = await payments.lock_expiring(conn, ttl_s, BATCH_ROWS_MAX)
         for row in rows:
             transition = core_ext.states.expire(
-                row["status"], row["amount"], row["amount_capturable"], row["amount_captured"],
+                row["status"],
+                row["amount"],
+                row["amount_capturable"],
+                row["amount_captured"],
                 row["amount_refunded"],
             )
             if not await payments.expire(conn, row["id"], transition):
                 continue  # an operation on it is pending; recovery settles that first
-            await ledger.post(conn, transition, merchant_id=row["merchant_id"],
-                              payment_id=row["id"], processor=row["processor"],
-                              currency=row["currency"])
+            await ledger.post(
+                conn,
+                transition,
+                merchant_id=row["merchant_id"],
+                payment_id=row["id"],
+                processor=row["processor"],
+                currency=row["currency"],
+            )
             expired += 1
     return expired
 
 
-async def run_once(pool: asyncpg.Pool, service: PaymentService, connector: Connector,
-                   settings: Settings) -> PassResult:
+async def run_once(
+    pool: asyncpg.Pool, service: PaymentService, connector: Connector, settings: Settings
+) -> PassResult:
     result = PassResult()
-    result.recovered = await recover_processing(pool, service, connector,
-                                                settings.recovery_after_s,
-                                                settings.processor_timeout_ms / 1000)
-    result.operations = await recover_operations(pool, service, connector,
-                                                 settings.recovery_after_s,
-                                                 settings.processor_timeout_ms / 1000)
+    result.recovered = await recover_processing(
+        pool, service, connector, settings.recovery_after_s, settings.processor_timeout_ms / 1000
+    )
+    result.operations = await recover_operations(
+        pool, service, connector, settings.recovery_after_s, settings.processor_timeout_ms / 1000
+    )
     result.expired = await expire_authorizations(pool, settings.authorization_ttl_s)
     metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
@@ -124,8 +146,9 @@ async def run_once(pool: asyncpg.Pool, service: PaymentService, connector: Conne
     return result
 
 
-async def run_forever(pool: asyncpg.Pool, service: PaymentService, connector: Connector,
-                      settings: Settings) -> None:
+async def run_forever(
+    pool: asyncpg.Pool, service: PaymentService, connector: Connector, settings: Settings
+) -> None:
     ledger_check_due = 0.0
     while True:
         try:

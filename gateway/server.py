@@ -31,8 +31,9 @@ log = logging.getLogger("kassa.server")
 WORKER_RESTART_DELAY_S = 0.5  # bounds a crash loop's restart rate
 SUPERVISOR_POLL_S = 1.0  # how soon a worker notices its supervisor is gone, without prctl
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-NO_MERCHANTS_HINT = ("kassa: no merchants yet; create one, and its secret key, with: "
-                     "kassa merchants create NAME")
+NO_MERCHANTS_HINT = (
+    "kassa: no merchants yet; create one, and its secret key, with: kassa merchants create NAME"
+)
 
 
 def _install_uvloop() -> None:
@@ -70,15 +71,15 @@ def _die_with_supervisor(supervisor_pid: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    threading.Thread(target=_watch_supervisor, args=(supervisor_pid,),
-                     name="kassa-supervisor-watch", daemon=True).start()
+    threading.Thread(
+        target=_watch_supervisor, args=(supervisor_pid,), name="kassa-supervisor-watch", daemon=True
+    ).start()
 
 
 def _watch_supervisor(supervisor_pid: int) -> None:
     while os.getppid() == supervisor_pid:
         time.sleep(SUPERVISOR_POLL_S)
-    log.error("supervisor (pid %d) is gone; stopping worker pid %d", supervisor_pid,
-              os.getpid())
+    log.error("supervisor (pid %d) is gone; stopping worker pid %d", supervisor_pid, os.getpid())
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -94,8 +95,9 @@ def run_worker(settings: Settings, dsn: str, index: int, supervisor_pid: int) ->
     _install_uvloop()
     app = create_app(settings, dsn)
     sock = bind_socket(settings.host, settings.port)
-    log.info("worker %d (pid %d) serving on %s:%d", index, os.getpid(), settings.host,
-             settings.port)
+    log.info(
+        "worker %d (pid %d) serving on %s:%d", index, os.getpid(), settings.host, settings.port
+    )
     web.run_app(
         app,
         sock=sock,
@@ -119,8 +121,10 @@ def _check_port_free(settings: Settings) -> None:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise PortInUseError(f"{settings.host}:{settings.port} is already in use "
-                             "(another kassa serve?); choose another with --port") from None
+        raise PortInUseError(
+            f"{settings.host}:{settings.port} is already in use "
+            "(another kassa serve?); choose another with --port"
+        ) from None
     probe.close()
 
 
@@ -206,7 +210,8 @@ def _supervise(settings: Settings, dsn: str) -> int:
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
-            target=run_worker, args=(settings, dsn, index, os.getpid()),
+            target=run_worker,
+            args=(settings, dsn, index, os.getpid()),
             name=f"kassa-worker-{index}",
         )
         process.start()
@@ -222,14 +227,19 @@ def _supervise(settings: Settings, dsn: str) -> int:
     print(
         f"kassa: serving on http://{settings.host}:{settings.port} with "
         f"{settings.workers} worker(s) (pids {', '.join(str(p.pid) for p in workers.values())})",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
     while not stopping:
         time.sleep(0.2)
         for index, process in list(workers.items()):
             if not process.is_alive() and not stopping:
-                log.error("worker %d (pid %s) exited with %s; restarting", index, process.pid,
-                          process.exitcode)
+                log.error(
+                    "worker %d (pid %s) exited with %s; restarting",
+                    index,
+                    process.pid,
+                    process.exitcode,
+                )
                 _worker_exited(process)
                 time.sleep(WORKER_RESTART_DELAY_S)
                 workers[index] = start(index)

@@ -35,12 +35,12 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 # A throwaway key for throwaway databases (base64 of 32 bytes): never for real card data.
 TEST_MASTER_KEY = "a2Fzc2EtdGVzdC1tYXN0ZXIta2V5LW5vdC1wcm9kISE="
 
-READY_TIMEOUT_S = 90.0      # kassa serve answers /readyz 200 (or all its workers serve)
-READY_POLL_S = 0.1          # between two probes of /readyz or of the log
-PROBE_TIMEOUT_S = 2.0       # one /readyz request
-STOP_TIMEOUT_S = 30.0       # SIGTERM (drain) -> exit, before the process group is killed
-CLI_TIMEOUT_S = 120.0       # one `kassa` command (merchants create, ledger verify)
-LOG_TAIL_CHARS = 3000       # of the log, in the error when the server failed to start
+READY_TIMEOUT_S = 90.0  # kassa serve answers /readyz 200 (or all its workers serve)
+READY_POLL_S = 0.1  # between two probes of /readyz or of the log
+PROBE_TIMEOUT_S = 2.0  # one /readyz request
+STOP_TIMEOUT_S = 30.0  # SIGTERM (drain) -> exit, before the process group is killed
+CLI_TIMEOUT_S = 120.0  # one `kassa` command (merchants create, ledger verify)
+LOG_TAIL_CHARS = 3000  # of the log, in the error when the server failed to start
 
 WORKER_SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving on")
 MERCHANT_ID_LINE = re.compile(r"^merchant_id:\s+(\S+)$", re.MULTILINE)
@@ -52,7 +52,7 @@ class ServerFailed(RuntimeError):
 
 
 class Stopped(NamedTuple):
-    exit_code: int | None   # None: it outlived the timeout and was killed
+    exit_code: int | None  # None: it outlived the timeout and was killed
     seconds: float
 
 
@@ -63,13 +63,15 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-def environment(database_url: str | None, data_dir: Path | None = None,
-                **extra: str) -> dict[str, str]:
+def environment(
+    database_url: str | None, data_dir: Path | None = None, **extra: str
+) -> dict[str, str]:
     """This process's environment without its KASSA_* and DATABASE_URL (a developer's own
     settings must not leak into a test), plus the database, the data directory and
     ``extra``. Without ``database_url`` kassa runs the embedded PostgreSQL in the data dir."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KASSA_") and k != "DATABASE_URL"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("KASSA_") and k != "DATABASE_URL"
+    }
     if database_url:
         env["DATABASE_URL"] = database_url
     if data_dir is not None:
@@ -78,11 +80,19 @@ def environment(database_url: str | None, data_dir: Path | None = None,
     return env
 
 
-def run_cli(*args: str, env: Mapping[str, str],
-            timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS``, its output captured as text; the caller checks the code."""
-    return subprocess.run([sys.executable, "-m", "gateway", *args], env=env, cwd=SOURCE_ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        env=env,
+        cwd=SOURCE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def log_tail(log_path: Path) -> str:
@@ -94,31 +104,38 @@ def log_tail(log_path: Path) -> str:
 
 def _check_running(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
     if process.poll() is not None:
-        raise ServerFailed(f"{url} exited with {process.returncode} during start "
-                           f"(log {log_path}):\n{log_tail(log_path)}")
+        raise ServerFailed(
+            f"{url} exited with {process.returncode} during start "
+            f"(log {log_path}):\n{log_tail(log_path)}"
+        )
 
 
 def _not_ready(url: str, log_path: Path, timeout_s: float) -> ServerFailed:
-    return ServerFailed(f"{url} not ready in {timeout_s:.0f} s (log {log_path}):\n"
-                        f"{log_tail(log_path)}")
+    return ServerFailed(
+        f"{url} not ready in {timeout_s:.0f} s (log {log_path}):\n{log_tail(log_path)}"
+    )
 
 
-def wait_http_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
-                    timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_http_ready(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = READY_TIMEOUT_S
+) -> None:
     """Poll ``url``/readyz until it answers 200; raise if the process exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _check_running(process, url, log_path)
-        with (contextlib.suppress(OSError),
-              urllib.request.urlopen(url + "/readyz", timeout=PROBE_TIMEOUT_S) as answer):
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url + "/readyz", timeout=PROBE_TIMEOUT_S) as answer,
+        ):
             if answer.status == 200:
                 return
         time.sleep(READY_POLL_S)
     raise _not_ready(url, log_path, timeout_s)
 
 
-async def wait_http_ready_async(url: str, process: subprocess.Popen[bytes], log_path: Path,
-                                timeout_s: float = READY_TIMEOUT_S) -> None:
+async def wait_http_ready_async(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = READY_TIMEOUT_S
+) -> None:
     """:func:`wait_http_ready` without blocking the event loop."""
     deadline = time.monotonic() + timeout_s
     probe_timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
@@ -160,18 +177,25 @@ class KassaServer:
     and worker count are always this object's, so :attr:`url` is where it listens.
     """
 
-    def __init__(self, workdir: Path, database_url: str | None = None, *, workers: int = 1,
-                 data_dir: Path | None = None, env: Mapping[str, str] | None = None,
-                 port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str | None = None,
+        *,
+        workers: int = 1,
+        data_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.workers = workers
         self.port = port or free_port()
         self.data_dir = data_dir or workdir / "data"
         self.log_path = log_path or workdir / f"serve-{self.port}.log"
         self.env = environment(database_url, self.data_dir, **(env or {}))
-        self.env.update(KASSA_HOST=HOST, KASSA_PORT=str(self.port),
-                        KASSA_WORKERS=str(workers))
+        self.env.update(KASSA_HOST=HOST, KASSA_PORT=str(self.port), KASSA_WORKERS=str(workers))
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0          # how far the log was read for "serving on" lines
+        self._log_offset = 0  # how far the log was read for "serving on" lines
         self._serving: set[int] = set()
 
     @property
@@ -189,8 +213,7 @@ class KassaServer:
         merchant_id = MERCHANT_ID_LINE.search(done.stdout)
         secret = SECRET_KEY_LINE.search(done.stdout)
         if done.returncode != 0 or merchant_id is None or secret is None:
-            raise RuntimeError(f"kassa merchants create failed ({done.returncode}):\n"
-                               f"{done.stderr}")
+            raise RuntimeError(f"kassa merchants create failed ({done.returncode}):\n{done.stderr}")
         return merchant_id[1], secret[1]
 
     # --- start, wait, stop ---------------------------------------------------------------
@@ -201,14 +224,20 @@ class KassaServer:
             # Its own session: if the supervisor ever has to be killed, its workers are
             # killed with it (by process group) instead of being orphaned.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve"], env=self.env, cwd=SOURCE_ROOT,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [sys.executable, "-m", "gateway", "serve"],
+                env=self.env,
+                cwd=SOURCE_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         wait_http_ready(self.url, self._running(), self.log_path, timeout_s)
 
-    async def wait_ready_async(self, timeout_s: float = READY_TIMEOUT_S,
-                               all_workers: bool = False) -> None:
+    async def wait_ready_async(
+        self, timeout_s: float = READY_TIMEOUT_S, all_workers: bool = False
+    ) -> None:
         """/readyz answers 200; with ``all_workers``, every worker also says it serves."""
         started = time.monotonic()
         await wait_http_ready_async(self.url, self._running(), self.log_path, timeout_s)
@@ -241,8 +270,9 @@ class KassaServer:
             chunk = log.read()
         complete = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
         self._log_offset += complete
-        self._serving.update(int(m[2]) for m in WORKER_SERVING.finditer(
-            chunk[:complete].decode(errors="replace")))
+        self._serving.update(
+            int(m[2]) for m in WORKER_SERVING.finditer(chunk[:complete].decode(errors="replace"))
+        )
         try:
             children = psutil.Process(self._running().pid).children()
         except psutil.NoSuchProcess:
@@ -256,14 +286,17 @@ class KassaServer:
         while time.monotonic() < deadline:
             process = self._running()
             if process.poll() is not None:
-                raise ServerFailed(f"kassa serve exited with {process.returncode} "
-                                   f"(log {self.log_path}):\n{log_tail(self.log_path)}")
+                raise ServerFailed(
+                    f"kassa serve exited with {process.returncode} "
+                    f"(log {self.log_path}):\n{log_tail(self.log_path)}"
+                )
             pids = self.serving_workers()
             if len(pids) >= count:
                 return pids
             await asyncio.sleep(READY_POLL_S)
-        raise ServerFailed(f"fewer than {count} workers serving after {timeout_s:.0f} s "
-                           f"(log {self.log_path})")
+        raise ServerFailed(
+            f"fewer than {count} workers serving after {timeout_s:.0f} s (log {self.log_path})"
+        )
 
 
 def _alive(process: Any) -> bool:  # a psutil.Process (psutil is optional, so untyped)

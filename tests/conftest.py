@@ -161,11 +161,18 @@ async def serve_process(tmp_path: Path):
     the test. ``KASSA_DATA_DIR`` defaults to the test's own directory."""
     started: list[KassaServer] = []
 
-    async def start(database_url: str | None, workers: int = 1, port: int | None = None,
-                    **extra: str) -> KassaServer:
+    async def start(
+        database_url: str | None, workers: int = 1, port: int | None = None, **extra: str
+    ) -> KassaServer:
         data_dir = Path(extra.pop("KASSA_DATA_DIR", tmp_path / "data"))
-        server = KassaServer(tmp_path, database_url, workers=workers, data_dir=data_dir,
-                             env=subprocess_variables(**extra), port=port)
+        server = KassaServer(
+            tmp_path,
+            database_url,
+            workers=workers,
+            data_dir=data_dir,
+            env=subprocess_variables(**extra),
+            port=port,
+        )
         started.append(server)
         server.start()
         await server.wait_ready_async(SERVE_READY_TIMEOUT_S)

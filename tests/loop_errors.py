@@ -47,8 +47,10 @@ def _describe(contexts: list[dict[str, Any]]) -> str:
     lines = []
     for context in contexts:
         exception = context.get("exception")
-        lines.append(f"- {context.get('message', 'error')}"
-                     + (f": {type(exception).__name__}: {exception}" if exception else ""))
+        lines.append(
+            f"- {context.get('message', 'error')}"
+            + (f": {type(exception).__name__}: {exception}" if exception else "")
+        )
         for key in ("task", "future", "handle"):
             if key in context:
                 lines.append(f"  {key}: {context[key]!r:.300}")
@@ -63,13 +65,15 @@ def _fail_on_loop_errors() -> Iterator[None]:
     if _reported:
         contexts = _reported[:]
         _reported.clear()
-        pytest.fail("the event loop reported errors during this test:\n"
-                    + _describe(contexts), pytrace=False)
+        pytest.fail(
+            "the event loop reported errors during this test:\n" + _describe(contexts),
+            pytrace=False,
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _reported:
         session.config.get_terminal_writer().line(
-            "the event loop reported errors after the last test:\n" + _describe(_reported),
-            red=True)
+            "the event loop reported errors after the last test:\n" + _describe(_reported), red=True
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -65,8 +65,10 @@ async def get(client, path: str, merchant):
     return response.status, await response.json()
 
 
-async def authorize(client, merchant, number: str = APPROVED_VISA, key: str | None = None,
-                    **changes: object) -> tuple[int, dict]:
-    status, body, _ = await post(client, "/v1/payments", merchant,
-                                 payment_body(number, **changes), key)
+async def authorize(
+    client, merchant, number: str = APPROVED_VISA, key: str | None = None, **changes: object
+) -> tuple[int, dict]:
+    status, body, _ = await post(
+        client, "/v1/payments", merchant, payment_body(number, **changes), key
+    )
     return status, body

@@ -14,18 +14,23 @@ import subprocess
 import pytest
 
 APT_TIMEOUT_S = 600
-INSTALL_HINT = ("install Prometheus's promtool (Debian/Ubuntu: apt-get install prometheus; "
-                "or a release tarball from https://prometheus.io/download/) and put it on PATH")
+INSTALL_HINT = (
+    "install Prometheus's promtool (Debian/Ubuntu: apt-get install prometheus; "
+    "or a release tarball from https://prometheus.io/download/) and put it on PATH"
+)
 
 
 def _install_with_apt() -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = (["apt-get", "update"],
-             ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"])
+    steps = (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
+    )
     for step in steps:
         try:
-            done = subprocess.run(step, env=env, capture_output=True, text=True,
-                                  timeout=APT_TIMEOUT_S)
+            done = subprocess.run(
+                step, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S
+            )
         except subprocess.TimeoutExpired:
             return f"`{' '.join(step)}` timed out after {APT_TIMEOUT_S}s"
         if done.returncode != 0:
@@ -47,7 +52,9 @@ def promtool() -> str:
     pytest.fail(f"{problem}; these checks need it: {INSTALL_HINT}", pytrace=False)
 
 
-def run(promtool_path: str, *args: str, stdin: str | None = None,
-        cwd: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([promtool_path, *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+def run(
+    promtool_path: str, *args: str, stdin: str | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [promtool_path, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd
+    )

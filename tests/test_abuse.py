@@ -39,22 +39,24 @@ def assert_error_shape(body: dict, status_type: str, code: str) -> None:
 
 # ---- per-key rate limit --------------------------------------------------------------------
 
+
 async def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_runs(
-        client, merchant, other_merchant, db):
+    client, merchant, other_merchant, db
+):
     async with db.acquire() as conn:
         await set_limits(conn, merchant.id, {"rate_limit_per_s": 1, "rate_limit_burst": 2})
     before = value(await scrape(client), "kassa_rate_limited_total")
     first = [await authorize(client, merchant, key=f"k{i}") for i in range(2)]
     assert [status for status, _ in first] == [201, 201]
-    status, body, response = await post(client, "/v1/payments", merchant, payment_body(),
-                                        key="k-limited")
+    status, body, response = await post(
+        client, "/v1/payments", merchant, payment_body(), key="k-limited"
+    )
     assert status == 429
     assert_error_shape(body, "rate_limit_error", "rate_limited")
     assert int(response.headers["Retry-After"]) >= 1
     # Refused before anything ran: no payment, no claimed key; and it is counted.
     assert await db.fetchval("SELECT count(*) FROM payments") == 2
-    assert await db.fetchval(
-        "SELECT count(*) FROM idempotency_keys WHERE key = 'k-limited'") == 0
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'k-limited'") == 0
     assert value(await scrape(client), "kassa_rate_limited_total") == before + 1
     # Reads count too: the limit is per key, not per route.
     assert (await get(client, "/v1/balance", merchant))[0] == 429
@@ -62,14 +64,16 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_runs(
     assert (await authorize(client, other_merchant))[0] == 201
     # After Retry-After the same key (and Idempotency-Key) runs, and it is not a replay.
     await asyncio.sleep(int(response.headers["Retry-After"]))
-    status, body, response = await post(client, "/v1/payments", merchant, payment_body(),
-                                        key="k-limited")
+    status, body, response = await post(
+        client, "/v1/payments", merchant, payment_body(), key="k-limited"
+    )
     assert status == 201, body
     assert "Idempotent-Replayed" not in response.headers
 
 
-async def test_the_gateway_default_applies_to_merchants_without_their_own(app_factory, merchant,
-                                                                          db):
+async def test_the_gateway_default_applies_to_merchants_without_their_own(
+    app_factory, merchant, db
+):
     client = await app_factory(rate_limit_per_s=1, rate_limit_burst=1)
     assert (await get(client, "/v1/balance", merchant))[0] == 200
     assert (await get(client, "/v1/balance", merchant))[0] == 429
@@ -82,9 +86,11 @@ async def test_the_gateway_default_applies_to_merchants_without_their_own(app_fa
 
 # ---- card-testing guard --------------------------------------------------------------------
 
+
 async def sandbox_calls(db, payment_id: str) -> int:
-    return await db.fetchval("SELECT count(*) FROM sandbox_operations WHERE payment_id = $1",
-                             payment_id)
+    return await db.fetchval(
+        "SELECT count(*) FROM sandbox_operations WHERE payment_id = $1", payment_id
+    )
 
 
 async def test_card_velocity_declines_without_asking_the_processor(app_factory, merchant, db):
@@ -100,18 +106,24 @@ async def test_card_velocity_declines_without_asking_the_processor(app_factory, 
     stored = (await get(client, f"/v1/payments/{payment_id}", merchant))[1]
     assert (stored["status"], stored["decline_code"]) == ("declined", "card_velocity_exceeded")
     assert await sandbox_calls(db, payment_id) == 0
-    assert value(await scrape(client), "kassa_risk_declines_total",
-                 rule="card_attempts") == before + 1
+    assert (
+        value(await scrape(client), "kassa_risk_declines_total", rule="card_attempts") == before + 1
+    )
     # A retry with the same key replays the stored decline: it is not a new attempt.
-    status, again, response = await post(client, "/v1/payments", merchant, payment_body(),
-                                         key="tester")
+    status, again, response = await post(
+        client, "/v1/payments", merchant, payment_body(), key="tester"
+    )
     assert (status, response.headers.get("Idempotent-Replayed")) == (402, "true")
     assert again == body
     # Another card of the same shopper is not this card.
     assert (await authorize(client, merchant, number=APPROVED_MASTERCARD))[0] == 201
     # The books stay balanced: a declined payment moves no money.
-    assert await db.fetchval(
-        "SELECT count(*) FROM ledger_transactions WHERE payment_id = $1", payment_id) == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE payment_id = $1", payment_id
+        )
+        == 0
+    )
 
 
 async def test_repeated_declines_block_the_card(app_factory, merchant, db):
@@ -125,8 +137,9 @@ async def test_repeated_declines_block_the_card(app_factory, merchant, db):
     assert (await authorize(client, merchant))[0] == 201  # good cards still pass
 
 
-async def test_merchant_velocity_is_configurable_per_merchant(app_factory, merchant,
-                                                              other_merchant, db):
+async def test_merchant_velocity_is_configurable_per_merchant(
+    app_factory, merchant, other_merchant, db
+):
     async with db.acquire() as conn:
         await set_limits(conn, merchant.id, {"velocity_merchant_attempts_max": 2})
     client = await app_factory()
@@ -138,6 +151,7 @@ async def test_merchant_velocity_is_configurable_per_merchant(app_factory, merch
 
 # ---- request limits -------------------------------------------------------------------------
 
+
 def nested(depth: int) -> object:
     value: object = "x"
     for _ in range(depth):
@@ -145,14 +159,19 @@ def nested(depth: int) -> object:
     return value
 
 
-@pytest.mark.parametrize("depth,code", [(16, "parameter_invalid"), (17, "json_too_deep"),
-                                        (5000, "json_too_deep")])
+@pytest.mark.parametrize(
+    "depth,code", [(16, "parameter_invalid"), (17, "json_too_deep"), (5000, "json_too_deep")]
+)
 async def test_json_depth_is_limited(client, merchant, db, depth, code):
     body = {**payment_body(), "metadata": nested(depth - 1)}
-    raw = orjson.dumps(body) if depth < 500 else (
-        b'{"metadata":' + b'{"a":' * depth + b'1' + b"}" * depth + b"}")
-    response = await client.post("/v1/payments", data=raw, headers={
-        **merchant.headers, "Content-Type": "application/json"})
+    raw = (
+        orjson.dumps(body)
+        if depth < 500
+        else (b'{"metadata":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}")
+    )
+    response = await client.post(
+        "/v1/payments", data=raw, headers={**merchant.headers, "Content-Type": "application/json"}
+    )
     answer = await response.json()
     assert response.status == 400
     if code == "parameter_invalid":  # 16 levels pass the limit; validation refuses the shape
@@ -168,7 +187,8 @@ async def test_a_stalled_body_times_out_with_408(app_factory, merchant, db):
     writer.write(
         b"POST /v1/payments HTTP/1.1\r\nHost: kassa\r\n"
         + f"Authorization: Bearer {merchant.secret}\r\n".encode()
-        + b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"amount\":")
+        + b'Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{"amount":'
+    )
     await writer.drain()
     started = time.monotonic()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -184,18 +204,20 @@ async def test_oversized_ids_and_pages_are_precise_4xx(client, merchant):
     assert (status, body["error"]["code"]) == (404, "resource_missing")
     status, body = await get(client, "/v1/payments?limit=101", merchant)
     assert (status, body["error"]["param"]) == (400, "limit")
-    status, body, _ = await post(client, "/v1/payments", merchant, payment_body(
-        metadata={f"k{i}": "v" for i in range(21)}))
+    status, body, _ = await post(
+        client, "/v1/payments", merchant, payment_body(metadata={f"k{i}": "v" for i in range(21)})
+    )
     assert (status, body["error"]["param"]) == (400, "metadata")
-    status, body, _ = await post(client, "/v1/payments", merchant,
-                                 payment_body(reference="r" * 256))
+    status, body, _ = await post(
+        client, "/v1/payments", merchant, payment_body(reference="r" * 256)
+    )
     assert (status, body["error"]["param"]) == (400, "reference")
-    status, body, _ = await post(client, "/v1/payments", merchant, payment_body(),
-                                 key="k" * 256)
+    status, body, _ = await post(client, "/v1/payments", merchant, payment_body(), key="k" * 256)
     assert (status, body["error"]["param"]) == (400, "Idempotency-Key")
 
 
 # ---- authentication ---------------------------------------------------------------------------
+
 
 async def test_unknown_altered_and_revoked_keys_get_401(client, merchant, db, monkeypatch):
     altered = merchant.secret[:-1] + ("A" if merchant.secret[-1] != "A" else "B")
@@ -218,18 +240,19 @@ async def test_metrics_need_their_own_token_when_one_is_set(app_factory, merchan
         response = await client.get("/metrics", headers=headers)
         assert response.status == 401
         assert (await response.json())["error"]["code"] == "metrics_token_invalid"
-    response = await client.get("/metrics",
-                                headers={"Authorization": "Bearer metrics-secret-1"})
+    response = await client.get("/metrics", headers={"Authorization": "Bearer metrics-secret-1"})
     assert response.status == 200
     assert "kassa_http_requests_total" in await response.text()
 
 
 # ---- object-level authorization on every route ---------------------------------------------
 
+
 async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merchant):
     _, payment = await authorize(client, merchant, capture="automatic", amount=1_000)
-    _, refund, _ = await post(client, f"/v1/payments/{payment['id']}/refunds", merchant,
-                              {"amount": 100})
+    _, refund, _ = await post(
+        client, f"/v1/payments/{payment['id']}/refunds", merchant, {"amount": 100}
+    )
     _, token, _ = await post(client, "/v1/tokens", merchant, {"card": card()})
     pid, today = payment["id"], date.today().isoformat()
     token_body = {**payment_body(), "payment_method": {"type": "token", "token": token["id"]}}
@@ -237,15 +260,18 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
     refused = {  # another merchant's id: 404, exactly as for an unknown one
         ("GET", "/v1/payments/{id}"): lambda: get(client, f"/v1/payments/{pid}", other_merchant),
         ("POST", "/v1/payments/{id}/capture"): lambda: post(
-            client, f"/v1/payments/{pid}/capture", other_merchant),
+            client, f"/v1/payments/{pid}/capture", other_merchant
+        ),
         ("POST", "/v1/payments/{id}/void"): lambda: post(
-            client, f"/v1/payments/{pid}/void", other_merchant),
+            client, f"/v1/payments/{pid}/void", other_merchant
+        ),
         ("POST", "/v1/payments/{id}/refunds"): lambda: post(
-            client, f"/v1/payments/{pid}/refunds", other_merchant, {"amount": 1}),
+            client, f"/v1/payments/{pid}/refunds", other_merchant, {"amount": 1}
+        ),
         ("GET", "/v1/refunds/{id}"): lambda: get(
-            client, f"/v1/refunds/{refund['id']}", other_merchant),
-        ("POST", "/v1/payments"): lambda: post(client, "/v1/payments", other_merchant,
-                                               token_body),
+            client, f"/v1/refunds/{refund['id']}", other_merchant
+        ),
+        ("POST", "/v1/payments"): lambda: post(client, "/v1/payments", other_merchant, token_body),
     }
     for check in refused.values():
         status, body = (await check())[:2]
@@ -253,8 +279,10 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
     empty = {  # their own view: none of the first merchant's objects
         ("GET", "/v1/payments"): ("/v1/payments?limit=100", lambda b: b["data"] == []),
         ("GET", "/v1/balance"): ("/v1/balance", lambda b: b["currencies"] == []),
-        ("GET", "/v1/reports/settlement"): (f"/v1/reports/settlement?date={today}",
-                                            lambda b: b["lines"] == []),
+        ("GET", "/v1/reports/settlement"): (
+            f"/v1/reports/settlement?date={today}",
+            lambda b: b["lines"] == [],
+        ),
     }
     for path, is_empty in empty.values():
         status, body = await get(client, path, other_merchant)
@@ -263,9 +291,11 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
     status, own = (await post(client, "/v1/tokens", other_merchant, {"card": card()}))[:2]
     assert status == 201 and own["id"] != token["id"]
     # Every /v1 route of the application has a check above: a new route needs one too.
-    routes = {(r.method, r.resource.canonical) for r in client.app.router.routes()
-              if r.resource is not None and r.resource.canonical.startswith("/v1/")
-              and r.method != "HEAD"}
+    routes = {
+        (r.method, r.resource.canonical)
+        for r in client.app.router.routes()
+        if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"
+    }
     assert routes == set(refused) | set(empty) | {("POST", "/v1/tokens")}
     _, unchanged = await get(client, f"/v1/payments/{pid}", merchant)
     assert unchanged["amount_refunded"] == 100
@@ -273,27 +303,39 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
 
 # ---- text the database cannot hold, and echoes -------------------------------------------
 
-@pytest.mark.parametrize("changes,param", [
-    ({"reference": "order\x00"}, "reference"),
-    ({"description": "\x00"}, "description"),
-    ({"metadata": {"cart": "c\x00"}}, "metadata.cart"),
-    ({"metadata": {"c\x00rt": "c"}}, "metadata"),
-    ({"customer": {"email": "a\x00@example.com"}}, "customer.email"),
-    ({"payment_method": {"type": "card", "card": card(holder_name="Ada\x00")}},
-     "payment_method.card.holder_name"),
-    ({"payment_method": {"type": "token", "token": "tok_\x00"}}, "payment_method.token"),
-])
-async def test_nul_characters_are_a_400_not_a_database_error(client, merchant, db, changes,
-                                                             param):
+
+@pytest.mark.parametrize(
+    "changes,param",
+    [
+        ({"reference": "order\x00"}, "reference"),
+        ({"description": "\x00"}, "description"),
+        ({"metadata": {"cart": "c\x00"}}, "metadata.cart"),
+        ({"metadata": {"c\x00rt": "c"}}, "metadata"),
+        ({"customer": {"email": "a\x00@example.com"}}, "customer.email"),
+        (
+            {"payment_method": {"type": "card", "card": card(holder_name="Ada\x00")}},
+            "payment_method.card.holder_name",
+        ),
+        ({"payment_method": {"type": "token", "token": "tok_\x00"}}, "payment_method.token"),
+    ],
+)
+async def test_nul_characters_are_a_400_not_a_database_error(client, merchant, db, changes, param):
     status, body, _ = await post(client, "/v1/payments", merchant, payment_body(**changes))
     assert (status, body["error"]["code"], body["error"]["param"]) == (
-        400, "parameter_invalid", param)
+        400,
+        "parameter_invalid",
+        param,
+    )
     assert await db.fetchval("SELECT count(*) FROM payments") == 0
 
 
 async def test_odd_ids_are_404s_that_never_echo_a_card_number(client, merchant):
-    for path in ("/v1/payments/pay_%00x", "/v1/payments/4242424242424242",
-                 "/v1/refunds/re_%C3%A9", "/v1/payments?starting_after=pay_%00"):
+    for path in (
+        "/v1/payments/pay_%00x",
+        "/v1/payments/4242424242424242",
+        "/v1/refunds/re_%C3%A9",
+        "/v1/payments?starting_after=pay_%00",
+    ):
         status, body = await get(client, path, merchant)
         assert status in (400, 404), (path, body)
         assert "4242424242424242" not in orjson.dumps(body).decode()
@@ -309,12 +351,17 @@ async def test_405_names_the_allowed_methods(client, merchant):
     assert (await response.json())["error"]["code"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("raw", [
-    b"GET /v1/balance HTTP/1.1\r\nHost: k\r\nX-Card: 4242424242424242\x00\r\n\r\n",
-    b"POST /v1/payments HTTP/1.1\r\nHost: k\r\nContent-Length: -4242424242424242\r\n\r\n",
-    b"GET /v1/balance HTTP/1.1\r\nHost: k\r\nX-Long: 4242424242424242" + b"a" * 9000 + b"\r\n\r\n",
-    b"4242424242424242 / HTTP/1.1\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /v1/balance HTTP/1.1\r\nHost: k\r\nX-Card: 4242424242424242\x00\r\n\r\n",
+        b"POST /v1/payments HTTP/1.1\r\nHost: k\r\nContent-Length: -4242424242424242\r\n\r\n",
+        b"GET /v1/balance HTTP/1.1\r\nHost: k\r\nX-Long: 4242424242424242"
+        + b"a" * 9000
+        + b"\r\n\r\n",
+        b"4242424242424242 / HTTP/1.1\r\n\r\n",
+    ],
+)
 async def test_unparseable_http_gets_the_json_error_shape_and_no_echo(client, raw):
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(raw)
@@ -331,8 +378,7 @@ async def test_unparseable_http_gets_the_json_error_shape_and_no_echo(client, ra
     assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{32}\r\n", head), head
 
 
-async def test_an_unknown_key_is_remembered_for_the_cache_ttl(client, merchant, db,
-                                                              monkeypatch):
+async def test_an_unknown_key_is_remembered_for_the_cache_ttl(client, merchant, db, monkeypatch):
     from gateway.store.merchants import hash_key
 
     secret = "sk_not_yet_issued_0123456789abcdef"
@@ -340,8 +386,12 @@ async def test_an_unknown_key_is_remembered_for_the_cache_ttl(client, merchant, 
     assert (await get(client, "/v1/balance", stranger))[0] == 401
     # Issued after the miss: within the TTL the miss is answered from memory (no query per
     # request for a client looping on a bad key)...
-    await db.execute("INSERT INTO api_keys (id, merchant_id, key_hash, key_hint) "
-                     "VALUES ('key_late', $1, $2, 'cdef')", merchant.id, hash_key(secret))
+    await db.execute(
+        "INSERT INTO api_keys (id, merchant_id, key_hash, key_hint) "
+        "VALUES ('key_late', $1, $2, 'cdef')",
+        merchant.id,
+        hash_key(secret),
+    )
     assert (await get(client, "/v1/balance", stranger))[0] == 401
     # ...and once the TTL is over the database decides again.
     monkeypatch.setattr(merchants_module, "AUTH_CACHE_TTL_S", 0.0)

@@ -95,8 +95,10 @@ def test_wrk_output_without_the_script_line_or_latency_is_refused():
 
 def test_pid_stat_fields_counted_from_the_last_parenthesis():
     # A command name with spaces and parentheses, as postgres backends set theirs.
-    text = ("4321 (postgres: x (y) idle) S 4300 4300 4300 0 -1 4194560 900 0 0 0 "
-            "123 45 0 0 20 0 1 0 241884 3133440 360 18446744073709551615 0")
+    text = (
+        "4321 (postgres: x (y) idle) S 4300 4300 4300 0 -1 4194560 900 0 0 0 "
+        "123 45 0 0 20 0 1 0 241884 3133440 360 18446744073709551615 0"
+    )
     assert parse_pid_stat(text) == ProcCpu(utime=123, stime=45, starttime=241884)
     assert parse_pid_stat(text).ticks == 168
 
@@ -106,17 +108,27 @@ def test_proc_stat_shares_and_busy_ticks():
     after = parse_proc_stat("cpu  1600 100 800 8200 150 20 30 0 40 0\nintr 1\n")
     assert after["user"] == 1600 and after["steal"] == 0
     # deltas: user 600 + nice 100, system 300 + irq 20 + softirq 30, idle 200, iowait 50
-    assert machine_shares(before, after) == {"user": 53.8, "sys": 26.9, "iowait": 3.8,
-                                             "idle": 15.4, "steal": 0.0}
+    assert machine_shares(before, after) == {
+        "user": 53.8,
+        "sys": 26.9,
+        "iowait": 3.8,
+        "idle": 15.4,
+        "steal": 0.0,
+    }
     assert machine_busy_ticks(before, after) == 1050  # idle and iowait are not busy
 
 
 def test_group_ticks_counts_new_processes_from_zero_and_tells_reused_pids():
-    before = {1: ("workers", ProcCpu(100, 10, 5)), 2: ("postgres", ProcCpu(50, 5, 6)),
-              3: ("postgres", ProcCpu(7, 0, 7))}
-    after = {1: ("workers", ProcCpu(150, 20, 5)),        # +60
-             2: ("postgres", ProcCpu(4, 1, 99)),          # pid reused: a new process, 5
-             4: ("postgres", ProcCpu(30, 3, 120))}        # started inside the window, 33
+    before = {
+        1: ("workers", ProcCpu(100, 10, 5)),
+        2: ("postgres", ProcCpu(50, 5, 6)),
+        3: ("postgres", ProcCpu(7, 0, 7)),
+    }
+    after = {
+        1: ("workers", ProcCpu(150, 20, 5)),  # +60
+        2: ("postgres", ProcCpu(4, 1, 99)),  # pid reused: a new process, 5
+        4: ("postgres", ProcCpu(30, 3, 120)),
+    }  # started inside the window, 33
     ticks, members, vanished = group_ticks(before, after)
     assert ticks == {"workers": 60, "postgres": 38}
     assert members == {"workers": 1, "postgres": 2}
@@ -124,43 +136,56 @@ def test_group_ticks_counts_new_processes_from_zero_and_tells_reused_pids():
 
 
 def test_worker_pids_from_the_supervisor_line():
-    log = ('{"level":"warning"}\nkassa: serving on http://127.0.0.1:5 with 2 worker(s) '
-           "(pids 4315, 4316)\n")
+    log = (
+        '{"level":"warning"}\nkassa: serving on http://127.0.0.1:5 with 2 worker(s) '
+        "(pids 4315, 4316)\n"
+    )
     assert worker_pids_from_log(log) == {4315, 4316}
     assert worker_pids_from_log("nothing yet") == set()
 
 
 # Captured from py-spy record --format raw on a Kassa worker (shortened to their frames).
-BASE = ("<module> (<string>:1);spawn_main (multiprocessing/spawn.py:122);"
-        "BaseProcess.run (multiprocessing/process.py:108);run_worker (gateway/server.py:63);"
-        "run_app (aiohttp/web.py:502)")
-HANDLER = (BASE + ";RequestHandler._handle_request (aiohttp/web_protocol.py:577);"
-           "observability_middleware (gateway/http/middleware.py:83);"
-           "error_middleware (gateway/http/middleware.py:136);"
-           "auth_middleware (gateway/http/middleware.py:235);"
-           "create_payment (gateway/http/routes.py:73)")
+BASE = (
+    "<module> (<string>:1);spawn_main (multiprocessing/spawn.py:122);"
+    "BaseProcess.run (multiprocessing/process.py:108);run_worker (gateway/server.py:63);"
+    "run_app (aiohttp/web.py:502)"
+)
+HANDLER = (
+    BASE + ";RequestHandler._handle_request (aiohttp/web_protocol.py:577);"
+    "observability_middleware (gateway/http/middleware.py:83);"
+    "error_middleware (gateway/http/middleware.py:136);"
+    "auth_middleware (gateway/http/middleware.py:235);"
+    "create_payment (gateway/http/routes.py:73)"
+)
 PAY = HANDLER + ";PaymentService.authorize (gateway/payments.py:{})"
-RAW = "\n".join([
-    f"{BASE} 73",
-    f"{PAY.format(143)} 2",
-    f"{PAY.format(142)};now (datetime.py:1) 3",
-    f"{PAY.format(144)};IdempotencyStore.prepare (gateway/idempotency.py:33) 4",
-    "_Connection._execute (gateway/store/database.py:140);"
-    "Connection._execute (asyncpg/connection.py:1904) 5",
-    f"{BASE};RequestHandler.data_received (aiohttp/web_protocol.py:446) 6",
-    f"{PAY.format(147)};Batcher.submit (gateway/store/pipeline.py:90);"
-    "shield (asyncio/tasks.py:891) 7",
-    f"{HANDLER};PaymentService._authorize (gateway/payments.py:170);"
-    "VelocityGuard.check (core_ext/pure/risk.py:12) 8",
-    "Batcher._run (gateway/store/pipeline.py:160);"
-    "AuthorizationWrites.write_settlements (gateway/store/authorizations.py:100) 9",
-    f"{HANDLER.rsplit(';', 1)[0]};hash_key (gateway/store/merchants.py:21) 10",
-    f"{HANDLER};_record (gateway/http/middleware.py:105) 11",
-    f"{BASE};Histogram.observe (prometheus_client/metrics.py:679) 12",
-]) + "\n"
+RAW = (
+    "\n".join(
+        [
+            f"{BASE} 73",
+            f"{PAY.format(143)} 2",
+            f"{PAY.format(142)};now (datetime.py:1) 3",
+            f"{PAY.format(144)};IdempotencyStore.prepare (gateway/idempotency.py:33) 4",
+            "_Connection._execute (gateway/store/database.py:140);"
+            "Connection._execute (asyncpg/connection.py:1904) 5",
+            f"{BASE};RequestHandler.data_received (aiohttp/web_protocol.py:446) 6",
+            f"{PAY.format(147)};Batcher.submit (gateway/store/pipeline.py:90);"
+            "shield (asyncio/tasks.py:891) 7",
+            f"{HANDLER};PaymentService._authorize (gateway/payments.py:170);"
+            "VelocityGuard.check (core_ext/pure/risk.py:12) 8",
+            "Batcher._run (gateway/store/pipeline.py:160);"
+            "AuthorizationWrites.write_settlements (gateway/store/authorizations.py:100) 9",
+            f"{HANDLER.rsplit(';', 1)[0]};hash_key (gateway/store/merchants.py:21) 10",
+            f"{HANDLER};_record (gateway/http/middleware.py:105) 11",
+            f"{BASE};Histogram.observe (prometheus_client/metrics.py:679) 12",
+        ]
+    )
+    + "\n"
+)
 SOURCE = {  # the lines of the project frames above, as in this checkout
-    ("gateway/payments.py", 143):
-        "request = core_ext.validation.validate_payment(body, today.year, today.month)",
+    (
+        "gateway/payments.py",
+        143,
+    ): "request = core_ext.validation.validate_payment(body, today.year, today.month)",
     ("gateway/payments.py", 142): "today = datetime.now(timezone.utc)",
     ("gateway/http/middleware.py", 105): 'access_log.info("request", extra={"kassa": {',
 }
@@ -172,10 +197,15 @@ def line_text(frame: Frame) -> str:
 
 def test_parse_frames_python_and_native():
     assert parse_frame("Connection._execute (asyncpg/connection.py:1904)") == Frame(
-        "Connection._execute", "asyncpg/connection.py", 1904)
+        "Connection._execute", "asyncpg/connection.py", 1904
+    )
     assert parse_frame("0x7fb06604524a (libc.so.6)") == Frame("0x7fb06604524a", "libc.so.6", 0)
-    assert parse_frame("_fix_request_current_app.<locals>.impl (aiohttp/web_middlewares.py:117)"
-                       ).function == "_fix_request_current_app.<locals>.impl"
+    assert (
+        parse_frame(
+            "_fix_request_current_app.<locals>.impl (aiohttp/web_middlewares.py:117)"
+        ).function
+        == "_fix_request_current_app.<locals>.impl"
+    )
     stacks = parse_pyspy_raw(RAW)
     assert len(stacks) == 12
     frames, count = stacks[0]
@@ -186,17 +216,17 @@ def test_stack_to_stage_mapping():
     stacks = parse_pyspy_raw(RAW)
     stages = [stage_of(frames, line_text) for frames, _ in stacks]
     assert stages == [
-        "event loop/other",   # only the entry frames: uvloop's own work
-        "validation",         # the compiled core, charged to the line that calls it
-        "gateway (other)",    # stdlib inside orchestration: the first project frame decides
+        "event loop/other",  # only the entry frames: uvloop's own work
+        "validation",  # the compiled core, charged to the line that calls it
+        "gateway (other)",  # stdlib inside orchestration: the first project frame decides
         "idempotency",
-        "asyncpg",            # the library frame inside the project frame decides
+        "asyncpg",  # the library frame inside the project frame decides
         "HTTP",
-        "intent write",       # asyncio's shield skipped: the batcher decides
+        "intent write",  # asyncio's shield skipped: the batcher decides
         "risk",
         "settlement write",
-        "auth",               # the innermost project frame, not the outer middleware
-        "access log",         # by its source line, inside the metrics middleware
+        "auth",  # the innermost project frame, not the outer middleware
+        "access log",  # by its source line, inside the metrics middleware
         "metrics",
     ]
     counts = stage_samples(stacks, line_text)
@@ -205,28 +235,60 @@ def test_stack_to_stage_mapping():
 
 
 def _step(rps: float, valid: bool = True) -> dict:
-    return {"offered_rps": rps, "achieved_rps": rps, "p50_ms": 1.0, "p90_ms": 2.0,
-            "p99_ms": 3.0, "p99.9_ms": 4.0, "max_ms": 5.0, "errors": 0, "valid": valid}
+    return {
+        "offered_rps": rps,
+        "achieved_rps": rps,
+        "p50_ms": 1.0,
+        "p90_ms": 2.0,
+        "p99_ms": 3.0,
+        "p99.9_ms": 4.0,
+        "max_ms": 5.0,
+        "errors": 0,
+        "valid": valid,
+    }
 
 
 def _closed(rps: float, **extra) -> dict:
-    return {"rps": rps, "p50_ms": 1.5, "p99_ms": 9.0, "errors": 0, "non2xx": 0,
-            "replayed": 0, "statuses": {"201": 1}, "socket_errors": {}, **extra}
+    return {
+        "rps": rps,
+        "p50_ms": 1.5,
+        "p99_ms": 9.0,
+        "errors": 0,
+        "non2xx": 0,
+        "replayed": 0,
+        "statuses": {"201": 1},
+        "socket_errors": {},
+        **extra,
+    }
 
 
 def _results(framework_closed: float) -> dict:
     target = {"capacity_rps": 7680.0, "slo_rps": 7680.0, "steps": [_step(7680.0)]}
     return {
-        "started": "T", "quick": True, "commit": "abc", "workers": 2, "generators": 1,
-        "step_seconds": 2.0, "slo_p99_ms": 50.0, "postgres": "embedded 16",
+        "started": "T",
+        "quick": True,
+        "commit": "abc",
+        "workers": 2,
+        "generators": 1,
+        "step_seconds": 2.0,
+        "slo_p99_ms": 50.0,
+        "postgres": "embedded 16",
         "machine": {"cpus": 2, "cpu_model": "x", "memory_gib": 1.0},
-        "core": [], "targets": {"framework": target, "kassa": {**target, "slo_rps": 3000.0},
-                                "kassa-nobatch": {**target, "slo_rps": 900.0}},
-        "closed_loop": {"command": "wrk -t1 -c64 -d10s --latency", "seconds": 10,
-                        "targets": {"framework": _closed(framework_closed),
-                                    "kassa": _closed(3419.0, errors=2, non2xx=2,
-                                                     statuses={"201": 9, "503": 2})},
-                        "kassa_over_framework": round(3419.0 / framework_closed, 3)},
+        "core": [],
+        "targets": {
+            "framework": target,
+            "kassa": {**target, "slo_rps": 3000.0},
+            "kassa-nobatch": {**target, "slo_rps": 900.0},
+        },
+        "closed_loop": {
+            "command": "wrk -t1 -c64 -d10s --latency",
+            "seconds": 10,
+            "targets": {
+                "framework": _closed(framework_closed),
+                "kassa": _closed(3419.0, errors=2, non2xx=2, statuses={"201": 9, "503": 2}),
+            },
+            "kassa_over_framework": round(3419.0 / framework_closed, 3),
+        },
     }
 
 

@@ -37,7 +37,8 @@ def leaks(text: str) -> list[str]:
 
 
 async def test_no_card_number_or_cvc_is_logged_returned_or_stored(
-        db, database_url, merchant, serve_process):
+    db, database_url, merchant, serve_process
+):
     server = await serve_process(database_url, KASSA_LOG_LEVEL="debug")
     bodies: list[str] = []
 
@@ -53,24 +54,56 @@ async def test_no_card_number_or_cvc_is_logged_returned_or_stored(
                 return orjson.loads(text)
 
         for number in NUMBERS:
-            await call("POST", "/v1/payments", {
-                "amount": 1000, "currency": "usd", "capture": "automatic",
-                "payment_method": {"type": "card", "card": with_cvc(number)}})
+            await call(
+                "POST",
+                "/v1/payments",
+                {
+                    "amount": 1000,
+                    "currency": "usd",
+                    "capture": "automatic",
+                    "payment_method": {"type": "card", "card": with_cvc(number)},
+                },
+            )
         token = await call("POST", "/v1/tokens", {"card": with_cvc(APPROVED_VISA)})
-        paid = await call("POST", "/v1/payments", {
-            "amount": 500, "currency": "usd",
-            "payment_method": {"type": "token", "token": token["id"]}})
+        paid = await call(
+            "POST",
+            "/v1/payments",
+            {
+                "amount": 500,
+                "currency": "usd",
+                "payment_method": {"type": "token", "token": token["id"]},
+            },
+        )
         await call("POST", f"/v1/payments/{paid['id']}/refunds", {"amount": 100})
         # Bad input that carries a card: the error must not echo it.
-        await call("POST", "/v1/payments", {
-            "amount": 1000, "currency": "usd",
-            "payment_method": {"type": "card", "card": with_cvc("4242 4242 4242 4241")}})
-        await call("POST", "/v1/payments", {
-            "amount": 1000, "currency": "usd", "extra": APPROVED_VISA,
-            "payment_method": {"type": "card", "card": with_cvc(APPROVED_VISA)}})
-        await call("POST", "/v1/payments", {
-            "amount": 1000, "currency": "usd",
-            "payment_method": {"type": "card", "card": card(APPROVED_VISA, cvc="73911")}})
+        await call(
+            "POST",
+            "/v1/payments",
+            {
+                "amount": 1000,
+                "currency": "usd",
+                "payment_method": {"type": "card", "card": with_cvc("4242 4242 4242 4241")},
+            },
+        )
+        await call(
+            "POST",
+            "/v1/payments",
+            {
+                "amount": 1000,
+                "currency": "usd",
+                "extra": APPROVED_VISA,
+                "payment_method": {"type": "card", "card": with_cvc(APPROVED_VISA)},
+            },
+        )
+        await call(
+            "POST",
+            "/v1/payments",
+            {
+                "amount": 1000,
+                "currency": "usd",
+                "payment_method": {"type": "card", "card": card(APPROVED_VISA, cvc="73911")},
+            },
+        )
         await call("GET", "/v1/payments?limit=100")
 
     assert server.stop().exit_code == 0
@@ -79,7 +112,8 @@ async def test_no_card_number_or_cvc_is_logged_returned_or_stored(
         assert leaks(body) == [], body
 
     tables = await db.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+    )
     scanned = 0
     for table in tables:
         name = table["tablename"]
@@ -115,37 +149,48 @@ async def answer_of(response) -> tuple[int, dict, bytes]:
 async def test_card_number_as_an_unknown_field_name_is_not_echoed(client, merchant, number):
     for body, param_prefix in (
         ({"amount": 1000, "currency": "usd", number: 1}, ""),
-        ({"amount": 1000, "currency": "usd", "payment_method": {
-            "type": "card", "card": {**card(APPROVED_VISA), number: "x"}}},
-         "payment_method.card."),
+        (
+            {
+                "amount": 1000,
+                "currency": "usd",
+                "payment_method": {"type": "card", "card": {**card(APPROVED_VISA), number: "x"}},
+            },
+            "payment_method.card.",
+        ),
     ):
         response = await client.post("/v1/payments", json=body, headers=merchant.headers)
         status, answer, raw = await answer_of(response)
         error = answer["error"]
         assert (status, error["type"], error["code"]) == (
-            400, "invalid_request_error", "parameter_unknown"), answer
+            400,
+            "invalid_request_error",
+            "parameter_unknown",
+        ), answer
         assert error["param"].startswith(param_prefix) and "[redacted]" in error["param"]
         assert_not_echoed(number, response, raw)
 
 
 async def test_card_number_as_a_query_key_is_not_echoed(client, merchant):
     for path in ("/v1/payments", "/v1/reports/settlement"):
-        response = await client.get(f"{path}?4242424242424242=1&date=2026-01-01",
-                                    headers=merchant.headers)
+        response = await client.get(
+            f"{path}?4242424242424242=1&date=2026-01-01", headers=merchant.headers
+        )
         status, answer, raw = await answer_of(response)
         assert (status, answer["error"]["code"]) == (400, "parameter_unknown"), answer
         assert_not_echoed(APPROVED_VISA, response, raw)
 
 
-@pytest.mark.parametrize("method,path,status,code", [
-    ("GET", "/v1/payments/4242424242424242", 404, "resource_missing"),
-    ("GET", "/v1/x.4242424242424242", 404, "resource_missing"),
-    ("GET", "/v1/refunds/re_4242424242424242", 404, "resource_missing"),
-    ("POST", "/v1/payments/4242424242424242", 405, "method_not_allowed"),
-    ("POST", "/v1/payments/pay_4242424242424242/void", 404, "resource_missing"),
-])
-async def test_card_number_in_the_path_is_not_echoed(client, merchant, method, path, status,
-                                                     code):
+@pytest.mark.parametrize(
+    "method,path,status,code",
+    [
+        ("GET", "/v1/payments/4242424242424242", 404, "resource_missing"),
+        ("GET", "/v1/x.4242424242424242", 404, "resource_missing"),
+        ("GET", "/v1/refunds/re_4242424242424242", 404, "resource_missing"),
+        ("POST", "/v1/payments/4242424242424242", 405, "method_not_allowed"),
+        ("POST", "/v1/payments/pay_4242424242424242/void", 404, "resource_missing"),
+    ],
+)
+async def test_card_number_in_the_path_is_not_echoed(client, merchant, method, path, status, code):
     response = await client.request(method, path, headers=merchant.headers)
     got, answer, raw = await answer_of(response)
     assert (got, answer["error"]["code"]) == (status, code), answer
@@ -155,28 +200,37 @@ async def test_card_number_in_the_path_is_not_echoed(client, merchant, method, p
 async def test_card_number_in_headers_is_not_echoed(client, merchant):
     # An invalid Idempotency-Key (too long) that carries a card number.
     key = "k" + APPROVED_VISA * 17
-    response = await client.post("/v1/payments", json=payment_body(), headers={
-        **merchant.headers, "Idempotency-Key": key})
+    response = await client.post(
+        "/v1/payments", json=payment_body(), headers={**merchant.headers, "Idempotency-Key": key}
+    )
     status, answer, raw = await answer_of(response)
     assert (status, answer["error"]["code"], answer["error"]["param"]) == (
-        400, "parameter_invalid", "Idempotency-Key")
+        400,
+        "parameter_invalid",
+        "Idempotency-Key",
+    )
     assert_not_echoed(APPROVED_VISA, response, raw)
 
     # A client request id is echoed only when it carries no card number: else a new one.
     for request_id in (f"order-{APPROVED_VISA}", "4242 4242 4242 4242", f"a.{APPROVED_AMEX}"):
-        response = await client.get("/v1/balance", headers={
-            **merchant.headers, "X-Request-Id": request_id})
+        response = await client.get(
+            "/v1/balance", headers={**merchant.headers, "X-Request-Id": request_id}
+        )
         assert response.status == 200
         generated = response.headers["X-Request-Id"]
         assert re.fullmatch(r"[0-9a-f]{32}", generated), generated
         assert_not_echoed(request_id, response, await response.read())
-        response = await client.post("/v1/payments", json={"nope": 1}, headers={
-            **merchant.headers, "X-Request-Id": request_id})
+        response = await client.post(
+            "/v1/payments",
+            json={"nope": 1},
+            headers={**merchant.headers, "X-Request-Id": request_id},
+        )
         assert response.status == 400
         assert_not_echoed(request_id, response, await response.read())
     # A card number in a header's name is never echoed either.
-    response = await client.get("/v1/balance", headers={
-        **merchant.headers, f"X-{APPROVED_VISA}": "1"})
+    response = await client.get(
+        "/v1/balance", headers={**merchant.headers, f"X-{APPROVED_VISA}": "1"}
+    )
     assert response.status == 200
     assert_not_echoed(APPROVED_VISA, response, await response.read())
 

@@ -20,9 +20,10 @@ def create_merchant(env, name="Cli Shop"):
 
 
 async def balance_status(url, secret):
-    async with aiohttp.ClientSession() as session, session.get(
-        url + "/v1/balance", headers={"Authorization": f"Bearer {secret}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/v1/balance", headers={"Authorization": f"Bearer {secret}"}) as response,
+    ):
         return response.status
 
 
@@ -34,8 +35,9 @@ async def test_migrate_reports_the_schema_version(db, database_url):
 
 async def test_merchant_create_stores_only_a_hash(db, database_url):
     merchant_id, secret = create_merchant(kassa_env(database_url))
-    rows = await db.fetch("SELECT key_hash, key_hint FROM api_keys WHERE merchant_id = $1",
-                          merchant_id)
+    rows = await db.fetch(
+        "SELECT key_hash, key_hint FROM api_keys WHERE merchant_id = $1", merchant_id
+    )
     assert len(rows) == 1
     assert secret.encode() not in bytes(rows[0]["key_hash"])
     assert rows[0]["key_hint"] == secret[-4:]

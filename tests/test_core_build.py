@@ -22,7 +22,10 @@ def test_compiled_core_is_loaded():
 def test_import_reports_the_build():
     out = subprocess.run(
         [sys.executable, "-c", "import core_ext; print(core_ext.BUILD)"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
         env={**os.environ, "KASSA_CORE": "compiled"},
     ).stdout
     assert out.startswith("core_ext: compiled")
@@ -31,7 +34,10 @@ def test_import_reports_the_build():
 def test_pure_build_is_refused_without_the_development_switch():
     out = subprocess.run(
         [sys.executable, "-c", "import core_ext; print(core_ext.COMPILED, core_ext.BUILD)"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
         env={**os.environ, "KASSA_CORE": "pure"},
     ).stdout
     assert out.startswith("False core_ext: pure Python")

@@ -51,10 +51,18 @@ def test_rule_unit_tests_pass(promtool):
 
 def test_every_alert_has_a_unit_test_that_fires_it():
     tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
-    fired = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
-             if case.get("exp_alerts")}
-    silent = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
-              if not case.get("exp_alerts")}
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    silent = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case.get("exp_alerts")
+    }
     alerts = {rule["alert"] for rule in rules_of("alert")}
     assert alerts == fired, f"alerts without a firing test: {alerts - fired}"
     assert alerts == silent, f"alerts without a not-firing test: {alerts - silent}"
@@ -116,11 +124,15 @@ def test_compose_wires_the_stack():
     assert "prometheus.yml" in mounts and "alerts.yml" in mounts
     grafana = " ".join(services["grafana"]["volumes"])
     assert "provisioning" in grafana and "kassa.json" in grafana
-    for relative in [v.split(":")[0] for v in services["prometheus"]["volumes"]
-                     + services["grafana"]["volumes"] if v.startswith("./")]:
+    for relative in [
+        v.split(":")[0]
+        for v in services["prometheus"]["volumes"] + services["grafana"]["volumes"]
+        if v.startswith("./")
+    ]:
         assert (DEPLOY / relative).exists(), relative
     datasource = yaml.safe_load(
-        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
@@ -151,8 +163,14 @@ def k8s_documents() -> list[dict]:
 
 def test_manifests_have_the_expected_kinds():
     kinds = {d["kind"] for d in k8s_documents()}
-    assert kinds >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                     "Secret", "ConfigMap"}
+    assert kinds >= {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Secret",
+        "ConfigMap",
+    }
     for document in k8s_documents():
         assert document["apiVersion"] and document["metadata"]["name"], document
 
@@ -180,8 +198,9 @@ def test_deployment_probes_drain_and_runs_as_non_root():
             env = env_of(container)
             for secret in ("DATABASE_URL", "KASSA_MASTER_KEY"):
                 assert "secretKeyRef" in env[secret]["valueFrom"], secret
-            grace = int(env.get("KASSA_SHUTDOWN_GRACE_S", {}).get(
-                "value", SHUTDOWN_GRACE_S_DEFAULT))
+            grace = int(
+                env.get("KASSA_SHUTDOWN_GRACE_S", {}).get("value", SHUTDOWN_GRACE_S_DEFAULT)
+            )
             command = container["lifecycle"]["preStop"]["exec"]["command"]
             assert command[0] == "sleep"
             assert pod["terminationGracePeriodSeconds"] > grace + int(command[1])
@@ -192,28 +211,59 @@ def test_hpa_pdb_and_service_select_the_deployment():
     documents = {d["kind"]: d for d in k8s_documents()}
     deployment = documents["Deployment"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert documents["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == \
-        deployment["metadata"]["name"]
+    assert (
+        documents["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+        == deployment["metadata"]["name"]
+    )
     assert documents["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
-    for selector in (documents["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
-                     documents["Service"]["spec"]["selector"]):
+    for selector in (
+        documents["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+        documents["Service"]["spec"]["selector"],
+    ):
         assert selector.items() <= labels.items()
 
 
 # --- Grafana --------------------------------------------------------------------------------
 
 PROMQL_WORDS = {
-    "sum", "by", "without", "rate", "irate", "increase", "histogram_quantile", "max", "min",
-    "avg", "count", "time", "and", "or", "unless", "on", "ignoring", "group_left",
-    "group_right", "label_values", "offset", "bool", "le", "topk", "abs", "clamp_min",
+    "sum",
+    "by",
+    "without",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "time",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "label_values",
+    "offset",
+    "bool",
+    "le",
+    "topk",
+    "abs",
+    "clamp_min",
 }
 BUILTIN_SERIES = {"up", "ALERTS"}
 
 
 def exposed_metric_names(text: str) -> set[str]:
     """Sample names /metrics exposes, including families that have no sample yet."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
-                "gauge": ("",), "summary": ("_count", "_sum", "")}
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_count", "_sum"),
+        "gauge": ("",),
+        "summary": ("_count", "_sum", ""),
+    }
     names = set()
     for family in text_string_to_metric_families(text):
         names |= {s.name for s in family.samples}
@@ -259,12 +309,17 @@ async def test_dashboard_queries_use_only_exposed_metrics(client, merchant):
         assert not unknown, f"{expr!r} uses series nothing exposes or records: {unknown}"
         used |= names
     # The signals the issue asks for all have a panel.
-    for needed in ("kassa_http_requests_total", "kassa_payments_stuck_processing",
-                   "kassa_processor_request_duration_seconds_bucket",
-                   "kassa_idempotency_replays_total", "kassa_pipeline_commit_batch_rows_bucket",
-                   "kassa_db_pool_connections", "kassa_event_loop_lag_seconds_bucket",
-                   "kassa_ledger_verify_ok",
-                   "job_processor:kassa_authorizations_approved:ratio_rate15m"):
+    for needed in (
+        "kassa_http_requests_total",
+        "kassa_payments_stuck_processing",
+        "kassa_processor_request_duration_seconds_bucket",
+        "kassa_idempotency_replays_total",
+        "kassa_pipeline_commit_batch_rows_bucket",
+        "kassa_db_pool_connections",
+        "kassa_event_loop_lag_seconds_bucket",
+        "kassa_ledger_verify_ok",
+        "job_processor:kassa_authorizations_approved:ratio_rate15m",
+    ):
         assert needed in used, needed
 
 

@@ -26,9 +26,14 @@ START_CHECK_TIMEOUT_S = 20  # a start-up check answers at once; a server keeps r
 def serve_until_exit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``kassa serve`` expected to exit by itself; one still running is stopped gracefully
     (SIGTERM, so a started embedded database is stopped too) and reported."""
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args], env=env,
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=START_CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -48,8 +53,7 @@ BAD_MASTER_KEYS = {
 @pytest.mark.parametrize("key", BAD_MASTER_KEYS.values(), ids=BAD_MASTER_KEYS.keys())
 def test_a_bad_master_key_stops_serve_before_anything_starts(tmp_path, key):
     data_dir = tmp_path / "data"
-    result = serve_until_exit(kassa_env(None, KASSA_DATA_DIR=str(data_dir),
-                                        KASSA_MASTER_KEY=key))
+    result = serve_until_exit(kassa_env(None, KASSA_DATA_DIR=str(data_dir), KASSA_MASTER_KEY=key))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "KASSA_MASTER_KEY" in lines[0], result.stderr
@@ -102,8 +106,7 @@ def wait_for(condition, timeout_s: float) -> bool:
     return condition()
 
 
-async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_path,
-                                                                           serve_process):
+async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_path, serve_process):
     data_dir = tmp_path / "data"
     pgdata = (data_dir / "postgres").resolve()
     first = await serve_process(None, workers=2, KASSA_DATA_DIR=str(data_dir))
@@ -112,23 +115,30 @@ async def test_sigkill_of_the_supervisor_leaves_no_worker_and_one_database(tmp_p
         first.process.kill()
         first.process.wait(10)
         # The workers die with their supervisor: nothing keeps serving the port...
-        assert wait_for(lambda: not port_answers(first.port), ORPHANS_GONE_TIMEOUT_S), \
+        assert wait_for(lambda: not port_answers(first.port), ORPHANS_GONE_TIMEOUT_S), (
             "a worker still answers after its supervisor was killed"
-        assert wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE
-                                        for c in children), ORPHANS_GONE_TIMEOUT_S)
+        )
+        assert wait_for(
+            lambda: (
+                not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+            ),
+            ORPHANS_GONE_TIMEOUT_S,
+        )
         # ...so a new server on the same port and data dir is the only one answering, on the
         # database the killed one left running, not a second PostgreSQL.
-        second = await serve_process(None, workers=1, port=first.port,
-                                     KASSA_DATA_DIR=str(data_dir))
-        async with aiohttp.ClientSession() as session, \
-                session.get(second.url + "/readyz") as response:
+        second = await serve_process(None, workers=1, port=first.port, KASSA_DATA_DIR=str(data_dir))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(second.url + "/readyz") as response,
+        ):
             assert response.status == 200
         assert len(postmasters(pgdata)) == 1
         assert [d.name for d in (data_dir / "metrics").iterdir()] == [str(second.process.pid)]
         # The killed holder is forgotten: stopping the new server stops the database.
         assert second.stop().exit_code == 0
-        assert wait_for(lambda: not postmasters(pgdata), ORPHANS_GONE_TIMEOUT_S), \
+        assert wait_for(lambda: not postmasters(pgdata), ORPHANS_GONE_TIMEOUT_S), (
             "the embedded PostgreSQL kept running after the last server stopped"
+        )
     finally:
         for process in children + postmasters(pgdata):
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -159,14 +169,17 @@ time.sleep(60)
 
 def test_without_prctl_a_worker_still_notices_its_supervisor_die():
     # The portable fallback alone (no PR_SET_PDEATHSIG): macOS and the BSDs rely on it.
-    supervisor = subprocess.Popen([sys.executable, "-c", MIDDLE], cwd=ROOT,
-                                  stdout=subprocess.PIPE, text=True)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", MIDDLE], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     worker = psutil.Process(int(supervisor.stdout.readline()))
     try:
         supervisor.kill()
         supervisor.wait(10)
-        assert wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE,
-                        ORPHANS_GONE_TIMEOUT_S)
+        assert wait_for(
+            lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE,
+            ORPHANS_GONE_TIMEOUT_S,
+        )
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             worker.kill()
@@ -206,8 +219,14 @@ def bootstrap(root: Path, extras: str = "") -> list[str]:
     """Run the checkout's scripts/bootstrap as scripts/serve does; the pip calls it made."""
     log = root / "calls.log"
     log.unlink(missing_ok=True)
-    result = subprocess.run(["bash", "-c", f'source scripts/bootstrap "{extras}"'], cwd=root,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-c", f'source scripts/bootstrap "{extras}"'],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
     assert any(call.startswith("setup.py") for call in calls)  # the core is always checked
@@ -238,8 +257,14 @@ def test_a_setup_that_failed_is_redone(checkout):
     original = pyproject.read_bytes()
     pyproject.write_bytes(original + b"# a dependency changed\n")
     (checkout / "pip-fails").touch()  # offline, say: the venv is left half updated
-    result = subprocess.run(["bash", "-c", 'source scripts/bootstrap ""'], cwd=checkout,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-c", 'source scripts/bootstrap ""'],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     (checkout / "pip-fails").unlink()
     pyproject.write_bytes(original)  # back to the files of the last good setup
@@ -249,7 +274,7 @@ def test_a_setup_that_failed_is_redone(checkout):
 
 # --- scripts/serve, on a copy of the checkout: setup stubbed, kassa serve recorded -------
 
-FAKE_BOOTSTRAP = "cd \"$(dirname \"${BASH_SOURCE[0]}\")/..\"\n"  # the real one runs pip
+FAKE_BOOTSTRAP = 'cd "$(dirname "${BASH_SOURCE[0]}")/.."\n'  # the real one runs pip
 # .venv/bin/python and .venv/bin/kassa run this checkout's gateway; `kassa serve` only
 # records its arguments, so the script's steps before it run for real, on a real database.
 FAKE_VENV_TOOL = """#!/usr/bin/env bash
@@ -269,8 +294,10 @@ def serve_checkout(tmp_path: Path) -> Path:
     (root / "scripts" / "bootstrap").write_text(FAKE_BOOTSTRAP)
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    tools = {"python": f'exec {sys.executable} "$@"',
-             "kassa": FAKE_KASSA_RUN.format(python=sys.executable)}
+    tools = {
+        "python": f'exec {sys.executable} "$@"',
+        "kassa": FAKE_KASSA_RUN.format(python=sys.executable),
+    }
     for name, run in tools.items():
         (bin_dir / name).write_text(FAKE_VENV_TOOL.format(root=ROOT, run=run))
         (bin_dir / name).chmod(0o755)
@@ -278,15 +305,21 @@ def serve_checkout(tmp_path: Path) -> Path:
 
 
 def scripts_serve(root: Path, env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(["bash", "scripts/serve", *args], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        ["bash", "scripts/serve", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert (root / "serve.log").read_text().splitlines()[-1] == " ".join(["kassa serve", *args])
     return result.stdout + result.stderr
 
 
-async def test_scripts_serve_prints_a_curl_for_the_port_it_serves(db, database_url,
-                                                                  serve_checkout):
+async def test_scripts_serve_prints_a_curl_for_the_port_it_serves(db, database_url, serve_checkout):
     output = scripts_serve(serve_checkout, kassa_env(database_url), "--port", "9000")
     assert "curl -s http://127.0.0.1:9000/v1/payments" in output, output
     assert re.search(r"Bearer sk_\w+", output)
@@ -296,8 +329,9 @@ async def test_scripts_serve_prints_a_curl_for_the_port_it_serves(db, database_u
     assert "http://127.0.0.1:9100/v1/payments" in output, output
 
 
-async def test_scripts_serve_says_how_to_get_a_key_once_merchants_exist(db, database_url,
-                                                                       serve_checkout):
+async def test_scripts_serve_says_how_to_get_a_key_once_merchants_exist(
+    db, database_url, serve_checkout
+):
     first = scripts_serve(serve_checkout, kassa_env(database_url))
     assert "secret_key:" in first
     again = scripts_serve(serve_checkout, kassa_env(database_url))

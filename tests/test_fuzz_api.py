@@ -107,28 +107,51 @@ CHECKS = {
 # other astral or combining characters; numbers and keywords as text; long ids) and the
 # days at the ends of the calendar.
 EDGE_STRINGS = [
-    "\x00", "a\x00b", "pay_\x00", "re_\x00", "tok_\x00", "pay_" + "0" * 300, "pay_",
-    " ", "\t", "\u00e9\u0301", "\U0001f4b3", "\u202e", "\ufeff", "0", "-1", "1e999", "true",
-    "null", "%00", "../", "4242424242424242", "4242 4242 4242 4242",
+    "\x00",
+    "a\x00b",
+    "pay_\x00",
+    "re_\x00",
+    "tok_\x00",
+    "pay_" + "0" * 300,
+    "pay_",
+    " ",
+    "\t",
+    "\u00e9\u0301",
+    "\U0001f4b3",
+    "\u202e",
+    "\ufeff",
+    "0",
+    "-1",
+    "1e999",
+    "true",
+    "null",
+    "%00",
+    "../",
+    "4242424242424242",
+    "4242 4242 4242 4242",
 ]
 EDGE_DATES = ["0001-01-01", "9999-12-31", "2024-02-29", "1970-01-01", "2026-11-22"]
 
-CONFIG = schemathesis.Config.from_dict({
-    **({} if SEED is None else {"seed": SEED}),
-    "dictionaries": {"edge-strings": {"values": EDGE_STRINGS},
-                     "edge-dates": {"values": EDGE_DATES}},
-    "parameters": {"query.date": {"dictionary": "edge-dates", "probability": 0.5}},
-    "generation": {
-        "mode": "all",  # positive and negative
-        "max-examples": EXAMPLES,
-        "deterministic": SEED is not None,
-        "database": "none",
-        "dictionaries": {"string": {"dictionary": "edge-strings", "probability": 0.2}},
-    },
-    "phases": {"stateful": {"enabled": False}},
-    "checks": CHECKS,
-    "request-timeout": 10,
-})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        **({} if SEED is None else {"seed": SEED}),
+        "dictionaries": {
+            "edge-strings": {"values": EDGE_STRINGS},
+            "edge-dates": {"values": EDGE_DATES},
+        },
+        "parameters": {"query.date": {"dictionary": "edge-dates", "probability": 0.5}},
+        "generation": {
+            "mode": "all",  # positive and negative
+            "max-examples": EXAMPLES,
+            "deterministic": SEED is not None,
+            "database": "none",
+            "dictionaries": {"string": {"dictionary": "edge-strings", "probability": 0.2}},
+        },
+        "phases": {"stateful": {"enabled": False}},
+        "checks": CHECKS,
+        "request-timeout": 10,
+    }
+)
 
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
@@ -190,17 +213,29 @@ def realistic_sometimes(context, case):
     if "id" in case.path_parameters and _positive(case, "path"):
         swaps.append(st.sampled_from(ids).map(lambda id_: ("path", "id", id_)))
     if "starting_after" in (case.query or {}) and _positive(case, "query"):
-        swaps.append(st.sampled_from(TARGET.payments).map(
-            lambda id_: ("query", "starting_after", id_)))
-    if isinstance(case.body, dict) and _positive(case, "body") and case.method == "POST" \
-            and case.operation.path in ("/v1/payments", "/v1/tokens"):
-        swaps.append(st.tuples(st.just("body"), st.sampled_from(TEST_CARDS),
-                               st.sampled_from(CURRENCIES), st.sampled_from(TARGET.tokens)))
+        swaps.append(
+            st.sampled_from(TARGET.payments).map(lambda id_: ("query", "starting_after", id_))
+        )
+    if (
+        isinstance(case.body, dict)
+        and _positive(case, "body")
+        and case.method == "POST"
+        and case.operation.path in ("/v1/payments", "/v1/tokens")
+    ):
+        swaps.append(
+            st.tuples(
+                st.just("body"),
+                st.sampled_from(TEST_CARDS),
+                st.sampled_from(CURRENCIES),
+                st.sampled_from(TARGET.tokens),
+            )
+        )
     if not swaps:
         return st.just(case)
     # Two in three: a case is made realistic or left as generated.
     return st.tuples(st.sampled_from((True, True, False)), st.tuples(*swaps)).map(
-        lambda drawn: _swap(case, drawn[1]) if drawn[0] else case)
+        lambda drawn: _swap(case, drawn[1]) if drawn[0] else case
+    )
 
 
 def _swap(case, swaps: tuple) -> object:
@@ -225,8 +260,9 @@ def _plausible(body: dict, number: str, currency: str, token: str) -> dict:
         method["token"] = token
     card = method.get("card") if isinstance(method, dict) else body.get("card")
     if isinstance(card, dict):
-        card.update(number=number, exp_year=future_expiry()[1],
-                    cvc="1234" if number[0] == "3" else "123")
+        card.update(
+            number=number, exp_year=future_expiry()[1], cvc="1234" if number[0] == "3" else "123"
+        )
         if isinstance(card.get("exp_month"), float):
             card["exp_month"] = int(card["exp_month"])
     return body
@@ -248,8 +284,9 @@ async def _seed_objects(session: aiohttp.ClientSession, target: Target) -> None:
     for _ in range(3):  # captured: to refund
         captured = await post("/v1/payments", payment_body(capture="automatic"), 201)
         target.payments.append(captured["id"])
-    refunded = await post("/v1/payments", payment_body(APPROVED_AMEX, capture="automatic",
-                                                       amount=5000), 201)
+    refunded = await post(
+        "/v1/payments", payment_body(APPROVED_AMEX, capture="automatic", amount=5000), 201
+    )
     target.payments.append(refunded["id"])
     for amount in (1000, 4000):  # partially, then fully refunded
         refund = await post(f"/v1/payments/{refunded['id']}/refunds", {"amount": amount}, 201)
@@ -271,8 +308,7 @@ async def fuzz_target(pool: asyncpg.Pool, database_url: str, tmp_path_factory):
     async with pool.acquire() as conn:
         key = await create_merchant(conn, "Fuzz Shop")
     tmp = tmp_path_factory.mktemp("fuzz")
-    server = KassaServer(tmp, database_url, env=subprocess_variables(),
-                         log_path=tmp / "serve.log")
+    server = KassaServer(tmp, database_url, env=subprocess_variables(), log_path=tmp / "serve.log")
     server.start()
     try:
         await server.wait_ready_async(SERVE_READY_TIMEOUT_S)
@@ -325,7 +361,8 @@ async def test_undeclared_methods_answer_405_with_allow(fuzz_target: Target):
     """Every method a path does not serve: 405 method_not_allowed as an API.md error body,
     with the ``Allow`` header RFC 9110 requires, naming exactly the methods it serves."""
     error_schema = jsonschema.Draft202012Validator(
-        {"$ref": "#/components/schemas/Error", "components": DOCUMENT["components"]})
+        {"$ref": "#/components/schemas/Error", "components": DOCUMENT["components"]}
+    )
     headers = {"Authorization": f"Bearer {fuzz_target.secret}"}
     problems = []
     async with aiohttp.ClientSession() as session:
@@ -334,17 +371,22 @@ async def test_undeclared_methods_answer_405_with_allow(fuzz_target: Target):
             served |= {"HEAD"} if "GET" in served else set()
             path = template.replace("{id}", fuzz_target.payments[0])
             for method in sorted(set(METHODS) - served):
-                async with session.request(method, fuzz_target.url + path,
-                                           headers=headers) as answer:
+                async with session.request(
+                    method, fuzz_target.url + path, headers=headers
+                ) as answer:
                     body = await answer.read()
                     allow = {m.strip() for m in answer.headers.get("Allow", "").split(",")}
-                    error = orjson.loads(body) if answer.content_type == "application/json" \
-                        else None
+                    error = (
+                        orjson.loads(body) if answer.content_type == "application/json" else None
+                    )
                     if (answer.status, allow) != (405, served) or not (
-                            error_schema.is_valid(error)
-                            and error["error"]["code"] == "method_not_allowed"):
-                        problems.append(f"{method} {path}: {answer.status} "
-                                        f"Allow={answer.headers.get('Allow')!r} {body[:120]!r}")
+                        error_schema.is_valid(error)
+                        and error["error"]["code"] == "method_not_allowed"
+                    ):
+                        problems.append(
+                            f"{method} {path}: {answer.status} "
+                            f"Allow={answer.headers.get('Allow')!r} {body[:120]!r}"
+                        )
     assert not problems, f"{len(problems)} wrong answers, e.g.:\n" + "\n".join(problems[:5])
 
 
@@ -352,23 +394,35 @@ def _edge_cases() -> list[tuple[str, str, dict]]:
     """Inputs the fuzzers found to break the gateway, pinned so that every CI run sends them
     (a random draw may miss them): NUL, which PostgreSQL text cannot hold, in every string
     that reaches the database, and the first and last days of the calendar."""
-    nul_fields = [("reference", "a\x00b"), ("description", "\x00"), ("metadata", {"k": "\x00"}),
-                  ("metadata", {"k\x00": "v"}), ("customer", {"email": "a\x00@example.com"}),
-                  ("payment_method", {"type": "card", "card": card(holder_name="A\x00")}),
-                  ("payment_method", {"type": "token", "token": "tok_\x00"})]
-    cases = [("/v1/payments", "POST", {"body": payment_body(**{name: value})})
-             for name, value in nul_fields]
+    nul_fields = [
+        ("reference", "a\x00b"),
+        ("description", "\x00"),
+        ("metadata", {"k": "\x00"}),
+        ("metadata", {"k\x00": "v"}),
+        ("customer", {"email": "a\x00@example.com"}),
+        ("payment_method", {"type": "card", "card": card(holder_name="A\x00")}),
+        ("payment_method", {"type": "token", "token": "tok_\x00"}),
+    ]
+    cases = [
+        ("/v1/payments", "POST", {"body": payment_body(**{name: value})})
+        for name, value in nul_fields
+    ]
     cases.append(("/v1/tokens", "POST", {"body": {"card": card(holder_name="\x00")}}))
-    for path, method in (("/v1/payments/{id}", "GET"), ("/v1/payments/{id}/capture", "POST"),
-                         ("/v1/payments/{id}/void", "POST"), ("/v1/payments/{id}/refunds", "POST"),
-                         ("/v1/refunds/{id}", "GET")):
+    for path, method in (
+        ("/v1/payments/{id}", "GET"),
+        ("/v1/payments/{id}/capture", "POST"),
+        ("/v1/payments/{id}/void", "POST"),
+        ("/v1/payments/{id}/refunds", "POST"),
+        ("/v1/refunds/{id}", "GET"),
+    ):
         prefix = "re" if path.startswith("/v1/refunds") else "pay"
         cases.append((path, method, {"path_parameters": {"id": f"{prefix}_\x00"}}))
     cases.append(("/v1/payments", "GET", {"query": {"starting_after": "pay_\x00"}}))
     for day in ("0001-01-01", "9999-12-31"):
         for format_ in ("json", "csv"):
-            cases.append(("/v1/reports/settlement", "GET",
-                          {"query": {"date": day, "format": format_}}))
+            cases.append(
+                ("/v1/reports/settlement", "GET", {"query": {"date": day, "format": format_}})
+            )
     return cases
 
 
@@ -378,12 +432,15 @@ async def test_edge_inputs_found_by_fuzzing(fuzz_target: Target):
     headers = {"Authorization": f"Bearer {fuzz_target.secret}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         fresh = {}
-        for operation, capture, number in (("capture", "manual", "4111111111111111"),
-                                           ("void", "manual", "4012888888881881"),
-                                           ("refunds", "automatic", "5105105105105100")):
+        for operation, capture, number in (
+            ("capture", "manual", "4111111111111111"),
+            ("void", "manual", "4012888888881881"),
+            ("refunds", "automatic", "5105105105105100"),
+        ):
             # Cards the fuzzing never sends: its own have met the velocity limits by now.
-            async with session.post(fuzz_target.url + "/v1/payments",
-                                    json=payment_body(number, capture=capture)) as answer:
+            async with session.post(
+                fuzz_target.url + "/v1/payments", json=payment_body(number, capture=capture)
+            ) as answer:
                 assert answer.status == 201, await answer.text()
                 fresh[operation] = (await answer.json())["id"]
     cases = [(path, method, parts, None) for path, method, parts in _edge_cases()]
@@ -392,14 +449,27 @@ async def test_edge_inputs_found_by_fuzzing(fuzz_target: Target):
     # fromisoformat also takes 20240101 and 2024-W01-1), a customer.ip over 45 characters
     # (an IPv6 address with a zone id), and a JSON null body, which is not an object, on
     # capture, void and refund as on every other POST.
-    cases += [("/v1/reports/settlement", "GET", {"query": {"date": day}}, 400)
-              for day in ("20240101", "2024-W01-1")]
-    cases.append(("/v1/payments", "POST", {"body": payment_body(
-        customer={"ip": "fe80::1%" + "e" * 40})}, 400))
-    cases += [(f"/v1/payments/{{id}}/{operation}", "POST",
-               {"path_parameters": {"id": payment_id}, "body": None,
-                "media_type": "application/json"}, 400)
-              for operation, payment_id in fresh.items()]
+    cases += [
+        ("/v1/reports/settlement", "GET", {"query": {"date": day}}, 400)
+        for day in ("20240101", "2024-W01-1")
+    ]
+    cases.append(
+        (
+            "/v1/payments",
+            "POST",
+            {"body": payment_body(customer={"ip": "fe80::1%" + "e" * 40})},
+            400,
+        )
+    )
+    cases += [
+        (
+            f"/v1/payments/{{id}}/{operation}",
+            "POST",
+            {"path_parameters": {"id": payment_id}, "body": None, "media_type": "application/json"},
+            400,
+        )
+        for operation, payment_id in fresh.items()
+    ]
     problems = []
     for path, method, parts, expected in cases:
         case = schema[path][method].Case(headers=dict(headers), **parts)
@@ -410,6 +480,8 @@ async def test_edge_inputs_found_by_fuzzing(fuzz_target: Target):
             problems.append(f"{method} {path} {parts}: {titles}")
         else:
             if expected is not None and response.status_code != expected:
-                problems.append(f"{method} {path} {parts}: {response.status_code}, not "
-                                f"{expected}: {response.text[:200]}")
+                problems.append(
+                    f"{method} {path} {parts}: {response.status_code}, not "
+                    f"{expected}: {response.text[:200]}"
+                )
     assert not problems, "\n".join(problems)

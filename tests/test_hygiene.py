@@ -18,7 +18,7 @@ async def test_tests_run_on_uvloop_as_production_does(client):
     assert response.status == 200
 
 
-GENERATED = textwrap.dedent('''
+GENERATED = textwrap.dedent("""
     import asyncio
 
     async def test_background_task_raises():
@@ -34,11 +34,12 @@ GENERATED = textwrap.dedent('''
 
     def test_sync_is_unaffected():
         pass
-''')
+""")
 
 
-def test_a_background_task_that_raised_fails_its_test(pytester: pytest.Pytester,
-                                                     monkeypatch: pytest.MonkeyPatch):
+def test_a_background_task_that_raised_fails_its_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
     pytester.makepyfile(test_generated=GENERATED)
     pytester.makeini("""
         [pytest]
@@ -50,8 +51,10 @@ def test_a_background_task_that_raised_fails_its_test(pytester: pytest.Pytester,
     monkeypatch.setenv("PYTHONPATH", env_path)
     result = pytester.runpytest_subprocess("-p", "tests.loop_errors", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_background_task_raises*",
-        "*the event loop reported errors during this test:*",
-        "*Task exception was never retrieved: RuntimeError: lost in the background*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_background_task_raises*",
+            "*the event loop reported errors during this test:*",
+            "*Task exception was never retrieved: RuntimeError: lost in the background*",
+        ]
+    )

@@ -19,8 +19,12 @@ from tests.payments_helpers import authorize, get, post
 CURRENCIES = ["EUR", "JPY", "KWD"]
 
 operation = st.one_of(
-    st.tuples(st.just("authorize"), st.sampled_from(CURRENCIES), st.integers(1, 50_000),
-              st.sampled_from(["manual", "automatic"])),
+    st.tuples(
+        st.just("authorize"),
+        st.sampled_from(CURRENCIES),
+        st.integers(1, 50_000),
+        st.sampled_from(["manual", "automatic"]),
+    ),
     st.tuples(st.just("capture"), st.integers(0, 20), st.none() | st.integers(1, 60_000)),
     st.tuples(st.just("void"), st.integers(0, 20)),
     st.tuples(st.just("refund"), st.integers(0, 20), st.none() | st.integers(1, 60_000)),
@@ -39,8 +43,10 @@ async def check_books(db: asyncpg.Pool, client, merchant: Merchant) -> None:
         line["available"] += row["amount_captured"] - row["amount_refunded"]
     status, balance = await get(client, "/v1/balance", merchant)
     assert status == 200
-    shown = {c["currency"]: {"pending": c["pending"], "available": c["available"]}
-             for c in balance["currencies"]}
+    shown = {
+        c["currency"]: {"pending": c["pending"], "available": c["available"]}
+        for c in balance["currencies"]
+    }
     # A currency whose payments all ended without money (declined, voided) shows zeros or
     # nothing, depending on whether it ever had entries: compare what is non-zero.
     assert nonzero(shown) == nonzero(expected)
@@ -50,8 +56,11 @@ def nonzero(lines: dict) -> dict:
     return {k: v for k, v in lines.items() if v["pending"] or v["available"]}
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(steps=st.lists(operation, min_size=1, max_size=12))
 async def test_random_walks_keep_the_books_balanced(client, db, steps):
     async with db.acquire() as conn:
@@ -62,8 +71,9 @@ async def test_random_walks_keep_the_books_balanced(client, db, steps):
         kind = step[0]
         if kind == "authorize":
             _, currency, amount, capture = step
-            status, payment = await authorize(client, merchant, amount=amount,
-                                              currency=currency, capture=capture)
+            status, payment = await authorize(
+                client, merchant, amount=amount, currency=currency, capture=capture
+            )
             assert status == 201, payment
             payments.append(payment)
         elif payments:
@@ -76,12 +86,16 @@ async def test_random_walks_keep_the_books_balanced(client, db, steps):
 async def apply(client, db, merchant, step, before):
     kind, pid = step[0], before["id"]
     if kind == "expire":
-        await db.execute("UPDATE payments SET authorized_at = now() - interval '30 days' "
-                         "WHERE id = $1 AND status = 'authorized'", pid)
+        await db.execute(
+            "UPDATE payments SET authorized_at = now() - interval '30 days' "
+            "WHERE id = $1 AND status = 'authorized'",
+            pid,
+        )
         await recovery.expire_authorizations(db, ttl_s=7 * 86_400)
         after = (await get(client, f"/v1/payments/{pid}", merchant))[1]
-        assert after["status"] == ("expired" if before["status"] == "authorized"
-                                   else before["status"])
+        assert after["status"] == (
+            "expired" if before["status"] == "authorized" else before["status"]
+        )
         return
     amount = step[2] if len(step) > 2 else None
     body = {} if amount is None else {"amount": amount}
@@ -106,8 +120,11 @@ async def test_schema_refuses_unbalanced_and_changed_entries(client, merchant, d
     await authorize(client, merchant)
     txn = await db.fetchval("SELECT id FROM ledger_transactions")
     with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
-        await db.execute("INSERT INTO ledger_entries (transaction_id, account, currency, amount) "
-                         "VALUES ($1, 'merchant:x:EUR:pending', 'EUR', 5)", txn)
+        await db.execute(
+            "INSERT INTO ledger_entries (transaction_id, account, currency, amount) "
+            "VALUES ($1, 'merchant:x:EUR:pending', 'EUR', 5)",
+            txn,
+        )
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("UPDATE ledger_entries SET amount = amount + 1")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
@@ -124,9 +141,12 @@ async def test_verify_names_a_corrupted_entry(client, merchant, db, database_url
     async with db.acquire() as conn:
         # Only a superuser bypassing triggers can do this: the corruption a verify must catch.
         await conn.execute("SET session_replication_role = replica")
-        await conn.execute("INSERT INTO ledger_entries (transaction_id, account, currency, amount)"
-                           " VALUES ($1, $2, 'EUR', -1)",
-                           txn, f"merchant:{merchant.id}:EUR:available")
+        await conn.execute(
+            "INSERT INTO ledger_entries (transaction_id, account, currency, amount)"
+            " VALUES ($1, $2, 'EUR', -1)",
+            txn,
+            f"merchant:{merchant.id}:EUR:available",
+        )
         await conn.execute("RESET session_replication_role")
     broken = kassa("ledger", "verify", env=kassa_env(database_url))
     assert broken.returncode == 1
@@ -141,14 +161,18 @@ async def test_zero_and_three_decimal_currencies_post_exactly(client, merchant, 
     await authorize(client, merchant, amount=5005, currency="kwd")
     status, balance = await get(client, "/v1/balance", merchant)
     assert status == 200
-    assert balance == {"object": "balance", "currencies": [
-        {"currency": "JPY", "pending": 0, "available": 1234},
-        {"currency": "KWD", "pending": 5005, "available": 0},
-    ]}
+    assert balance == {
+        "object": "balance",
+        "currencies": [
+            {"currency": "JPY", "pending": 0, "available": 1234},
+            {"currency": "KWD", "pending": 5005, "available": 0},
+        ],
+    }
 
 
-async def test_settlement_report_matches_the_ledger(client, merchant, other_merchant, db,
-                                                    database_url):
+async def test_settlement_report_matches_the_ledger(
+    client, merchant, other_merchant, db, database_url
+):
     _, a = await authorize(client, merchant, amount=1000, capture="automatic")
     _, b = await authorize(client, merchant, amount=500)
     await post(client, f"/v1/payments/{b['id']}/capture", merchant, {"amount": 300})
@@ -160,22 +184,52 @@ async def test_settlement_report_matches_the_ledger(client, merchant, other_merc
     status, report = await get(client, f"/v1/reports/settlement?date={today}", merchant)
     assert status == 200
     assert report["lines"] == [
-        {"date": today, "merchant_id": merchant.id, "currency": "EUR", "captured_amount": 1300,
-         "captured_count": 2, "refunded_amount": 250, "refunded_count": 1, "net_amount": 1050},
-        {"date": today, "merchant_id": merchant.id, "currency": "JPY", "captured_amount": 77,
-         "captured_count": 1, "refunded_amount": 0, "refunded_count": 0, "net_amount": 77},
+        {
+            "date": today,
+            "merchant_id": merchant.id,
+            "currency": "EUR",
+            "captured_amount": 1300,
+            "captured_count": 2,
+            "refunded_amount": 250,
+            "refunded_count": 1,
+            "net_amount": 1050,
+        },
+        {
+            "date": today,
+            "merchant_id": merchant.id,
+            "currency": "JPY",
+            "captured_amount": 77,
+            "captured_count": 1,
+            "refunded_amount": 0,
+            "refunded_count": 0,
+            "net_amount": 77,
+        },
     ]
     # The available balance in the ledger is exactly the report's net (all activity is today).
     _, balance = await get(client, "/v1/balance", merchant)
-    assert {c["currency"]: c["available"] for c in balance["currencies"]} == {"EUR": 1050,
-                                                                              "JPY": 77}
+    assert {c["currency"]: c["available"] for c in balance["currencies"]} == {
+        "EUR": 1050,
+        "JPY": 77,
+    }
     env = kassa_env(database_url)
     result = kassa("report", "settlement", "--date", today, env=env)
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert {(r["merchant_id"], r["currency"], r["net_amount"]) for r in rows} == {
-        (merchant.id, "EUR", "1050"), (merchant.id, "JPY", "77"), (other_merchant.id, "EUR", "9")}
-    result = kassa("report", "settlement", "--date", today, "--merchant", other_merchant.id,
-                   "--format", "json", env=env)
+        (merchant.id, "EUR", "1050"),
+        (merchant.id, "JPY", "77"),
+        (other_merchant.id, "EUR", "9"),
+    }
+    result = kassa(
+        "report",
+        "settlement",
+        "--date",
+        today,
+        "--merchant",
+        other_merchant.id,
+        "--format",
+        "json",
+        env=env,
+    )
     assert [line["net_amount"] for line in orjson.loads(result.stdout)["lines"]] == [9]
     status, body = await get(client, "/v1/reports/settlement?date=yesterday", merchant)
     assert (status, body["error"]["param"]) == (400, "date")

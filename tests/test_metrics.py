@@ -36,8 +36,11 @@ DEFAULT_POOL_MAX = int(FIELDS["db_pool_max"].default)
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    return [(s.name, s.labels, s.value)
-            for family in text_string_to_metric_families(text) for s in family.samples]
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
 
 
 def value(text: str, name: str, missing: float | None = None, **labels: str) -> float:
@@ -47,8 +50,11 @@ def value(text: str, name: str, missing: float | None = None, **labels: str) -> 
     an assertion like ``== 0``), unless ``missing`` says what it means: a scrape taken
     before a labelled counter was first incremented has no series, which is 0 then.
     """
-    found = [v for n, have, v in samples(text)
-             if n == name and all(have.get(k) == want for k, want in labels.items())]
+    found = [
+        v
+        for n, have, v in samples(text)
+        if n == name and all(have.get(k) == want for k, want in labels.items())
+    ]
     if not found:
         assert missing is not None, f"no {name}{labels or ''} in the exposition"
         return missing
@@ -91,8 +97,11 @@ async def test_requests_are_counted_by_route_template_method_and_status_class(cl
     assert requests(route="/metrics", method="GET", status_class="2xx") == 1  # the first scrape
     assert requests() == 6
     histogram = "kassa_http_request_duration_seconds_bucket"
-    buckets = {float(labels["le"]) for name, labels, _ in samples(after)
-               if name == histogram and labels["route"] == "/healthz"}
+    buckets = {
+        float(labels["le"])
+        for name, labels, _ in samples(after)
+        if name == histogram and labels["route"] == "/healthz"
+    }
     assert set(metrics.LATENCY_BUCKETS_S) <= buckets
     assert "pay_nope" not in after  # a route template, never a path
 
@@ -100,19 +109,21 @@ async def test_requests_are_counted_by_route_template_method_and_status_class(cl
 async def test_payment_processor_and_idempotency_metrics(app_factory, merchant, db):
     client = await app_factory(processor_timeout_ms=200)
     before = await scrape(client)
-    status, paid = await authorize(client, merchant, APPROVED_VISA, amount=500, currency="jpy",
-                                 capture="automatic")
+    status, paid = await authorize(
+        client, merchant, APPROVED_VISA, amount=500, currency="jpy", capture="automatic"
+    )
     assert status == 201
     assert (await authorize(client, merchant, "4000000000009995"))[0] == 402
     assert (await authorize(client, merchant, ERROR_CARD))[0] == 502
     assert (await authorize(client, merchant, TIMEOUT_CARD, key="t-1"))[0] == 504
     assert (await authorize(client, merchant, TIMEOUT_CARD, key="t-1"))[0] == 409  # in use
     status, manual = await authorize(client, merchant, key="k-1")
-    assert (await authorize(client, merchant, key="k-1"))[0] == 201                # replayed
-    assert (await authorize(client, merchant, key="k-1", amount=7))[0] == 422      # reused
+    assert (await authorize(client, merchant, key="k-1"))[0] == 201  # replayed
+    assert (await authorize(client, merchant, key="k-1", amount=7))[0] == 422  # reused
     assert (await post(client, f"/v1/payments/{manual['id']}/void", merchant))[0] == 200
-    assert (await post(client, f"/v1/payments/{paid['id']}/refunds", merchant,
-                       {"amount": 100}))[0] == 201
+    assert (await post(client, f"/v1/payments/{paid['id']}/refunds", merchant, {"amount": 100}))[
+        0
+    ] == 201
     after = await scrape(client)
 
     def change(name: str, **labels: str) -> float:
@@ -145,7 +156,8 @@ async def test_payment_processor_and_idempotency_metrics(app_factory, merchant, 
     assert 1 <= change("kassa_pipeline_commit_batch_rows_count", pipeline="intents") <= payments + 1
     assert change("kassa_pipeline_commit_batch_rows_sum", pipeline="settlements") == 4
     assert change("kassa_pipeline_commit_duration_seconds_count", pipeline="settlements") == (
-        change("kassa_pipeline_commit_batch_rows_count", pipeline="settlements"))
+        change("kassa_pipeline_commit_batch_rows_count", pipeline="settlements")
+    )
     entries = await db.fetchval("SELECT count(*) FROM ledger_entries")
     assert entries > 0
     assert change("kassa_ledger_entries_posted_total") == entries
@@ -178,8 +190,9 @@ async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
     assert (await authorize(client, merchant))[0] == 201
     assert (await authorize(client, merchant, TIMEOUT_CARD))[0] == 504
     assert await observability.refresh_stuck_payments(db, 30) == 0  # not old enough yet
-    await db.execute("UPDATE payments SET updated_at = now() - interval '1 hour' "
-                     "WHERE status = 'processing'")
+    await db.execute(
+        "UPDATE payments SET updated_at = now() - interval '1 hour' WHERE status = 'processing'"
+    )
     assert await observability.refresh_stuck_payments(db, 30) == 1
     assert await observability.check_ledger(db) is True
     text = await scrape(client)
@@ -194,7 +207,8 @@ async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
             await conn.execute(
                 """INSERT INTO ledger_entries (transaction_id, account, currency, amount)
                    SELECT id, 'merchant:x:EUR:available', 'EUR', 1
-                     FROM ledger_transactions LIMIT 1""")
+                     FROM ledger_transactions LIMIT 1"""
+            )
         finally:
             await conn.execute("SET session_replication_role = DEFAULT")
     assert await observability.check_ledger(db) is False
@@ -227,12 +241,14 @@ async def test_request_id_is_echoed_or_generated(client):
 async def test_one_access_line_per_request_without_secrets(client, merchant, caplog):
     caplog.set_level(logging.INFO, logger="kassa.access")
     body = payment_body(APPROVED_VISA)
-    response = await client.post("/v1/payments", json=body,
-                                 headers={**merchant.headers, "X-Request-Id": "req-1"})
+    response = await client.post(
+        "/v1/payments", json=body, headers={**merchant.headers, "X-Request-Id": "req-1"}
+    )
     assert response.status == 201
     payment_id = (await response.json())["id"]
-    response = await client.get(f"/v1/payments/{payment_id}",
-                                headers={**merchant.headers, "X-Request-Id": "req-2"})
+    response = await client.get(
+        f"/v1/payments/{payment_id}", headers={**merchant.headers, "X-Request-Id": "req-2"}
+    )
     assert response.status == 200
     assert (await client.get("/v1/balance")).status == 401
     lines = access_lines(caplog)
@@ -251,8 +267,15 @@ async def test_one_access_line_per_request_without_secrets(client, merchant, cap
 
 
 def test_the_formatter_scrubs_card_numbers_and_keys():
-    record = logging.LogRecord("kassa.test", logging.WARNING, __file__, 1,
-                               "card %s key %s", ("4242 4242 4242 4242", "sk_" + "a" * 43), None)
+    record = logging.LogRecord(
+        "kassa.test",
+        logging.WARNING,
+        __file__,
+        1,
+        "card %s key %s",
+        ("4242 4242 4242 4242", "sk_" + "a" * 43),
+        None,
+    )
     line = JsonFormatter().format(record)
     assert "4242 4242 4242 4242" not in line and "a" * 43 not in line
     assert orjson.loads(line)["message"] == "card [redacted] key sk_[redacted]"
@@ -265,7 +288,8 @@ async def test_in_process_exposition_passes_promtool(client, merchant, promtool)
     await authorize(client, merchant)
     result = run_promtool(promtool, "check", "metrics", stdin=await scrape(client))
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
 # --- several worker processes ------------------------------------------------------------
@@ -274,22 +298,27 @@ async def test_in_process_exposition_passes_promtool(client, merchant, promtool)
 async def fresh_connection_get(url: str, headers: dict[str, str]) -> int:
     # A new connection per request: SO_REUSEPORT spreads connections, not requests.
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session, session.get(
-        url, headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(url, headers=headers) as response,
+    ):
         await response.read()
         return response.status
 
 
 @pytest.mark.timeout(900)  # may include installing promtool
-async def test_counters_add_up_over_worker_processes(serve_process, database_url, merchant,
-                                                     promtool):
+async def test_counters_add_up_over_worker_processes(
+    serve_process, database_url, merchant, promtool
+):
     server = await serve_process(database_url, workers=2)
     await workers_listening(server, 2)
     first = await scrape_url(server.url)
-    statuses = await asyncio.gather(*[
-        fresh_connection_get(server.url + "/v1/balance", merchant.headers)
-        for _ in range(REQUESTS_R)])
+    statuses = await asyncio.gather(
+        *[
+            fresh_connection_get(server.url + "/v1/balance", merchant.headers)
+            for _ in range(REQUESTS_R)
+        ]
+    )
     assert statuses == [200] * REQUESTS_R
     await asyncio.sleep(observability.SAMPLE_INTERVAL_S * 2.5)  # every worker sampled its pool
     second = await scrape_url(server.url)
@@ -298,8 +327,10 @@ async def test_counters_add_up_over_worker_processes(serve_process, database_url
     assert value(second, total, route="/v1/balance", method="GET", status_class="2xx") == REQUESTS_R
     # Everything between the two scrapes: the R requests and the first scrape itself.
     assert value(second, total) - value(first, total) == REQUESTS_R + 1
-    assert value(second, "kassa_http_request_duration_seconds_count",
-                 route="/v1/balance") == REQUESTS_R
+    assert (
+        value(second, "kassa_http_request_duration_seconds_count", route="/v1/balance")
+        == REQUESTS_R
+    )
     # Both workers answered some of them, and the scrape merged both.
     pids = {line["pid"] for line in server_access_lines(server) if line["route"] == "/v1/balance"}
     assert len(pids) == 2, pids
@@ -307,7 +338,8 @@ async def test_counters_add_up_over_worker_processes(serve_process, database_url
     assert value(second, "kassa_db_pool_max_connections") == 2 * DEFAULT_POOL_MAX
     result = run_promtool(promtool, "check", "metrics", stdin=second)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
 async def workers_listening(server, workers: int, timeout_s: float = 60) -> None:

@@ -64,9 +64,12 @@ def deref(node: dict) -> dict:
 
 def schema_errors(instance: object, schema_pointer: str) -> list[str]:
     validator = jsonschema.Draft202012Validator(
-        {"$ref": f"{DOC_URI}#{schema_pointer}"}, registry=REGISTRY, format_checker=FORMATS)
-    return [f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-            for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.path))]
+        {"$ref": f"{DOC_URI}#{schema_pointer}"}, registry=REGISTRY, format_checker=FORMATS
+    )
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+    ]
 
 
 def assert_valid(instance: object, schema_pointer: str, what: str) -> None:
@@ -114,10 +117,17 @@ def test_document_header():
 
 
 def test_every_ref_resolves():
-    refs = [(at, node["$ref"]) for at, node in walk(DOCUMENT)
-            if isinstance(node, dict) and isinstance(node.get("$ref"), str)]
-    refs += [(at, target) for at, node in walk(DOCUMENT)
-             if at and at[-1] == "mapping" for target in node.values()]  # discriminators
+    refs = [
+        (at, node["$ref"])
+        for at, node in walk(DOCUMENT)
+        if isinstance(node, dict) and isinstance(node.get("$ref"), str)
+    ]
+    refs += [
+        (at, target)
+        for at, node in walk(DOCUMENT)
+        if at and at[-1] == "mapping"
+        for target in node.values()
+    ]  # discriminators
     assert len(refs) > 50
     for at, target in refs:
         try:
@@ -175,8 +185,14 @@ def test_error_codes_and_enums_are_documented():
         assert f"`{code}`" in description
     for nullable in ("param", "decline_code", "payment_id"):
         assert error["properties"][nullable]["type"] == ["string", "null"]
-    assert set(error["required"]) == {"type", "code", "message", "param", "decline_code",
-                                      "payment_id"}
+    assert set(error["required"]) == {
+        "type",
+        "code",
+        "message",
+        "param",
+        "decline_code",
+        "payment_id",
+    }
 
 
 def test_payment_statuses_match_the_core():
@@ -185,35 +201,43 @@ def test_payment_statuses_match_the_core():
     schemas = DOCUMENT["components"]["schemas"]
     assert schemas["PaymentStatus"]["enum"] == list(core_ext.states.STATUSES)
     assert DOCUMENT["components"]["parameters"]["Status"]["schema"] == {
-        "$ref": "#/components/schemas/PaymentStatus"}
+        "$ref": "#/components/schemas/PaymentStatus"
+    }
 
 
 def request_schema(path: str, method: str) -> str:
     return pointer("paths", path, method, "requestBody", "content", "application/json", "schema")
 
 
-@pytest.mark.parametrize("body,valid", [
-    (payment_body(), True),
-    (payment_body(capture="automatic", customer={"email": "ada@example.com",
-                                                 "ip": "203.0.113.9"}), True),
-    (payment_body(payment_method={"type": "token", "token": "tok_abc"}), True),
-    (payment_body(amout=1), False),
-    (payment_body(amount=0), False),
-    (payment_body(amount=100_000_000), False),
-    (payment_body(amount=19.99), False),
-    (payment_body(currency="euro"), False),
-    (payment_body(capture="later"), False),
-    (payment_body(metadata={f"k{i}": "v" for i in range(21)}), False),
-    (payment_body(metadata={"k" * 41: "v"}), False),
-    (payment_body(metadata={"k": "v" * 501}), False),
-    (payment_body(metadata={"k": 1}), False),
-    (payment_body(payment_method={"type": "card", "card": card(cvc="12")}), False),
-    (payment_body(payment_method={"type": "card", "card": card(exp_month=13)}), False),
-    (payment_body(payment_method={"type": "card", "card": card(pin="0000")}), False),
-    (payment_body(payment_method={"type": "token", "token": "tok_abc", "card": card()}), False),
-    (payment_body(customer={"email": "ada@example.com", "phone": "1"}), False),
-    (payment_body(reference="r" * 256), False),
-])
+@pytest.mark.parametrize(
+    "body,valid",
+    [
+        (payment_body(), True),
+        (
+            payment_body(
+                capture="automatic", customer={"email": "ada@example.com", "ip": "203.0.113.9"}
+            ),
+            True,
+        ),
+        (payment_body(payment_method={"type": "token", "token": "tok_abc"}), True),
+        (payment_body(amout=1), False),
+        (payment_body(amount=0), False),
+        (payment_body(amount=100_000_000), False),
+        (payment_body(amount=19.99), False),
+        (payment_body(currency="euro"), False),
+        (payment_body(capture="later"), False),
+        (payment_body(metadata={f"k{i}": "v" for i in range(21)}), False),
+        (payment_body(metadata={"k" * 41: "v"}), False),
+        (payment_body(metadata={"k": "v" * 501}), False),
+        (payment_body(metadata={"k": 1}), False),
+        (payment_body(payment_method={"type": "card", "card": card(cvc="12")}), False),
+        (payment_body(payment_method={"type": "card", "card": card(exp_month=13)}), False),
+        (payment_body(payment_method={"type": "card", "card": card(pin="0000")}), False),
+        (payment_body(payment_method={"type": "token", "token": "tok_abc", "card": card()}), False),
+        (payment_body(customer={"email": "ada@example.com", "phone": "1"}), False),
+        (payment_body(reference="r" * 256), False),
+    ],
+)
 def test_payment_request_schema(body, valid):
     assert (not schema_errors(body, request_schema("/v1/payments", "post"))) is valid
 
@@ -238,10 +262,20 @@ class Contract:
     def __init__(self, client) -> None:
         self.client = client
 
-    async def call(self, method: str, path: str, merchant=None, *, body: object = NO_BODY,
-                   data: bytes | None = None, params: dict | None = None,
-                   key: str | None = None, headers: dict | None = None,
-                   request_valid: bool = True, **path_values: str):
+    async def call(
+        self,
+        method: str,
+        path: str,
+        merchant=None,
+        *,
+        body: object = NO_BODY,
+        data: bytes | None = None,
+        params: dict | None = None,
+        key: str | None = None,
+        headers: dict | None = None,
+        request_valid: bool = True,
+        **path_values: str,
+    ):
         op = operation(path, method)
         self.check_request(op, path, method, body, params or {}, key, request_valid)
         sent = dict(merchant.headers if merchant else {}, **(headers or {}))
@@ -260,8 +294,16 @@ class Contract:
             payload = self.check_response(op, path, method, response, raw)
         return response.status, payload, response.headers
 
-    def check_request(self, op: dict, path: str, method: str, body: object, params: dict,
-                      key: str | None, request_valid: bool) -> None:
+    def check_request(
+        self,
+        op: dict,
+        path: str,
+        method: str,
+        body: object,
+        params: dict,
+        key: str | None,
+        request_valid: bool,
+    ) -> None:
         declared = parameters_of(op)
         for name in params:
             assert ("query", name) in declared, f"{method.upper()} {path}: ?{name} undocumented"
@@ -281,8 +323,9 @@ class Contract:
             assert "requestBody" in op, f"{method.upper()} {path} documents no request body"
             problems += schema_errors(body, request_schema(path, method))
         if request_valid:
-            assert not problems, f"request to {method.upper()} {path} breaks the document: " \
-                                 f"{problems}"
+            assert not problems, (
+                f"request to {method.upper()} {path} breaks the document: {problems}"
+            )
         else:
             assert problems, f"the document accepts the invalid request to {method.upper()} {path}"
 
@@ -302,7 +345,8 @@ class Contract:
         status = str(response.status)
         assert status in op["responses"], (
             f"{where}, which the document does not declare (it declares "
-            f"{sorted(op['responses'])}); body: {raw[:500]!r}")
+            f"{sorted(op['responses'])}); body: {raw[:500]!r}"
+        )
         answer = deref(op["responses"][status])
         assert response.content_type in answer["content"], f"{where} as {response.content_type}"
         for header in ("Idempotent-Replayed", "Retry-After"):
@@ -316,8 +360,20 @@ class Contract:
         if response.content_type != "application/json":
             return raw.decode()
         payload = orjson.loads(raw)
-        assert_valid(payload, pointer("paths", path, method, "responses", status, "content",
-                                      response.content_type, "schema"), f"{where}: {payload}")
+        assert_valid(
+            payload,
+            pointer(
+                "paths",
+                path,
+                method,
+                "responses",
+                status,
+                "content",
+                response.content_type,
+                "schema",
+            ),
+            f"{where}: {payload}",
+        )
         return payload
 
 
@@ -340,7 +396,8 @@ def test_the_repository_carries_the_served_document():
     carried = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
     assert carried.exists(), f"docs/openapi.json is missing: run {DOCS_REGENERATE}"
     assert orjson.loads(carried.read_bytes()) == orjson.loads(DOCUMENT_BYTES), (
-        f"docs/openapi.json differs from GET /openapi.json: run {DOCS_REGENERATE}")
+        f"docs/openapi.json differs from GET /openapi.json: run {DOCS_REGENERATE}"
+    )
 
 
 async def test_operations_endpoints(api, monkeypatch):
@@ -361,46 +418,66 @@ async def test_payment_lifecycle_contract(api, merchant):
     manual = payment_body(APPROVED_VISA, capture="manual")
     status, held, _ = await call("post", "/v1/payments", merchant, body=manual, key="k-manual")
     assert (status, held["status"]) == (201, "authorized"), held
-    status, again, headers = await call("post", "/v1/payments", merchant, body=manual,
-                                        key="k-manual")
+    status, again, headers = await call(
+        "post", "/v1/payments", merchant, body=manual, key="k-manual"
+    )
     assert (status, again, headers.get("Idempotent-Replayed")) == (201, held, "true")
-    status, error, _ = await call("post", "/v1/payments", merchant,
-                                  body=payment_body(amount=2999), key="k-manual")
+    status, error, _ = await call(
+        "post", "/v1/payments", merchant, body=payment_body(amount=2999), key="k-manual"
+    )
     assert (status, error["error"]["code"]) == (422, "idempotency_key_reused")
     assert error["error"]["type"] == "idempotency_error"
 
-    status, auto, _ = await call("post", "/v1/payments", merchant,
-                                 body=payment_body(capture="automatic"), key="k-auto")
+    status, auto, _ = await call(
+        "post", "/v1/payments", merchant, body=payment_body(capture="automatic"), key="k-auto"
+    )
     assert (status, auto["status"], auto["amount_captured"]) == (201, "captured", 1999)
 
     # A token, and a payment with it.
-    status, token, _ = await call("post", "/v1/tokens", merchant,
-                                  body={"card": card(holder_name="Ada Lovelace")}, key="k-tok")
+    status, token, _ = await call(
+        "post", "/v1/tokens", merchant, body={"card": card(holder_name="Ada Lovelace")}, key="k-tok"
+    )
     assert (status, token["card"]["last4"]) == (201, "4242"), token
-    by_token = payment_body(payment_method={"type": "token", "token": token["id"]},
-                            capture="automatic")
+    by_token = payment_body(
+        payment_method={"type": "token", "token": token["id"]}, capture="automatic"
+    )
     status, paid, _ = await call("post", "/v1/payments", merchant, body=by_token)
     assert (status, paid["status"], paid["card"]) == (201, "captured", token["card"])
 
     # Capture part of the manual payment, refund part of that, read both back.
-    status, captured, _ = await call("post", "/v1/payments/{id}/capture", merchant,
-                                     body={"amount": 1500}, key="k-cap", id=held["id"])
+    status, captured, _ = await call(
+        "post",
+        "/v1/payments/{id}/capture",
+        merchant,
+        body={"amount": 1500},
+        key="k-cap",
+        id=held["id"],
+    )
     assert (status, captured["status"], captured["amount_captured"]) == (200, "captured", 1500)
     status, refund, _ = await call(
-        "post", "/v1/payments/{id}/refunds", merchant, id=held["id"], key="k-ref",
-        body={"amount": 500, "reason": "requested_by_customer"})
+        "post",
+        "/v1/payments/{id}/refunds",
+        merchant,
+        id=held["id"],
+        key="k-ref",
+        body={"amount": 500, "reason": "requested_by_customer"},
+    )
     assert (status, refund["amount"], refund["payment_id"]) == (201, 500, held["id"]), refund
     status, read, _ = await call("get", "/v1/refunds/{id}", merchant, id=refund["id"])
     assert (status, read) == (200, refund)
     status, payment, _ = await call("get", "/v1/payments/{id}", merchant, id=held["id"])
     assert (status, payment["status"], payment["amount_refunded"]) == (
-        200, "partially_refunded", 500)
+        200,
+        "partially_refunded",
+        500,
+    )
 
     # Void another authorization; voiding a captured payment is an illegal move.
     status, other, _ = await call("post", "/v1/payments", merchant, body=payment_body())
     assert status == 201
-    status, voided, _ = await call("post", "/v1/payments/{id}/void", merchant, id=other["id"],
-                                   key="k-void")
+    status, voided, _ = await call(
+        "post", "/v1/payments/{id}/void", merchant, id=other["id"], key="k-void"
+    )
     assert (status, voided["status"], voided["amount_capturable"]) == (200, "voided", 0)
     status, error, _ = await call("post", "/v1/payments/{id}/void", merchant, id=auto["id"])
     assert (status, error["error"]["code"]) == (409, "payment_state_invalid"), error
@@ -409,40 +486,59 @@ async def test_payment_lifecycle_contract(api, merchant):
     status, page, _ = await call("get", "/v1/payments", merchant, params={"limit": "2"})
     assert (status, len(page["data"]), page["has_more"]) == (200, 2, True)
     assert [p["id"] for p in page["data"]] == [other["id"], paid["id"]]
-    status, rest, _ = await call("get", "/v1/payments", merchant,
-                                 params={"limit": "10", "starting_after": paid["id"]})
+    status, rest, _ = await call(
+        "get", "/v1/payments", merchant, params={"limit": "10", "starting_after": paid["id"]}
+    )
     assert (status, [p["id"] for p in rest["data"]], rest["has_more"]) == (
-        200, [auto["id"], held["id"]], False)
-    status, listed, _ = await call("get", "/v1/payments", merchant,
-                                   params={"status": "voided"})
+        200,
+        [auto["id"], held["id"]],
+        False,
+    )
+    status, listed, _ = await call("get", "/v1/payments", merchant, params={"status": "voided"})
     assert (status, [p["id"] for p in listed["data"]]) == (200, [other["id"]])
 
     # 1500 - 500 + 1999 + 1999 available; nothing held (the void released its hold).
     status, balance, _ = await call("get", "/v1/balance", merchant)
     assert (status, balance["currencies"]) == (
-        200, [{"currency": "EUR", "pending": 0, "available": 4998}])
+        200,
+        [{"currency": "EUR", "pending": 0, "available": 4998}],
+    )
 
 
 async def test_declines_and_processor_errors_contract(api, merchant):
-    status, error, _ = await api.call("post", "/v1/payments", merchant, key="k-decline",
-                                      body=payment_body(DECLINE_CARD))
+    status, error, _ = await api.call(
+        "post", "/v1/payments", merchant, key="k-decline", body=payment_body(DECLINE_CARD)
+    )
     assert status == 402, error
     assert (error["error"]["type"], error["error"]["code"], error["error"]["decline_code"]) == (
-        "card_error", "card_declined", "generic_decline")
-    status, declined, _ = await api.call("get", "/v1/payments/{id}", merchant,
-                                         id=error["error"]["payment_id"])
+        "card_error",
+        "card_declined",
+        "generic_decline",
+    )
+    status, declined, _ = await api.call(
+        "get", "/v1/payments/{id}", merchant, id=error["error"]["payment_id"]
+    )
     assert (status, declined["status"], declined["decline_code"]) == (
-        200, "declined", "generic_decline")
-    status, again, headers = await api.call("post", "/v1/payments", merchant, key="k-decline",
-                                            body=payment_body(DECLINE_CARD))
+        200,
+        "declined",
+        "generic_decline",
+    )
+    status, again, headers = await api.call(
+        "post", "/v1/payments", merchant, key="k-decline", body=payment_body(DECLINE_CARD)
+    )
     assert (status, again, headers.get("Idempotent-Replayed")) == (402, error, "true")
 
-    status, error, _ = await api.call("post", "/v1/payments", merchant,
-                                      body=payment_body(ERROR_CARD))
+    status, error, _ = await api.call(
+        "post", "/v1/payments", merchant, body=payment_body(ERROR_CARD)
+    )
     assert (status, error["error"]["type"], error["error"]["code"]) == (
-        502, "api_error", "processor_error"), error
-    status, failed, _ = await api.call("get", "/v1/payments/{id}", merchant,
-                                       id=error["error"]["payment_id"])
+        502,
+        "api_error",
+        "processor_error",
+    ), error
+    status, failed, _ = await api.call(
+        "get", "/v1/payments/{id}", merchant, id=error["error"]["payment_id"]
+    )
     assert (status, failed["status"]) == (200, "failed")
 
 
@@ -459,14 +555,18 @@ async def test_operation_timeout_contract(app_factory, merchant):
     api = Contract(await app_factory())
     # A gateway whose processor answers slower than it waits: every call there times out.
     slow = Contract(await app_factory(sandbox_latency_ms=1000, processor_timeout_ms=100))
-    for path, capture, body in (("/v1/payments/{id}/capture", "manual", {}),
-                                ("/v1/payments/{id}/void", "manual", NO_BODY),
-                                ("/v1/payments/{id}/refunds", "automatic", {})):
-        status, payment, _ = await api.call("post", "/v1/payments", merchant,
-                                            body=payment_body(capture=capture))
+    for path, capture, body in (
+        ("/v1/payments/{id}/capture", "manual", {}),
+        ("/v1/payments/{id}/void", "manual", NO_BODY),
+        ("/v1/payments/{id}/refunds", "automatic", {}),
+    ):
+        status, payment, _ = await api.call(
+            "post", "/v1/payments", merchant, body=payment_body(capture=capture)
+        )
         assert status == 201, payment
-        status, error, _ = await slow.call("post", path, merchant, body=body, key="k-" + path,
-                                           id=payment["id"])
+        status, error, _ = await slow.call(
+            "post", path, merchant, body=body, key="k-" + path, id=payment["id"]
+        )
         assert (status, error["error"]["code"]) == (504, "processor_timeout"), error
         status, error, _ = await api.call("post", path, merchant, body=body, id=payment["id"])
         assert (status, error["error"]["code"]) == (409, "payment_state_invalid"), error
@@ -479,40 +579,120 @@ async def test_client_errors_contract(api, merchant, other_merchant):
         return body["error"]
 
     invalid = "invalid_request_error"
-    error = await expect(400, invalid, "parameter_unknown", "post", "/v1/payments", merchant,
-                         body=payment_body(amout=1), request_valid=False)
+    error = await expect(
+        400,
+        invalid,
+        "parameter_unknown",
+        "post",
+        "/v1/payments",
+        merchant,
+        body=payment_body(amout=1),
+        request_valid=False,
+    )
     assert error["param"] == "amout"
     await expect(400, invalid, "invalid_json", "post", "/v1/payments", merchant, data=b"{")
-    await expect(400, invalid, "parameter_invalid", "get", "/v1/payments", merchant,
-                 params={"limit": "0"}, request_valid=False)
-    await expect(400, invalid, "parameter_invalid", "post", "/v1/payments", merchant,
-                 body=payment_body(), key="k" * 256, request_valid=False)
-    for path, values in (("/v1/payments", {}), ("/v1/tokens", {}),
-                         ("/v1/payments/{id}/capture", {"id": "pay_x"}),
-                         ("/v1/payments/{id}/void", {"id": "pay_x"}),
-                         ("/v1/payments/{id}/refunds", {"id": "pay_x"})):
-        await expect(415, invalid, "unsupported_media_type", "post", path, merchant,
-                     data=b"{}", headers={"Content-Type": "text/plain"},
-                     **values)
-    await expect(413, invalid, "request_too_large", "post", "/v1/tokens", merchant,
-                 data=b'{"card": "' + b"x" * (70 * 1024) + b'"}')
+    await expect(
+        400,
+        invalid,
+        "parameter_invalid",
+        "get",
+        "/v1/payments",
+        merchant,
+        params={"limit": "0"},
+        request_valid=False,
+    )
+    await expect(
+        400,
+        invalid,
+        "parameter_invalid",
+        "post",
+        "/v1/payments",
+        merchant,
+        body=payment_body(),
+        key="k" * 256,
+        request_valid=False,
+    )
+    for path, values in (
+        ("/v1/payments", {}),
+        ("/v1/tokens", {}),
+        ("/v1/payments/{id}/capture", {"id": "pay_x"}),
+        ("/v1/payments/{id}/void", {"id": "pay_x"}),
+        ("/v1/payments/{id}/refunds", {"id": "pay_x"}),
+    ):
+        await expect(
+            415,
+            invalid,
+            "unsupported_media_type",
+            "post",
+            path,
+            merchant,
+            data=b"{}",
+            headers={"Content-Type": "text/plain"},
+            **values,
+        )
+    await expect(
+        413,
+        invalid,
+        "request_too_large",
+        "post",
+        "/v1/tokens",
+        merchant,
+        data=b'{"card": "' + b"x" * (70 * 1024) + b'"}',
+    )
 
     await expect(401, "authentication_error", "api_key_missing", "get", "/v1/balance")
-    await expect(401, "authentication_error", "api_key_invalid", "get", "/v1/balance",
-                 headers={"Authorization": "Bearer sk_test_not_a_key"})
+    await expect(
+        401,
+        "authentication_error",
+        "api_key_invalid",
+        "get",
+        "/v1/balance",
+        headers={"Authorization": "Bearer sk_test_not_a_key"},
+    )
 
-    await expect(404, invalid, "resource_missing", "get", "/v1/payments/{id}", merchant,
-                 id="pay_doesnotexist")
-    await expect(404, invalid, "resource_missing", "get", "/v1/refunds/{id}", merchant,
-                 id="re_doesnotexist")
-    await expect(404, invalid, "resource_missing", "post", "/v1/payments/{id}/capture",
-                 merchant, id="pay_doesnotexist", body={})
+    await expect(
+        404,
+        invalid,
+        "resource_missing",
+        "get",
+        "/v1/payments/{id}",
+        merchant,
+        id="pay_doesnotexist",
+    )
+    await expect(
+        404, invalid, "resource_missing", "get", "/v1/refunds/{id}", merchant, id="re_doesnotexist"
+    )
+    await expect(
+        404,
+        invalid,
+        "resource_missing",
+        "post",
+        "/v1/payments/{id}/capture",
+        merchant,
+        id="pay_doesnotexist",
+        body={},
+    )
     status, payment, _ = await api.call("post", "/v1/payments", merchant, body=payment_body())
     assert status == 201
-    await expect(404, invalid, "resource_missing", "get", "/v1/payments/{id}", other_merchant,
-                 id=payment["id"])
-    await expect(400, invalid, "amount_too_large", "post", "/v1/payments/{id}/capture",
-                 merchant, id=payment["id"], body={"amount": 2000})
+    await expect(
+        404,
+        invalid,
+        "resource_missing",
+        "get",
+        "/v1/payments/{id}",
+        other_merchant,
+        id=payment["id"],
+    )
+    await expect(
+        400,
+        invalid,
+        "amount_too_large",
+        "post",
+        "/v1/payments/{id}/capture",
+        merchant,
+        id=payment["id"],
+        body={"amount": 2000},
+    )
 
 
 # The core owns every limit and enum; the document states them by importing the core's
@@ -523,22 +703,29 @@ CORE_FACTS = {
     "AMOUNT_MAX": lambda d: d["components"]["schemas"]["Amount"]["maximum"],
     "AMOUNT_MIN": lambda d: d["components"]["schemas"]["Amount"]["minimum"],
     "METADATA_KEYS_MAX": lambda d: d["components"]["schemas"]["Metadata"]["maxProperties"],
-    "METADATA_KEY_CHARS_MAX":
-        lambda d: d["components"]["schemas"]["Metadata"]["propertyNames"]["maxLength"],
-    "METADATA_VALUE_CHARS_MAX":
-        lambda d: d["components"]["schemas"]["Metadata"]["additionalProperties"]["maxLength"],
+    "METADATA_KEY_CHARS_MAX": lambda d: d["components"]["schemas"]["Metadata"]["propertyNames"][
+        "maxLength"
+    ],
+    "METADATA_VALUE_CHARS_MAX": lambda d: d["components"]["schemas"]["Metadata"][
+        "additionalProperties"
+    ]["maxLength"],
     "LIST_LIMIT_MAX": lambda d: d["components"]["parameters"]["Limit"]["schema"]["maximum"],
     "LIST_LIMIT_DEFAULT": lambda d: d["components"]["parameters"]["Limit"]["schema"]["default"],
     "REFERENCE_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"]["properties"][
-        "reference"]["maxLength"],
-    "DESCRIPTION_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"][
-        "properties"]["description"]["maxLength"],
+        "reference"
+    ]["maxLength"],
+    "DESCRIPTION_CHARS_MAX": lambda d: d["components"]["schemas"]["PaymentCreate"]["properties"][
+        "description"
+    ]["maxLength"],
     "HOLDER_NAME_CHARS_MAX": lambda d: d["components"]["schemas"]["CardInput"]["properties"][
-        "holder_name"]["maxLength"],
-    "EMAIL_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"][
-        "email"]["maxLength"],
-    "IP_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"][
-        "ip"]["maxLength"],
+        "holder_name"
+    ]["maxLength"],
+    "EMAIL_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"]["email"][
+        "maxLength"
+    ],
+    "IP_CHARS_MAX": lambda d: d["components"]["schemas"]["Customer"]["properties"]["ip"][
+        "maxLength"
+    ],
     "CAPTURE_METHODS": lambda d: tuple(d["components"]["schemas"]["CaptureMethod"]["enum"]),
     "REFUND_REASONS": lambda d: tuple(d["components"]["schemas"]["RefundReason"]["enum"]),
     "STATUSES": lambda d: tuple(d["components"]["schemas"]["PaymentStatus"]["enum"]),
@@ -586,32 +773,51 @@ async def test_settlement_report_contract(api, merchant):
     from datetime import UTC, datetime
 
     today = datetime.now(UTC).date().isoformat()
-    status, paid, _ = await api.call("post", "/v1/payments", merchant,
-                                     body=payment_body(capture="automatic"))
+    status, paid, _ = await api.call(
+        "post", "/v1/payments", merchant, body=payment_body(capture="automatic")
+    )
     assert status == 201
-    status, _, _ = await api.call("post", "/v1/payments/{id}/refunds", merchant,
-                                  body={"amount": 500}, id=paid["id"])
+    status, _, _ = await api.call(
+        "post", "/v1/payments/{id}/refunds", merchant, body={"amount": 500}, id=paid["id"]
+    )
     assert status == 201
-    status, report, _ = await api.call("get", "/v1/reports/settlement", merchant,
-                                       params={"date": today})
+    status, report, _ = await api.call(
+        "get", "/v1/reports/settlement", merchant, params={"date": today}
+    )
     assert (status, report["object"], report["date"]) == (200, "settlement_report", today)
-    assert report["lines"] == [{
-        "date": today, "merchant_id": merchant.id, "currency": "EUR",
-        "captured_amount": 1999, "captured_count": 1, "refunded_amount": 500,
-        "refunded_count": 1, "net_amount": 1499}]
-    status, text, _ = await api.call("get", "/v1/reports/settlement", merchant,
-                                     params={"date": today, "format": "csv"})
+    assert report["lines"] == [
+        {
+            "date": today,
+            "merchant_id": merchant.id,
+            "currency": "EUR",
+            "captured_amount": 1999,
+            "captured_count": 1,
+            "refunded_amount": 500,
+            "refunded_count": 1,
+            "net_amount": 1499,
+        }
+    ]
+    status, text, _ = await api.call(
+        "get", "/v1/reports/settlement", merchant, params={"date": today, "format": "csv"}
+    )
     assert status == 200
     assert text.splitlines() == [
-        ("date,merchant_id,currency,captured_amount,captured_count,refunded_amount,"
-         "refunded_count,net_amount"),
-        f"{today},{merchant.id},EUR,1999,1,500,1,1499"]
-    status, empty, _ = await api.call("get", "/v1/reports/settlement", merchant,
-                                      params={"date": "2000-01-01", "format": "json"})
+        (
+            "date,merchant_id,currency,captured_amount,captured_count,refunded_amount,"
+            "refunded_count,net_amount"
+        ),
+        f"{today},{merchant.id},EUR,1999,1,500,1,1499",
+    ]
+    status, empty, _ = await api.call(
+        "get", "/v1/reports/settlement", merchant, params={"date": "2000-01-01", "format": "json"}
+    )
     assert (status, empty["lines"]) == (200, [])
-    for params, code in (({"date": "20240101"}, "parameter_invalid"),
-                         ({}, "parameter_invalid"),
-                         ({"date": today, "format": "xml"}, "parameter_invalid")):
-        status, error, _ = await api.call("get", "/v1/reports/settlement", merchant,
-                                          params=params, request_valid=False)
+    for params, code in (
+        ({"date": "20240101"}, "parameter_invalid"),
+        ({}, "parameter_invalid"),
+        ({"date": today, "format": "xml"}, "parameter_invalid"),
+    ):
+        status, error, _ = await api.call(
+            "get", "/v1/reports/settlement", merchant, params=params, request_valid=False
+        )
         assert (status, error["error"]["code"]) == (400, code), (params, error)

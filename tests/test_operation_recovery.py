@@ -28,8 +28,11 @@ async def timeout_card_payment(client, merchant, amount: int = 1999) -> str:
 
 
 async def sandbox_count(db, operation: str, payment_id: str) -> int:
-    return await db.fetchval("SELECT count(*) FROM sandbox_operations "
-                             "WHERE operation = $1 AND payment_id = $2", operation, payment_id)
+    return await db.fetchval(
+        "SELECT count(*) FROM sandbox_operations WHERE operation = $1 AND payment_id = $2",
+        operation,
+        payment_id,
+    )
 
 
 async def assert_books_balanced(db) -> None:
@@ -42,14 +45,18 @@ def assert_timed_out(status: int, body: dict, payment_id: str) -> None:
     assert status == 504, body
     error = body["error"]
     assert (error["type"], error["code"], error["payment_id"]) == (
-        "api_error", "processor_timeout", payment_id)
+        "api_error",
+        "processor_timeout",
+        payment_id,
+    )
 
 
 async def assert_being_settled(client, merchant, payment_id: str) -> None:
     """Every other change of the payment is refused while an outcome is unknown."""
     for path, body in (("capture", {}), ("void", None), ("refunds", {"amount": 1})):
-        status, answer, _ = await post(client, f"/v1/payments/{payment_id}/{path}", merchant,
-                                       body, key=f"other-{path}")
+        status, answer, _ = await post(
+            client, f"/v1/payments/{payment_id}/{path}", merchant, body, key=f"other-{path}"
+        )
         assert (status, answer["error"]["code"]) == (409, "payment_state_invalid"), answer
         assert "settled" in answer["error"]["message"]
 
@@ -73,13 +80,17 @@ async def test_capture_that_times_out_is_settled_by_recovery(app_factory, mercha
     _, payment = await get(client, f"/v1/payments/{payment_id}", merchant)
     assert (payment["status"], payment["amount_captured"]) == ("captured", 1500)
     await assert_books_balanced(db)
-    status, replay, response = await post(client, path, merchant, {"amount": 1500},
-                                          key="cap-slow")
+    status, replay, response = await post(client, path, merchant, {"amount": 1500}, key="cap-slow")
     assert status == 200 and response.headers.get("Idempotent-Replayed") == "true"
     assert replay["status"] == "captured" and replay["amount_captured"] == 1500
     assert await sandbox_count(db, "capture", payment_id) == 1
-    assert await db.fetchval("SELECT count(*) FROM ledger_transactions "
-                             "WHERE payment_id = $1 AND event = 'capture'", payment_id) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE payment_id = $1 AND event = 'capture'",
+            payment_id,
+        )
+        == 1
+    )
 
 
 async def test_void_that_times_out_is_settled_by_recovery(app_factory, merchant, db):
@@ -106,8 +117,9 @@ async def test_void_that_times_out_is_settled_by_recovery(app_factory, merchant,
 async def test_refund_that_times_out_refunds_once(app_factory, merchant, db):
     client = await app_factory(processor_timeout_ms=200)
     payment_id = await timeout_card_payment(client, merchant, amount=100)
-    status, body, _ = await post(client, f"/v1/payments/{payment_id}/capture", merchant, {},
-                                 key="cap")
+    status, body, _ = await post(
+        client, f"/v1/payments/{payment_id}/capture", merchant, {}, key="cap"
+    )
     assert_timed_out(status, body, payment_id)
     assert (await recover(client)).operations == 1
 
@@ -124,11 +136,9 @@ async def test_refund_that_times_out_refunds_once(app_factory, merchant, db):
     _, payment = await get(client, f"/v1/payments/{payment_id}", merchant)
     assert (payment["status"], payment["amount_refunded"]) == ("partially_refunded", 60)
     await assert_books_balanced(db)
-    status, replay, response = await post(client, path, merchant, {"amount": 60},
-                                          key="refund-slow")
+    status, replay, response = await post(client, path, merchant, {"amount": 60}, key="refund-slow")
     assert status == 201 and response.headers.get("Idempotent-Replayed") == "true"
-    assert (replay["object"], replay["amount"], replay["payment_id"]) == (
-        "refund", 60, payment_id)
+    assert (replay["object"], replay["amount"], replay["payment_id"]) == ("refund", 60, payment_id)
     assert await db.fetchval("SELECT array_agg(id) FROM refunds") == [replay["id"]]
     assert (await get(client, f"/v1/refunds/{replay['id']}", merchant))[0] == 200
     assert await sandbox_count(db, "refund", payment_id) == 1
@@ -137,8 +147,7 @@ async def test_refund_that_times_out_refunds_once(app_factory, merchant, db):
     assert (status, body["error"]["code"]) == (400, "amount_too_large")
 
 
-async def test_capture_the_processor_never_saw_fails_and_changes_nothing(
-        app_factory, merchant, db):
+async def test_capture_the_processor_never_saw_fails_and_changes_nothing(app_factory, merchant, db):
     client = await app_factory()
     # A second gateway whose processor answers slower than it waits: its call never lands.
     slow = await app_factory(sandbox_latency_ms=2000, processor_timeout_ms=200)
@@ -160,8 +169,7 @@ async def test_capture_the_processor_never_saw_fails_and_changes_nothing(
     assert after == payment
     await assert_books_balanced(db)
     assert await sandbox_count(db, "capture", payment_id) == 0
-    status, replay, response = await post(client, path, merchant, {"amount": 500},
-                                          key="cap-lost")
+    status, replay, response = await post(client, path, merchant, {"amount": 500}, key="cap-lost")
     assert status == 502 and response.headers.get("Idempotent-Replayed") == "true"
     assert (replay["error"]["type"], replay["error"]["code"]) == ("api_error", "processor_error")
     # Nothing happened, so the payment can still be captured (with a new key).
@@ -169,18 +177,26 @@ async def test_capture_the_processor_never_saw_fails_and_changes_nothing(
     assert (status, captured["amount_captured"]) == (200, 500)
 
 
-async def test_automatic_capture_that_times_out_is_settled_by_recovery(app_factory, merchant,
-                                                                        db):
+async def test_automatic_capture_that_times_out_is_settled_by_recovery(app_factory, merchant, db):
     client = await app_factory(processor_timeout_ms=200)
-    status, body = await authorize(client, merchant, TIMEOUT_CARD, capture="automatic",
-                                   key="auto-slow")
+    status, body = await authorize(
+        client, merchant, TIMEOUT_CARD, capture="automatic", key="auto-slow"
+    )
     assert status == 504, body
     payment_id = body["error"]["payment_id"]
     # Recovery settles the authorization; its automatic capture times out too (the sandbox
     # did capture), so the payment is recorded authorized with that capture pending.
     app = client.app
-    assert await recovery.recover_processing(app[POOL], app[SERVICE], app[SERVICE]._connector,
-                                             older_than_s=0, processor_timeout_s=0.2) == 1
+    assert (
+        await recovery.recover_processing(
+            app[POOL],
+            app[SERVICE],
+            app[SERVICE]._connector,
+            older_than_s=0,
+            processor_timeout_s=0.2,
+        )
+        == 1
+    )
     _, payment = await get(client, f"/v1/payments/{payment_id}", merchant)
     assert payment["status"] == "authorized"
     await assert_being_settled(client, merchant, payment_id)

@@ -82,7 +82,8 @@ async def test_unknown_route_is_a_json_404(client, merchant):
 
 async def test_oversized_body_is_413(client, merchant):
     response = await client.post(
-        "/v1/payments", data=b"{" + b" " * (70 * 1024) + b"}",
+        "/v1/payments",
+        data=b"{" + b" " * (70 * 1024) + b"}",
         headers={**merchant.headers, "Content-Type": "application/json"},
     )
     assert response.status == 413

@@ -9,8 +9,9 @@ from gateway.store import pipeline
 from gateway.store.pipeline import Batcher, BatchSettings, Overloaded
 from tests.payments_helpers import authorize
 
-SETTINGS = BatchSettings(enabled=True, rows_max=64, wait_s=0.005, inflight_max=1000,
-                         acquire_timeout_s=2.0)
+SETTINGS = BatchSettings(
+    enabled=True, rows_max=64, wait_s=0.005, inflight_max=1000, acquire_timeout_s=2.0
+)
 
 
 @pytest.fixture
@@ -26,6 +27,7 @@ def recording_write(batches):
         batches.append(len(items))
         await conn.execute("INSERT INTO pipeline_scratch SELECT * FROM unnest($1::int[])", items)
         return [f"ok {n}" for n in items]
+
     return write
 
 
@@ -42,20 +44,25 @@ async def test_concurrent_items_share_a_transaction(scratch):
 async def test_a_bad_row_fails_alone(scratch):
     batches = []
     batcher = Batcher("test", scratch, recording_write(batches), SETTINGS)
-    results = await asyncio.gather(*[batcher.submit(n) for n in (1, 2, -3, 4)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[batcher.submit(n) for n in (1, 2, -3, 4)], return_exceptions=True
+    )
     await batcher.close()
     assert results[:2] == ["ok 1", "ok 2"] and results[3] == "ok 4"
     assert isinstance(results[2], asyncpg.CheckViolationError)
     assert await scratch.fetchval("SELECT array_agg(n ORDER BY n) FROM pipeline_scratch") == [
-        1, 2, 4]
+        1,
+        2,
+        4,
+    ]
     assert batches[0] == 4  # tried together first, then one by one
 
 
 async def test_batching_off_writes_each_item_alone(scratch):
     batches = []
-    off = BatchSettings(enabled=False, rows_max=64, wait_s=0.005, inflight_max=1000,
-                        acquire_timeout_s=2.0)
+    off = BatchSettings(
+        enabled=False, rows_max=64, wait_s=0.005, inflight_max=1000, acquire_timeout_s=2.0
+    )
     batcher = Batcher("test", scratch, recording_write(batches), off)
     await asyncio.gather(*[batcher.submit(n) for n in range(10)])
     assert batches == [1] * 10
@@ -65,11 +72,13 @@ async def test_full_pipeline_sheds_instead_of_queueing(scratch):
     shed = []
     pipeline.set_observers(lambda *a: None, shed.append)
     try:
-        tight = BatchSettings(enabled=True, rows_max=64, wait_s=0.05, inflight_max=3,
-                              acquire_timeout_s=2.0)
+        tight = BatchSettings(
+            enabled=True, rows_max=64, wait_s=0.05, inflight_max=3, acquire_timeout_s=2.0
+        )
         batcher = Batcher("tight", scratch, recording_write([]), tight)
-        results = await asyncio.gather(*[batcher.submit(n) for n in range(10)],
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *[batcher.submit(n) for n in range(10)], return_exceptions=True
+        )
         await batcher.close()
     finally:
         pipeline.set_observers(lambda *a: None, lambda *a: None)
@@ -81,14 +90,12 @@ async def test_full_pipeline_sheds_instead_of_queueing(scratch):
 
 async def test_http_overload_is_a_503_with_retry_after(app_factory, merchant, db):
     client = await app_factory(pipeline_inflight_max=2, commit_wait_ms=50)
-    answers = await asyncio.gather(*[authorize(client, merchant, key=f"k{n}")
-                                     for n in range(12)])
+    answers = await asyncio.gather(*[authorize(client, merchant, key=f"k{n}") for n in range(12)])
     created = [body for status, body in answers if status == 201]
     shed = [body for status, body in answers if status == 503]
     assert len(created) + len(shed) == 12 and created and shed
     for body in shed:
-        assert (body["error"]["type"], body["error"]["code"]) == ("api_error",
-                                                                  "gateway_overloaded")
+        assert (body["error"]["type"], body["error"]["code"]) == ("api_error", "gateway_overloaded")
     assert await db.fetchval("SELECT count(*) FROM payments") == len(created)
     # Shed requests claimed nothing: retrying their keys now succeeds.
     status, _ = await authorize(client, merchant, key="k11")
@@ -101,7 +108,8 @@ async def test_one_batch_mixes_new_keys_replays_and_duplicates(client, merchant,
     bodies = await asyncio.gather(
         *[authorize(client, merchant, key=f"new-{n}") for n in range(10)],
         authorize(client, merchant, key="seen"),
-        authorize(client, merchant, key="twice"), authorize(client, merchant, key="twice"),
+        authorize(client, merchant, key="twice"),
+        authorize(client, merchant, key="twice"),
         authorize(client, merchant, key="seen", amount=5),
     )
     statuses = [status for status, _ in bodies]

@@ -21,8 +21,7 @@ def test_environment_drops_the_callers_settings(monkeypatch, tmp_path):
 
 
 async def test_a_server_that_cannot_start_says_why(tmp_path, database_url):
-    server = KassaServer(tmp_path, database_url,
-                         env=subprocess_variables(KASSA_DB_POOL_MAX="lots"))
+    server = KassaServer(tmp_path, database_url, env=subprocess_variables(KASSA_DB_POOL_MAX="lots"))
     server.start()
     try:
         with pytest.raises(ServerFailed, match="exited with 2 during start") as failed:
@@ -47,5 +46,7 @@ async def test_lists_its_serving_workers_and_stops_them(db, tmp_path, database_u
         exit_code, seconds = server.stop()
     assert exit_code == 0, server.logs()[-2000:]
     assert seconds < testing.STOP_TIMEOUT_S
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() !=
-                   psutil.STATUS_ZOMBIE for pid in workers)
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        for pid in workers
+    )

@@ -207,7 +207,9 @@ class IdempotencyCache:
         self._entries = LRUTable(capacity)
 
     @cython.locals(e=_Entry)
-    def lookup(self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double) -> tuple:
+    def lookup(
+        self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double
+    ) -> tuple:
         k = (merchant_id, key)
         e = self._entries.get(k)  # touches
         if e is None:
@@ -220,7 +222,9 @@ class IdempotencyCache:
             return (REPLAY, (e.status_code, e.body))
         return (answer, None)
 
-    def begin(self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double) -> None:
+    def begin(
+        self, merchant_id: object, key: object, fingerprint: bytes, now: cython.double
+    ) -> None:
         self._store((merchant_id, key), _entry(fingerprint, now, 0, b""))
 
     @cython.locals(e=_Entry, created=cython.double)

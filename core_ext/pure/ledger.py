@@ -62,8 +62,9 @@ def account_pattern(kind: object, owner: object = None, bucket: object = None) -
         raise ValueError(f"no {bucket!r} account for kind {kind!r}")
     if owner is not None:
         _check_part("owner", owner)
-    return _name(kind, "%" if owner is None else _like_escaped(owner), "%",
-                 "%" if bucket is None else bucket)
+    return _name(
+        kind, "%" if owner is None else _like_escaped(owner), "%", "%" if bucket is None else bucket
+    )
 
 
 def check_balanced(entries: list) -> None:
@@ -99,8 +100,9 @@ def postings(transition: object, merchant_id: object, processor: object, currenc
     if isinstance(transition, Transition):
         t = cython.cast(Transition, transition)
         return _postings(t.event, t.amount, t.released, merchant_id, processor, currency)
-    return _postings(transition.event, transition.amount, transition.released,
-                     merchant_id, processor, currency)
+    return _postings(
+        transition.event, transition.amount, transition.released, merchant_id, processor, currency
+    )
 
 
 def _postings(event: str, moved, released, merchant_id, processor, currency):
@@ -108,8 +110,14 @@ def _postings(event: str, moved, released, merchant_id, processor, currency):
     _check_part("processor", processor)
     _check_part("currency", currency)
     # Checked: each is a non-empty str from here on (the casts are free when compiled).
-    return _entries(event, moved, released, cython.cast(str, merchant_id),
-                    cython.cast(str, processor), cython.cast(str, currency))
+    return _entries(
+        event,
+        moved,
+        released,
+        cython.cast(str, merchant_id),
+        cython.cast(str, processor),
+        cython.cast(str, currency),
+    )
 
 
 @cython.locals(hold=cython.longlong)

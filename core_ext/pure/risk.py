@@ -48,8 +48,9 @@ class RateLimiter:
         self._buckets = LRUTable(entries_max)
 
     @cython.locals(b=_Bucket, elapsed=cython.double, tokens=cython.double)
-    def take(self, key: str, rate_per_s: cython.double, burst: cython.double,
-             now: cython.double) -> cython.double:
+    def take(
+        self, key: str, rate_per_s: cython.double, burst: cython.double, now: cython.double
+    ) -> cython.double:
         """0.0 if a token was spent, else the seconds until the next token (nothing spent).
 
         ``rate_per_s <= 0`` means unlimited. A new key starts with a full bucket.
@@ -85,8 +86,13 @@ class RateLimiter:
 class RiskLimits:
     """One merchant's velocity limits; 0 turns a rule off."""
 
-    def __init__(self, window_s: cython.double, merchant_attempts_max: cython.long,
-                 card_attempts_max: cython.long, card_declines_max: cython.long):
+    def __init__(
+        self,
+        window_s: cython.double,
+        merchant_attempts_max: cython.long,
+        card_attempts_max: cython.long,
+        card_declines_max: cython.long,
+    ):
         if not window_s > 0:
             raise ValueError("window_s must be > 0")
         if merchant_attempts_max < 0 or card_attempts_max < 0 or card_declines_max < 0:
@@ -97,9 +103,11 @@ class RiskLimits:
         self.card_declines_max = card_declines_max
 
     def __repr__(self):
-        return (f"RiskLimits(window_s={self.window_s}, merchant_attempts_max="
-                f"{self.merchant_attempts_max}, card_attempts_max={self.card_attempts_max}, "
-                f"card_declines_max={self.card_declines_max})")
+        return (
+            f"RiskLimits(window_s={self.window_s}, merchant_attempts_max="
+            f"{self.merchant_attempts_max}, card_attempts_max={self.card_attempts_max}, "
+            f"card_declines_max={self.card_declines_max})"
+        )
 
 
 @cython.cclass
@@ -151,8 +159,7 @@ class VelocityGuard:
         return w
 
     @cython.locals(merchant=_Window, card=_Window, declines=_Window, window_s=cython.double)
-    def check(self, merchant_id: str, fingerprint: str, limits: RiskLimits,
-              now: cython.double):
+    def check(self, merchant_id: str, fingerprint: str, limits: RiskLimits, now: cython.double):
         """Count this authorization attempt; the first rule it breaks, or None.
 
         Every attempt counts, refused ones too: a card tester who keeps trying stays
@@ -163,22 +170,28 @@ class VelocityGuard:
         card = self._window(("c", merchant_id, fingerprint), now, window_s)
         declines = self._window(("d", merchant_id, fingerprint), now, window_s)
         rule = None
-        if (limits.merchant_attempts_max
-                and _estimate(merchant, now, window_s) >= limits.merchant_attempts_max):
+        if (
+            limits.merchant_attempts_max
+            and _estimate(merchant, now, window_s) >= limits.merchant_attempts_max
+        ):
             rule = MERCHANT_ATTEMPTS
-        elif (limits.card_attempts_max
-                and _estimate(card, now, window_s) >= limits.card_attempts_max):
+        elif (
+            limits.card_attempts_max and _estimate(card, now, window_s) >= limits.card_attempts_max
+        ):
             rule = CARD_ATTEMPTS
-        elif (limits.card_declines_max
-                and _estimate(declines, now, window_s) >= limits.card_declines_max):
+        elif (
+            limits.card_declines_max
+            and _estimate(declines, now, window_s) >= limits.card_declines_max
+        ):
             rule = CARD_DECLINES
         merchant.current += 1
         card.current += 1
         return rule
 
     @cython.locals(w=_Window)
-    def record_decline(self, merchant_id: str, fingerprint: str, limits: RiskLimits,
-                       now: cython.double) -> None:
+    def record_decline(
+        self, merchant_id: str, fingerprint: str, limits: RiskLimits, now: cython.double
+    ) -> None:
         """The issuer (or a rule) declined this card: count it against the card."""
         w = self._window(("d", merchant_id, fingerprint), now, limits.window_s)
         _roll(w, now, limits.window_s)

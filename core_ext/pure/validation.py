@@ -51,9 +51,7 @@ _CARD_RUN_DIGITS_MAX = CARD_RUN_DIGITS_MAX
 _CARD_DIGITS_MIN = CARD_DIGITS_MIN
 
 # ISO 4217 active alphabetic codes and their minor-unit exponents.
-_EXPONENT_0 = (
-    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
-).split()
+_EXPONENT_0 = ("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF").split()
 _EXPONENT_3 = "BHD IQD JOD KWD LYD OMR TND".split()
 _EXPONENT_4 = "CLF UYW".split()
 _EXPONENT_2 = (
@@ -73,15 +71,32 @@ CURRENCY_EXPONENTS = {
 }
 _EXPONENTS = CURRENCY_EXPONENTS  # typed dict (compiled/validation.pxd)
 
-PAYMENT_FIELDS = ("amount", "currency", "capture", "payment_method", "reference",
-                  "description", "metadata", "customer")
+PAYMENT_FIELDS = (
+    "amount",
+    "currency",
+    "capture",
+    "payment_method",
+    "reference",
+    "description",
+    "metadata",
+    "customer",
+)
 CARD_FIELDS = ("number", "exp_month", "exp_year", "cvc", "holder_name")
 CUSTOMER_FIELDS = ("email", "ip")
 CAPTURE_METHODS = ("automatic", "manual")
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 LIST_FIELDS = ("limit", "starting_after", "status")
-STATUSES = ("processing", "authorized", "declined", "failed", "captured",
-            "partially_refunded", "refunded", "voided", "expired")
+STATUSES = (
+    "processing",
+    "authorized",
+    "declined",
+    "failed",
+    "captured",
+    "partially_refunded",
+    "refunded",
+    "voided",
+    "expired",
+)
 
 
 def _invalid(param, message, code="parameter_invalid"):
@@ -135,8 +150,7 @@ def object_id_valid(text, prefix: str) -> bool:
     return True
 
 
-def _optional_string(body: dict, name: str, prefix: str, chars_max, chars_min,
-                     free_text):
+def _optional_string(body: dict, name: str, prefix: str, chars_max, chars_min, free_text):
     value = body.get(name)
     if value is None:
         return None
@@ -146,8 +160,7 @@ def _optional_string(body: dict, name: str, prefix: str, chars_max, chars_min,
         return value
     param = prefix + name  # only on the way to an error
     if not isinstance(value, str) or not chars_min <= len(value) <= chars_max:
-        raise _invalid(param, f"{param} must be a string of {chars_min} to {chars_max} "
-                              "characters")
+        raise _invalid(param, f"{param} must be a string of {chars_min} to {chars_max} characters")
     raise _invalid(param, f"{param} must not contain NUL characters")
 
 
@@ -188,8 +201,10 @@ def _nests_deeper(value, depth):
 def json_too_deep() -> CoreError:
     """The 400 for a body nested past JSON_DEPTH_MAX (also what the gateway raises when
     the JSON parser itself stops at its own, deeper bound)."""
-    return CoreError("json_too_deep", f"request body nests objects and arrays deeper than "
-                                      f"{JSON_DEPTH_MAX} levels")
+    return CoreError(
+        "json_too_deep",
+        f"request body nests objects and arrays deeper than {JSON_DEPTH_MAX} levels",
+    )
 
 
 def check_json_depth(value: object) -> None:
@@ -202,8 +217,9 @@ def check_json_depth(value: object) -> None:
 # --- cards ----------------------------------------------------------------------------
 
 
-@cython.locals(total=cython.int, i=cython.Py_ssize_t, n=cython.Py_ssize_t, d=cython.int,
-               double=cython.bint)
+@cython.locals(
+    total=cython.int, i=cython.Py_ssize_t, n=cython.Py_ssize_t, d=cython.int, double=cython.bint
+)
 def luhn_valid(digits: str) -> bool:
     n = len(digits)
     if n == 0:
@@ -287,9 +303,15 @@ def _all_digits(text: str):
 # whole (a card number with digits glued on is still a card number).
 
 
-@cython.locals(n=cython.Py_ssize_t, i=cython.Py_ssize_t, start=cython.Py_ssize_t,
-               end=cython.Py_ssize_t, digits=cython.Py_ssize_t, c=cython.Py_UCS4,
-               nxt=cython.Py_UCS4)
+@cython.locals(
+    n=cython.Py_ssize_t,
+    i=cython.Py_ssize_t,
+    start=cython.Py_ssize_t,
+    end=cython.Py_ssize_t,
+    digits=cython.Py_ssize_t,
+    c=cython.Py_UCS4,
+    nxt=cython.Py_UCS4,
+)
 def _next_card_run(text: str, pos, scrubbing):
     """(start, end) of the first card-number run at or after ``pos``, or None; by the
     free-text rule, or the scrubbing rule when ``scrubbing``."""
@@ -321,7 +343,8 @@ def _next_card_run(text: str, pos, scrubbing):
             if digits >= _CARD_DIGITS_MIN and _run_holds_card(text, start, end, digits):
                 return (start, end)
         elif _CARD_RUN_DIGITS_MIN <= digits <= _CARD_RUN_DIGITS_MAX and _run_luhn_valid(
-                text, start, end):
+            text, start, end
+        ):
             return (start, end)
         i = end
     return None
@@ -343,7 +366,7 @@ def _run_holds_card(text: str, start, end, digits) -> cython.bint:
         return True
     for size in range(_CARD_DIGITS_MIN, min(n, _CARD_RUN_DIGITS_MAX) + 1):
         for first in range(n - size + 1):
-            if luhn_valid(run[first:first + size]):
+            if luhn_valid(run[first : first + size]):
                 return True
     return False
 
@@ -377,37 +400,45 @@ def redact_card_numbers(text: str) -> str:
 def _no_card_number(text: str, param: str):
     """Refuse a free-text field holding a card number, without echoing it."""
     if _next_card_run(text, 0, False) is not None:
-        raise _invalid(param, f"{param} must not contain a card number: card numbers belong "
-                              "in payment_method only")
+        raise _invalid(
+            param,
+            f"{param} must not contain a card number: card numbers belong in payment_method only",
+        )
     return 0
-
 
 
 @cython.cclass
 class CardInput:
     """A validated card (fields in compiled/validation.pxd); repr never shows the number."""
 
-    def __init__(self, number: str, exp_month: int, exp_year: int, cvc: str,
-                 holder_name: object, brand: str):
+    def __init__(
+        self, number: str, exp_month: int, exp_year: int, cvc: str, holder_name: object, brand: str
+    ):
         self.number = number
         self.exp_month = exp_month
         self.exp_year = exp_year
         self.cvc = cvc
         self.holder_name = holder_name
         self.brand = brand
-        self.last4 = number[len(number) - 4:]
+        self.last4 = number[len(number) - 4 :]
 
     def as_dict(self) -> dict:
-        return {"number": self.number, "exp_month": self.exp_month,
-                "exp_year": self.exp_year, "cvc": self.cvc, "holder_name": self.holder_name,
-                "brand": self.brand, "last4": self.last4}
+        return {
+            "number": self.number,
+            "exp_month": self.exp_month,
+            "exp_year": self.exp_year,
+            "cvc": self.cvc,
+            "holder_name": self.holder_name,
+            "brand": self.brand,
+            "last4": self.last4,
+        }
 
     def __repr__(self):  # never the number or the cvc
         return f"CardInput(brand={self.brand!r}, last4={self.last4!r})"
 
 
 def _card(value, prefix: str, today_year, today_month):
-    card = _object(value, prefix[:len(prefix) - 1])
+    card = _object(value, prefix[: len(prefix) - 1])
     _check_unknown(card, CARD_FIELDS, prefix)
     number = card.get("number")
     if number is None:
@@ -416,11 +447,9 @@ def _card(value, prefix: str, today_year, today_month):
         raise _invalid(prefix + "number", "card number must be a string", "invalid_number")
     digits = number.replace(" ", "")
     if not 12 <= len(digits) <= 19 or not _all_digits(digits):
-        raise _invalid(prefix + "number", "card number must be 12 to 19 digits",
-                       "invalid_number")
+        raise _invalid(prefix + "number", "card number must be 12 to 19 digits", "invalid_number")
     if not luhn_valid(digits):
-        raise _invalid(prefix + "number", "card number failed the Luhn check",
-                       "invalid_number")
+        raise _invalid(prefix + "number", "card number failed the Luhn check", "invalid_number")
     brand = _brand_of(digits)
     exp_month = _expiry_month(card.get("exp_month"), prefix)
     exp_year = _expiry_year(card.get("exp_year"), prefix, today_year)
@@ -440,7 +469,7 @@ def _card_input(number: str, exp_month, exp_year, cvc: str, holder_name, brand: 
     c.cvc = cvc
     c.holder_name = holder_name
     c.brand = brand
-    c.last4 = number[len(number) - 4:]
+    c.last4 = number[len(number) - 4 :]
     return c
 
 
@@ -449,8 +478,11 @@ def _expiry_month(value, prefix: str):
     if value is None:
         raise _invalid(prefix + "exp_month", "exp_month is required", "parameter_missing")
     if not _is_int(value) or not 1 <= value <= 12:
-        raise _invalid(prefix + "exp_month", "exp_month must be an integer from 1 to 12",
-                       "invalid_expiry_month")
+        raise _invalid(
+            prefix + "exp_month",
+            "exp_month must be an integer from 1 to 12",
+            "invalid_expiry_month",
+        )
     return value
 
 
@@ -458,13 +490,15 @@ def _expiry_year(value, prefix: str, today_year):
     if value is None:
         raise _invalid(prefix + "exp_year", "exp_year is required", "parameter_missing")
     if not _is_int(value) or not 1000 <= value <= 9999:
-        raise _invalid(prefix + "exp_year", "exp_year must be a four-digit year",
-                       "invalid_expiry_year")
+        raise _invalid(
+            prefix + "exp_year", "exp_year must be a four-digit year", "invalid_expiry_year"
+        )
     if value < today_year:
         raise _invalid(prefix + "exp_year", "the card has expired", "invalid_expiry_year")
     if value > today_year + EXPIRY_YEARS_AHEAD_MAX:
-        raise _invalid(prefix + "exp_year", "exp_year is too far in the future",
-                       "invalid_expiry_year")
+        raise _invalid(
+            prefix + "exp_year", "exp_year is too far in the future", "invalid_expiry_year"
+        )
     return value
 
 
@@ -472,8 +506,9 @@ def _cvc(value, prefix: str, length):
     if value is None:
         raise _invalid(prefix + "cvc", "cvc is required", "parameter_missing")
     if not isinstance(value, str) or len(value) != length or not _all_digits(value):
-        raise _invalid(prefix + "cvc", f"cvc must be a string of {length} digits for this card",
-                       "invalid_cvc")
+        raise _invalid(
+            prefix + "cvc", f"cvc must be a string of {length} digits for this card", "invalid_cvc"
+        )
     return value
 
 
@@ -484,8 +519,9 @@ def _cvc(value, prefix: str, length):
 class PaymentRequest:
     """A validated payment request (fields in compiled/validation.pxd)."""
 
-    def __init__(self, amount, currency, capture, card, token, reference, description,
-                 metadata, customer):
+    def __init__(
+        self, amount, currency, capture, card, token, reference, description, metadata, customer
+    ):
         self.amount = amount
         self.currency = currency
         self.capture = capture
@@ -497,11 +533,17 @@ class PaymentRequest:
         self.customer = customer
 
     def as_dict(self) -> dict:
-        return {"amount": self.amount, "currency": self.currency, "capture": self.capture,
-                "card": None if self.card is None else self.card.as_dict(),
-                "token": self.token, "reference": self.reference,
-                "description": self.description, "metadata": self.metadata,
-                "customer": self.customer}
+        return {
+            "amount": self.amount,
+            "currency": self.currency,
+            "capture": self.capture,
+            "card": None if self.card is None else self.card.as_dict(),
+            "token": self.token,
+            "reference": self.reference,
+            "description": self.description,
+            "metadata": self.metadata,
+            "customer": self.customer,
+        }
 
 
 def currency_exponent(code: object) -> int:
@@ -535,24 +577,29 @@ def _payment_method(value, today_year, today_month):
     _check_unknown(method, ("type", "card", "token"), "payment_method.")
     kind = method.get("type")
     if kind is None:
-        raise _invalid("payment_method.type", "payment_method.type is required",
-                       "parameter_missing")
+        raise _invalid(
+            "payment_method.type", "payment_method.type is required", "parameter_missing"
+        )
     if kind == "card":
         if "token" in method:
-            raise _invalid("payment_method.token", "a card payment takes no token",
-                           "parameter_unknown")
+            raise _invalid(
+                "payment_method.token", "a card payment takes no token", "parameter_unknown"
+            )
         if method.get("card") is None:
-            raise _invalid("payment_method.card", "payment_method.card is required",
-                           "parameter_missing")
+            raise _invalid(
+                "payment_method.card", "payment_method.card is required", "parameter_missing"
+            )
         return _card(method["card"], "payment_method.card.", today_year, today_month), None
     if kind == "token":
         if "card" in method:
-            raise _invalid("payment_method.card", "a token payment takes no card",
-                           "parameter_unknown")
+            raise _invalid(
+                "payment_method.card", "a token payment takes no card", "parameter_unknown"
+            )
         token = method.get("token")
         if token is None:
-            raise _invalid("payment_method.token", "payment_method.token is required",
-                           "parameter_missing")
+            raise _invalid(
+                "payment_method.token", "payment_method.token is required", "parameter_missing"
+            )
         if not object_id_valid(token, "tok_"):
             raise _invalid("payment_method.token", "payment_method.token must be a tok_ id")
         return None, token
@@ -560,10 +607,14 @@ def _payment_method(value, today_year, today_month):
 
 
 def _metadata_entry_ok(key: str, item):
-    return (1 <= len(key) <= _METADATA_KEY_CHARS_MAX
-            and _storable(key) and isinstance(item, str)
-            and len(item) <= _METADATA_VALUE_CHARS_MAX and _storable(item)
-            and _next_card_run(item, 0, False) is None)
+    return (
+        1 <= len(key) <= _METADATA_KEY_CHARS_MAX
+        and _storable(key)
+        and isinstance(item, str)
+        and len(item) <= _METADATA_VALUE_CHARS_MAX
+        and _storable(item)
+        and _next_card_run(item, 0, False) is None
+    )
 
 
 def _metadata(value):
@@ -579,14 +630,18 @@ def _metadata(value):
         return dict(metadata)  # all valid: no need to sort for the first error
     for key in sorted(metadata):
         if not 1 <= len(key) <= METADATA_KEY_CHARS_MAX or not _storable(key):
-            raise _invalid("metadata", f"metadata keys are 1 to {METADATA_KEY_CHARS_MAX} "
-                                       "characters, without NUL")
+            raise _invalid(
+                "metadata",
+                f"metadata keys are 1 to {METADATA_KEY_CHARS_MAX} characters, without NUL",
+            )
         item = metadata[key]
-        if (not isinstance(item, str) or len(item) > METADATA_VALUE_CHARS_MAX
-                or not _storable(item)):
-            raise _invalid(f"metadata.{key}", "metadata values are strings of at most "
-                                              f"{METADATA_VALUE_CHARS_MAX} characters, "
-                                              "without NUL")
+        if not isinstance(item, str) or len(item) > METADATA_VALUE_CHARS_MAX or not _storable(item):
+            raise _invalid(
+                f"metadata.{key}",
+                "metadata values are strings of at most "
+                f"{METADATA_VALUE_CHARS_MAX} characters, "
+                "without NUL",
+            )
         _no_card_number(item, f"metadata.{key}")
     raise AssertionError("unreachable: an entry failed the fast check")
 
@@ -598,19 +653,21 @@ def _customer(value):
     _check_unknown(customer, CUSTOMER_FIELDS, "customer.")
     email = customer.get("email")
     if email is not None:
-        if (not isinstance(email, str) or len(email) > _EMAIL_CHARS_MAX
-                or not _storable(email) or not _email_shaped(email)):
+        if (
+            not isinstance(email, str)
+            or len(email) > _EMAIL_CHARS_MAX
+            or not _storable(email)
+            or not _email_shaped(email)
+        ):
             raise _invalid("customer.email", "customer.email must be an email address")
         _no_card_number(email, "customer.email")
     ip = customer.get("ip")
-    if ip is not None and not (isinstance(ip, str) and len(ip) <= _IP_CHARS_MAX
-                               and _ip_valid(ip)):
+    if ip is not None and not (isinstance(ip, str) and len(ip) <= _IP_CHARS_MAX and _ip_valid(ip)):
         raise _invalid("customer.ip", "customer.ip must be an IPv4 or IPv6 address")
     return {"email": email, "ip": ip}
 
 
-@cython.locals(i=cython.Py_ssize_t, n=cython.Py_ssize_t, at=cython.Py_ssize_t,
-               c=cython.Py_UCS4)
+@cython.locals(i=cython.Py_ssize_t, n=cython.Py_ssize_t, at=cython.Py_ssize_t, c=cython.Py_UCS4)
 def _email_shaped(text: str):
     """local@domain: exactly one "@", with something on both sides (what
     ``local, at, domain = text.partition("@")`` and "@" not in domain checked)."""
@@ -625,8 +682,9 @@ def _email_shaped(text: str):
     return 0 < at < n - 1
 
 
-@cython.locals(parts=cython.int, digits=cython.int, value=cython.int, c=cython.Py_UCS4,
-               first_zero=cython.bint)
+@cython.locals(
+    parts=cython.int, digits=cython.int, value=cython.int, c=cython.Py_UCS4, first_zero=cython.bint
+)
 def _ipv4_valid(text: str):
     """Dotted-quad IPv4 as ``ipaddress`` accepts it: 4 parts, 0..255, no leading zeros."""
     parts = 0
@@ -722,8 +780,7 @@ def validate_refund(body: object) -> tuple:
     amount = None if body.get("amount") is None else _amount(body["amount"], "amount")
     reason = body.get("reason")
     if reason is not None and reason not in REFUND_REASONS:
-        raise _invalid("reason", "reason must be duplicate, fraudulent or "
-                                 "requested_by_customer")
+        raise _invalid("reason", "reason must be duplicate, fraudulent or requested_by_customer")
     return amount, reason
 
 
@@ -734,8 +791,12 @@ def validate_list_query(query: object) -> tuple:
     limit = LIST_LIMIT_DEFAULT
     text = query.get("limit")
     if text is not None:
-        if not (isinstance(text, str) and 1 <= len(text) <= 3 and _all_digits(text)
-                and 1 <= int(text) <= LIST_LIMIT_MAX):
+        if not (
+            isinstance(text, str)
+            and 1 <= len(text) <= 3
+            and _all_digits(text)
+            and 1 <= int(text) <= LIST_LIMIT_MAX
+        ):
             raise _invalid("limit", f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
         limit = int(text)
     starting_after = query.get("starting_after")

@@ -75,7 +75,9 @@ class ApiError(Exception):
         )
 
 
-def invalid_request(code: str, message: str, param: str | None = None, status: int = 400) -> ApiError:
+def invalid_request(
+    code: str, message: str, param: str | None = None, status: int = 400
+) -> ApiError:
     return ApiError(status, "invalid_request_error", code, message, param=param)
 
 
@@ -84,7 +86,10 @@ def resource_missing(kind: str, object_id: str, param: str = "id") -> ApiError:
     # URL (a card number pasted by mistake, say) is never sent back.
     shown = f": '{object_id}'" if ISSUED_ID.fullmatch(object_id) else ""
     return ApiError(
-        404, "invalid_request_error", "resource_missing", f"no such {kind}{shown}",
+        404,
+        "invalid_request_error",
+        "resource_missing",
+        f"no such {kind}{shown}",
         param=param,
     )
 
@@ -123,8 +128,9 @@ class Answer:
         return cls(status, orjson.dumps(payload))
 
     def response(self) -> web.Response:
-        return web.Response(status=self.status, body=self.body, headers=self.headers,
-                            content_type=JSON)
+        return web.Response(
+            status=self.status, body=self.body, headers=self.headers, content_type=JSON
+        )
 
 
 def replayed(status: int, body: bytes) -> Answer:
@@ -139,10 +145,14 @@ def _about_the_key(status: int, code: str, message: str) -> Answer:
 
 
 def key_in_use() -> Answer:
-    return _about_the_key(409, "idempotency_key_in_use", "a request with this Idempotency-Key "
-                          "is still in progress; retry later")
+    return _about_the_key(
+        409,
+        "idempotency_key_in_use",
+        "a request with this Idempotency-Key is still in progress; retry later",
+    )
 
 
 def key_reused() -> Answer:
-    return _about_the_key(422, "idempotency_key_reused",
-                          "this Idempotency-Key was used with a different request")
+    return _about_the_key(
+        422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+    )

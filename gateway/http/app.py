@@ -56,18 +56,24 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         # and an asynchronous commit survives any crash of Kassa (only PostgreSQL's own
         # crash could lose the last few ms, which recovery then reads as "never sent").
         sandbox_pool = await database.create_pool(
-            settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX), dsn,
-            application_name="kassa-sandbox", synchronous_commit=False)
+            settings.replace(db_pool_min=1, db_pool_max=SANDBOX_POOL_CONNECTIONS_MAX),
+            dsn,
+            application_name="kassa-sandbox",
+            synchronous_commit=False,
+        )
         connector = InstrumentedConnector(
-            SandboxConnector(sandbox_pool, settings.sandbox_latency_ms,
-                             batch_settings(settings)), settings.processor_timeout_ms / 1000)
+            SandboxConnector(sandbox_pool, settings.sandbox_latency_ms, batch_settings(settings)),
+            settings.processor_timeout_ms / 1000,
+        )
         observability.instrument_pool(pool)
-        idempotency = IdempotencyStore(settings.idempotency_cache_entries,
-                                       settings.idempotency_retention_s)
+        idempotency = IdempotencyStore(
+            settings.idempotency_cache_entries, settings.idempotency_retention_s
+        )
         app[POOL] = pool
         app[SERVICE] = PaymentService(pool, connector, vault, idempotency, settings)
         background = asyncio.create_task(
-            recovery.run_forever(pool, app[SERVICE], connector, settings))
+            recovery.run_forever(pool, app[SERVICE], connector, settings)
+        )
         sampler = asyncio.create_task(observability.sample_forever(app))
         yield
         background.cancel()
@@ -90,8 +96,9 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         middlewares=[observability_middleware, error_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
-    app[KEYS] = KeyCache(LimitDefaults.from_settings(settings),
-                         settings.db_acquire_timeout_ms / 1000)
+    app[KEYS] = KeyCache(
+        LimitDefaults.from_settings(settings), settings.db_acquire_timeout_ms / 1000
+    )
     app[LIMITER] = core_ext.risk.RateLimiter()
     app.on_response_prepare.append(drop_server_header)
     app.cleanup_ctx.append(_services_ctx(dsn))

@@ -54,8 +54,12 @@ UNMATCHED_ROUTE = "unmatched"
 # OperatorInterventionError covers admin/crash shutdown, "cannot connect now" while it
 # starts, and a statement cancelled by statement_timeout.
 DATABASE_UNAVAILABLE = (
-    asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
-    asyncpg.TooManyConnectionsError, asyncpg.InterfaceError, OSError, TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
 )
 
 
@@ -65,8 +69,12 @@ DATABASE_UNAVAILABLE = (
 def request_id_from(header: str | None) -> str:
     """The client's X-Request-Id if it is 1..200 printable ASCII characters and holds no
     card number (an id is echoed whole or not at all), else a new one."""
-    if (header and len(header) <= REQUEST_ID_CHARS_MAX and all(" " <= c <= "~" for c in header)
-            and whole(header)):
+    if (
+        header
+        and len(header) <= REQUEST_ID_CHARS_MAX
+        and all(" " <= c <= "~" for c in header)
+        and whole(header)
+    ):
         return header
     while True:
         generated = secrets.token_hex(REQUEST_ID_BYTES)
@@ -101,22 +109,32 @@ async def observability_middleware(request: web.Request, handler: Handler) -> we
     return response
 
 
-def _record(request: web.Request, response: web.StreamResponse | None, status: int,
-            elapsed: float, request_id: str) -> None:
+def _record(
+    request: web.Request,
+    response: web.StreamResponse | None,
+    status: int,
+    elapsed: float,
+    request_id: str,
+) -> None:
     route = route_of(request)
     method = metrics.method_label(request.method)
     metrics.HTTP_REQUESTS.labels(route, method, metrics.status_class(status)).inc()
     metrics.HTTP_REQUEST_DURATION.labels(route, method).observe(elapsed)
     if response is not None:
         _count_idempotency(response)
-    access_log.info("request", extra={"kassa": {
-        "request_id": request_id,
-        "merchant_id": request.get(MERCHANT_ID),
-        "method": method,
-        "route": route,
-        "status": status,
-        "latency_s": round(elapsed, 6),
-    }})
+    access_log.info(
+        "request",
+        extra={
+            "kassa": {
+                "request_id": request_id,
+                "merchant_id": request.get(MERCHANT_ID),
+                "method": method,
+                "route": route,
+                "status": status,
+                "latency_s": round(elapsed, 6),
+            }
+        },
+    )
 
 
 def _count_idempotency(response: web.StreamResponse) -> None:
@@ -147,8 +165,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return ApiError.from_core(exc).response()
     except Overloaded:
         return api_error(
-            503, "gateway_overloaded", "the gateway is at capacity; retry with the same "
-            "Idempotency-Key", headers={"Retry-After": "1"},
+            503,
+            "gateway_overloaded",
+            "the gateway is at capacity; retry with the same Idempotency-Key",
+            headers={"Retry-After": "1"},
         ).response()
     except web.HTTPRequestEntityTooLarge:
         return invalid_request(
@@ -164,7 +184,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = invalid_request(
             "method_not_allowed",
             f"{request.method} is not allowed on {untrusted(request.path)}",
-            status=405)
+            status=405,
+        )
         error.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110 15.5.6
         return error.response()
     except web.HTTPException as exc:
@@ -172,18 +193,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except DATABASE_UNAVAILABLE as exc:
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         return api_error(
-            503, "database_unavailable", "the database is unavailable; retry with the same "
-            "Idempotency-Key", headers={"Retry-After": "1"},
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry with the same Idempotency-Key",
+            headers={"Retry-After": "1"},
         ).response()
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path,
-                      extra={"kassa": {"request_id": request.get(REQUEST_ID)}})
+        log.exception(
+            "unhandled error on %s %s",
+            request.method,
+            request.path,
+            extra={"kassa": {"request_id": request.get(REQUEST_ID)}},
+        )
         return api_error(500, "internal_error", "an internal error occurred").response()
 
 
-def _protocol_error_as_api_error(self: web_protocol.RequestHandler, request: web.BaseRequest,
-                                 status: int = 500, exc: BaseException | None = None,
-                                 message: str | None = None) -> web.StreamResponse:
+def _protocol_error_as_api_error(
+    self: web_protocol.RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
     """aiohttp answers a request it cannot parse (bad header bytes, a header over 8 KiB,
     a bad Content-Length) itself, before any middleware, in plain text that quotes the
     offending bytes. Answer API.md's JSON error instead, so no client bytes (a card number,
@@ -197,12 +228,23 @@ def _protocol_error_as_api_error(self: web_protocol.RequestHandler, request: web
         error = api_error(500, "internal_error", "an internal error occurred")
     else:
         # A client's malformed bytes are not our error: one line, no traceback to flood logs.
-        log.info("malformed HTTP request answered %d: %s", status, type(exc).__name__,
-                 extra={"kassa": {"request_id": request_id}})
-        error = invalid_request("request_invalid", "the HTTP request is malformed and "
-                                "could not be parsed", status=status)
-    response = _AnonymousResponse(status=error.status, body=error.body(),
-                                  content_type="application/json", headers=error.headers)
+        log.info(
+            "malformed HTTP request answered %d: %s",
+            status,
+            type(exc).__name__,
+            extra={"kassa": {"request_id": request_id}},
+        )
+        error = invalid_request(
+            "request_invalid",
+            "the HTTP request is malformed and could not be parsed",
+            status=status,
+        )
+    response = _AnonymousResponse(
+        status=error.status,
+        body=error.body(),
+        content_type="application/json",
+        headers=error.headers,
+    )
     response.headers[REQUEST_ID_HEADER] = request_id
     response.force_close()  # as aiohttp does: the connection's framing cannot be trusted
     return response
@@ -244,20 +286,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     secret = _bearer(request)
     if secret is None:
-        raise ApiError(401, "authentication_error", "api_key_missing",
-                       "no API key provided: use 'Authorization: Bearer <secret key>'")
+        raise ApiError(
+            401,
+            "authentication_error",
+            "api_key_missing",
+            "no API key provided: use 'Authorization: Bearer <secret key>'",
+        )
     caller = await request.app[KEYS].authenticate(request.app[POOL], secret)
     if caller is None:
-        raise ApiError(401, "authentication_error", "api_key_invalid",
-                       "invalid or revoked API key")
-    wait_s = request.app[LIMITER].take(caller.key_id, caller.rate_limit_per_s,
-                                       caller.rate_limit_burst, time.monotonic())
+        raise ApiError(401, "authentication_error", "api_key_invalid", "invalid or revoked API key")
+    wait_s = request.app[LIMITER].take(
+        caller.key_id, caller.rate_limit_per_s, caller.rate_limit_burst, time.monotonic()
+    )
     if wait_s > 0:
         metrics.RATE_LIMITED.inc()
         retry_after_s = max(1, math.ceil(wait_s))
-        raise ApiError(429, "rate_limit_error", "rate_limited",
-                       f"too many requests with this API key; retry in {retry_after_s} s",
-                       headers={"Retry-After": str(retry_after_s)})
+        raise ApiError(
+            429,
+            "rate_limit_error",
+            "rate_limited",
+            f"too many requests with this API key; retry in {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+        )
     request[MERCHANT_ID] = caller.merchant_id
     request[CALLER] = caller
     return await handler(request)

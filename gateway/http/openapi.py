@@ -35,19 +35,46 @@ CAPTURE_METHODS = validation.CAPTURE_METHODS
 REFUND_REASONS = validation.REFUND_REASONS
 
 ERROR_TYPES = (
-    "invalid_request_error", "card_error", "idempotency_error", "authentication_error",
-    "rate_limit_error", "api_error",
+    "invalid_request_error",
+    "card_error",
+    "idempotency_error",
+    "authentication_error",
+    "rate_limit_error",
+    "api_error",
 )
 ERROR_CODES = (
-    "parameter_unknown", "parameter_missing", "parameter_invalid", "amount_too_small",
-    "amount_too_large", "invalid_number", "invalid_expiry_month", "invalid_expiry_year",
-    "invalid_cvc", "invalid_json", "json_too_deep", "request_too_large",
-    "unsupported_media_type", "request_timeout",
-    "request_invalid", "resource_missing", "method_not_allowed", "payment_state_invalid",
-    "card_declined", "idempotency_key_in_use", "idempotency_key_reused", "api_key_missing",
-    "api_key_invalid", "metrics_token_invalid", "rate_limited",
-    "processor_error", "processor_timeout", "database_unavailable", "gateway_overloaded",
-    "migrations_pending", "schema_too_new", "internal_error",
+    "parameter_unknown",
+    "parameter_missing",
+    "parameter_invalid",
+    "amount_too_small",
+    "amount_too_large",
+    "invalid_number",
+    "invalid_expiry_month",
+    "invalid_expiry_year",
+    "invalid_cvc",
+    "invalid_json",
+    "json_too_deep",
+    "request_too_large",
+    "unsupported_media_type",
+    "request_timeout",
+    "request_invalid",
+    "resource_missing",
+    "method_not_allowed",
+    "payment_state_invalid",
+    "card_declined",
+    "idempotency_key_in_use",
+    "idempotency_key_reused",
+    "api_key_missing",
+    "api_key_invalid",
+    "metrics_token_invalid",
+    "rate_limited",
+    "processor_error",
+    "processor_timeout",
+    "database_unavailable",
+    "gateway_overloaded",
+    "migrations_pending",
+    "schema_too_new",
+    "internal_error",
 )
 
 DESCRIPTION = f"""\
@@ -112,177 +139,296 @@ def schemas() -> dict:
     return {
         # --- shared ------------------------------------------------------------------
         "Amount": {
-            "type": "integer", "minimum": AMOUNT_MIN, "maximum": AMOUNT_MAX,
+            "type": "integer",
+            "minimum": AMOUNT_MIN,
+            "maximum": AMOUNT_MAX,
             "description": "Integer amount in the currency's minor unit (e.g. cents).",
             "examples": [1999],
         },
         "Currency": {
-            "type": "string", "pattern": "^[A-Za-z]{3}$",
-            "description": "ISO 4217 alphabetic code, any case on input.", "examples": ["eur"],
+            "type": "string",
+            "pattern": "^[A-Za-z]{3}$",
+            "description": "ISO 4217 alphabetic code, any case on input.",
+            "examples": ["eur"],
         },
         "CurrencyCode": {
-            "type": "string", "pattern": "^[A-Z]{3}$",
-            "description": "ISO 4217 alphabetic code, upper-case.", "examples": ["EUR"],
+            "type": "string",
+            "pattern": "^[A-Z]{3}$",
+            "description": "ISO 4217 alphabetic code, upper-case.",
+            "examples": ["EUR"],
         },
         "Metadata": {
             "type": "object",
             "maxProperties": METADATA_KEYS_MAX,
             "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_CHARS_MAX},
             "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_CHARS_MAX},
-            "description": f"Up to {METADATA_KEYS_MAX} string pairs, stored and returned "
-                           "as given.",
+            "description": f"Up to {METADATA_KEYS_MAX} string pairs, stored and returned as given.",
         },
-        "PaymentStatus": enum(PAYMENT_STATUSES, description=(
-            "processing -> authorized | declined | failed; authorized -> captured | voided | "
-            "expired; captured -> partially_refunded -> refunded.")),
+        "PaymentStatus": enum(
+            PAYMENT_STATUSES,
+            description=(
+                "processing -> authorized | declined | failed; authorized -> captured | voided | "
+                "expired; captured -> partially_refunded -> refunded."
+            ),
+        ),
         "CaptureMethod": enum(CAPTURE_METHODS),
         "RefundReason": enum(REFUND_REASONS),
         # --- requests ----------------------------------------------------------------
-        "CardInput": closed_object({
-            "number": {"type": "string", "description": "12 to 19 digits passing Luhn; "
-                       "spaces allowed. Never returned."},
-            "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
-            "exp_year": {"type": "integer", "minimum": 1000, "maximum": 9999,
-                         "description": "Four digits; expiry not past."},
-            "cvc": {"type": "string", "pattern": "^[0-9]{3,4}$",
-                    "description": "3 digits (4 for American Express). Never stored."},
-            "holder_name": {"type": "string", "minLength": 1, "maxLength": HOLDER_NAME_CHARS_MAX},
-        }, ("number", "exp_month", "exp_year", "cvc")),
-        "CardPaymentMethod": closed_object(
-            {"type": {"const": "card"}, "card": ref("CardInput")}, ("type", "card")),
-        "TokenPaymentMethod": closed_object(
-            {"type": {"const": "token"}, "token": {**prefixed_id("tok"), "maxLength": OBJECT_ID_CHARS_MAX}},
-            ("type", "token")),
-        "Customer": closed_object({
-            "email": {"type": "string", "format": "email", "maxLength": EMAIL_CHARS_MAX},
-            "ip": {"type": "string", "description": "IPv4 or IPv6 address.",
-                   "maxLength": IP_CHARS_MAX},
-        }),
-        "PaymentCreate": closed_object({
-            "amount": ref("Amount"),
-            "currency": ref("Currency"),
-            "capture": {**ref("CaptureMethod"), "default": "automatic"},
-            "payment_method": {
-                "oneOf": [ref("CardPaymentMethod"), ref("TokenPaymentMethod")],
-                "discriminator": {"propertyName": "type", "mapping": {
-                    "card": "#/components/schemas/CardPaymentMethod",
-                    "token": "#/components/schemas/TokenPaymentMethod",
-                }},
+        "CardInput": closed_object(
+            {
+                "number": {
+                    "type": "string",
+                    "description": "12 to 19 digits passing Luhn; spaces allowed. Never returned.",
+                },
+                "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
+                "exp_year": {
+                    "type": "integer",
+                    "minimum": 1000,
+                    "maximum": 9999,
+                    "description": "Four digits; expiry not past.",
+                },
+                "cvc": {
+                    "type": "string",
+                    "pattern": "^[0-9]{3,4}$",
+                    "description": "3 digits (4 for American Express). Never stored.",
+                },
+                "holder_name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": HOLDER_NAME_CHARS_MAX,
+                },
             },
-            "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
-            "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
-            "metadata": ref("Metadata"),
-            "customer": ref("Customer"),
-        }, ("amount", "currency", "payment_method")),
-        "CaptureCreate": closed_object({"amount": {
-            **ref("Amount"), "description": "At most amount_capturable; default all of it."}}),
+            ("number", "exp_month", "exp_year", "cvc"),
+        ),
+        "CardPaymentMethod": closed_object(
+            {"type": {"const": "card"}, "card": ref("CardInput")}, ("type", "card")
+        ),
+        "TokenPaymentMethod": closed_object(
+            {
+                "type": {"const": "token"},
+                "token": {**prefixed_id("tok"), "maxLength": OBJECT_ID_CHARS_MAX},
+            },
+            ("type", "token"),
+        ),
+        "Customer": closed_object(
+            {
+                "email": {"type": "string", "format": "email", "maxLength": EMAIL_CHARS_MAX},
+                "ip": {
+                    "type": "string",
+                    "description": "IPv4 or IPv6 address.",
+                    "maxLength": IP_CHARS_MAX,
+                },
+            }
+        ),
+        "PaymentCreate": closed_object(
+            {
+                "amount": ref("Amount"),
+                "currency": ref("Currency"),
+                "capture": {**ref("CaptureMethod"), "default": "automatic"},
+                "payment_method": {
+                    "oneOf": [ref("CardPaymentMethod"), ref("TokenPaymentMethod")],
+                    "discriminator": {
+                        "propertyName": "type",
+                        "mapping": {
+                            "card": "#/components/schemas/CardPaymentMethod",
+                            "token": "#/components/schemas/TokenPaymentMethod",
+                        },
+                    },
+                },
+                "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
+                "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
+                "metadata": ref("Metadata"),
+                "customer": ref("Customer"),
+            },
+            ("amount", "currency", "payment_method"),
+        ),
+        "CaptureCreate": closed_object(
+            {
+                "amount": {
+                    **ref("Amount"),
+                    "description": "At most amount_capturable; default all of it.",
+                }
+            }
+        ),
         "VoidCreate": closed_object({}, description="A void takes no parameters."),
-        "RefundCreate": closed_object({
-            "amount": {**ref("Amount"),
-                       "description": "Default: all that is captured and not yet refunded."},
-            "reason": ref("RefundReason"),
-        }),
+        "RefundCreate": closed_object(
+            {
+                "amount": {
+                    **ref("Amount"),
+                    "description": "Default: all that is captured and not yet refunded.",
+                },
+                "reason": ref("RefundReason"),
+            }
+        ),
         "TokenCreate": closed_object({"card": ref("CardInput")}, ("card",)),
         # --- answers -----------------------------------------------------------------
-        "Card": record({
-            "brand": {"type": "string", "examples": ["visa", "mastercard", "amex"]},
-            "last4": {"type": "string", "pattern": "^[0-9]{4}$"},
-            "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
-            "exp_year": {"type": "integer"},
-            "fingerprint": {"type": "string",
-                            "description": "Keyed hash of the number, stable per merchant."},
-        }),
-        "Payment": record({
-            "id": prefixed_id("pay"),
-            "object": {"const": "payment"},
-            "status": ref("PaymentStatus"),
-            "amount": ref("Amount"),
-            "currency": ref("CurrencyCode"),
-            "amount_capturable": MINOR_UNITS,
-            "amount_captured": MINOR_UNITS,
-            "amount_refunded": MINOR_UNITS,
-            "capture": ref("CaptureMethod"),
-            "card": ref("Card"),
-            "processor": {"type": "string", "examples": ["sandbox"]},
-            "processor_reference": nullable({"type": "string"}),
-            "decline_code": nullable({"type": "string",
-                                      "examples": ["insufficient_funds", "card_velocity_exceeded"]}),
-            "reference": nullable({"type": "string", "maxLength": REFERENCE_CHARS_MAX}),
-            "description": nullable({"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}),
-            "metadata": ref("Metadata"),
-            "created": TIMESTAMP,
-            "updated": TIMESTAMP,
-        }),
-        "PaymentList": record({
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": ref("Payment"), "maxItems": LIST_LIMIT_MAX},
-            "has_more": {"type": "boolean"},
-        }, description="Newest first."),
-        "Refund": record({
-            "id": prefixed_id("re"),
-            "object": {"const": "refund"},
-            "payment_id": prefixed_id("pay"),
-            "amount": ref("Amount"),
-            "currency": ref("CurrencyCode"),
-            "status": enum(("succeeded",)),
-            "reason": {"type": ["string", "null"], "enum": [*REFUND_REASONS, None]},
-            "created": TIMESTAMP,
-        }),
-        "Token": record({
-            "id": prefixed_id("tok"),
-            "object": {"const": "token"},
-            "card": ref("Card"),
-        }),
-        "Balance": record({
-            "object": {"const": "balance"},
-            "currencies": {"type": "array", "items": record({
+        "Card": record(
+            {
+                "brand": {"type": "string", "examples": ["visa", "mastercard", "amex"]},
+                "last4": {"type": "string", "pattern": "^[0-9]{4}$"},
+                "exp_month": {"type": "integer", "minimum": 1, "maximum": 12},
+                "exp_year": {"type": "integer"},
+                "fingerprint": {
+                    "type": "string",
+                    "description": "Keyed hash of the number, stable per merchant.",
+                },
+            }
+        ),
+        "Payment": record(
+            {
+                "id": prefixed_id("pay"),
+                "object": {"const": "payment"},
+                "status": ref("PaymentStatus"),
+                "amount": ref("Amount"),
                 "currency": ref("CurrencyCode"),
-                "pending": {"type": "integer", "description": "Sum of amount_capturable "
-                            "over authorized payments, from the ledger."},
-                "available": {"type": "integer",
-                              "description": "Captured minus refunded, from the ledger."},
-            })},
-        }),
-        "SettlementLine": record({
-            "date": {"type": "string", "format": "date"},
-            "merchant_id": prefixed_id("mer"),
-            "currency": ref("CurrencyCode"),
-            "captured_amount": {"type": "integer", "minimum": 0,
-                                "description": "Captured on the day, minor units."},
-            "captured_count": {"type": "integer", "minimum": 0},
-            "refunded_amount": {"type": "integer", "minimum": 0,
-                                "description": "Refunded on the day, minor units."},
-            "refunded_count": {"type": "integer", "minimum": 0},
-            "net_amount": {"type": "integer", "description": "captured_amount - "
-                           "refunded_amount: negative when refunds outweigh captures."},
-        }, description="One merchant's captures and refunds in one currency on one day."),
-        "SettlementReport": record({
-            "object": {"const": "settlement_report"},
-            "date": {"type": "string", "format": "date"},
-            "lines": {"type": "array", "items": ref("SettlementLine")},
-        }),
-        "Error": record({"error": record({
-            "type": enum(ERROR_TYPES),
-            "code": {"type": "string", "description": "Stable, machine-readable: "
-                     + ", ".join(f"`{code}`" for code in ERROR_CODES) + "."},
-            "message": {"type": "string", "description": "For humans; may change."},
-            "param": nullable({"type": "string", "description": "The offending field, "
-                               "dotted (`payment_method.card.number`)."}),
-            "decline_code": nullable({"type": "string", "description": "Why a card_error "
-                                      "declined: the issuer's reason (`generic_decline`, "
-                                      "`insufficient_funds`...), or `card_velocity_exceeded` "
-                                      "when the card-testing rules declined without asking "
-                                      "the processor."}),
-            "payment_id": nullable({"type": "string", "description": "The payment a "
-                                    "card_error or api_error concerns."}),
-        })}),
+                "amount_capturable": MINOR_UNITS,
+                "amount_captured": MINOR_UNITS,
+                "amount_refunded": MINOR_UNITS,
+                "capture": ref("CaptureMethod"),
+                "card": ref("Card"),
+                "processor": {"type": "string", "examples": ["sandbox"]},
+                "processor_reference": nullable({"type": "string"}),
+                "decline_code": nullable(
+                    {"type": "string", "examples": ["insufficient_funds", "card_velocity_exceeded"]}
+                ),
+                "reference": nullable({"type": "string", "maxLength": REFERENCE_CHARS_MAX}),
+                "description": nullable({"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}),
+                "metadata": ref("Metadata"),
+                "created": TIMESTAMP,
+                "updated": TIMESTAMP,
+            }
+        ),
+        "PaymentList": record(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("Payment"), "maxItems": LIST_LIMIT_MAX},
+                "has_more": {"type": "boolean"},
+            },
+            description="Newest first.",
+        ),
+        "Refund": record(
+            {
+                "id": prefixed_id("re"),
+                "object": {"const": "refund"},
+                "payment_id": prefixed_id("pay"),
+                "amount": ref("Amount"),
+                "currency": ref("CurrencyCode"),
+                "status": enum(("succeeded",)),
+                "reason": {"type": ["string", "null"], "enum": [*REFUND_REASONS, None]},
+                "created": TIMESTAMP,
+            }
+        ),
+        "Token": record(
+            {
+                "id": prefixed_id("tok"),
+                "object": {"const": "token"},
+                "card": ref("Card"),
+            }
+        ),
+        "Balance": record(
+            {
+                "object": {"const": "balance"},
+                "currencies": {
+                    "type": "array",
+                    "items": record(
+                        {
+                            "currency": ref("CurrencyCode"),
+                            "pending": {
+                                "type": "integer",
+                                "description": "Sum of amount_capturable "
+                                "over authorized payments, from the ledger.",
+                            },
+                            "available": {
+                                "type": "integer",
+                                "description": "Captured minus refunded, from the ledger.",
+                            },
+                        }
+                    ),
+                },
+            }
+        ),
+        "SettlementLine": record(
+            {
+                "date": {"type": "string", "format": "date"},
+                "merchant_id": prefixed_id("mer"),
+                "currency": ref("CurrencyCode"),
+                "captured_amount": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Captured on the day, minor units.",
+                },
+                "captured_count": {"type": "integer", "minimum": 0},
+                "refunded_amount": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Refunded on the day, minor units.",
+                },
+                "refunded_count": {"type": "integer", "minimum": 0},
+                "net_amount": {
+                    "type": "integer",
+                    "description": "captured_amount - "
+                    "refunded_amount: negative when refunds outweigh captures.",
+                },
+            },
+            description="One merchant's captures and refunds in one currency on one day.",
+        ),
+        "SettlementReport": record(
+            {
+                "object": {"const": "settlement_report"},
+                "date": {"type": "string", "format": "date"},
+                "lines": {"type": "array", "items": ref("SettlementLine")},
+            }
+        ),
+        "Error": record(
+            {
+                "error": record(
+                    {
+                        "type": enum(ERROR_TYPES),
+                        "code": {
+                            "type": "string",
+                            "description": "Stable, machine-readable: "
+                            + ", ".join(f"`{code}`" for code in ERROR_CODES)
+                            + ".",
+                        },
+                        "message": {"type": "string", "description": "For humans; may change."},
+                        "param": nullable(
+                            {
+                                "type": "string",
+                                "description": "The offending field, "
+                                "dotted (`payment_method.card.number`).",
+                            }
+                        ),
+                        "decline_code": nullable(
+                            {
+                                "type": "string",
+                                "description": "Why a card_error "
+                                "declined: the issuer's reason (`generic_decline`, "
+                                "`insufficient_funds`...), or `card_velocity_exceeded` "
+                                "when the card-testing rules declined without asking "
+                                "the processor.",
+                            }
+                        ),
+                        "payment_id": nullable(
+                            {
+                                "type": "string",
+                                "description": "The payment a card_error or api_error concerns.",
+                            }
+                        ),
+                    }
+                )
+            }
+        ),
         "Health": record({"status": {"const": "ok"}}),
-        "Readiness": record({
-            "status": {"const": "ready"},
-            "schema_version": {"type": "integer", "description": "The database's schema "
-                               "version, the one this Kassa expects."},
-            "core": {"type": "string", "description": "Which build of the core is loaded."},
-        }),
+        "Readiness": record(
+            {
+                "status": {"const": "ready"},
+                "schema_version": {
+                    "type": "integer",
+                    "description": "The database's schema version, the one this Kassa expects.",
+                },
+                "core": {"type": "string", "description": "Which build of the core is loaded."},
+            }
+        ),
     }
 
 
@@ -290,37 +436,37 @@ def schemas() -> dict:
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: a bad, missing or unknown parameter, malformed JSON "
-         f"(`invalid_json`), objects and arrays nested deeper than {JSON_DEPTH_MAX} levels "
-         "(`json_too_deep`), "
-         "or an amount over what can be captured or refunded (`amount_too_large`).",
+    f"(`invalid_json`), objects and arrays nested deeper than {JSON_DEPTH_MAX} levels "
+    "(`json_too_deep`), "
+    "or an amount over what can be captured or refunded (`amount_too_large`).",
     401: "Missing (`api_key_missing`) or wrong, unknown or revoked (`api_key_invalid`) API "
-         "key; on /metrics, a missing or wrong metrics token (`metrics_token_invalid`).",
+    "key; on /metrics, a missing or wrong metrics token (`metrics_token_invalid`).",
     402: "The card was declined (`card_error` / `card_declined`); `decline_code` says why "
-         "and `payment_id` names the stored declined payment.",
+    "and `payment_id` names the stored declined payment.",
     404: "No such object for this merchant (`resource_missing`).",
     408: "The request body did not arrive within KASSA_BODY_READ_TIMEOUT_MS "
-         "(`request_timeout`); nothing was executed.",
+    "(`request_timeout`); nothing was executed.",
     409: "`payment_state_invalid` (illegal state transition, or an earlier capture, void or "
-         "refund of the payment timed out and its outcome is being settled) or "
-         "`idempotency_key_in_use` (the same key is still executing, or its outcome is not "
-         "settled yet).",
+    "refund of the payment timed out and its outcome is being settled) or "
+    "`idempotency_key_in_use` (the same key is still executing, or its outcome is not "
+    "settled yet).",
     413: f"The request body exceeds {BODY_BYTES_MAX // 1024} KiB (`request_too_large`).",
     415: "The request has a body whose `Content-Type` is not `application/json` "
-         "(`unsupported_media_type`); nothing was executed. A `charset` other than UTF-8 "
-         "counts as another type; a request with no body needs no `Content-Type`.",
+    "(`unsupported_media_type`); nothing was executed. A `charset` other than UTF-8 "
+    "counts as another type; a request with no body needs no `Content-Type`.",
     422: "`idempotency_key_reused`: the same key was used with another request.",
     429: "Per-key rate limit hit (`rate_limit_error` / `rate_limited`); nothing was executed, "
-         "retry after `Retry-After` seconds.",
+    "retry after `Retry-After` seconds.",
     500: "Internal error (`internal_error`); safe to retry with the same Idempotency-Key.",
     502: "The processor failed (`processor_error`); for an authorization the payment is "
-         "recorded `failed`, for a capture, void or refund nothing changed. The answer is "
-         "stored: a retry with the same Idempotency-Key replays it.",
+    "recorded `failed`, for a capture, void or refund nothing changed. The answer is "
+    "stored: a retry with the same Idempotency-Key replays it.",
     503: "The database is unavailable (`database_unavailable`) or the gateway is at capacity "
-         "(`gateway_overloaded`); see `Retry-After`.",
+    "(`gateway_overloaded`); see `Retry-After`.",
     504: "The processor timed out (`processor_timeout`): the outcome is unknown. An "
-         "authorization stays `processing`, a capture, void or refund pending (the payment "
-         "refuses other changes with 409), until recovery asks the processor and settles it. "
-         "Retry with the same Idempotency-Key for the final answer.",
+    "authorization stays `processing`, a capture, void or refund pending (the payment "
+    "refuses other changes with 409), until recovery asks the processor and settles it. "
+    "Retry with the same Idempotency-Key for the final answer.",
 }
 RETRY_AFTER_STATUSES = (429, 503)
 
@@ -350,8 +496,10 @@ def response(status: int, description: str, schema: dict, post: bool = False) ->
 
 
 def error_responses(*statuses: int, post: bool = False) -> dict:
-    return {str(status): response(status, ERROR_DESCRIPTIONS[status], ref("Error"), post)
-            for status in statuses}
+    return {
+        str(status): response(status, ERROR_DESCRIPTIONS[status], ref("Error"), post)
+        for status in statuses
+    }
 
 
 def param(name_or_parameter: str | dict) -> dict:
@@ -362,29 +510,55 @@ def param(name_or_parameter: str | dict) -> dict:
 
 
 def path_id(prefix: str, description: str) -> dict:
-    return {"name": "id", "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "examples": [f"{prefix}_..."]}}
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "examples": [f"{prefix}_..."]},
+    }
 
 
 def parameters() -> dict:
     return {
         "IdempotencyKey": {
-            "name": "Idempotency-Key", "in": "header", "required": False,
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
             "description": "Scoped to the merchant, kept at least 24 hours.",
-            "schema": {"type": "string", "minLength": 1,
-                       "maxLength": IDEMPOTENCY_KEY_CHARS_MAX, "pattern": "^[ -~]+$"},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": IDEMPOTENCY_KEY_CHARS_MAX,
+                "pattern": "^[ -~]+$",
+            },
         },
         "PaymentId": path_id("pay", "A payment id."),
         "RefundId": path_id("re", "A refund id."),
-        "Limit": {"name": "limit", "in": "query", "required": False,
-                  "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX,
-                             "default": LIST_LIMIT_DEFAULT}},
-        "StartingAfter": {"name": "starting_after", "in": "query", "required": False,
-                          "description": "A payment id: list the payments older than it.",
-                          "schema": {"type": "string", "pattern": "^pay_",
-                                     "maxLength": OBJECT_ID_CHARS_MAX}},
-        "Status": {"name": "status", "in": "query", "required": False,
-                   "schema": ref("PaymentStatus")},
+        "Limit": {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": LIST_LIMIT_MAX,
+                "default": LIST_LIMIT_DEFAULT,
+            },
+        },
+        "StartingAfter": {
+            "name": "starting_after",
+            "in": "query",
+            "required": False,
+            "description": "A payment id: list the payments older than it.",
+            "schema": {"type": "string", "pattern": "^pay_", "maxLength": OBJECT_ID_CHARS_MAX},
+        },
+        "Status": {
+            "name": "status",
+            "in": "query",
+            "required": False,
+            "schema": ref("PaymentStatus"),
+        },
     }
 
 
@@ -393,10 +567,20 @@ POST_ERRORS = (400, 401, 408, 409, 413, 415, 422, 429, 500, 503)  # any /v1 POST
 BEARER = [{"bearerAuth": []}]
 
 
-def v1_get(operation_id: str, summary: str, tag: str, ok: dict, *, params: tuple = (),
-           errors: tuple[int, ...] = ()) -> dict:
+def v1_get(
+    operation_id: str,
+    summary: str,
+    tag: str,
+    ok: dict,
+    *,
+    params: tuple = (),
+    errors: tuple[int, ...] = (),
+) -> dict:
     operation = {
-        "operationId": operation_id, "summary": summary, "tags": [tag], "security": BEARER,
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "security": BEARER,
         "responses": {"200": ok, **error_responses(*sorted({*V1_ERRORS, *errors}))},
     }
     if params:
@@ -404,15 +588,29 @@ def v1_get(operation_id: str, summary: str, tag: str, ok: dict, *, params: tuple
     return operation
 
 
-def v1_post(operation_id: str, summary: str, tag: str, request: str, ok_status: int,
-            ok: dict, *, body_required: bool, params: tuple = (),
-            errors: tuple[int, ...] = ()) -> dict:
+def v1_post(
+    operation_id: str,
+    summary: str,
+    tag: str,
+    request: str,
+    ok_status: int,
+    ok: dict,
+    *,
+    body_required: bool,
+    params: tuple = (),
+    errors: tuple[int, ...] = (),
+) -> dict:
     return {
-        "operationId": operation_id, "summary": summary, "tags": [tag], "security": BEARER,
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "security": BEARER,
         "parameters": [param(name) for name in (*params, "IdempotencyKey")],
         "requestBody": {"required": body_required, "content": json_content(ref(request))},
-        "responses": {str(ok_status): ok,
-                      **error_responses(*sorted({*POST_ERRORS, *errors}), post=True)},
+        "responses": {
+            str(ok_status): ok,
+            **error_responses(*sorted({*POST_ERRORS, *errors}), post=True),
+        },
     }
 
 
@@ -425,97 +623,209 @@ def ok(status: int, description: str, schema: str, post: bool = False) -> dict:
 
 def paths() -> dict:
     return {
-        "/healthz": {"get": {
-            "operationId": "healthz", "summary": "The process is alive.", "tags": ["operations"],
-            "responses": {"200": ok(200, "Alive.", "Health")},
-        }},
-        "/readyz": {"get": {
-            "operationId": "readyz", "tags": ["operations"],
-            "summary": "The database is reachable and its migrations are current.",
-            "responses": {"200": ok(200, "Ready.", "Readiness"),
-                          "503": response(503, "Not ready (`api_error`): the database is "
-                                          "unreachable (`database_unavailable`), its schema "
-                                          "is older than this Kassa's (`migrations_pending`: "
-                                          "run `kassa migrate`) or newer "
-                                          "(`schema_too_new`); see `Retry-After`.",
-                                          ref("Error"))},
-        }},
-        "/openapi.json": {"get": {
-            "operationId": "openapi", "summary": "This document.", "tags": ["operations"],
-            "responses": {"200": response(200, "The OpenAPI 3.1 document.", {"type": "object"})},
-        }},
-        "/metrics": {"get": {
-            "operationId": "metrics", "tags": ["operations"],
-            "summary": "Prometheus metrics of every worker process (text exposition format).",
-            "description": "Open unless KASSA_METRICS_TOKEN is set; then it needs "
-                           "`Authorization: Bearer <that token>` (never a merchant's key).",
-            "responses": {"200": {"description": "The metrics.", "content": {
-                "text/plain": {"schema": {"type": "string"}}}},
-                **error_responses(401)},
-        }},
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive.",
+                "tags": ["operations"],
+                "responses": {"200": ok(200, "Alive.", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "tags": ["operations"],
+                "summary": "The database is reachable and its migrations are current.",
+                "responses": {
+                    "200": ok(200, "Ready.", "Readiness"),
+                    "503": response(
+                        503,
+                        "Not ready (`api_error`): the database is "
+                        "unreachable (`database_unavailable`), its schema "
+                        "is older than this Kassa's (`migrations_pending`: "
+                        "run `kassa migrate`) or newer "
+                        "(`schema_too_new`); see `Retry-After`.",
+                        ref("Error"),
+                    ),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": response(200, "The OpenAPI 3.1 document.", {"type": "object"})
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["operations"],
+                "summary": "Prometheus metrics of every worker process (text exposition format).",
+                "description": "Open unless KASSA_METRICS_TOKEN is set; then it needs "
+                "`Authorization: Bearer <that token>` (never a merchant's key).",
+                "responses": {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **error_responses(401),
+                },
+            }
+        },
         "/v1/payments": {
             "post": v1_post(
-                "createPayment", "Authorize (and with capture automatic, capture) a payment.",
-                "payments", "PaymentCreate", 201,
+                "createPayment",
+                "Authorize (and with capture automatic, capture) a payment.",
+                "payments",
+                "PaymentCreate",
+                201,
                 ok(201, "Authorized, or captured with `capture: automatic`.", "Payment", True),
-                body_required=True, errors=(402, 404, 502, 504)),
+                body_required=True,
+                errors=(402, 404, 502, 504),
+            ),
             "get": v1_get(
-                "listPayments", "List payments, newest first.", "payments",
+                "listPayments",
+                "List payments, newest first.",
+                "payments",
                 ok(200, "A page of payments.", "PaymentList"),
-                params=("Limit", "StartingAfter", "Status"), errors=(400, 404)),
+                params=("Limit", "StartingAfter", "Status"),
+                errors=(400, 404),
+            ),
         },
-        "/v1/payments/{id}": {"get": v1_get(
-            "getPayment", "Read a payment.", "payments", ok(200, "The payment.", "Payment"),
-            params=("PaymentId",), errors=(404,))},
-        "/v1/payments/{id}/capture": {"post": v1_post(
-            "capturePayment", "Capture an authorized payment, once; the rest is released.",
-            "payments", "CaptureCreate", 200, ok(200, "The captured payment.", "Payment", True),
-            body_required=False, params=("PaymentId",), errors=(404, 502, 504))},
-        "/v1/payments/{id}/void": {"post": v1_post(
-            "voidPayment", "Release an authorized payment's hold.", "payments", "VoidCreate",
-            200, ok(200, "The voided payment.", "Payment", True), body_required=False,
-            params=("PaymentId",), errors=(404, 502, 504))},
-        "/v1/payments/{id}/refunds": {"post": v1_post(
-            "refundPayment", "Refund part or all of a captured payment.", "refunds",
-            "RefundCreate", 201, ok(201, "The refund.", "Refund", True), body_required=False,
-            params=("PaymentId",), errors=(404, 502, 504))},
-        "/v1/refunds/{id}": {"get": v1_get(
-            "getRefund", "Read a refund.", "refunds", ok(200, "The refund.", "Refund"),
-            params=("RefundId",), errors=(404,))},
-        "/v1/tokens": {"post": v1_post(
-            "createToken", "Store a card; pay with the token later.", "tokens", "TokenCreate",
-            201, ok(201, "The token.", "Token", True), body_required=True)},
-        "/v1/balance": {"get": v1_get(
-            "getBalance", "The merchant's balance per currency, from the ledger.", "balance",
-            ok(200, "The balance.", "Balance"))},
-        "/v1/reports/settlement": {"get": {**v1_get(
-            "getSettlementReport", "What was captured and refunded on one UTC day, per "
-            "currency, from the ledger.", "reports",
-            {"description": "The report: one line per currency with captures or refunds on "
-                            "that day (none: no lines), as JSON or, with `format=csv`, as CSV "
-                            "with a header row and the same columns.",
-             "content": {**json_content(ref("SettlementReport")),
-                         "text/csv": {"schema": {"type": "string"}}}},
-            params=({"name": "date", "in": "query", "required": True,
-                     "description": "The UTC day, `YYYY-MM-DD`.",
-                     "schema": {"type": "string", "format": "date",
-                                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}},
-                    {"name": "format", "in": "query", "required": False,
-                     "schema": enum(("json", "csv"), default="json")}),
-            errors=(400,)),
-            "description": "The merchant's own lines only. Money is in minor units; "
-                           "`net_amount` is `captured_amount - refunded_amount`. Any other "
-                           "query parameter answers `400 parameter_unknown`."}},
+        "/v1/payments/{id}": {
+            "get": v1_get(
+                "getPayment",
+                "Read a payment.",
+                "payments",
+                ok(200, "The payment.", "Payment"),
+                params=("PaymentId",),
+                errors=(404,),
+            )
+        },
+        "/v1/payments/{id}/capture": {
+            "post": v1_post(
+                "capturePayment",
+                "Capture an authorized payment, once; the rest is released.",
+                "payments",
+                "CaptureCreate",
+                200,
+                ok(200, "The captured payment.", "Payment", True),
+                body_required=False,
+                params=("PaymentId",),
+                errors=(404, 502, 504),
+            )
+        },
+        "/v1/payments/{id}/void": {
+            "post": v1_post(
+                "voidPayment",
+                "Release an authorized payment's hold.",
+                "payments",
+                "VoidCreate",
+                200,
+                ok(200, "The voided payment.", "Payment", True),
+                body_required=False,
+                params=("PaymentId",),
+                errors=(404, 502, 504),
+            )
+        },
+        "/v1/payments/{id}/refunds": {
+            "post": v1_post(
+                "refundPayment",
+                "Refund part or all of a captured payment.",
+                "refunds",
+                "RefundCreate",
+                201,
+                ok(201, "The refund.", "Refund", True),
+                body_required=False,
+                params=("PaymentId",),
+                errors=(404, 502, 504),
+            )
+        },
+        "/v1/refunds/{id}": {
+            "get": v1_get(
+                "getRefund",
+                "Read a refund.",
+                "refunds",
+                ok(200, "The refund.", "Refund"),
+                params=("RefundId",),
+                errors=(404,),
+            )
+        },
+        "/v1/tokens": {
+            "post": v1_post(
+                "createToken",
+                "Store a card; pay with the token later.",
+                "tokens",
+                "TokenCreate",
+                201,
+                ok(201, "The token.", "Token", True),
+                body_required=True,
+            )
+        },
+        "/v1/balance": {
+            "get": v1_get(
+                "getBalance",
+                "The merchant's balance per currency, from the ledger.",
+                "balance",
+                ok(200, "The balance.", "Balance"),
+            )
+        },
+        "/v1/reports/settlement": {
+            "get": {
+                **v1_get(
+                    "getSettlementReport",
+                    "What was captured and refunded on one UTC day, per currency, from the ledger.",
+                    "reports",
+                    {
+                        "description": "The report: one line per currency with captures or refunds on "
+                        "that day (none: no lines), as JSON or, with `format=csv`, as CSV "
+                        "with a header row and the same columns.",
+                        "content": {
+                            **json_content(ref("SettlementReport")),
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    params=(
+                        {
+                            "name": "date",
+                            "in": "query",
+                            "required": True,
+                            "description": "The UTC day, `YYYY-MM-DD`.",
+                            "schema": {
+                                "type": "string",
+                                "format": "date",
+                                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                            },
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": enum(("json", "csv"), default="json"),
+                        },
+                    ),
+                    errors=(400,),
+                ),
+                "description": "The merchant's own lines only. Money is in minor units; "
+                "`net_amount` is `captured_amount - refunded_amount`. Any other "
+                "query parameter answers `400 parameter_unknown`.",
+            }
+        },
     }
 
 
 def document() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Kassa payment gateway", "version": "1.0.0",
-                 "description": DESCRIPTION},
-        "tags": [{"name": name} for name in
-                 ("payments", "refunds", "tokens", "balance", "reports", "operations")],
+        "info": {"title": "Kassa payment gateway", "version": "1.0.0", "description": DESCRIPTION},
+        "tags": [
+            {"name": name}
+            for name in ("payments", "refunds", "tokens", "balance", "reports", "operations")
+        ],
         "paths": paths(),
         "components": {
             "schemas": schemas(),
@@ -523,16 +833,21 @@ def document() -> dict:
             "headers": {
                 "IdempotentReplayed": {
                     "description": "`true` when this is the stored answer to an earlier "
-                                   "request with the same Idempotency-Key and body.",
+                    "request with the same Idempotency-Key and body.",
                     "schema": {"const": "true"},
                 },
-                "RetryAfter": {"description": "Seconds to wait before retrying.",
-                               "schema": {"type": "integer", "minimum": 0}},
+                "RetryAfter": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
             },
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer",
-                "description": "`Authorization: Bearer <secret key>`.",
-            }},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`Authorization: Bearer <secret key>`.",
+                }
+            },
         },
     }
 

@@ -67,13 +67,24 @@ def answer_for_authorization(row: asyncpg.Record) -> Answer:
     """The answer a settled authorization gives (and replays) for its payment row."""
     status = row["status"]
     if status == states.DECLINED:
-        return Answer.of_error(ApiError(
-            402, "card_error", "card_declined", "the card was declined",
-            decline_code=row["decline_code"], payment_id=row["id"],
-        ))
+        return Answer.of_error(
+            ApiError(
+                402,
+                "card_error",
+                "card_declined",
+                "the card was declined",
+                decline_code=row["decline_code"],
+                payment_id=row["id"],
+            )
+        )
     if status == states.FAILED:
-        return Answer.of_error(api_error(
-            502, "processor_error", "the processor failed to authorize the payment; "
-            "it is recorded as failed and no money moved", payment_id=row["id"],
-        ))
+        return Answer.of_error(
+            api_error(
+                502,
+                "processor_error",
+                "the processor failed to authorize the payment; "
+                "it is recorded as failed and no money moved",
+                payment_id=row["id"],
+            )
+        )
     return Answer.of_json(201, render_payment(row))

@@ -47,7 +47,9 @@ def _check_json_media_type(request: web.Request) -> None:
     if request.content_type != JSON or (charset and charset.lower()) not in JSON_CHARSETS:
         raise invalid_request(
             "unsupported_media_type",
-            "request bodies must be JSON: send 'Content-Type: application/json'", status=415)
+            "request bodies must be JSON: send 'Content-Type: application/json'",
+            status=415,
+        )
 
 
 async def _json_body(request: web.Request, required: bool = True) -> object:
@@ -57,8 +59,9 @@ async def _json_body(request: web.Request, required: bool = True) -> object:
         async with asyncio.timeout(timeout_s):  # a client that stalls mid-body holds nothing
             raw = await request.read()
     except TimeoutError:
-        raise invalid_request("request_timeout", f"the request body did not arrive within "
-                              f"{timeout_s:g} s", status=408) from None
+        raise invalid_request(
+            "request_timeout", f"the request body did not arrive within {timeout_s:g} s", status=408
+        ) from None
     if not raw:  # no bytes is no body; whitespace is not JSON (invalid_json below)
         if required:
             raise invalid_request("invalid_json", "request body must be a JSON object")
@@ -91,44 +94,52 @@ def key_from(request: web.Request) -> str | None:
 
 async def create_payment(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    answer = await request.app[SERVICE].authorize(request[MERCHANT_ID], body, key_from(request),
-                                                  request[CALLER].risk)
+    answer = await request.app[SERVICE].authorize(
+        request[MERCHANT_ID], body, key_from(request), request[CALLER].risk
+    )
     return answer.response()
 
 
 async def capture_payment(request: web.Request) -> web.Response:
     body = await _json_body(request, required=False)
     answer = await request.app[SERVICE].capture(
-        request[MERCHANT_ID], request.match_info["id"], body, key_from(request))
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
     return answer.response()
 
 
 async def void_payment(request: web.Request) -> web.Response:
     body = await _json_body(request, required=False)
     answer = await request.app[SERVICE].void(
-        request[MERCHANT_ID], request.match_info["id"], body, key_from(request))
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
     return answer.response()
 
 
 async def refund_payment(request: web.Request) -> web.Response:
     body = await _json_body(request, required=False)
     answer = await request.app[SERVICE].refund(
-        request[MERCHANT_ID], request.match_info["id"], body, key_from(request))
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
     return answer.response()
 
 
 async def get_payment(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICE].get_payment(
-        request[MERCHANT_ID], request.match_info["id"]))
+    return json_response(
+        await request.app[SERVICE].get_payment(request[MERCHANT_ID], request.match_info["id"])
+    )
 
 
 async def list_payments(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICE].list_payments(request[MERCHANT_ID], request.query))
+    return json_response(
+        await request.app[SERVICE].list_payments(request[MERCHANT_ID], request.query)
+    )
 
 
 async def get_refund(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICE].get_refund(
-        request[MERCHANT_ID], request.match_info["id"]))
+    return json_response(
+        await request.app[SERVICE].get_refund(request[MERCHANT_ID], request.match_info["id"])
+    )
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -153,8 +164,9 @@ async def get_settlement_report(request: web.Request) -> web.Response:
             raise ValueError(text)
         day = date.fromisoformat(text)
     except ValueError:
-        raise invalid_request("parameter_invalid", "date must be a day as YYYY-MM-DD",
-                              "date") from None
+        raise invalid_request(
+            "parameter_invalid", "date must be a day as YYYY-MM-DD", "date"
+        ) from None
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise invalid_request("parameter_invalid", "format must be json or csv", "format")
@@ -185,18 +197,25 @@ async def readyz(request: web.Request) -> web.Response:
         return _not_ready("database_unavailable", "the database is unreachable")
     expected = database.LATEST_VERSION
     if version < expected:
-        return _not_ready("migrations_pending", f"the database schema is at version "
-                          f"{version}; this Kassa needs {expected}: run 'kassa migrate'")
+        return _not_ready(
+            "migrations_pending",
+            f"the database schema is at version "
+            f"{version}; this Kassa needs {expected}: run 'kassa migrate'",
+        )
     if version > expected:
-        return _not_ready("schema_too_new", f"the database schema is at version {version}, "
-                          f"newer than this Kassa's {expected}: deploy the newer Kassa")
+        return _not_ready(
+            "schema_too_new",
+            f"the database schema is at version {version}, "
+            f"newer than this Kassa's {expected}: deploy the newer Kassa",
+        )
     return json_response({"status": "ready", "schema_version": version, "core": core_ext.BUILD})
 
 
 def _not_ready(code: str, message: str) -> web.Response:
     """Not ready is an error like any other (API.md's shape), and says when to ask again."""
-    return api_error(503, code, message,
-                     headers={"Retry-After": str(READINESS_RETRY_AFTER_S)}).response()
+    return api_error(
+        503, code, message, headers={"Retry-After": str(READINESS_RETRY_AFTER_S)}
+    ).response()
 
 
 async def openapi_document(request: web.Request) -> web.Response:
@@ -209,10 +228,15 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
     if token:  # its own credential, never a merchant's key; compared in constant time
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 token.encode()):
-            raise ApiError(401, "authentication_error", "metrics_token_invalid",
-                           "/metrics needs 'Authorization: Bearer <KASSA_METRICS_TOKEN>'")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise ApiError(
+                401,
+                "authentication_error",
+                "metrics_token_invalid",
+                "/metrics needs 'Authorization: Bearer <KASSA_METRICS_TOKEN>'",
+            )
     sample_gauges(request.app)
     body, content_type = metrics.exposition()
     response = web.Response(body=body)

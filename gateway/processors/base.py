@@ -20,9 +20,9 @@ NOT_FOUND = "not_found"
 
 @dataclass(frozen=True)
 class Outcome:
-    result: str                       # APPROVED | DECLINED | ERROR | NOT_FOUND
+    result: str  # APPROVED | DECLINED | ERROR | NOT_FOUND
     decline_code: str | None = None
-    reference: str | None = None      # the processor's id for the operation
+    reference: str | None = None  # the processor's id for the operation
 
 
 class ProcessorError(Exception):
@@ -32,10 +32,13 @@ class ProcessorError(Exception):
 class Connector(Protocol):
     name: str
 
-    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Outcome: ...
+    async def authorize(
+        self, payment_id: str, number: str, amount: int, currency: str
+    ) -> Outcome: ...
     async def capture(self, payment_id: str, amount: int) -> Outcome: ...
     async def void(self, payment_id: str, amount: int) -> Outcome: ...
     async def refund(self, payment_id: str, refund_id: str, amount: int) -> Outcome: ...
     async def status(self, payment_id: str) -> Outcome: ...
-    async def operation_status(self, payment_id: str, operation: str,
-                               reference: str) -> Outcome: ...
+    async def operation_status(
+        self, payment_id: str, operation: str, reference: str
+    ) -> Outcome: ...

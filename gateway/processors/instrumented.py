@@ -45,19 +45,22 @@ class InstrumentedConnector:
             self._failed(operation, started, "error")
             raise
         metrics.PROCESSOR_DURATION.labels(self.name, operation).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         return outcome
 
     def _failed(self, operation: str, started: float, kind: str) -> None:
         metrics.PROCESSOR_DURATION.labels(self.name, operation).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         metrics.PROCESSOR_ERRORS.labels(self.name, operation, kind).inc()
         if operation == "authorize":
             metrics.authorization(self.name, kind)
 
     async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Any:
         outcome = await self._call(
-            "authorize", self._inner.authorize(payment_id, number, amount, currency))
+            "authorize", self._inner.authorize(payment_id, number, amount, currency)
+        )
         if outcome.result == APPROVED:
             metrics.authorization(self.name, "approved")
             metrics.amount_authorized(currency, amount)
@@ -85,4 +88,5 @@ class InstrumentedConnector:
 
     async def operation_status(self, payment_id: str, operation: str, reference: str) -> Any:
         return await self._call(
-            "status", self._inner.operation_status(payment_id, operation, reference))
+            "status", self._inner.operation_status(payment_id, operation, reference)
+        )

@@ -63,24 +63,36 @@ async def _write_operations(conn: asyncpg.Connection, rows: Sequence[tuple]) -> 
 class SandboxConnector:
     name = "sandbox"
 
-    def __init__(self, pool: asyncpg.Pool, latency_ms: int = 0,
-                 batching: BatchSettings | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, latency_ms: int = 0, batching: BatchSettings | None = None
+    ) -> None:
         self._pool = pool
         self._latency_s = latency_ms / 1000
         # The sandbox commits its books in groups too, or it would cap our throughput.
-        self._books = Batcher("sandbox", pool, _write_operations,
-                              batching or BatchSettings(False, 1, 0.0, 1_000_000, 2.0))
+        self._books = Batcher(
+            "sandbox",
+            pool,
+            _write_operations,
+            batching or BatchSettings(False, 1, 0.0, 1_000_000, 2.0),
+        )
 
     async def close(self) -> None:
         await self._books.close()
 
-    async def _record(self, payment_id: str, operation: str, reference: str, outcome: str,
-                      amount: int, answer_lost: bool = False) -> None:
+    async def _record(
+        self,
+        payment_id: str,
+        operation: str,
+        reference: str,
+        outcome: str,
+        amount: int,
+        answer_lost: bool = False,
+    ) -> None:
         """Book the operation; then, for a payment of the timeout card, hang: the processor
         did it, but its answer never reaches us."""
         if await self._books.submit(
-                (payment_id, operation, reference, outcome, amount, answer_lost),
-                sheddable=False):
+            (payment_id, operation, reference, outcome, amount, answer_lost), sheddable=False
+        ):
             await asyncio.sleep(SANDBOX_HANG_S)
 
     async def _wait(self) -> None:
@@ -94,8 +106,9 @@ class SandboxConnector:
             raise ProcessorError("sandbox processor error (test card 4000000000000119)")
         if number == SANDBOX_TIMEOUT_CARD:
             # The processor approves, but its answer never reaches us (nor any later one).
-            await self._record(payment_id, "authorize", payment_id, APPROVED, amount,
-                               answer_lost=True)
+            await self._record(
+                payment_id, "authorize", payment_id, APPROVED, amount, answer_lost=True
+            )
         decline_code = SANDBOX_DECLINES.get(number)
         result = DECLINED if decline_code else APPROVED
         await self._record(payment_id, "authorize", payment_id, result, amount)
@@ -128,8 +141,7 @@ class SandboxConnector:
         decline = None if row["outcome"] == APPROVED else "generic_decline"
         return Outcome(row["outcome"], decline, reference)
 
-    async def operation_status(self, payment_id: str, operation: str,
-                               reference: str) -> Outcome:
+    async def operation_status(self, payment_id: str, operation: str, reference: str) -> Outcome:
         """What became of a capture, void or refund (``reference``: the payment id, or the
         refund id): the sandbox approves every one it received."""
         outcome = await self._pool.fetchval(OPERATION_SQL, operation, reference)

@@ -47,9 +47,9 @@ class Intent:
 
 @dataclass(frozen=True)
 class Settlement:
-    row: asyncpg.Record            # the payment as written by its intent
-    transitions: tuple             # the core's transitions, in order (authorize[, capture])
-    reference: str | None          # the processor's reference
+    row: asyncpg.Record  # the payment as written by its intent
+    transitions: tuple  # the core's transitions, in order (authorize[, capture])
+    reference: str | None  # the processor's reference
     decline_code: str | None
     # The automatic capture timed out: record it as a pending operation (recovery settles it).
     capture_unknown: bool = False
@@ -70,31 +70,42 @@ class AuthorizationWrites:
     def __init__(self, render_answer: Callable[[asyncpg.Record], Answer]) -> None:
         self._render_answer = render_answer  # payment row -> the Answer it gives and stores
 
-    async def write_intents(self, conn: asyncpg.Connection,
-                            intents: Sequence[Intent]) -> list[asyncpg.Record | LostClaim]:
+    async def write_intents(
+        self, conn: asyncpg.Connection, intents: Sequence[Intent]
+    ) -> list[asyncpg.Record | LostClaim]:
         """Per intent: its new payment row, or the record of the key claim it lost."""
         claimed = [i for i in intents if i.claim is not None]
         won: set[str] = set()
         if claimed:
             won = await keys.claim_many(
-                conn, [i.claim.merchant_id for i in claimed], [i.claim.key for i in claimed],
-                [i.claim.fingerprint for i in claimed], _column(claimed, "payment_id"))
+                conn,
+                [i.claim.merchant_id for i in claimed],
+                [i.claim.key for i in claimed],
+                [i.claim.fingerprint for i in claimed],
+                _column(claimed, "payment_id"),
+            )
         going = [i for i in intents if i.claim is None or i.payment_id in won]
         inserted = {}
         if going:
             inserted = await payments.insert_intents(
-                conn, [_column(going, name) for name in payments.INTENT_COLUMNS])
+                conn, [_column(going, name) for name in payments.INTENT_COLUMNS]
+            )
         lost = [i for i in claimed if i.payment_id not in won]
         records = {}
         if lost:
-            records = await keys.records(conn, [i.claim.merchant_id for i in lost],
-                                         [i.claim.key for i in lost])
-        return [inserted[i.payment_id] if i.payment_id in inserted else
-                LostClaim(records.get((i.claim.merchant_id, i.claim.key)))
-                for i in intents]
+            records = await keys.records(
+                conn, [i.claim.merchant_id for i in lost], [i.claim.key for i in lost]
+            )
+        return [
+            inserted[i.payment_id]
+            if i.payment_id in inserted
+            else LostClaim(records.get((i.claim.merchant_id, i.claim.key)))
+            for i in intents
+        ]
 
-    async def write_settlements(self, conn: asyncpg.Connection,
-                                settlements: Sequence[Settlement]) -> list[Answer]:
+    async def write_settlements(
+        self, conn: asyncpg.Connection, settlements: Sequence[Settlement]
+    ) -> list[Answer]:
         """Per settlement: the payment's answer. A payment someone else settled first
         (recovery, another worker, a duplicate in this batch) is answered from its
         recorded state and posts nothing."""
@@ -104,32 +115,48 @@ class AuthorizationWrites:
         unique = list(first.values())
         finals = [s.transitions[-1] for s in unique]
         settled = await payments.settle_many(
-            conn, [s.row["id"] for s in unique], _column(finals, "status"),
-            _column(finals, "amount_capturable"), _column(finals, "amount_captured"),
-            _column(finals, "amount_refunded"), _column(unique, "reference"),
-            _column(unique, "decline_code"))
-        await ledger.post_many(conn, [
-            ledger.Posting(t, s.row["merchant_id"], s.row["id"], s.row["processor"],
-                           s.row["currency"])
-            for s in unique if s.row["id"] in settled for t in s.transitions])
+            conn,
+            [s.row["id"] for s in unique],
+            _column(finals, "status"),
+            _column(finals, "amount_capturable"),
+            _column(finals, "amount_captured"),
+            _column(finals, "amount_refunded"),
+            _column(unique, "reference"),
+            _column(unique, "decline_code"),
+        )
+        await ledger.post_many(
+            conn,
+            [
+                ledger.Posting(
+                    t, s.row["merchant_id"], s.row["id"], s.row["processor"], s.row["currency"]
+                )
+                for s in unique
+                if s.row["id"] in settled
+                for t in s.transitions
+            ],
+        )
         for s in unique:
             if s.capture_unknown and s.row["id"] in settled:  # rare: a timed-out capture
-                await operations.insert_pending(conn, s.row, "capture", s.row["amount"],
-                                                None, None, None)
+                await operations.insert_pending(
+                    conn, s.row, "capture", s.row["amount"], None, None, None
+                )
         answers = {payment_id: self._render_answer(row) for payment_id, row in settled.items()}
-        await self._complete_keys(conn, [s.row for s in unique if s.row["id"] in settled],
-                                  answers)
+        await self._complete_keys(conn, [s.row for s in unique if s.row["id"] in settled], answers)
         lagging = [s.row["id"] for s in settlements if s.row["id"] not in settled]
         if lagging:
             for row in await payments.by_ids(conn, lagging):
                 answers[row["id"]] = self._render_answer(row)
         return [answers[s.row["id"]] for s in settlements]
 
-    async def _complete_keys(self, conn: asyncpg.Connection, rows: list[asyncpg.Record],
-                             answers: dict[str, Answer]) -> None:
+    async def _complete_keys(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], answers: dict[str, Answer]
+    ) -> None:
         keyed = [row for row in rows if row["idempotency_key"] is not None]
         if keyed:
             await keys.complete_many(
-                conn, [r["merchant_id"] for r in keyed],
+                conn,
+                [r["merchant_id"] for r in keyed],
                 [r["idempotency_key"] for r in keyed],
-                [answers[r["id"]].status for r in keyed], [answers[r["id"]].body for r in keyed])
+                [answers[r["id"]].status for r in keyed],
+                [answers[r["id"]].body for r in keyed],
+            )

@@ -59,8 +59,7 @@ class EmbeddedPostgres:
         except Exception as exc:  # pgserver raises bare subprocess errors
             log_path = self.pgdata / "log"
             raise EmbeddedDatabaseError(
-                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc} "
-                f"(see {log_path})"
+                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc} (see {log_path})"
             ) from exc
         return self._server.get_uri()
 
@@ -85,8 +84,10 @@ def _forget_dead_holders(pgdata: Path) -> None:
     with PostgresServer._lock:  # the lock pgserver takes around every change of the list
         for pid in holders.get():
             if not psutil.pid_exists(pid):
-                log.warning("forgetting embedded PostgreSQL holder pid %d, which died "
-                            "without stopping it", pid)
+                log.warning(
+                    "forgetting embedded PostgreSQL holder pid %d, which died without stopping it",
+                    pid,
+                )
                 holders.get_and_remove(pid)
 
 
@@ -103,8 +104,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, dsn: str, *, application_name: str = "kassa",
-                      synchronous_commit: bool = True) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings,
+    dsn: str,
+    *,
+    application_name: str = "kassa",
+    synchronous_commit: bool = True,
+) -> asyncpg.Pool:
     server_settings = {
         "statement_timeout": str(settings.db_statement_timeout_ms),
         "application_name": application_name,
@@ -143,8 +149,7 @@ def _lost_if_terminated(conn: asyncpg.Connection) -> Iterator[None]:
         # Nothing was sent (asyncpg refuses before writing): drop the connection so the
         # pool opens a new one, and fail like the lost connection it is (a 503, retried).
         conn.terminate()
-        raise asyncpg.ConnectionDoesNotExistError(
-            "the server terminated this connection") from exc
+        raise asyncpg.ConnectionDoesNotExistError("the server terminated this connection") from exc
 
 
 class _Connection(asyncpg.Connection):

@@ -73,41 +73,56 @@ DELETE FROM idempotency_keys WHERE ctid IN (
 """
 
 
-async def claim_one(conn: asyncpg.Connection, merchant_id: str, key: str, fingerprint: bytes,
-                    payment_id: str | None) -> bool:
+async def claim_one(
+    conn: asyncpg.Connection, merchant_id: str, key: str, fingerprint: bytes, payment_id: str | None
+) -> bool:
     """Claim the key in the caller's transaction; False if it was claimed before."""
     return bool(await conn.fetchval(CLAIM_ONE_SQL, merchant_id, key, fingerprint, payment_id))
 
 
-async def claim_many(conn: asyncpg.Connection, merchant_ids: Sequence[str],
-                     keys: Sequence[str], fingerprints: Sequence[bytes],
-                     payment_ids: Sequence[str]) -> set[str]:
+async def claim_many(
+    conn: asyncpg.Connection,
+    merchant_ids: Sequence[str],
+    keys: Sequence[str],
+    fingerprints: Sequence[bytes],
+    payment_ids: Sequence[str],
+) -> set[str]:
     """Claim many keys at once; the payment ids whose claim won."""
     rows = await conn.fetch(CLAIM_MANY_SQL, merchant_ids, keys, fingerprints, payment_ids)
     return {row["payment_id"] for row in rows}
 
 
-async def record(conn: asyncpg.Connection, merchant_id: str,
-                 key: str) -> asyncpg.Record | None:
+async def record(conn: asyncpg.Connection, merchant_id: str, key: str) -> asyncpg.Record | None:
     """The key's row: fingerprint, state, response_status, response_body."""
     return await conn.fetchrow(RECORD_SQL, merchant_id, key)
 
 
-async def records(conn: asyncpg.Connection, merchant_ids: Sequence[str],
-                  keys: Sequence[str]) -> dict[tuple[str, str], asyncpg.Record]:
+async def records(
+    conn: asyncpg.Connection, merchant_ids: Sequence[str], keys: Sequence[str]
+) -> dict[tuple[str, str], asyncpg.Record]:
     """Many keys' rows, by (merchant_id, key)."""
     rows = await conn.fetch(RECORDS_SQL, merchant_ids, keys)
     return {(row["merchant_id"], row["key"]): row for row in rows}
 
 
-async def complete_one(conn: asyncpg.Connection, merchant_id: str, key: str, status: int,
-                       body: bytes, payment_id: str | None = None) -> None:
+async def complete_one(
+    conn: asyncpg.Connection,
+    merchant_id: str,
+    key: str,
+    status: int,
+    body: bytes,
+    payment_id: str | None = None,
+) -> None:
     await conn.execute(COMPLETE_ONE_SQL, merchant_id, key, status, body, payment_id)
 
 
-async def complete_many(conn: asyncpg.Connection, merchant_ids: Sequence[str],
-                        keys: Sequence[str], statuses: Sequence[int],
-                        bodies: Sequence[bytes]) -> None:
+async def complete_many(
+    conn: asyncpg.Connection,
+    merchant_ids: Sequence[str],
+    keys: Sequence[str],
+    statuses: Sequence[int],
+    bodies: Sequence[bytes],
+) -> None:
     await conn.execute(COMPLETE_MANY_SQL, merchant_ids, keys, statuses, bodies)
 
 

@@ -51,21 +51,28 @@ async def post_many(conn: asyncpg.Connection, postings: list[Posting]) -> int:
     Entries of every transaction go in one INSERT, so the schema's statement
     trigger checks each transaction's balance once, after all of them.
     """
-    per_event = [core_ext.ledger.postings(p.transition, p.merchant_id, p.processor, p.currency)
-                 for p in postings]
+    per_event = [
+        core_ext.ledger.postings(p.transition, p.merchant_id, p.processor, p.currency)
+        for p in postings
+    ]
     moving = [(p, entries) for p, entries in zip(postings, per_event) if entries]
     if not moving:
         return 0
     ids = [row[0] for row in await conn.fetch(RESERVE_IDS_SQL, len(moving))]
     await conn.execute(
-        INSERT_TRANSACTIONS_SQL, ids, [p.merchant_id for p, _ in moving],
-        [p.payment_id for p, _ in moving], [p.refund_id for p, _ in moving],
-        [p.transition.event for p, _ in moving], [p.currency for p, _ in moving],
+        INSERT_TRANSACTIONS_SQL,
+        ids,
+        [p.merchant_id for p, _ in moving],
+        [p.payment_id for p, _ in moving],
+        [p.refund_id for p, _ in moving],
+        [p.transition.event for p, _ in moving],
+        [p.currency for p, _ in moving],
     )
     txn_index, accounts, amounts = core_ext.ledger.entry_columns([e for _, e in moving])
     currencies = [moving[i][0].currency for i in txn_index]
-    await conn.execute(INSERT_ENTRIES_SQL, [ids[i] for i in txn_index], accounts, currencies,
-                       amounts)
+    await conn.execute(
+        INSERT_ENTRIES_SQL, [ids[i] for i in txn_index], accounts, currencies, amounts
+    )
     _observe_entries(len(accounts))
     return len(accounts)
 
@@ -74,12 +81,20 @@ def _observe_entries(count: int) -> None:
     """Replaced by gateway.metrics when metrics are enabled."""
 
 
-async def post(conn: asyncpg.Connection, transition: object, *, merchant_id: str,
-               payment_id: str, processor: str, currency: str,
-               refund_id: str | None = None) -> None:
+async def post(
+    conn: asyncpg.Connection,
+    transition: object,
+    *,
+    merchant_id: str,
+    payment_id: str,
+    processor: str,
+    currency: str,
+    refund_id: str | None = None,
+) -> None:
     """Write one event's balanced entries (no-op for an event that moves no money)."""
-    await post_many(conn, [Posting(transition, merchant_id, payment_id, processor, currency,
-                                   refund_id)])
+    await post_many(
+        conn, [Posting(transition, merchant_id, payment_id, processor, currency, refund_id)]
+    )
 
 
 async def balance(conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str) -> list[dict]:
@@ -100,14 +115,16 @@ async def transaction_imbalances(conn: asyncpg.Connection) -> list[asyncpg.Recor
              FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
             GROUP BY e.transaction_id
            HAVING sum(e.amount) <> 0 OR bool_or(e.currency <> t.currency)
-            ORDER BY e.transaction_id""")
+            ORDER BY e.transaction_id"""
+    )
 
 
 async def currency_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every currency's sum of entries (zero in balanced books): ``currency``, ``total``."""
     return await conn.fetch(
         """SELECT currency, sum(amount)::bigint AS total FROM ledger_entries
-            GROUP BY currency ORDER BY currency""")
+            GROUP BY currency ORDER BY currency"""
+    )
 
 
 async def account_sums_by_payment(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
@@ -116,7 +133,8 @@ async def account_sums_by_payment(conn: asyncpg.Connection) -> dict[str, dict[st
     for row in await conn.fetch(
         """SELECT t.payment_id, e.account, sum(e.amount)::bigint AS total
              FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-            GROUP BY t.payment_id, e.account"""):
+            GROUP BY t.payment_id, e.account"""
+    ):
         sums.setdefault(row["payment_id"], {})[row["account"]] = row["total"]
     return sums
 
@@ -125,12 +143,14 @@ async def counts(conn: asyncpg.Connection) -> tuple[int, int]:
     """(transactions, entries)."""
     row = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM ledger_transactions) AS transactions,
-                  (SELECT count(*) FROM ledger_entries) AS entries""")
+                  (SELECT count(*) FROM ledger_entries) AS entries"""
+    )
     return row["transactions"], row["entries"]
 
 
-async def settlement_rows(conn: asyncpg.Connection | asyncpg.Pool, start: datetime,
-                          merchant_id: str | None) -> list[asyncpg.Record]:
+async def settlement_rows(
+    conn: asyncpg.Connection | asyncpg.Pool, start: datetime, merchant_id: str | None
+) -> list[asyncpg.Record]:
     """Captures and refunds credited to merchants' available accounts in the UTC day from
     ``start``: ``merchant_id``, ``currency``, ``event``, ``n``, ``credited``."""
     return await conn.fetch(
@@ -145,7 +165,8 @@ async def settlement_rows(conn: asyncpg.Connection | asyncpg.Pool, start: dateti
             GROUP BY t.merchant_id, t.currency, t.event""",
         # The day's end is computed by PostgreSQL: 9999-12-31 + 1 day overflows Python's
         # datetime but is a valid timestamptz.
-        start, merchant_id,
+        start,
+        merchant_id,
         core_ext.ledger.account_pattern(core_ext.ledger.MERCHANT, None, core_ext.ledger.AVAILABLE),
     )
 

@@ -59,9 +59,7 @@ class UnknownMerchant(LookupError):
 async def rotate_key(conn: asyncpg.Connection, merchant_id: str, grace_s: int = 0) -> NewKey:
     """A new key; the merchant's other keys stop working after ``grace_s`` seconds."""
     async with conn.transaction():
-        found = await conn.fetchval(
-            "SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE", merchant_id
-        )
+        found = await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE", merchant_id)
         if not found:
             raise UnknownMerchant(merchant_id)
         expires = datetime.now(timezone.utc) + timedelta(seconds=grace_s)
@@ -89,20 +87,29 @@ async def list_merchants(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 # Per-merchant overrides of the abuse limits (migration 0004); NULL: the gateway's default.
-LIMIT_COLUMNS = ("rate_limit_per_s", "rate_limit_burst", "velocity_merchant_attempts_max",
-                 "velocity_card_attempts_max", "velocity_card_declines_max")
+LIMIT_COLUMNS = (
+    "rate_limit_per_s",
+    "rate_limit_burst",
+    "velocity_merchant_attempts_max",
+    "velocity_card_attempts_max",
+    "velocity_card_declines_max",
+)
 
 
-async def set_limits(conn: asyncpg.Connection, merchant_id: str,
-                     changes: dict[str, int | None]) -> asyncpg.Record:
+async def set_limits(
+    conn: asyncpg.Connection, merchant_id: str, changes: dict[str, int | None]
+) -> asyncpg.Record:
     """Set (an int) or reset to the default (None) the named overrides; the merchant's row."""
     unknown = set(changes) - set(LIMIT_COLUMNS)
     if unknown:
         raise ValueError(f"unknown limits: {sorted(unknown)}")
     # Column names come from LIMIT_COLUMNS, never from input; values are parameters.
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
-    sql = f"UPDATE merchants SET {assignments} WHERE id = $1 RETURNING *" if changes else \
-        "SELECT * FROM merchants WHERE id = $1"
+    sql = (
+        f"UPDATE merchants SET {assignments} WHERE id = $1 RETURNING *"
+        if changes
+        else "SELECT * FROM merchants WHERE id = $1"
+    )
     row = await conn.fetchrow(sql, merchant_id, *changes.values())
     if row is None:
         raise UnknownMerchant(merchant_id)

@@ -43,8 +43,9 @@ SELECT *, extract(epoch FROM now() - updated_at)::float8 AS age_s FROM payment_o
 
 async def lock_changes(conn: asyncpg.Connection, payment_id: str) -> None:
     """Wait for, then hold, the payment's change lock for this session (across commits)."""
-    await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))",
-                       PAYMENT_CHANGE_LOCK_CLASS, payment_id)
+    await conn.execute(
+        "SELECT pg_advisory_lock($1, hashtext($2))", PAYMENT_CHANGE_LOCK_CLASS, payment_id
+    )
 
 
 async def unlock_changes(conn: asyncpg.Connection) -> None:
@@ -54,12 +55,25 @@ async def unlock_changes(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
-async def insert_pending(conn: asyncpg.Connection, payment: asyncpg.Record, operation: str,
-                         amount: int, refund_id: str | None, reason: str | None,
-                         idempotency_key: str | None) -> asyncpg.Record:
+async def insert_pending(
+    conn: asyncpg.Connection,
+    payment: asyncpg.Record,
+    operation: str,
+    amount: int,
+    refund_id: str | None,
+    reason: str | None,
+    idempotency_key: str | None,
+) -> asyncpg.Record:
     row: asyncpg.Record | None = await conn.fetchrow(
-        INSERT_PENDING_SQL, payment["id"], payment["merchant_id"], operation, amount,
-        refund_id, reason, idempotency_key)
+        INSERT_PENDING_SQL,
+        payment["id"],
+        payment["merchant_id"],
+        operation,
+        amount,
+        refund_id,
+        reason,
+        idempotency_key,
+    )
     if row is None:  # INSERT ... RETURNING always answers one row
         raise RuntimeError(f"no pending operation written for {payment['id']}")
     return row
@@ -76,8 +90,7 @@ async def finish(conn: asyncpg.Connection, operation_id: int, state: str) -> boo
     return bool(await conn.fetchval(FINISH_SQL, operation_id, state))
 
 
-async def pending_due(pool: asyncpg.Pool, older_than_s: int,
-                      rows_max: int) -> list[asyncpg.Record]:
+async def pending_due(pool: asyncpg.Pool, older_than_s: int, rows_max: int) -> list[asyncpg.Record]:
     """Operations still pending after ``older_than_s``, oldest first, with ``age_s``."""
     return await pool.fetch(PENDING_DUE_SQL, float(older_than_s), rows_max)
 

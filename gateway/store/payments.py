@@ -10,9 +10,22 @@ import asyncpg
 
 # Columns of an intent, in the order of INSERT_INTENTS_SQL's unnest arrays.
 INTENT_COLUMNS = (
-    "payment_id", "merchant_id", "amount", "currency", "capture_method", "card_brand",
-    "card_last4", "card_exp_month", "card_exp_year", "card_fingerprint", "token_id",
-    "processor", "reference", "description", "metadata_json", "customer_json",
+    "payment_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "capture_method",
+    "card_brand",
+    "card_last4",
+    "card_exp_month",
+    "card_exp_year",
+    "card_fingerprint",
+    "token_id",
+    "processor",
+    "reference",
+    "description",
+    "metadata_json",
+    "customer_json",
     "idempotency_key",
 )
 
@@ -115,21 +128,29 @@ SELECT id, merchant_id, processor, currency, amount_capturable, amount_captured,
 OWNED_TABLES = {"payment": "payments", "refund": "refunds", "token": "tokens"}
 
 
-async def insert_intents(conn: asyncpg.Connection,
-                         columns: Sequence[Sequence[Any]]) -> dict[str, asyncpg.Record]:
+async def insert_intents(
+    conn: asyncpg.Connection, columns: Sequence[Sequence[Any]]
+) -> dict[str, asyncpg.Record]:
     """Insert 'processing' payments (one array per INTENT_COLUMNS); the rows by id."""
     rows = await conn.fetch(INSERT_INTENTS_SQL, *columns)
     return {row["id"]: row for row in rows}
 
 
-async def settle_many(conn: asyncpg.Connection, ids: Sequence[str], statuses: Sequence[str],
-                      capturable: Sequence[int], captured: Sequence[int],
-                      refunded: Sequence[int], references: Sequence[str | None],
-                      decline_codes: Sequence[str | None]) -> dict[str, asyncpg.Record]:
+async def settle_many(
+    conn: asyncpg.Connection,
+    ids: Sequence[str],
+    statuses: Sequence[str],
+    capturable: Sequence[int],
+    captured: Sequence[int],
+    refunded: Sequence[int],
+    references: Sequence[str | None],
+    decline_codes: Sequence[str | None],
+) -> dict[str, asyncpg.Record]:
     """Record outcomes of payments still 'processing'; the rows this call settled, by id
     (a payment someone else settled first is not among them)."""
-    rows = await conn.fetch(SETTLE_MANY_SQL, ids, statuses, capturable, captured, refunded,
-                            references, decline_codes)
+    rows = await conn.fetch(
+        SETTLE_MANY_SQL, ids, statuses, capturable, captured, refunded, references, decline_codes
+    )
     return {row["id"]: row for row in rows}
 
 
@@ -137,51 +158,101 @@ async def by_ids(conn: asyncpg.Connection, ids: Sequence[str]) -> list[asyncpg.R
     return await conn.fetch("SELECT * FROM payments WHERE id = any($1::text[])", ids)
 
 
-async def lock(conn: asyncpg.Connection, payment_id: str,
-               merchant_id: str) -> asyncpg.Record | None:
+async def lock(
+    conn: asyncpg.Connection, payment_id: str, merchant_id: str
+) -> asyncpg.Record | None:
     """The merchant's payment, locked until the caller's transaction ends."""
     return await conn.fetchrow(
         "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2 FOR UPDATE",
-        payment_id, merchant_id)
+        payment_id,
+        merchant_id,
+    )
 
 
-async def update_amounts(conn: asyncpg.Connection, payment_id: str, transition: Any) -> asyncpg.Record:
+async def update_amounts(
+    conn: asyncpg.Connection, payment_id: str, transition: Any
+) -> asyncpg.Record:
     return await conn.fetchrow(
-        UPDATE_AMOUNTS_SQL, payment_id, transition.status, transition.amount_capturable,
-        transition.amount_captured, transition.amount_refunded)
+        UPDATE_AMOUNTS_SQL,
+        payment_id,
+        transition.status,
+        transition.amount_capturable,
+        transition.amount_captured,
+        transition.amount_refunded,
+    )
 
 
-async def insert_refund(conn: asyncpg.Connection, refund_id: str, payment: asyncpg.Record,
-                        amount: int, reason: str | None) -> asyncpg.Record:
-    return await conn.fetchrow(INSERT_REFUND_SQL, refund_id, payment["merchant_id"],
-                               payment["id"], amount, payment["currency"], reason)
+async def insert_refund(
+    conn: asyncpg.Connection,
+    refund_id: str,
+    payment: asyncpg.Record,
+    amount: int,
+    reason: str | None,
+) -> asyncpg.Record:
+    return await conn.fetchrow(
+        INSERT_REFUND_SQL,
+        refund_id,
+        payment["merchant_id"],
+        payment["id"],
+        amount,
+        payment["currency"],
+        reason,
+    )
 
 
-async def insert_token(conn: asyncpg.Connection, token_id: str, merchant_id: str, card: Any,
-                       fingerprint: str, number_ciphertext: bytes) -> None:
-    await conn.execute(INSERT_TOKEN_SQL, token_id, merchant_id, card.brand, card.last4,
-                       card.exp_month, card.exp_year, fingerprint, card.holder_name,
-                       number_ciphertext)
+async def insert_token(
+    conn: asyncpg.Connection,
+    token_id: str,
+    merchant_id: str,
+    card: Any,
+    fingerprint: str,
+    number_ciphertext: bytes,
+) -> None:
+    await conn.execute(
+        INSERT_TOKEN_SQL,
+        token_id,
+        merchant_id,
+        card.brand,
+        card.last4,
+        card.exp_month,
+        card.exp_year,
+        fingerprint,
+        card.holder_name,
+        number_ciphertext,
+    )
 
 
-async def owned(conn: asyncpg.Connection, kind: str, object_id: str,
-                merchant_id: str) -> asyncpg.Record | None:
+async def owned(
+    conn: asyncpg.Connection, kind: str, object_id: str, merchant_id: str
+) -> asyncpg.Record | None:
     """The merchant's own payment, refund or token, or None."""
     table = OWNED_TABLES[kind]
-    return await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2",
-                               object_id, merchant_id)
+    return await conn.fetchrow(
+        f"SELECT * FROM {table} WHERE id = $1 AND merchant_id = $2", object_id, merchant_id
+    )
 
 
-async def list_page(conn: asyncpg.Connection, merchant_id: str, status: str | None,
-                    cursor: asyncpg.Record | None, rows_max: int) -> list[asyncpg.Record]:
+async def list_page(
+    conn: asyncpg.Connection,
+    merchant_id: str,
+    status: str | None,
+    cursor: asyncpg.Record | None,
+    rows_max: int,
+) -> list[asyncpg.Record]:
     """Newest first, after ``cursor`` (a payment row) if given."""
-    return await conn.fetch(LIST_SQL, merchant_id, status,
-                            cursor["created_at"] if cursor else None,
-                            cursor["id"] if cursor else None, rows_max)
+    return await conn.fetch(
+        LIST_SQL,
+        merchant_id,
+        status,
+        cursor["created_at"] if cursor else None,
+        cursor["id"] if cursor else None,
+        rows_max,
+    )
 
 
-async def processing_due(pool: asyncpg.Pool, older_than_s: int,
-                         rows_max: int) -> list[asyncpg.Record]:
+async def processing_due(
+    pool: asyncpg.Pool, older_than_s: int, rows_max: int
+) -> list[asyncpg.Record]:
     """Payments still 'processing' after ``older_than_s``, oldest first, with ``age_s``."""
     return await pool.fetch(PROCESSING_DUE_SQL, float(older_than_s), rows_max)
 
@@ -191,16 +262,18 @@ async def count_stuck(pool: asyncpg.Pool, older_than_s: int) -> int:
     return await pool.fetchval(STUCK_PROCESSING_SQL, float(older_than_s))
 
 
-async def lock_expiring(conn: asyncpg.Connection, ttl_s: int,
-                        rows_max: int) -> list[asyncpg.Record]:
+async def lock_expiring(
+    conn: asyncpg.Connection, ttl_s: int, rows_max: int
+) -> list[asyncpg.Record]:
     """Authorizations older than ``ttl_s``, locked; other workers skip them."""
     return await conn.fetch(EXPIRING_SQL, float(ttl_s), rows_max)
 
 
 async def expire(conn: asyncpg.Connection, payment_id: str, transition: Any) -> bool:
     """Expire a locked authorization; False if an operation on it is pending."""
-    return bool(await conn.fetchval(EXPIRE_SQL, payment_id, transition.status,
-                                    transition.amount_capturable))
+    return bool(
+        await conn.fetchval(EXPIRE_SQL, payment_id, transition.status, transition.amount_capturable)
+    )
 
 
 async def amounts_of_all(conn: asyncpg.Connection) -> list[asyncpg.Record]:

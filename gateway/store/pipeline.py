@@ -56,8 +56,7 @@ def _observe_shed(name: str) -> None:
     pass
 
 
-def set_observers(batch: Callable[[str, int, float], None],
-                  shed: Callable[[str], None]) -> None:
+def set_observers(batch: Callable[[str, int, float], None], shed: Callable[[str], None]) -> None:
     global _observe_batch, _observe_shed
     _observe_batch, _observe_shed = batch, shed
 
@@ -141,8 +140,9 @@ class Batcher(Generic[Item]):
         except BaseException as exc:  # never leave a caller waiting forever
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else
-                                         Overloaded(f"{self.name} stopped"))
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else Overloaded(f"{self.name} stopped")
+                    )
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -156,12 +156,18 @@ class Batcher(Generic[Item]):
         except Exception as exc:
             if len(items) == 1:
                 return [_Outcome(error=exc)]
-            log.warning("%s batch of %d failed (%s: %s); writing its items one by one",
-                        self.name, len(items), type(exc).__name__, exc)
+            log.warning(
+                "%s batch of %d failed (%s: %s); writing its items one by one",
+                self.name,
+                len(items),
+                type(exc).__name__,
+                exc,
+            )
             return [(await self._run([item]))[0] for item in items]
         _observe_batch(self.name, len(items), time.monotonic() - started)
-        return [_Outcome(error=r) if isinstance(r, Exception) else _Outcome(value=r)
-                for r in results]
+        return [
+            _Outcome(error=r) if isinstance(r, Exception) else _Outcome(value=r) for r in results
+        ]
 
     async def _transaction(self, items: list[Item]) -> list[Any]:
         async with self._pool.acquire(timeout=self._settings.acquire_timeout_s) as conn:

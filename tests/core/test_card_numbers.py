@@ -51,9 +51,11 @@ def reference_contains(text: str) -> bool:
     return any(is_card(d) for _, _, d in reference_runs(text))
 
 
-card_numbers = st.integers(12, 18).flatmap(
-    lambda n: st.text(alphabet="0123456789", min_size=n, max_size=n)).map(
-    lambda p: p + luhn_check_digit(p))
+card_numbers = (
+    st.integers(12, 18)
+    .flatmap(lambda n: st.text(alphabet="0123456789", min_size=n, max_size=n))
+    .map(lambda p: p + luhn_check_digit(p))
+)
 
 
 @st.composite
@@ -67,25 +69,27 @@ def formatted(draw, numbers=card_numbers):
 
 
 # Text that cannot extend a run at its edges: not a digit, and not a separator next to one.
-edge = st.text(alphabet=st.characters(exclude_characters="0123456789 -"), min_size=1,
-               max_size=1)
+edge = st.text(alphabet=st.characters(exclude_characters="0123456789 -"), min_size=1, max_size=1)
 noise = st.text(alphabet=st.sampled_from("abc xyz-.:@\u0663\uff13\n0123456789"), max_size=30)
 
 
-@pytest.mark.parametrize("text,found", [
-    ("pay 4242 4242 4242 4242 now", True),
-    ("4242-4242-4242-4242", True),
-    ("order x4242424242424242y", True),
-    ("378282246310005", True),                  # 15 digits, amex
-    ("4242424242424241", False),                # Luhn fails
-    ("4242  4242 4242 4242", False),            # two separators end a run: 4 + 12 digits
-    ("4242--4242-4242-4242", False),
-    ("42424242424242421234", False),            # 20 digits: not a card
-    ("424242424242", False),                    # 12 digits: below the minimum
-    ("\u0664\u0662\u0664\u0662" * 4, False),    # Arabic-Indic digits never count
-    ("", False),
-    ("order 1001", False),
-])
+@pytest.mark.parametrize(
+    "text,found",
+    [
+        ("pay 4242 4242 4242 4242 now", True),
+        ("4242-4242-4242-4242", True),
+        ("order x4242424242424242y", True),
+        ("378282246310005", True),  # 15 digits, amex
+        ("4242424242424241", False),  # Luhn fails
+        ("4242  4242 4242 4242", False),  # two separators end a run: 4 + 12 digits
+        ("4242--4242-4242-4242", False),
+        ("42424242424242421234", False),  # 20 digits: not a card
+        ("424242424242", False),  # 12 digits: below the minimum
+        ("\u0664\u0662\u0664\u0662" * 4, False),  # Arabic-Indic digits never count
+        ("", False),
+        ("order 1001", False),
+    ],
+)
 def test_contains_card_number(core, text, found):
     assert core.validation.contains_card_number(text) is found
     assert reference_contains(text) is found
@@ -93,24 +97,30 @@ def test_contains_card_number(core, text, found):
 
 def test_redact_card_numbers(core):
     v = core.validation
-    assert v.redact_card_numbers("card 4242 4242 4242 4242, exp 12/30") == \
-        "card [redacted], exp 12/30"
-    assert v.redact_card_numbers("a 378282246310005 b 4242-4242-4242-4242-") == \
-        "a [redacted] b [redacted]-"
+    assert (
+        v.redact_card_numbers("card 4242 4242 4242 4242, exp 12/30") == "card [redacted], exp 12/30"
+    )
+    assert (
+        v.redact_card_numbers("a 378282246310005 b 4242-4242-4242-4242-")
+        == "a [redacted] b [redacted]-"
+    )
     text = "nothing to see 1234"
     assert v.redact_card_numbers(text) is text
 
 
-@pytest.mark.parametrize("text,scrubbed", [
-    # Scrubbing errs towards redacting: a card number with digits glued on is still one
-    # (the free-text rule would not refuse these 17- and 25-digit runs), ...
-    ("param payment_method.card.42424242424242421", "param payment_method.card.[redacted]"),
-    ("x" + "0" * 9 + "4242424242424242", "x[redacted]"),
-    # ... and so is a Luhn-valid 12-digit number, which validation accepts as a card.
-    ("12-digit 123456789015", "12-digit [redacted]"),
-    # Runs that hold no Luhn-valid 12..19-digit number stay.
-    ("order 12345678901", "order 12345678901"),
-])
+@pytest.mark.parametrize(
+    "text,scrubbed",
+    [
+        # Scrubbing errs towards redacting: a card number with digits glued on is still one
+        # (the free-text rule would not refuse these 17- and 25-digit runs), ...
+        ("param payment_method.card.42424242424242421", "param payment_method.card.[redacted]"),
+        ("x" + "0" * 9 + "4242424242424242", "x[redacted]"),
+        # ... and so is a Luhn-valid 12-digit number, which validation accepts as a card.
+        ("12-digit 123456789015", "12-digit [redacted]"),
+        # Runs that hold no Luhn-valid 12..19-digit number stay.
+        ("order 12345678901", "order 12345678901"),
+    ],
+)
 def test_scrubbing_redacts_more_than_the_free_text_rule_refuses(core, text, scrubbed):
     assert core.validation.redact_card_numbers(text) == scrubbed
 
@@ -130,8 +140,7 @@ def test_parity_and_rule(compiled, pure, text):
 
 @PROP
 @given(before=noise, left=edge, number=formatted(), right=edge, after=noise)
-def test_an_embedded_card_number_is_found_and_redacted(core, before, left, number, right,
-                                                        after):
+def test_an_embedded_card_number_is_found_and_redacted(core, before, left, number, right, after):
     v = core.validation
     text = before + left + number + right + after
     assert v.contains_card_number(text)
@@ -143,18 +152,22 @@ def test_an_embedded_card_number_is_found_and_redacted(core, before, left, numbe
 
 # --- validate_payment refuses card numbers in free text ------------------------------
 
+
 def error_of(core, b):
     with pytest.raises(CoreError) as info:
         core.validation.validate_payment(b, *TODAY)
     return info.value
 
 
-@pytest.mark.parametrize("changes,param", [
-    ({"reference": "4242424242424242"}, "reference"),
-    ({"description": "for card 4242 4242 4242 4242"}, "description"),
-    ({"metadata": {"cart": "c_77", "note": "4242-4242-4242-4242"}}, "metadata.note"),
-    ({"customer": {"email": "4242424242424242@example.com"}}, "customer.email"),
-])
+@pytest.mark.parametrize(
+    "changes,param",
+    [
+        ({"reference": "4242424242424242"}, "reference"),
+        ({"description": "for card 4242 4242 4242 4242"}, "description"),
+        ({"metadata": {"cart": "c_77", "note": "4242-4242-4242-4242"}}, "metadata.note"),
+        ({"customer": {"email": "4242424242424242@example.com"}}, "customer.email"),
+    ],
+)
 def test_card_numbers_in_free_text_are_refused(core, changes, param):
     error = error_of(core, body(**changes))
     assert (error.code, error.param, error.status) == ("parameter_invalid", param, 400)
@@ -163,40 +176,55 @@ def test_card_numbers_in_free_text_are_refused(core, changes, param):
 
 
 def test_free_text_without_card_numbers_is_fine(core):
-    b = body(reference="order 4242 4242", description="4242424242424241",
-             metadata={"a": "12345678901234567890123"})
+    b = body(
+        reference="order 4242 4242",
+        description="4242424242424241",
+        metadata={"a": "12345678901234567890123"},
+    )
     core.validation.validate_payment(b, *TODAY)
 
 
 def test_card_number_precedence_follows_the_fields(core):
     # The first field in API.md's order wins, and each field's own checks come first.
     card = "4242424242424242"
-    b = body(reference=card, description=card, metadata={"k": card},
-             customer={"email": card + "@example.com"})
+    b = body(
+        reference=card,
+        description=card,
+        metadata={"k": card},
+        customer={"email": card + "@example.com"},
+    )
     assert error_of(core, b).param == "reference"
     del b["reference"]
     assert error_of(core, b).param == "description"
     del b["description"]
     assert error_of(core, b).param == "metadata.k"
-    b["metadata"] = {"b": card, "a": "x" * 501}    # metadata keys in sorted order
+    b["metadata"] = {"b": card, "a": "x" * 501}  # metadata keys in sorted order
     assert error_of(core, b).param == "metadata.a"
     b["metadata"] = {"b": card, "a": card}
     assert error_of(core, b).param == "metadata.a"
     del b["metadata"]
     assert error_of(core, b).param == "customer.email"
-    b["customer"] = {"email": card}                 # not an email address: that comes first
+    b["customer"] = {"email": card}  # not an email address: that comes first
     error = error_of(core, b)
-    assert (error.param, error.message) == ("customer.email",
-                                            "customer.email must be an email address")
-    b = body(amount=0, reference=card)              # earlier fields still come first
+    assert (error.param, error.message) == (
+        "customer.email",
+        "customer.email must be an email address",
+    )
+    b = body(amount=0, reference=card)  # earlier fields still come first
     assert error_of(core, b).param == "amount"
 
 
 @PROP
-@given(field=st.sampled_from(("reference", "description", "metadata", "email")),
-       before=noise, left=edge, number=formatted(), right=edge)
-def test_any_embedded_card_number_is_refused_in_both_builds(compiled, pure, field, before,
-                                                            left, number, right):
+@given(
+    field=st.sampled_from(("reference", "description", "metadata", "email")),
+    before=noise,
+    left=edge,
+    number=formatted(),
+    right=edge,
+)
+def test_any_embedded_card_number_is_refused_in_both_builds(
+    compiled, pure, field, before, left, number, right
+):
     text = (before + left + number + right)[:200]
     if not reference_contains(text):  # truncated away
         return

@@ -26,16 +26,32 @@ from tests.core.conftest import load
 
 PXD_DIR = Path(core_ext.__file__).parent / "compiled"
 PXDS = sorted(PXD_DIR.glob("*.pxd"))
-NUMERIC = {"int", "long", "long long", "Py_ssize_t", "double", "float", "short",
-           "unsigned int", "unsigned long", "unsigned long long", "size_t"}
-BUILTIN = {"str": ("", b"x"), "bytes": (b"", "x"), "dict": ({}, []), "list": ([], {}),
-           "tuple": ((), [])}
+NUMERIC = {
+    "int",
+    "long",
+    "long long",
+    "Py_ssize_t",
+    "double",
+    "float",
+    "short",
+    "unsigned int",
+    "unsigned long",
+    "unsigned long long",
+    "size_t",
+}
+BUILTIN = {
+    "str": ("", b"x"),
+    "bytes": (b"", "x"),
+    "dict": ({}, []),
+    "list": ([], {}),
+    "tuple": ((), []),
+}
 
 
 @dataclass
 class CClass:
     name: str
-    fields: dict = field(default_factory=dict)      # name -> (type, readonly)
+    fields: dict = field(default_factory=dict)  # name -> (type, readonly)
     cdef_methods: list = field(default_factory=list)
     cpdef_methods: list = field(default_factory=list)
 
@@ -104,14 +120,18 @@ def test_cdef_functions_are_c_only(decl):
     compiled, pure = load("compiled", decl.module), load("pure", decl.module)
     for name in decl.cdef_functions + decl.variables:
         assert hasattr(pure, name), f"pure {decl.module} has no {name}: stale pxd?"
-        assert not hasattr(compiled, name), \
+        assert not hasattr(compiled, name), (
             f"core_ext.compiled.{decl.module}.{name} is Python-visible: its pxd is not applied"
+        )
     for name in decl.cpdef_functions:
         assert callable(getattr(compiled, name)) and callable(getattr(pure, name)), name
 
 
-@pytest.mark.parametrize("decl,cclass", [(d, c) for d in DECLS for c in d.classes],
-                         ids=lambda x: getattr(x, "name", getattr(x, "module", None)))
+@pytest.mark.parametrize(
+    "decl,cclass",
+    [(d, c) for d in DECLS for c in d.classes],
+    ids=lambda x: getattr(x, "name", getattr(x, "module", None)),
+)
 def test_cdef_classes_are_typed_extension_types(decl, cclass):
     compiled, pure = load("compiled", decl.module), load("pure", decl.module)
     cls, pure_cls = getattr(compiled, cclass.name), getattr(pure, cclass.name)
@@ -137,7 +157,7 @@ def test_cdef_classes_are_typed_extension_types(decl, cclass):
         wrong = values(type_name)[1]
         if wrong is not None:
             with pytest.raises(TypeError):
-                obj.__setstate_cython__((*good[:i], wrong, *good[i + 1:]))
+                obj.__setstate_cython__((*good[:i], wrong, *good[i + 1 :]))
         if readonly:
             getattr(obj, name)
             with pytest.raises(AttributeError):

@@ -39,7 +39,9 @@ leaves = (
 )
 json_values = st.recursive(
     leaves,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=16,
 )
 
@@ -52,8 +54,9 @@ def oracle(value):
 
 # ---- canonical_json ---------------------------------------------------------------------
 
+
 def test_canonical_json_example(idem):
-    body = {"b": [1, 1.0, True, None, "x"], "a": {"z": "q\"\\\n\x01é", "y": -0.0}}
+    body = {"b": [1, 1.0, True, None, "x"], "a": {"z": 'q"\\\n\x01é', "y": -0.0}}
     assert idem.canonical_json(body) == (
         '{"a":{"y":-0.0,"z":"q\\"\\\\\\n\\u0001é"},"b":[1,1.0,true,null,"x"]}'.encode()
     )
@@ -119,6 +122,7 @@ def test_string_escaping_round_trips(idem, text):
 
 
 # ---- request_fingerprint ----------------------------------------------------------------
+
 
 def fp(idem, body, method="POST", path="/v1/payments", merchant="mer_1"):
     return idem.request_fingerprint(method, path, merchant, body)
@@ -198,11 +202,14 @@ def test_fingerprint_depends_on_method_path_merchant_and_keys(idem):
 def test_fingerprint_fields_are_delimited(idem):
     # Moving characters across a field boundary must not collide.
     assert idem.request_fingerprint("POST", "/v1/ab", "c", 1) != idem.request_fingerprint(
-        "POST", "/v1/a", "bc", 1)
+        "POST", "/v1/a", "bc", 1
+    )
     assert idem.request_fingerprint("POS", "T/v1", "m", 1) != idem.request_fingerprint(
-        "POST", "/v1", "m", 1)
+        "POST", "/v1", "m", 1
+    )
     assert idem.request_fingerprint("POST", "/v1", "m1", "x") != idem.request_fingerprint(
-        "POST", "/v1", "m", '1"x')
+        "POST", "/v1", "m", '1"x'
+    )
 
 
 def test_fingerprint_rejects_non_str_fields(idem):
@@ -214,17 +221,25 @@ def test_fingerprint_rejects_non_str_fields(idem):
 
 # ---- IdempotencyCache -------------------------------------------------------------------
 
+
 def test_constants(idem):
     assert (idem.NEW, idem.REPLAY, idem.IN_FLIGHT, idem.REUSED) == (
-        "new", "replay", "in_flight", "reused")
+        "new",
+        "replay",
+        "in_flight",
+        "reused",
+    )
 
 
-@pytest.mark.parametrize("stored,completed,fingerprint,expected", [
-    (FP_A, True, FP_A, "replay"),
-    (FP_A, False, FP_A, "in_flight"),
-    (FP_A, True, FP_B, "reused"),
-    (FP_A, False, FP_B, "reused"),   # a different body outranks in-flight
-])
+@pytest.mark.parametrize(
+    "stored,completed,fingerprint,expected",
+    [
+        (FP_A, True, FP_A, "replay"),
+        (FP_A, False, FP_A, "in_flight"),
+        (FP_A, True, FP_B, "reused"),
+        (FP_A, False, FP_B, "reused"),  # a different body outranks in-flight
+    ],
+)
 def test_verdict(idem, stored, completed, fingerprint, expected):
     assert idem.verdict(stored, completed, fingerprint) == expected
 
@@ -241,8 +256,7 @@ def test_parity_verdict(both, stored, completed, fingerprint):
     compiled, pure = both
     answer = compiled.verdict(stored, completed, fingerprint)
     assert answer == pure.verdict(stored, completed, fingerprint)
-    assert answer == ("reused" if stored != fingerprint else
-                      "replay" if completed else "in_flight")
+    assert answer == ("reused" if stored != fingerprint else "replay" if completed else "in_flight")
 
 
 def test_cache_lifecycle(idem):
@@ -292,13 +306,13 @@ def test_lru_eviction(idem):
     for key in ("a", "b", "c"):
         cache.complete("m", key, FP_A, 201, key.encode(), 0.0)
     assert cache.lookup("m", "a", FP_A, 1.0)[0] == "replay"  # a is now most recent
-    cache.begin("m", "d", FP_A, 2.0)                           # evicts b, the least recent
+    cache.begin("m", "d", FP_A, 2.0)  # evicts b, the least recent
     assert len(cache) == 3
     assert cache.lookup("m", "b", FP_A, 3.0) == ("new", None)
     assert cache.lookup("m", "d", FP_A, 3.0) == ("in_flight", None)
     assert cache.lookup("m", "c", FP_A, 3.0) == ("replay", (201, b"c"))
     assert cache.lookup("m", "a", FP_A, 3.0) == ("replay", (201, b"a"))
-    cache.complete("m", "e", FP_A, 201, b"e", 4.0)             # evicts d (c, a were looked up later)
+    cache.complete("m", "e", FP_A, 201, b"e", 4.0)  # evicts d (c, a were looked up later)
     assert cache.lookup("m", "d", FP_A, 5.0) == ("new", None)
     assert len(cache) == 3
 
@@ -334,14 +348,20 @@ def test_complete_rejects_non_http_status(idem, code):
 
 # ---- compiled and pure agree ------------------------------------------------------------
 
+
 @PROP
-@given(value=json_values, method=st.sampled_from(("POST", "GET")), path=st.text(max_size=20),
-       merchant=st.text(max_size=12))
+@given(
+    value=json_values,
+    method=st.sampled_from(("POST", "GET")),
+    path=st.text(max_size=20),
+    merchant=st.text(max_size=12),
+)
 def test_parity_canonical_json_and_fingerprint(both, value, method, path, merchant):
     compiled, pure = both
     assert compiled.canonical_json(value) == pure.canonical_json(value)
-    assert compiled.request_fingerprint(method, path, merchant, value) == \
-        pure.request_fingerprint(method, path, merchant, value)
+    assert compiled.request_fingerprint(method, path, merchant, value) == pure.request_fingerprint(
+        method, path, merchant, value
+    )
 
 
 cache_ops = st.lists(

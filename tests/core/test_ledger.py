@@ -16,8 +16,6 @@ MP, MA = "merchant:mer_1:EUR:pending", "merchant:mer_1:EUR:available"
 PP, PR = "processor:sandbox:EUR:pending", "processor:sandbox:EUR:receivable"
 
 
-
-
 @pytest.fixture(params=BUILDS, scope="module")
 def build(request):
     return load(request.param, "states"), load(request.param, "ledger")
@@ -45,15 +43,18 @@ def test_account_names(ledger):
     assert ledger.account("processor", "sandbox", "EUR", "receivable") == PR
 
 
-@pytest.mark.parametrize("args", [
-    ("merchant", "mer_1", "EUR", "receivable"),
-    ("processor", "sandbox", "EUR", "available"),
-    ("bank", "x", "EUR", "pending"),
-    ("merchant", "mer:1", "EUR", "pending"),
-    ("merchant", "mer_1", "EU:R", "pending"),
-    ("merchant", "", "EUR", "pending"),
-    ("merchant", "mer_1", "", "pending"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("merchant", "mer_1", "EUR", "receivable"),
+        ("processor", "sandbox", "EUR", "available"),
+        ("bank", "x", "EUR", "pending"),
+        ("merchant", "mer:1", "EUR", "pending"),
+        ("merchant", "mer_1", "EU:R", "pending"),
+        ("merchant", "", "EUR", "pending"),
+        ("merchant", "mer_1", "", "pending"),
+    ],
+)
 def test_account_rejects_ambiguous_or_unknown(ledger, args):
     with pytest.raises(ValueError):
         ledger.account(*args)
@@ -75,14 +76,17 @@ def test_postings_for_each_event(states, ledger):
         assert ledger.postings(states.settle_authorization(outcome, 1000), M, P, CUR) == []
 
 
-@pytest.mark.parametrize("fields", [
-    ("authorize", "authorized", 0, 0, 0, 0, 0),       # zero money
-    ("authorize", "authorized", 5, 0, 0, -5, 0),      # negative money
-    ("decline", "declined", 0, 0, 0, 5, 0),           # a decline moving money
-    ("void", "voided", 0, 0, 0, 5, 3),                # release outside a capture
-    ("capture", "captured", 0, 5, 0, 5, -1),          # negative release
-    ("refund", "refunded", 0, 5, 5, 0, 0),            # empty refund
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("authorize", "authorized", 0, 0, 0, 0, 0),  # zero money
+        ("authorize", "authorized", 5, 0, 0, -5, 0),  # negative money
+        ("decline", "declined", 0, 0, 0, 5, 0),  # a decline moving money
+        ("void", "voided", 0, 0, 0, 5, 3),  # release outside a capture
+        ("capture", "captured", 0, 5, 0, 5, -1),  # negative release
+        ("refund", "refunded", 0, 5, 5, 0, 0),  # empty refund
+    ],
+)
 def test_forged_transitions_raise_ledger_imbalance(states, ledger, fields):
     with pytest.raises(LedgerImbalance):
         ledger.postings(states.Transition(*fields), M, P, CUR)
@@ -114,7 +118,10 @@ def test_check_balanced(ledger):
 
 def test_expected_payment_balances(ledger):
     assert ledger.expected_payment_balances(M, P, CUR, 300, 700, 200) == {
-        MP: -300, MA: -500, PP: 300, PR: 500,
+        MP: -300,
+        MA: -500,
+        PP: 300,
+        PR: 500,
     }
     with pytest.raises(LedgerImbalance):
         ledger.expected_payment_balances(M, P, CUR, 0, 100, 101)
@@ -126,7 +133,8 @@ def test_balance_differences(ledger):
     expected = {MP: 0, MA: -5, PP: 0, PR: 5}
     assert ledger.balance_differences(expected, {MA: -5, PR: 5}) == {}
     assert ledger.balance_differences(expected, {MA: -5, PR: 4, "x": 1}) == {
-        PR: (5, 4), "x": (0, 1),
+        PR: (5, 4),
+        "x": (0, 1),
     }
 
 
@@ -197,18 +205,32 @@ def run_sequence(states, ledger, outcome, amount, ops, on_step=None):
         assert 0 <= t.amount_capturable <= amount - t.amount_captured
         view = ledger.balance_view(sums)
         if view:
-            assert view == [{"currency": CUR, "pending": t.amount_capturable,
-                             "available": t.amount_captured - t.amount_refunded}]
+            assert view == [
+                {
+                    "currency": CUR,
+                    "pending": t.amount_capturable,
+                    "available": t.amount_captured - t.amount_refunded,
+                }
+            ]
 
     post(t)
     for op, requested in ops:
         before = t
         extra = (requested,) if op in ("capture", "refund") else ()
-        limit = before.amount_capturable if op != "refund" else (
-            before.amount_captured - before.amount_refunded)
+        limit = (
+            before.amount_capturable
+            if op != "refund"
+            else (before.amount_captured - before.amount_refunded)
+        )
         try:
-            t = getattr(states, op)(before.status, amount, before.amount_capturable,
-                                    before.amount_captured, before.amount_refunded, *extra)
+            t = getattr(states, op)(
+                before.status,
+                amount,
+                before.amount_capturable,
+                before.amount_captured,
+                before.amount_refunded,
+                *extra,
+            )
         except CoreError as exc:
             if before.status not in LEGAL_FROM[op]:
                 assert (exc.code, exc.status) == ("payment_state_invalid", 409)
@@ -230,8 +252,11 @@ def run_sequence(states, ledger, outcome, amount, ops, on_step=None):
 
 
 @PROP
-@given(outcome=st.sampled_from(("approved", "declined", "failed")),
-       amount=st.integers(1, 100), ops=operations)
+@given(
+    outcome=st.sampled_from(("approved", "declined", "failed")),
+    amount=st.integers(1, 100),
+    ops=operations,
+)
 def test_random_sequences_keep_ledger_in_step(build, outcome, amount, ops):
     states, ledger = build
     run_sequence(states, ledger, outcome, amount, ops)
@@ -248,11 +273,15 @@ def test_refunds_never_exceed_capture(build, amount, refunds):
 
 # ---- compiled and pure agree ------------------------------------------------------------
 
+
 @PROP
-@given(outcome=st.sampled_from(("approved", "declined", "failed")),
-       amount=st.integers(1, 10**8), ops=operations,
-       merchant=st.text(st.characters(blacklist_characters=":"), min_size=1, max_size=12),
-       currency=st.sampled_from(("EUR", "JPY", "KWD")))
+@given(
+    outcome=st.sampled_from(("approved", "declined", "failed")),
+    amount=st.integers(1, 10**8),
+    ops=operations,
+    merchant=st.text(st.characters(blacklist_characters=":"), min_size=1, max_size=12),
+    currency=st.sampled_from(("EUR", "JPY", "KWD")),
+)
 def test_parity_postings(both, outcome, amount, ops, merchant, currency):
     pure_states, pure_ledger = both["pure"]
     compiled_states, compiled_ledger = both["compiled"]
@@ -265,10 +294,17 @@ def test_parity_postings(both, outcome, amount, ops, merchant, currency):
     assert pure_posts == [compiled_ledger.postings(t, merchant, P, currency) for t in pure_run]
     assert pure_ledger.entry_columns(pure_posts) == compiled_ledger.entry_columns(pure_posts)
     last = pure_run[-1]
-    args = (merchant, P, currency, last.amount_capturable, last.amount_captured,
-            last.amount_refunded)
-    assert pure_ledger.expected_payment_balances(*args) == \
-        compiled_ledger.expected_payment_balances(*args)
+    args = (
+        merchant,
+        P,
+        currency,
+        last.amount_capturable,
+        last.amount_captured,
+        last.amount_refunded,
+    )
+    assert pure_ledger.expected_payment_balances(
+        *args
+    ) == compiled_ledger.expected_payment_balances(*args)
 
 
 def test_account_pattern_spells_accounts_as_account_does(core):

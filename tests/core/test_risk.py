@@ -24,6 +24,7 @@ def both():
 
 # ---- token bucket -------------------------------------------------------------------------
 
+
 def test_a_new_key_gets_its_burst_then_waits_for_the_rate(risk):
     limiter = risk.RateLimiter()
     assert [limiter.take("k", 2.0, 3, 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
@@ -70,8 +71,11 @@ def test_a_clock_that_goes_back_refills_nothing(risk):
     assert limiter.take("k", 1.0, 1, 50.0) > 0
 
 
-@given(rate=st.integers(1, 1000), burst=st.integers(1, 100),
-       gaps=st.lists(st.floats(0, 2, allow_nan=False), min_size=1, max_size=200))
+@given(
+    rate=st.integers(1, 1000),
+    burst=st.integers(1, 100),
+    gaps=st.lists(st.floats(0, 2, allow_nan=False), min_size=1, max_size=200),
+)
 @PROP
 def test_never_more_than_burst_plus_rate_times_elapsed(both, rate, burst, gaps):
     """The defining property of a token bucket, and both builds agree call by call."""
@@ -100,6 +104,7 @@ def test_retry_after_is_enough_and_not_too_much(risk, rate, burst):
 
 
 # ---- velocity guard ----------------------------------------------------------------------
+
 
 def limits(risk, window_s=60.0, merchant=0, card=0, declines=0):
     return risk.RiskLimits(window_s, merchant, card, declines)
@@ -157,17 +162,30 @@ def test_the_guard_is_bounded(risk):
     assert len(guard) <= 10
 
 
-@given(events=st.lists(st.tuples(st.sampled_from(["check", "decline"]),
-                                 st.sampled_from(["m1", "m2"]), st.sampled_from(["a", "b", "c"]),
-                                 st.floats(0, 30, allow_nan=False)), max_size=150),
-       merchant=st.integers(0, 20), card=st.integers(0, 10), declines=st.integers(0, 5))
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["check", "decline"]),
+            st.sampled_from(["m1", "m2"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.floats(0, 30, allow_nan=False),
+        ),
+        max_size=150,
+    ),
+    merchant=st.integers(0, 20),
+    card=st.integers(0, 10),
+    declines=st.integers(0, 5),
+)
 @PROP
 def test_both_builds_agree_and_never_let_more_than_the_limit_through(
-        both, events, merchant, card, declines):
+    both, events, merchant, card, declines
+):
     compiled, pure = both
     guards = compiled.VelocityGuard(), pure.VelocityGuard()
-    rules = (compiled.RiskLimits(100.0, merchant, card, declines),
-             pure.RiskLimits(100.0, merchant, card, declines))
+    rules = (
+        compiled.RiskLimits(100.0, merchant, card, declines),
+        pure.RiskLimits(100.0, merchant, card, declines),
+    )
     now = 0.0
     allowed: dict[str, int] = {}
     for kind, merchant_id, fingerprint, gap in events:
@@ -176,8 +194,10 @@ def test_both_builds_agree_and_never_let_more_than_the_limit_through(
             for guard, rule in zip(guards, rules, strict=True):
                 guard.record_decline(merchant_id, fingerprint, rule, now)
             continue
-        verdicts = [guard.check(merchant_id, fingerprint, rule, now)
-                    for guard, rule in zip(guards, rules, strict=True)]
+        verdicts = [
+            guard.check(merchant_id, fingerprint, rule, now)
+            for guard, rule in zip(guards, rules, strict=True)
+        ]
         assert verdicts[0] == verdicts[1]
         if verdicts[0] is None:
             allowed[merchant_id] = allowed.get(merchant_id, 0) + 1

@@ -1,6 +1,5 @@
 """The payment state machine (core_ext.*.states), on both builds."""
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,8 +9,6 @@ from tests.core.conftest import load
 
 BUILDS = ("compiled", "pure")
 PROP = settings(max_examples=200, deadline=None)
-
-
 
 
 @pytest.fixture(params=BUILDS, scope="module")
@@ -53,24 +50,49 @@ AMOUNTS = {
 # The only legal moves (requested=None: everything) and exactly what they return.
 LEGAL = {
     ("authorized", "capture"): dict(
-        event="capture", status="captured", amount_capturable=0, amount_captured=100,
-        amount_refunded=0, amount=100, released=0,
+        event="capture",
+        status="captured",
+        amount_capturable=0,
+        amount_captured=100,
+        amount_refunded=0,
+        amount=100,
+        released=0,
     ),
     ("authorized", "void"): dict(
-        event="void", status="voided", amount_capturable=0, amount_captured=0,
-        amount_refunded=0, amount=100, released=0,
+        event="void",
+        status="voided",
+        amount_capturable=0,
+        amount_captured=0,
+        amount_refunded=0,
+        amount=100,
+        released=0,
     ),
     ("authorized", "expire"): dict(
-        event="expire", status="expired", amount_capturable=0, amount_captured=0,
-        amount_refunded=0, amount=100, released=0,
+        event="expire",
+        status="expired",
+        amount_capturable=0,
+        amount_captured=0,
+        amount_refunded=0,
+        amount=100,
+        released=0,
     ),
     ("captured", "refund"): dict(
-        event="refund", status="refunded", amount_capturable=0, amount_captured=80,
-        amount_refunded=80, amount=80, released=0,
+        event="refund",
+        status="refunded",
+        amount_capturable=0,
+        amount_captured=80,
+        amount_refunded=80,
+        amount=80,
+        released=0,
     ),
     ("partially_refunded", "refund"): dict(
-        event="refund", status="refunded", amount_capturable=0, amount_captured=80,
-        amount_refunded=80, amount=50, released=0,
+        event="refund",
+        status="refunded",
+        amount_capturable=0,
+        amount_captured=80,
+        amount_refunded=80,
+        amount=50,
+        released=0,
     ),
 }
 
@@ -88,18 +110,55 @@ def test_status_constants(states):
     assert states.STATUSES == ALL
 
 
-@pytest.mark.parametrize("outcome, expected", [
-    ("approved", dict(event="authorize", status="authorized", amount_capturable=500,
-                      amount_captured=0, amount_refunded=0, amount=500, released=0)),
-    ("declined", dict(event="decline", status="declined", amount_capturable=0,
-                      amount_captured=0, amount_refunded=0, amount=0, released=0)),
-    ("failed", dict(event="fail", status="failed", amount_capturable=0,
-                    amount_captured=0, amount_refunded=0, amount=0, released=0)),
-])
+@pytest.mark.parametrize(
+    "outcome, expected",
+    [
+        (
+            "approved",
+            dict(
+                event="authorize",
+                status="authorized",
+                amount_capturable=500,
+                amount_captured=0,
+                amount_refunded=0,
+                amount=500,
+                released=0,
+            ),
+        ),
+        (
+            "declined",
+            dict(
+                event="decline",
+                status="declined",
+                amount_capturable=0,
+                amount_captured=0,
+                amount_refunded=0,
+                amount=0,
+                released=0,
+            ),
+        ),
+        (
+            "failed",
+            dict(
+                event="fail",
+                status="failed",
+                amount_capturable=0,
+                amount_captured=0,
+                amount_refunded=0,
+                amount=0,
+                released=0,
+            ),
+        ),
+    ],
+)
 def test_settle_authorization(states, outcome, expected):
     t = states.settle_authorization(outcome, 500)
     assert t.as_dict() == expected
-    assert (t.event, t.status, t.amount) == (expected["event"], expected["status"], expected["amount"])
+    assert (t.event, t.status, t.amount) == (
+        expected["event"],
+        expected["status"],
+        expected["amount"],
+    )
 
 
 @pytest.mark.parametrize("outcome", ["APPROVED", "approve", "", "timeout"])
@@ -124,23 +183,34 @@ def test_every_status_and_operation(states, status, op):
     with pytest.raises(CoreError) as info:
         call(states, op, status, amounts)
     assert info.value.as_tuple() == (
-        409, "invalid_request_error", "payment_state_invalid", None,
+        409,
+        "invalid_request_error",
+        "payment_state_invalid",
+        None,
         f"cannot {op} a payment that is {status}",
     )
 
 
 def test_legal_table_covers_exactly_the_api_moves():
     assert set(LEGAL) == {
-        ("authorized", "capture"), ("authorized", "void"), ("authorized", "expire"),
-        ("captured", "refund"), ("partially_refunded", "refund"),
+        ("authorized", "capture"),
+        ("authorized", "void"),
+        ("authorized", "expire"),
+        ("captured", "refund"),
+        ("partially_refunded", "refund"),
     }
 
 
 def test_partial_capture_releases_the_remainder(states):
     t = states.capture("authorized", 1000, 1000, 0, 0, 700)
     assert t.as_dict() == dict(
-        event="capture", status="captured", amount_capturable=0, amount_captured=700,
-        amount_refunded=0, amount=700, released=300,
+        event="capture",
+        status="captured",
+        amount_capturable=0,
+        amount_captured=700,
+        amount_refunded=0,
+        amount=700,
+        released=300,
     )
 
 
@@ -152,7 +222,9 @@ def test_capture_exactly_capturable_releases_nothing(states):
 def test_only_one_capture(states):
     t = states.capture("authorized", 1000, 1000, 0, 0, 400)
     with pytest.raises(CoreError) as info:
-        states.capture(t.status, 1000, t.amount_capturable, t.amount_captured, t.amount_refunded, 100)
+        states.capture(
+            t.status, 1000, t.amount_capturable, t.amount_captured, t.amount_refunded, 100
+        )
     assert info.value.code == "payment_state_invalid"
     assert info.value.message == "cannot capture a payment that is captured"
 
@@ -162,16 +234,22 @@ def test_capture_over_capturable(states, requested):
     with pytest.raises(CoreError) as info:
         states.capture("authorized", 1000, 1000, 0, 0, requested)
     assert info.value.as_tuple() == (
-        400, "invalid_request_error", "amount_too_large", "amount",
+        400,
+        "invalid_request_error",
+        "amount_too_large",
+        "amount",
         f"amount {requested} exceeds the capturable amount 1000",
     )
 
 
-@pytest.mark.parametrize("op, status, amounts", [
-    ("capture", "authorized", (1000, 1000, 0, 0)),
-    ("refund", "captured", (1000, 0, 1000, 0)),
-    ("refund", "partially_refunded", (1000, 0, 1000, 10)),
-])
+@pytest.mark.parametrize(
+    "op, status, amounts",
+    [
+        ("capture", "authorized", (1000, 1000, 0, 0)),
+        ("refund", "captured", (1000, 0, 1000, 0)),
+        ("refund", "partially_refunded", (1000, 0, 1000, 10)),
+    ],
+)
 @pytest.mark.parametrize("requested", [0, -1, -(10**30)])
 def test_non_positive_amount(states, op, status, amounts, requested):
     with pytest.raises(CoreError) as info:
@@ -188,8 +266,11 @@ def test_requested_must_be_int(states, requested):
 def test_partial_refunds_up_to_captured(states):
     amount, capturable, captured, refunded = 1000, 0, 600, 0
     status = "captured"
-    for step, expected_status in [(100, "partially_refunded"), (200, "partially_refunded"),
-                                  (300, "refunded")]:
+    for step, expected_status in [
+        (100, "partially_refunded"),
+        (200, "partially_refunded"),
+        (300, "refunded"),
+    ]:
         t = states.refund(status, amount, capturable, captured, refunded, step)
         assert (t.event, t.status, t.amount, t.released) == ("refund", expected_status, step, 0)
         assert t.amount_captured == 600 and t.amount_capturable == 0
@@ -206,7 +287,10 @@ def test_refund_over_remaining(states):
     with pytest.raises(CoreError) as info:
         states.refund("partially_refunded", 1000, 0, 600, 550, 51)
     assert info.value.as_tuple() == (
-        400, "invalid_request_error", "amount_too_large", "amount",
+        400,
+        "invalid_request_error",
+        "amount_too_large",
+        "amount",
         "amount 51 exceeds the refundable amount 50",
     )
     t = states.refund("partially_refunded", 1000, 0, 600, 550, 50)
@@ -229,20 +313,23 @@ def test_state_is_checked_before_amount(states, requested):
     assert info.value.code == "payment_state_invalid"
 
 
-@pytest.mark.parametrize("op, status, amounts", [
-    ("capture", "authorized", (100, 100, 101, 0)),   # captured > amount
-    ("refund", "captured", (100, 0, 50, 60)),       # refunded > captured
-    ("void", "authorized", (100, 101, 0, 0)),       # capturable > amount
-    ("refund", "captured", (100, 0, 50, -1)),       # negative
-    ("expire", "authorized", (100, -1, 0, 0)),      # negative capturable
-    ("capture", "voided", (100, 60, 60, 0)),         # capturable + captured > amount
-    ("capture", "authorized", (100, 0, 0, 0)),      # authorized with nothing held
-    ("void", "authorized", (100, 50, 50, 0)),       # authorized but already captured
-    ("refund", "captured", (100, 0, 80, 10)),       # "captured" with refunds
-    ("refund", "captured", (100, 0, 0, 0)),         # captured nothing
-    ("refund", "partially_refunded", (100, 0, 80, 80)),  # nothing left yet "partially"
-    ("refund", "partially_refunded", (100, 0, 80, 0)),   # no refunds yet "partially"
-])
+@pytest.mark.parametrize(
+    "op, status, amounts",
+    [
+        ("capture", "authorized", (100, 100, 101, 0)),  # captured > amount
+        ("refund", "captured", (100, 0, 50, 60)),  # refunded > captured
+        ("void", "authorized", (100, 101, 0, 0)),  # capturable > amount
+        ("refund", "captured", (100, 0, 50, -1)),  # negative
+        ("expire", "authorized", (100, -1, 0, 0)),  # negative capturable
+        ("capture", "voided", (100, 60, 60, 0)),  # capturable + captured > amount
+        ("capture", "authorized", (100, 0, 0, 0)),  # authorized with nothing held
+        ("void", "authorized", (100, 50, 50, 0)),  # authorized but already captured
+        ("refund", "captured", (100, 0, 80, 10)),  # "captured" with refunds
+        ("refund", "captured", (100, 0, 0, 0)),  # captured nothing
+        ("refund", "partially_refunded", (100, 0, 80, 80)),  # nothing left yet "partially"
+        ("refund", "partially_refunded", (100, 0, 80, 0)),  # no refunds yet "partially"
+    ],
+)
 def test_impossible_amounts_raise_ledger_imbalance(states, op, status, amounts):
     with pytest.raises(LedgerImbalance):
         call(states, op, status, amounts, 1)
@@ -258,13 +345,19 @@ def test_unknown_status(states, op):
 def test_transition_constructor_and_repr(states):
     t = states.Transition("refund", "partially_refunded", 0, 80, 30, 30, 0)
     assert t.as_dict() == dict(
-        event="refund", status="partially_refunded", amount_capturable=0, amount_captured=80,
-        amount_refunded=30, amount=30, released=0,
+        event="refund",
+        status="partially_refunded",
+        amount_capturable=0,
+        amount_captured=80,
+        amount_refunded=30,
+        amount=30,
+        released=0,
     )
     assert repr(t).startswith("Transition(event='refund', status='partially_refunded'")
 
 
 # ---- compiled and pure agree ------------------------------------------------------------
+
 
 def outcome(fn, *args):
     try:
@@ -305,8 +398,13 @@ def test_parity_on_consistent_states(both, op, status, amount, data):
         amounts = (amount, amount, 0, 0)
     else:
         captured = data.draw(st.integers(1, amount))
-        refunded = 0 if status == "captured" else data.draw(st.integers(1, captured - 1)) \
-            if captured > 1 else 0
+        refunded = (
+            0
+            if status == "captured"
+            else data.draw(st.integers(1, captured - 1))
+            if captured > 1
+            else 0
+        )
         if status == "partially_refunded" and refunded == 0:
             status = "captured"
         amounts = (amount, 0, captured, refunded)
@@ -316,8 +414,10 @@ def test_parity_on_consistent_states(both, op, status, amount, data):
 
 
 @PROP
-@given(outcome_=st.sampled_from(("approved", "declined", "failed", "nope")),
-       amount=st.integers(-5, 10**8))
+@given(
+    outcome_=st.sampled_from(("approved", "declined", "failed", "nope")),
+    amount=st.integers(-5, 10**8),
+)
 def test_parity_settle(both, outcome_, amount):
     compiled, pure = both
     assert outcome(compiled.settle_authorization, outcome_, amount) == outcome(

@@ -20,8 +20,8 @@ def table(request):
 def test_get_touches_and_put_evicts_the_least_recent(table):
     t = table.LRUTable(2)
     assert t.put("a", 1) == 0 and t.put("b", 2) == 0
-    assert t.get("a") == 1                 # a is now the most recent
-    assert t.put("c", 3) == 1              # so b goes
+    assert t.get("a") == 1  # a is now the most recent
+    assert t.put("c", 3) == 1  # so b goes
     assert t.keys() == ["a", "c"] and "b" not in t and len(t) == 2
     assert t.get("b") is None
 
@@ -110,9 +110,14 @@ class ModelLRU:
         return len(self.d)
 
 
-ops = st.lists(st.tuples(st.sampled_from(("get", "peek", "put", "pop", "contains")),
-                         st.sampled_from(("a", "b", "c", "d", "e", ("t", 1))),
-                         st.integers(0, 9)), max_size=60)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(("get", "peek", "put", "pop", "contains")),
+        st.sampled_from(("a", "b", "c", "d", "e", ("t", 1))),
+        st.integers(0, 9),
+    ),
+    max_size=60,
+)
 
 
 @PROP

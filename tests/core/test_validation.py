@@ -16,11 +16,22 @@ VISA = "4242424242424242"
 
 def body(**changes):
     base = {
-        "amount": 1999, "currency": "eur", "capture": "manual",
-        "payment_method": {"type": "card", "card": {
-            "number": VISA, "exp_month": 12, "exp_year": TODAY[0] + 4, "cvc": "123",
-            "holder_name": "Ada Lovelace"}},
-        "reference": "order-1001", "description": "2 items", "metadata": {"cart": "c_77"},
+        "amount": 1999,
+        "currency": "eur",
+        "capture": "manual",
+        "payment_method": {
+            "type": "card",
+            "card": {
+                "number": VISA,
+                "exp_month": 12,
+                "exp_year": TODAY[0] + 4,
+                "cvc": "123",
+                "holder_name": "Ada Lovelace",
+            },
+        },
+        "reference": "order-1001",
+        "description": "2 items",
+        "metadata": {"cart": "c_77"},
         "customer": {"email": "ada@example.com", "ip": "203.0.113.9"},
     }
     base.update(copy.deepcopy(changes))
@@ -57,11 +68,19 @@ def test_defaults(core):
     assert (request.capture, request.metadata, request.customer) == ("automatic", {}, None)
 
 
-@pytest.mark.parametrize("number,brand", [
-    (VISA, "visa"), ("5555555555554444", "mastercard"), ("2223003122003222", "mastercard"),
-    ("378282246310005", "amex"), ("6011111111111117", "discover"),
-    ("3566002020360505", "jcb"), ("30569309025904", "diners"), ("6200000000000005", "unionpay"),
-])
+@pytest.mark.parametrize(
+    "number,brand",
+    [
+        (VISA, "visa"),
+        ("5555555555554444", "mastercard"),
+        ("2223003122003222", "mastercard"),
+        ("378282246310005", "amex"),
+        ("6011111111111117", "discover"),
+        ("3566002020360505", "jcb"),
+        ("30569309025904", "diners"),
+        ("6200000000000005", "unionpay"),
+    ],
+)
 def test_brands(core, number, brand):
     cvc = "1234" if brand == "amex" else "123"
     request = core.validation.validate_payment(with_card(number=number, cvc=cvc), *TODAY)
@@ -73,34 +92,43 @@ def test_spaces_in_the_number_are_allowed(core):
     assert request.card.number == VISA
 
 
-@pytest.mark.parametrize("changes,code,param", [
-    ({"amount": None}, "parameter_missing", "amount"),
-    ({"amount": True}, "parameter_invalid", "amount"),
-    ({"amount": 1999.0}, "parameter_invalid", "amount"),
-    ({"amount": "1999"}, "parameter_invalid", "amount"),
-    ({"amount": 0}, "amount_too_small", "amount"),
-    ({"amount": 100_000_000}, "amount_too_large", "amount"),
-    ({"currency": "eu"}, "parameter_invalid", "currency"),
-    ({"currency": "xxx"}, "parameter_invalid", "currency"),
-    ({"capture": "later"}, "parameter_invalid", "capture"),
-    ({"payment_method": None}, "parameter_missing", "payment_method"),
-    ({"payment_method": {"card": {}}}, "parameter_missing", "payment_method.type"),
-    ({"payment_method": {"type": "cash"}}, "parameter_invalid", "payment_method.type"),
-    ({"payment_method": {"type": "token", "token": "card_1"}}, "parameter_invalid",
-     "payment_method.token"),
-    ({"payment_method": {"type": "token", "token": "tok_1", "card": {}}}, "parameter_unknown",
-     "payment_method.card"),
-    ({"reference": ""}, "parameter_invalid", "reference"),
-    ({"description": "x" * 1001}, "parameter_invalid", "description"),
-    ({"metadata": {f"k{i}": "v" for i in range(21)}}, "parameter_invalid", "metadata"),
-    ({"metadata": {"k" * 41: "v"}}, "parameter_invalid", "metadata"),
-    ({"metadata": {"k": "v" * 501}}, "parameter_invalid", "metadata.k"),
-    ({"metadata": {"k": 1}}, "parameter_invalid", "metadata.k"),
-    ({"customer": {"email": "no-at-sign"}}, "parameter_invalid", "customer.email"),
-    ({"customer": {"ip": "300.1.1.1"}}, "parameter_invalid", "customer.ip"),
-    ({"customer": {"phone": "1"}}, "parameter_unknown", "customer.phone"),
-    ({"zebra": 1, "apple": 2}, "parameter_unknown", "apple"),
-])
+@pytest.mark.parametrize(
+    "changes,code,param",
+    [
+        ({"amount": None}, "parameter_missing", "amount"),
+        ({"amount": True}, "parameter_invalid", "amount"),
+        ({"amount": 1999.0}, "parameter_invalid", "amount"),
+        ({"amount": "1999"}, "parameter_invalid", "amount"),
+        ({"amount": 0}, "amount_too_small", "amount"),
+        ({"amount": 100_000_000}, "amount_too_large", "amount"),
+        ({"currency": "eu"}, "parameter_invalid", "currency"),
+        ({"currency": "xxx"}, "parameter_invalid", "currency"),
+        ({"capture": "later"}, "parameter_invalid", "capture"),
+        ({"payment_method": None}, "parameter_missing", "payment_method"),
+        ({"payment_method": {"card": {}}}, "parameter_missing", "payment_method.type"),
+        ({"payment_method": {"type": "cash"}}, "parameter_invalid", "payment_method.type"),
+        (
+            {"payment_method": {"type": "token", "token": "card_1"}},
+            "parameter_invalid",
+            "payment_method.token",
+        ),
+        (
+            {"payment_method": {"type": "token", "token": "tok_1", "card": {}}},
+            "parameter_unknown",
+            "payment_method.card",
+        ),
+        ({"reference": ""}, "parameter_invalid", "reference"),
+        ({"description": "x" * 1001}, "parameter_invalid", "description"),
+        ({"metadata": {f"k{i}": "v" for i in range(21)}}, "parameter_invalid", "metadata"),
+        ({"metadata": {"k" * 41: "v"}}, "parameter_invalid", "metadata"),
+        ({"metadata": {"k": "v" * 501}}, "parameter_invalid", "metadata.k"),
+        ({"metadata": {"k": 1}}, "parameter_invalid", "metadata.k"),
+        ({"customer": {"email": "no-at-sign"}}, "parameter_invalid", "customer.email"),
+        ({"customer": {"ip": "300.1.1.1"}}, "parameter_invalid", "customer.ip"),
+        ({"customer": {"phone": "1"}}, "parameter_unknown", "customer.phone"),
+        ({"zebra": 1, "apple": 2}, "parameter_unknown", "apple"),
+    ],
+)
 def test_payment_errors(core, changes, code, param):
     b = body(**changes)
     b = {k: v for k, v in b.items() if v is not None}
@@ -110,26 +138,32 @@ def test_payment_errors(core, changes, code, param):
 P = "payment_method.card."
 
 
-@pytest.mark.parametrize("changes,code,param", [
-    ({"number": "4242424242424241"}, "invalid_number", P + "number"),
-    ({"number": "42424242424"}, "invalid_number", P + "number"),
-    ({"number": "4242-4242-4242-4242"}, "invalid_number", P + "number"),
-    ({"number": 4242424242424242}, "invalid_number", P + "number"),
-    ({"exp_month": 13}, "invalid_expiry_month", P + "exp_month"),
-    ({"exp_month": "12"}, "invalid_expiry_month", P + "exp_month"),
-    ({"exp_year": TODAY[0] - 1}, "invalid_expiry_year", P + "exp_year"),
-    ({"exp_year": TODAY[0] + 51}, "invalid_expiry_year", P + "exp_year"),
-    ({"exp_year": 30}, "invalid_expiry_year", P + "exp_year"),
-    ({"exp_year": TODAY[0], "exp_month": TODAY[1] - 1}, "invalid_expiry_month", P + "exp_month"),
-    ({"cvc": "12"}, "invalid_cvc", P + "cvc"),
-    ({"cvc": 123}, "invalid_cvc", P + "cvc"),
-    ({"number": "378282246310005", "cvc": "123"}, "invalid_cvc", P + "cvc"),
-    ({"holder_name": ""}, "parameter_invalid", P + "holder_name"),
-    ({"pin": "0000"}, "parameter_unknown", P + "pin"),
-])
+@pytest.mark.parametrize(
+    "changes,code,param",
+    [
+        ({"number": "4242424242424241"}, "invalid_number", P + "number"),
+        ({"number": "42424242424"}, "invalid_number", P + "number"),
+        ({"number": "4242-4242-4242-4242"}, "invalid_number", P + "number"),
+        ({"number": 4242424242424242}, "invalid_number", P + "number"),
+        ({"exp_month": 13}, "invalid_expiry_month", P + "exp_month"),
+        ({"exp_month": "12"}, "invalid_expiry_month", P + "exp_month"),
+        ({"exp_year": TODAY[0] - 1}, "invalid_expiry_year", P + "exp_year"),
+        ({"exp_year": TODAY[0] + 51}, "invalid_expiry_year", P + "exp_year"),
+        ({"exp_year": 30}, "invalid_expiry_year", P + "exp_year"),
+        (
+            {"exp_year": TODAY[0], "exp_month": TODAY[1] - 1},
+            "invalid_expiry_month",
+            P + "exp_month",
+        ),
+        ({"cvc": "12"}, "invalid_cvc", P + "cvc"),
+        ({"cvc": 123}, "invalid_cvc", P + "cvc"),
+        ({"number": "378282246310005", "cvc": "123"}, "invalid_cvc", P + "cvc"),
+        ({"holder_name": ""}, "parameter_invalid", P + "holder_name"),
+        ({"pin": "0000"}, "parameter_unknown", P + "pin"),
+    ],
+)
 def test_card_errors(core, changes, code, param):
-    assert error_of(core.validation.validate_payment, with_card(**changes), *TODAY) == (
-        code, param)
+    assert error_of(core.validation.validate_payment, with_card(**changes), *TODAY) == (code, param)
 
 
 def test_card_expiring_this_month_or_in_50_years_is_valid(core):
@@ -143,8 +177,7 @@ def test_precedence_is_fixed(core):
     assert error_of(core.validation.validate_payment, b, *TODAY)[0] == "parameter_unknown"
     b = with_card(number="1")
     b.update(amount=0, currency="xxx")
-    assert error_of(core.validation.validate_payment, b, *TODAY) == ("amount_too_small",
-                                                                     "amount")
+    assert error_of(core.validation.validate_payment, b, *TODAY) == ("amount_too_small", "amount")
     b["amount"] = 5
     assert error_of(core.validation.validate_payment, b, *TODAY)[1] == "currency"
 
@@ -152,13 +185,21 @@ def test_precedence_is_fixed(core):
 def test_non_object_body(core):
     for value in ([], "x", 1, None):
         assert error_of(core.validation.validate_payment, value, *TODAY) == (
-            "parameter_invalid", None)
+            "parameter_invalid",
+            None,
+        )
 
 
 def test_currency_exponents(core):
     v = core.validation
     assert [v.currency_exponent(c) for c in ("JPY", "krw", "EUR", "KWD", "BHD", "TND")] == [
-        0, 0, 2, 3, 3, 3]
+        0,
+        0,
+        2,
+        3,
+        3,
+        3,
+    ]
 
 
 def test_capture_refund_void_and_list(core):
@@ -170,8 +211,7 @@ def test_capture_refund_void_and_list(core):
     assert error_of(v.validate_refund, {"reason": "bored"}) == ("parameter_invalid", "reason")
     assert error_of(v.validate_void, {"amount": 1}) == ("parameter_unknown", "amount")
     assert v.validate_list_query({}) == (10, None, None)
-    assert v.validate_list_query({"limit": "100", "status": "captured"}) == (
-        100, None, "captured")
+    assert v.validate_list_query({"limit": "100", "status": "captured"}) == (100, None, "captured")
     for bad in ("0", "101", "-1", "ten", ""):
         assert error_of(v.validate_list_query, {"limit": bad}) == ("parameter_invalid", "limit")
     assert error_of(v.validate_list_query, {"page": "2"}) == ("parameter_unknown", "page")
@@ -181,24 +221,37 @@ def test_token_request(core):
     card = core.validation.validate_token({"card": body()["payment_method"]["card"]}, *TODAY)
     assert card.brand == "visa"
     assert error_of(core.validation.validate_token, {"card": {"number": "1"}}, *TODAY) == (
-        "invalid_number", "card.number")
+        "invalid_number",
+        "card.number",
+    )
 
 
 # --- both builds agree, and nothing but CoreError escapes --------------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
-mutations = st.sampled_from([
-    ("amount",), ("currency",), ("capture",), ("payment_method",), ("metadata",),
-    ("customer",), ("payment_method", "type"), ("payment_method", "card", "number"),
-    ("payment_method", "card", "exp_month"), ("payment_method", "card", "exp_year"),
-    ("payment_method", "card", "cvc"), ("payment_method", "card", "holder_name"),
-])
+mutations = st.sampled_from(
+    [
+        ("amount",),
+        ("currency",),
+        ("capture",),
+        ("payment_method",),
+        ("metadata",),
+        ("customer",),
+        ("payment_method", "type"),
+        ("payment_method", "card", "number"),
+        ("payment_method", "card", "exp_month"),
+        ("payment_method", "card", "exp_year"),
+        ("payment_method", "card", "cvc"),
+        ("payment_method", "card", "holder_name"),
+    ]
+)
 
 
 def outcome(fn, *args):
@@ -223,9 +276,11 @@ def mutate(path, value):
 def test_parity_on_arbitrary_json(compiled, pure, value):
     for name in ("validate_payment", "validate_token"):
         assert outcome(getattr(compiled.validation, name), value, *TODAY) == outcome(
-            getattr(pure.validation, name), value, *TODAY)
+            getattr(pure.validation, name), value, *TODAY
+        )
     assert outcome(compiled.validation.validate_refund, value) == outcome(
-        pure.validation.validate_refund, value)
+        pure.validation.validate_refund, value
+    )
 
 
 @settings(max_examples=300)
@@ -291,9 +346,11 @@ def test_json_depth_limit(core):
     v.check_json_depth(nest(v.JSON_DEPTH_MAX))  # exactly at the limit: fine
     v.check_json_depth("scalar")
     v.check_json_depth({"a": [1, {"b": "c"}], "d": {}})
-    for too_deep in (nest(v.JSON_DEPTH_MAX + 1), nest(1000),
-                     {"ok": 1, "deep": nest(v.JSON_DEPTH_MAX)}):
+    for too_deep in (
+        nest(v.JSON_DEPTH_MAX + 1),
+        nest(1000),
+        {"ok": 1, "deep": nest(v.JSON_DEPTH_MAX)},
+    ):
         with pytest.raises(CoreError) as caught:
             v.check_json_depth(too_deep)
-        assert caught.value.as_tuple()[:4] == (400, "invalid_request_error", "json_too_deep",
-                                               None)
+        assert caught.value.as_tuple()[:4] == (400, "invalid_request_error", "json_too_deep", None)

@@ -72,54 +72,153 @@ TODAY = (2026, 11)  # passed in (the core never reads the clock); expiries are r
 # --- arbitrary JSON-like values ------------------------------------------------------------
 
 FIELD_NAMES = (
-    "amount", "currency", "capture", "payment_method", "reference", "description", "metadata",
-    "customer", "type", "card", "token", "number", "exp_month", "exp_year", "cvc",
-    "holder_name", "email", "ip", "reason", "limit", "starting_after", "status",
+    "amount",
+    "currency",
+    "capture",
+    "payment_method",
+    "reference",
+    "description",
+    "metadata",
+    "customer",
+    "type",
+    "card",
+    "token",
+    "number",
+    "exp_month",
+    "exp_year",
+    "cvc",
+    "holder_name",
+    "email",
+    "ip",
+    "reason",
+    "limit",
+    "starting_after",
+    "status",
 )
 FIELD_VALUES = (
-    "card", "token", "tok_", "tok_1", "pay_", "pay_1", "manual", "automatic", "eur", "EUR",
-    "jpy", "xxx", "eu", "\u0130SK", "duplicate", "fraudulent", "requested_by_customer",
-    "captured", "4242424242424242", "4242 4242 4242 4242", "378282246310005", "123", "1234",
-    "ada@example.com", "a@b@c", "@", "203.0.113.9", "::1", "1::2::3", "010.0.0.1", "100",
-    "101", "0", "10", "007", "",
+    "card",
+    "token",
+    "tok_",
+    "tok_1",
+    "pay_",
+    "pay_1",
+    "manual",
+    "automatic",
+    "eur",
+    "EUR",
+    "jpy",
+    "xxx",
+    "eu",
+    "\u0130SK",
+    "duplicate",
+    "fraudulent",
+    "requested_by_customer",
+    "captured",
+    "4242424242424242",
+    "4242 4242 4242 4242",
+    "378282246310005",
+    "123",
+    "1234",
+    "ada@example.com",
+    "a@b@c",
+    "@",
+    "203.0.113.9",
+    "::1",
+    "1::2::3",
+    "010.0.0.1",
+    "100",
+    "101",
+    "0",
+    "10",
+    "007",
+    "",
 )
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=24)
 utf8_text = st.text(st.characters(codec="utf-8"), max_size=24)  # what orjson can return
 digit_text = st.text(st.sampled_from("0123456789 "), max_size=24) | st.text(
-    st.sampled_from("0123456789 \x00\t-\u0663\uff13\u00b2"), max_size=24)
+    st.sampled_from("0123456789 \x00\t-\u0663\uff13\u00b2"), max_size=24
+)
 texts = any_text | utf8_text | digit_text | st.sampled_from(FIELD_VALUES)
-integers = st.integers() | st.integers(-2**63, 2**64 - 1) | st.sampled_from((
-    0, 1, -1, 12, 13, 999, 1000, TODAY[0] - 1, TODAY[0], TODAY[0] + 50, TODAY[0] + 51, 9999,
-    10000, 99_999_999,
-    100_000_000, 2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**100, -10**100,
-))
-floats = st.floats() | st.integers(-10**6, 10**6).map(float) | st.sampled_from((
-    math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324, 1999.0, 12.0, float(TODAY[0] + 4),
-))
+integers = (
+    st.integers()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.sampled_from(
+        (
+            0,
+            1,
+            -1,
+            12,
+            13,
+            999,
+            1000,
+            TODAY[0] - 1,
+            TODAY[0],
+            TODAY[0] + 50,
+            TODAY[0] + 51,
+            9999,
+            10000,
+            99_999_999,
+            100_000_000,
+            2**31 - 1,
+            2**31,
+            2**63 - 1,
+            2**63,
+            2**64 - 1,
+            2**64,
+            10**100,
+            -(10**100),
+        )
+    )
+)
+floats = (
+    st.floats()
+    | st.integers(-(10**6), 10**6).map(float)
+    | st.sampled_from(
+        (
+            math.nan,
+            math.inf,
+            -math.inf,
+            -0.0,
+            1e308,
+            5e-324,
+            1999.0,
+            12.0,
+            float(TODAY[0] + 4),
+        )
+    )
+)
 scalars = st.none() | st.booleans() | integers | floats | texts
 keys = texts | st.sampled_from(FIELD_NAMES)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children,
-                                                                      max_size=6),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=6),
     max_leaves=25,
 )
 
 # --- valid bodies, by API.md's rules -----------------------------------------------------
 
 CARDS = {  # number -> brand
-    "4242424242424242": "visa", "4242 4242 4242 4242": "visa",
-    "5555555555554444": "mastercard", "2223003122003222": "mastercard",
-    "378282246310005": "amex", "6011111111111117": "discover", "3566002020360505": "jcb",
-    "30569309025904": "diners", "6200000000000005": "unionpay",
-    "4000000000000002": "visa", "4000000000000119": "visa",
+    "4242424242424242": "visa",
+    "4242 4242 4242 4242": "visa",
+    "5555555555554444": "mastercard",
+    "2223003122003222": "mastercard",
+    "378282246310005": "amex",
+    "6011111111111117": "discover",
+    "3566002020360505": "jcb",
+    "30569309025904": "diners",
+    "6200000000000005": "unionpay",
+    "4000000000000002": "visa",
+    "4000000000000119": "visa",
 }
 clean_text = st.characters(codec="utf-8", exclude_characters="\x00")
 
 
 def any_case(code: str):
     return st.lists(st.booleans(), min_size=3, max_size=3).map(
-        lambda upper: "".join(c.upper() if u else c.lower() for c, u in zip(code, upper, strict=True)))
+        lambda upper: "".join(
+            c.upper() if u else c.lower() for c, u in zip(code, upper, strict=True)
+        )
+    )
 
 
 currencies = st.sampled_from(sorted(PURE.validation.CURRENCY_EXPONENTS)).flatmap(any_case)
@@ -129,43 +228,57 @@ expiries = st.one_of(  # not in the past, at most 50 years ahead of TODAY
 )
 valid_cards = st.builds(
     lambda number, expiry, holder: {
-        "number": number, "exp_month": expiry[0], "exp_year": expiry[1],
+        "number": number,
+        "exp_month": expiry[0],
+        "exp_year": expiry[1],
         "cvc": "1234" if CARDS[number] == "amex" else "123",
-        **({} if holder is None else {"holder_name": holder})},
-    st.sampled_from(sorted(CARDS)), expiries,
+        **({} if holder is None else {"holder_name": holder}),
+    },
+    st.sampled_from(sorted(CARDS)),
+    expiries,
     st.none() | st.text(clean_text, min_size=1, max_size=200),
 )
 ip_addresses = st.ip_addresses().map(str)
-emails = st.builds(lambda local, domain: f"{local}@{domain}",
-                   st.text(st.characters(codec="ascii", exclude_characters="@\x00"),
-                           min_size=1, max_size=20),
-                   st.text(st.characters(codec="ascii", exclude_characters="@\x00"),
-                           min_size=1, max_size=20))
+emails = st.builds(
+    lambda local, domain: f"{local}@{domain}",
+    st.text(st.characters(codec="ascii", exclude_characters="@\x00"), min_size=1, max_size=20),
+    st.text(st.characters(codec="ascii", exclude_characters="@\x00"), min_size=1, max_size=20),
+)
 valid_payments = st.fixed_dictionaries(
     {
         "amount": st.integers(1, 99_999_999),
         "currency": currencies,
         "payment_method": st.one_of(
             st.fixed_dictionaries({"type": st.just("card"), "card": valid_cards}),
-            st.fixed_dictionaries({"type": st.just("token"), "token": st.from_regex(
-                r"tok_[A-Za-z0-9]{1,40}", fullmatch=True)}),
+            st.fixed_dictionaries(
+                {
+                    "type": st.just("token"),
+                    "token": st.from_regex(r"tok_[A-Za-z0-9]{1,40}", fullmatch=True),
+                }
+            ),
         ),
     },
     optional={
         "capture": st.sampled_from(("automatic", "manual")),
         "reference": st.text(clean_text, min_size=1, max_size=255),
         "description": st.text(clean_text, max_size=1000),
-        "metadata": st.dictionaries(st.text(clean_text, min_size=1, max_size=40),
-                                    st.text(clean_text, max_size=500), max_size=20),
+        "metadata": st.dictionaries(
+            st.text(clean_text, min_size=1, max_size=40),
+            st.text(clean_text, max_size=500),
+            max_size=20,
+        ),
         "customer": st.fixed_dictionaries({}, optional={"email": emails, "ip": ip_addresses}),
     },
 )
 valid_tokens = st.fixed_dictionaries({"card": valid_cards})
 valid_captures = st.fixed_dictionaries({}, optional={"amount": st.integers(1, 99_999_999)})
-valid_refunds = st.fixed_dictionaries({}, optional={
-    "amount": st.integers(1, 99_999_999),
-    "reason": st.sampled_from(("duplicate", "fraudulent", "requested_by_customer")),
-})
+valid_refunds = st.fixed_dictionaries(
+    {},
+    optional={
+        "amount": st.integers(1, 99_999_999),
+        "reason": st.sampled_from(("duplicate", "fraudulent", "requested_by_customer")),
+    },
+)
 
 
 def _places(value: object, path: tuple = ()):
@@ -213,7 +326,8 @@ def outcome(function, *args) -> tuple:
     except Exception as error:  # any other exception is exactly what this test is about
         raise AssertionError(
             f"{function.__module__}.{function.__name__}{args!r:.300} raised "
-            f"{type(error).__name__}: {error}") from error
+            f"{type(error).__name__}: {error}"
+        ) from error
     else:
         answer = ("ok", result.as_dict() if hasattr(result, "as_dict") else result)
     assert repr(args) == before, f"{function.__name__} changed its input"
@@ -226,14 +340,24 @@ def same_in_both_builds(name: str, *args) -> tuple:
     return compiled
 
 
-BODY_VALIDATORS = ("validate_capture", "validate_void", "validate_refund", "check_json_depth",
-                   "currency_exponent")
+BODY_VALIDATORS = (
+    "validate_capture",
+    "validate_void",
+    "validate_refund",
+    "check_json_depth",
+    "currency_exponent",
+)
 
 
 @fuzz
-@given(value=json_values | near_valid(valid_payments) | near_valid(valid_tokens)
-       | near_valid(valid_captures) | near_valid(valid_refunds),
-       today=st.just(TODAY) | st.tuples(st.integers(1970, 2200), st.integers(1, 12)))
+@given(
+    value=json_values
+    | near_valid(valid_payments)
+    | near_valid(valid_tokens)
+    | near_valid(valid_captures)
+    | near_valid(valid_refunds),
+    today=st.just(TODAY) | st.tuples(st.integers(1970, 2200), st.integers(1, 12)),
+)
 def test_validators_answer_only_core_errors_and_both_builds_agree(value, today):
     same_in_both_builds("validate_payment", value, *today)
     same_in_both_builds("validate_token", value, *today)
@@ -302,15 +426,16 @@ def _card_of(body: object):
 
 
 @fuzz
-@given(payment=valid_payments, token=valid_tokens, capture=valid_captures,
-       refund=valid_refunds)
+@given(payment=valid_payments, token=valid_tokens, capture=valid_captures, refund=valid_refunds)
 def test_every_valid_body_is_accepted(payment, token, capture, refund):
     assert same_in_both_builds("validate_payment", payment, *TODAY)[0] == "ok"
     assert same_in_both_builds("validate_token", token, *TODAY)[0] == "ok"
     assert same_in_both_builds("validate_capture", capture) == ("ok", capture.get("amount"))
     assert same_in_both_builds("validate_void", {}) == ("ok", None)
     assert same_in_both_builds("validate_refund", refund) == (
-        "ok", (refund.get("amount"), refund.get("reason")))
+        "ok",
+        (refund.get("amount"), refund.get("reason")),
+    )
 
 
 query_strings = texts | st.sampled_from(("1", "10", "100", "pay_1", "captured", "refunded"))
@@ -345,8 +470,16 @@ def test_luhn_and_brand_on_any_text(text):
     assert valid == _luhn(text)
     brand = compiled.card_brand(text)
     assert brand == pure.card_brand(text)
-    assert brand in ("visa", "mastercard", "amex", "discover", "jcb", "diners", "unionpay",
-                     "unknown")
+    assert brand in (
+        "visa",
+        "mastercard",
+        "amex",
+        "discover",
+        "jcb",
+        "diners",
+        "unionpay",
+        "unknown",
+    )
     if not (text.isascii() and text.isdigit()) or len(text) < 6:
         assert brand == "unknown"
 
@@ -364,13 +497,17 @@ def _luhn(text: str) -> bool:
 # --- canonical_json and request_fingerprint --------------------------------------------
 
 orjson_scalars = (
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | utf8_text
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | utf8_text
 )
 orjson_values = st.recursive(
     orjson_scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(utf8_text, children,
-                                                                      max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(utf8_text, children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -380,8 +517,10 @@ def deep_json(draw):
     """Any value orjson can return, nested inside up to orjson's limit of 1024 levels."""
     value = draw(orjson_values)
     inner = orjson.dumps(value)
-    depth = min(draw(st.integers(0, 1024) | st.sampled_from((510, 511, 512, 513, 514))),
-                1024 - nesting(value))
+    depth = min(
+        draw(st.integers(0, 1024) | st.sampled_from((510, 511, 512, 513, 514))),
+        1024 - nesting(value),
+    )
     kinds = draw(st.integers(0, 2**depth - 1))  # one draw, not one per level: arrays or objects
     opens = [b"[" if kinds >> level & 1 else b'{"k":' for level in range(depth)]
     text = b"".join(opens) + inner + b"".join(b"]" if o == b"[" else b"}" for o in reversed(opens))
@@ -397,8 +536,9 @@ def nesting(value: object) -> int:
         if isinstance(item, (dict, list)):
             level += 1
             deepest = max(deepest, level)
-            stack.extend((child, level) for child in
-                         (item.values() if isinstance(item, dict) else item))
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
     return deepest
 
 
@@ -414,10 +554,13 @@ def fingerprint_outcome(idempotency, function: str, *args) -> tuple:
 def test_fingerprints_take_whatever_orjson_returns(value, method, path, merchant):
     max_depth = PURE.idempotency.MAX_DEPTH
     assert max_depth == COMPILED.idempotency.MAX_DEPTH
-    for function, args in (("canonical_json", (value,)),
-                           ("request_fingerprint", (method, path, merchant, value))):
-        compiled, pure = (fingerprint_outcome(build.idempotency, function, *args)
-                          for build in BUILDS)
+    for function, args in (
+        ("canonical_json", (value,)),
+        ("request_fingerprint", (method, path, merchant, value)),
+    ):
+        compiled, pure = (
+            fingerprint_outcome(build.idempotency, function, *args) for build in BUILDS
+        )
         assert compiled == pure, function
         if nesting(value) > max_depth:
             assert compiled == ("ValueError", "JSON value nested too deeply"), function
@@ -425,8 +568,12 @@ def test_fingerprints_take_whatever_orjson_returns(value, method, path, merchant
             assert compiled[0] == "ok", (function, compiled)
     if nesting(value) <= max_depth:
         canonical = PURE.idempotency.canonical_json(value)
-        assert canonical == json.dumps(value, sort_keys=True, separators=(",", ":"),
-                                       ensure_ascii=False, allow_nan=False).encode()
+        assert (
+            canonical
+            == json.dumps(
+                value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        )
         assert orjson.loads(canonical) == value
         assert len(PURE.idempotency.request_fingerprint(method, path, merchant, value)) == 32
 
