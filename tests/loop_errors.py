@@ -12,7 +12,7 @@ Registered for every test module by ``tests/conftest.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,11 +36,18 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-# pytest-asyncio's hook (>= 1.4; it replaces overriding the event_loop_policy fixture).
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return {"uvloop" if uvloop is not None else "asyncio": new_loop}
+class _Policy(uvloop.EventLoopPolicy if uvloop is not None else asyncio.DefaultEventLoopPolicy):  # type: ignore[misc]
+    """Every loop pytest-asyncio makes is a collecting uvloop one. A policy, not
+    pytest-asyncio's loop-factory hook: the hook parametrizes the session's loop runner,
+    and a synchronous test between two asynchronous ones then tears the session loop
+    (and every session fixture on it, the database pool) down mid-run."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return new_loop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    asyncio.set_event_loop_policy(_Policy())
 
 
 def _describe(contexts: list[dict[str, Any]]) -> str:
