@@ -244,6 +244,13 @@ def _keys_rotate(merchant_id: str, grace_s: int) -> Callable[[asyncpg.Connection
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run(args, lambda settings: _run(args, settings))
+
+
+def run(args: argparse.Namespace, work: Callable[[Settings], int]) -> int:
+    """Settings from the environment and ``args``, logging, then ``work``: a bad setting or
+    a failure to reach the database is one line on stderr and an exit code, never a
+    traceback."""
     try:
         settings = load_settings(overrides=_overrides(args))
     except ConfigError as exc:
@@ -253,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(settings.log_level)
     try:
-        return _run(args, settings)
+        return work(settings)
     except (
         database.EmbeddedDatabaseError,
         database.MigrationError,

@@ -500,15 +500,7 @@ class PaymentService:
             refund_row = await payments.insert_refund(
                 conn, refund_id, row, transition.amount, op["reason"]
             )
-        await ledger.post(
-            conn,
-            transition,
-            merchant_id=row["merchant_id"],
-            payment_id=row["id"],
-            processor=row["processor"],
-            currency=row["currency"],
-            refund_id=refund_id,
-        )
+        await ledger.post(conn, transition, row, refund_id)
         if refund_row is not None:
             return Answer.of_json(201, render_refund(refund_row))
         return Answer.of_json(200, render_payment(updated))

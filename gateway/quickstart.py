@@ -18,9 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway import cli
-from gateway.config import ConfigError, Settings, load_settings
-from gateway.logs import configure_logging
-from gateway.store import database
+from gateway.config import Settings
 
 DEMO_MERCHANT = "Demo Shop"
 
@@ -76,22 +74,12 @@ async def _welcome(conn: asyncpg.Connection, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = cli._parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        settings = load_settings(overrides=cli._overrides(args))
-    except ConfigError as exc:
-        print(f"kassa: {exc}", file=sys.stderr)
-        return cli.EXIT_USAGE
-    configure_logging(settings.log_level)
-    try:
-        return asyncio.run(cli._with_connection(settings, lambda conn: _welcome(conn, settings)))
-    except (
-        database.EmbeddedDatabaseError,
-        database.MigrationError,
-        OSError,
-        asyncpg.PostgresError,
-    ) as exc:
-        print(f"kassa: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return cli.EXIT_FAILURE
+    return cli.run(
+        args,
+        lambda settings: asyncio.run(
+            cli._with_connection(settings, lambda conn: _welcome(conn, settings))
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -117,14 +117,7 @@ async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
             )
             if not await payments.expire(conn, row["id"], transition):
                 continue  # an operation on it is pending; recovery settles that first
-            await ledger.post(
-                conn,
-                transition,
-                merchant_id=row["merchant_id"],
-                payment_id=row["id"],
-                processor=row["processor"],
-                currency=row["currency"],
-            )
+            await ledger.post(conn, transition, row)
             expired += 1
     return expired
 

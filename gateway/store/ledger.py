@@ -84,16 +84,23 @@ def _observe_entries(count: int) -> None:
 async def post(
     conn: asyncpg.Connection,
     transition: object,
-    *,
-    merchant_id: str,
-    payment_id: str,
-    processor: str,
-    currency: str,
+    payment: asyncpg.Record,
     refund_id: str | None = None,
 ) -> None:
-    """Write one event's balanced entries (no-op for an event that moves no money)."""
+    """Write one event of ``payment`` (its row) as balanced entries (no-op for an event
+    that moves no money)."""
     await post_many(
-        conn, [Posting(transition, merchant_id, payment_id, processor, currency, refund_id)]
+        conn,
+        [
+            Posting(
+                transition,
+                payment["merchant_id"],
+                payment["id"],
+                payment["processor"],
+                payment["currency"],
+                refund_id,
+            )
+        ],
     )
 
 
