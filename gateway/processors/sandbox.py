@@ -30,23 +30,17 @@ SANDBOX_TIMEOUT_CARD = "4000009990000005"
 SANDBOX_HANG_S = 3600.0  # the timeout card's payments never answer; our own timeout cuts it
 
 
-# Records operations and answers, per row, whether the answers about its payment are lost
-# (the payment's authorization was made with the timeout card): one round trip for both.
 RECORD_OPERATIONS_SQL = """
-WITH given AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                         $6::boolean[]) WITH ORDINALITY
-           AS g (payment_id, operation, reference, outcome, amount, answer_lost, n)
-), recorded AS (
-    INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount,
-                                    answer_lost)
-    SELECT payment_id, operation, reference, outcome, amount, answer_lost FROM given
-    ON CONFLICT (operation, reference) DO NOTHING
-)
-SELECT coalesce(a.answer_lost, g.answer_lost) AS answer_lost
-  FROM given g
-  LEFT JOIN sandbox_operations a ON a.operation = 'authorize' AND a.reference = g.payment_id
- ORDER BY g.n
+INSERT INTO sandbox_operations (payment_id, operation, reference, outcome, amount, answer_lost)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::boolean[])
+ON CONFLICT (operation, reference) DO NOTHING
+"""
+
+# Payments of the timeout card, among those a batch's captures, voids and refunds are of:
+# every answer about them is lost (the flag is set on the payment's 'authorize' row).
+ANSWERS_LOST_SQL = """
+SELECT reference FROM sandbox_operations
+ WHERE operation = 'authorize' AND answer_lost AND reference = any($1::text[])
 """
 
 OPERATION_SQL = """
@@ -55,9 +49,15 @@ SELECT outcome FROM sandbox_operations WHERE operation = $1 AND reference = $2
 
 
 async def _write_operations(conn: asyncpg.Connection, rows: Sequence[tuple]) -> list[bool]:
-    """Per row: whether the answer about it never reaches the gateway."""
-    answers = await conn.fetch(RECORD_OPERATIONS_SQL, *[list(column) for column in zip(*rows)])
-    return [row["answer_lost"] for row in answers]
+    """Book the operations; per row, whether the answer about it never reaches the gateway.
+    A batch of authorizations alone (the common case) is one statement: only later
+    operations need their payment's flag looked up."""
+    await conn.execute(RECORD_OPERATIONS_SQL, *[list(column) for column in zip(*rows)])
+    later = [row[0] for row in rows if row[1] != "authorize"]
+    lost: set[str] = set()
+    if later:
+        lost = {found["reference"] for found in await conn.fetch(ANSWERS_LOST_SQL, later)}
+    return [bool(row[5]) or (row[1] != "authorize" and row[0] in lost) for row in rows]
 
 
 class SandboxConnector:
