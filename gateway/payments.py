@@ -89,7 +89,10 @@ class PaymentService:
         self._velocity = core_ext.risk.VelocityGuard()
         writes = AuthorizationWrites(answer_for_authorization)
         batching = batch_settings(settings)
-        self._intents = Batcher("intents", pool, writes.write_intents, batching)
+        # One statement claims the keys and writes the intents: no transaction around it.
+        self._intents = Batcher(
+            "intents", pool, writes.write_intents, batching, transactional=False
+        )
         self._settlements = Batcher("settlements", pool, writes.write_settlements, batching)
 
     async def close(self) -> None:

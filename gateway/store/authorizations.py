@@ -73,24 +73,21 @@ class AuthorizationWrites:
     async def write_intents(
         self, conn: asyncpg.Connection, intents: Sequence[Intent]
     ) -> list[asyncpg.Record | LostClaim]:
-        """Per intent: its new payment row, or the record of the key claim it lost."""
+        """Per intent: its new payment row, or the record of the key claim it lost.
+        One statement (claims and payments together), so the pipeline runs it without a
+        transaction of its own; the lost claims' records are a read after it."""
         claimed = [i for i in intents if i.claim is not None]
-        won: set[str] = set()
-        if claimed:
-            won = await keys.claim_many(
-                conn,
+        inserted = await payments.insert_intents(
+            conn,
+            [
                 [i.claim.merchant_id for i in claimed],
                 [i.claim.key for i in claimed],
                 [i.claim.fingerprint for i in claimed],
                 _column(claimed, "payment_id"),
-            )
-        going = [i for i in intents if i.claim is None or i.payment_id in won]
-        inserted = {}
-        if going:
-            inserted = await payments.insert_intents(
-                conn, [_column(going, name) for name in payments.INTENT_COLUMNS]
-            )
-        lost = [i for i in claimed if i.payment_id not in won]
+            ],
+            [_column(intents, name) for name in payments.INTENT_COLUMNS],
+        )
+        lost = [i for i in claimed if i.payment_id not in inserted]
         records = {}
         if lost:
             records = await keys.records(

@@ -28,7 +28,9 @@ VALUES ($1, $2, $3, 'in_flight', $4)
 ON CONFLICT (merchant_id, key) DO NOTHING RETURNING true
 """
 
-CLAIM_MANY_SQL = """
+# The claim of a batch's keys, as the CTE the intents' payment insert runs it in
+# (gateway/store/payments.py INSERT_INTENTS_SQL): $1..$4 are its arrays.
+CLAIM_MANY_CTE = """
 INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, payment_id)
 SELECT merchant_id, key, fingerprint, 'in_flight', payment_id
   FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
@@ -78,18 +80,6 @@ async def claim_one(
 ) -> bool:
     """Claim the key in the caller's transaction; False if it was claimed before."""
     return bool(await conn.fetchval(CLAIM_ONE_SQL, merchant_id, key, fingerprint, payment_id))
-
-
-async def claim_many(
-    conn: asyncpg.Connection,
-    merchant_ids: Sequence[str],
-    keys: Sequence[str],
-    fingerprints: Sequence[bytes],
-    payment_ids: Sequence[str],
-) -> set[str]:
-    """Claim many keys at once; the payment ids whose claim won."""
-    rows = await conn.fetch(CLAIM_MANY_SQL, merchant_ids, keys, fingerprints, payment_ids)
-    return {row["payment_id"] for row in rows}
 
 
 async def record(conn: asyncpg.Connection, merchant_id: str, key: str) -> asyncpg.Record | None:

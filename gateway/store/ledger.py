@@ -18,18 +18,24 @@ import core_ext
 
 LEDGER_CHECK_LOCK_ID = 0x6B61737362  # the periodic ledger check's advisory lock
 
-RESERVE_IDS_SQL = """
-SELECT nextval(pg_get_serial_sequence('ledger_transactions', 'id'))
-  FROM generate_series(1, $1)
-"""
-INSERT_TRANSACTIONS_SQL = """
-INSERT INTO ledger_transactions (id, merchant_id, payment_id, refund_id, event, currency)
-OVERRIDING SYSTEM VALUE
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-"""
-INSERT_ENTRIES_SQL = """
+# One statement, one round trip, however many events: transaction ids drawn from the
+# sequence in a CTE (evaluated once per row: it is volatile), the transactions inserted
+# from it, and every entry joined to its transaction by position. The schema's statement
+# trigger then checks each transaction's balance once, after all of them.
+POST_MANY_SQL = """
+WITH txn AS (
+    SELECT nextval(pg_get_serial_sequence('ledger_transactions', 'id')) AS id, t.*
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+           AS t (merchant_id, payment_id, refund_id, event, currency, n)
+), inserted AS (
+    INSERT INTO ledger_transactions (id, merchant_id, payment_id, refund_id, event, currency)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, merchant_id, payment_id, refund_id, event, currency FROM txn
+)
 INSERT INTO ledger_entries (transaction_id, account, currency, amount)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])
+SELECT txn.id, e.account, txn.currency, e.amount
+  FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS e (n, account, amount)
+  JOIN txn ON txn.n = e.n
 """
 
 
@@ -46,11 +52,8 @@ class Posting:
 
 
 async def post_many(conn: asyncpg.Connection, postings: list[Posting]) -> int:
-    """Write many events' entries with three set-based statements; returns entries written.
-
-    Entries of every transaction go in one INSERT, so the schema's statement
-    trigger checks each transaction's balance once, after all of them.
-    """
+    """Write many events' transactions and entries in one statement; returns entries
+    written."""
     per_event = [
         core_ext.ledger.postings(p.transition, p.merchant_id, p.processor, p.currency)
         for p in postings
@@ -58,20 +61,17 @@ async def post_many(conn: asyncpg.Connection, postings: list[Posting]) -> int:
     moving = [(p, entries) for p, entries in zip(postings, per_event) if entries]
     if not moving:
         return 0
-    ids = [row[0] for row in await conn.fetch(RESERVE_IDS_SQL, len(moving))]
+    txn_index, accounts, amounts = core_ext.ledger.entry_columns([e for _, e in moving])
     await conn.execute(
-        INSERT_TRANSACTIONS_SQL,
-        ids,
+        POST_MANY_SQL,
         [p.merchant_id for p, _ in moving],
         [p.payment_id for p, _ in moving],
         [p.refund_id for p, _ in moving],
         [p.transition.event for p, _ in moving],
         [p.currency for p, _ in moving],
-    )
-    txn_index, accounts, amounts = core_ext.ledger.entry_columns([e for _, e in moving])
-    currencies = [moving[i][0].currency for i in txn_index]
-    await conn.execute(
-        INSERT_ENTRIES_SQL, [ids[i] for i in txn_index], accounts, currencies, amounts
+        [i + 1 for i in txn_index],  # WITH ORDINALITY counts from 1
+        accounts,
+        amounts,
     )
     _observe_entries(len(accounts))
     return len(accounts)

@@ -8,7 +8,9 @@ from typing import Any
 
 import asyncpg
 
-# Columns of an intent, in the order of INSERT_INTENTS_SQL's unnest arrays.
+from gateway.store import idempotency as keys
+
+# Columns of an intent, in the order of INSERT_INTENTS_SQL's payment arrays ($5..$21).
 INTENT_COLUMNS = (
     "payment_id",
     "merchant_id",
@@ -29,19 +31,24 @@ INTENT_COLUMNS = (
     "idempotency_key",
 )
 
-INSERT_INTENTS_SQL = """
+# Claims the batch's Idempotency-Keys and inserts the 'processing' payments of the
+# claims it won (and of the unkeyed intents) in one statement: atomic without a
+# transaction of its own, so a batch of intents is a single round trip.
+INSERT_INTENTS_SQL = f"""
+WITH claims AS ({keys.CLAIM_MANY_CTE})
 INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
     card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
     processor, reference, description, metadata, customer, idempotency_key)
 SELECT id, merchant_id, 'processing', amount, currency, capture_method, card_brand,
        card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id, processor,
        reference, description, metadata::jsonb, customer::jsonb, idempotency_key
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-              $7::text[], $8::smallint[], $9::smallint[], $10::text[], $11::text[],
-              $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])
+  FROM unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+              $11::text[], $12::smallint[], $13::smallint[], $14::text[], $15::text[],
+              $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
        AS p (id, merchant_id, amount, currency, capture_method, card_brand, card_last4,
              card_exp_month, card_exp_year, card_fingerprint, token_id, processor,
              reference, description, metadata, customer, idempotency_key)
+ WHERE p.idempotency_key IS NULL OR p.id IN (SELECT payment_id FROM claims)
 RETURNING *
 """
 
@@ -129,10 +136,11 @@ OWNED_TABLES = {"payment": "payments", "refund": "refunds", "token": "tokens"}
 
 
 async def insert_intents(
-    conn: asyncpg.Connection, columns: Sequence[Sequence[Any]]
+    conn: asyncpg.Connection, claims: Sequence[Sequence[Any]], columns: Sequence[Sequence[Any]]
 ) -> dict[str, asyncpg.Record]:
-    """Insert 'processing' payments (one array per INTENT_COLUMNS); the rows by id."""
-    rows = await conn.fetch(INSERT_INTENTS_SQL, *columns)
+    """Claim keys (merchant ids, keys, fingerprints, payment ids) and insert the payments
+    (one array per INTENT_COLUMNS) whose claim won or that have no key; the rows by id."""
+    rows = await conn.fetch(INSERT_INTENTS_SQL, *claims, *columns)
     return {row["id"]: row for row in rows}
 
 

@@ -62,11 +62,22 @@ def set_observers(batch: Callable[[str, int, float], None], shed: Callable[[str]
 
 
 class Batcher(Generic[Item]):
-    def __init__(self, name: str, pool: asyncpg.Pool, write: Write, settings: BatchSettings):
+    def __init__(
+        self,
+        name: str,
+        pool: asyncpg.Pool,
+        write: Write,
+        settings: BatchSettings,
+        *,
+        transactional: bool = True,
+    ):
+        """``transactional=False`` for a ``write`` whose one modifying statement is atomic
+        by itself: no BEGIN and COMMIT round trips around it."""
         self.name = name
         self._pool = pool
         self._write = write
         self._settings = settings
+        self._transactional = transactional
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._inflight = 0
@@ -171,7 +182,10 @@ class Batcher(Generic[Item]):
 
     async def _transaction(self, items: list[Item]) -> list[Any]:
         async with self._pool.acquire(timeout=self._settings.acquire_timeout_s) as conn:
-            async with conn.transaction():
+            if self._transactional:
+                async with conn.transaction():
+                    results = await self._write(conn, items)
+            else:
                 results = await self._write(conn, items)
         if len(results) != len(items):
             raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
