@@ -118,8 +118,7 @@ def _record(
 ) -> None:
     route = route_of(request)
     method = metrics.method_label(request.method)
-    metrics.HTTP_REQUESTS.labels(route, method, metrics.status_class(status)).inc()
-    metrics.HTTP_REQUEST_DURATION.labels(route, method).observe(elapsed)
+    metrics.http_request(route, method, status, elapsed)
     if response is not None:
         _count_idempotency(response)
     access_log.info(

@@ -69,11 +69,13 @@ class SandboxConnector:
         self._pool = pool
         self._latency_s = latency_ms / 1000
         # The sandbox commits its books in groups too, or it would cap our throughput.
+        # Its one modifying statement is atomic alone: no BEGIN and COMMIT around it.
         self._books = Batcher(
             "sandbox",
             pool,
             _write_operations,
             batching or BatchSettings(False, 1, 0.0, 1_000_000, 2.0),
+            transactional=False,
         )
 
     async def close(self) -> None:
