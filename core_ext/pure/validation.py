@@ -17,6 +17,10 @@ import cython
 
 from core_ext.errors import CoreError
 
+# The statuses a list may filter on are the state machine's (relative: each build reads
+# its own twin).
+from .states import STATUSES
+
 AMOUNT_MIN = 1
 AMOUNT_MAX = 99_999_999
 METADATA_KEYS_MAX = 20
@@ -86,17 +90,6 @@ CUSTOMER_FIELDS = ("email", "ip")
 CAPTURE_METHODS = ("automatic", "manual")
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 LIST_FIELDS = ("limit", "starting_after", "status")
-STATUSES = (
-    "processing",
-    "authorized",
-    "declined",
-    "failed",
-    "captured",
-    "partially_refunded",
-    "refunded",
-    "voided",
-    "expired",
-)
 
 
 def _invalid(param, message, code="parameter_invalid"):
