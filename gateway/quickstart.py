@@ -13,6 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -21,6 +22,7 @@ from gateway import cli
 from gateway.config import Settings
 
 DEMO_MERCHANT = "Demo Shop"
+EXPIRY_YEARS_AHEAD = 4  # the example card expires this many years from now: never in the past
 
 FIRST_PAYMENT = """\
 Authorize a first payment (in another terminal, once the gateway is up):
@@ -31,7 +33,7 @@ Authorize a first payment (in another terminal, once the gateway is up):
     -H 'Content-Type: application/json' \\
     -d '{{"amount": 1999, "currency": "eur", "capture": "manual",
          "payment_method": {{"type": "card", "card": {{"number": "4242424242424242",
-           "exp_month": 12, "exp_year": 2030, "cvc": "123"}}}}}}'
+           "exp_month": 12, "exp_year": {exp_year}, "cvc": "123"}}}}}}'
 """
 
 GET_A_KEY = """\
@@ -61,15 +63,20 @@ async def _welcome(conn: asyncpg.Connection, settings: Settings) -> int:
         key = await create_merchant(conn, DEMO_MERCHANT)
         print("Created a first merchant. Its secret key is shown only now:\n")
         print(f"merchant_id: {key.merchant_id}\nsecret_key:  {key.secret}\n")
-        print(FIRST_PAYMENT.format(url=settings.local_url, key=key.secret))
+        print(_first_payment(settings, key.secret))
         return 0
     print("Merchants in this database:\n")
     for row in merchants:
         print(f"  {row['id']}  {row['name']}  ({row['active_keys']} active key(s))")
     print()
     print(GET_A_KEY.format(kassa=_kassa_command()))
-    print(FIRST_PAYMENT.format(url=settings.local_url, key="<secret key>"))
+    print(_first_payment(settings, "<secret key>"))
     return 0
+
+
+def _first_payment(settings: Settings, key: str) -> str:
+    exp_year = datetime.now(UTC).year + EXPIRY_YEARS_AHEAD
+    return FIRST_PAYMENT.format(url=settings.local_url, key=key, exp_year=exp_year)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import pytest
 
 from gateway.cards import MASTER_KEY_FILE
 from tests.conftest import ROOT, kassa_env
+from tests.payments_helpers import this_year
 
 START_CHECK_TIMEOUT_S = 20  # a start-up check answers at once; a server keeps running
 
@@ -323,6 +324,8 @@ async def test_scripts_serve_prints_a_curl_for_the_port_it_serves(db, database_u
     output = scripts_serve(serve_checkout, kassa_env(database_url), "--port", "9000")
     assert "curl -s http://127.0.0.1:9000/v1/payments" in output, output
     assert re.search(r"Bearer sk_\w+", output)
+    # The example card must not have expired whenever someone runs it.
+    assert int(re.search(r'"exp_year": (\d{4})', output)[1]) > this_year(), output
 
     env = kassa_env(database_url, KASSA_PORT="9100", KASSA_HOST="0.0.0.0")
     output = scripts_serve(serve_checkout, env, "--workers", "2")
