@@ -304,8 +304,7 @@ def install() -> None:
     from gateway.store import ledger, pipeline
 
     pipeline.set_observers(commit_batch, pipeline_shed)
-    if hasattr(ledger, "_observe_entries"):
-        ledger._observe_entries = ledger_entries_posted
+    ledger.observe_entries = ledger_entries_posted
     import core_ext
 
     BUILD_INFO.labels("compiled" if core_ext.COMPILED else "pure").set(1)

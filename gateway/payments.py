@@ -89,11 +89,14 @@ class PaymentService:
         self._velocity = core_ext.risk.VelocityGuard()
         writes = AuthorizationWrites(answer_for_authorization)
         batching = batch_settings(settings)
-        # One statement claims the keys and writes the intents: no transaction around it.
+        # Each batch kind is one statement (see store/authorizations.py): no transaction
+        # around it, no BEGIN and COMMIT round trips.
         self._intents = Batcher(
             "intents", pool, writes.write_intents, batching, transactional=False
         )
-        self._settlements = Batcher("settlements", pool, writes.write_settlements, batching)
+        self._settlements = Batcher(
+            "settlements", pool, writes.write_settlements, batching, transactional=False
+        )
 
     async def close(self) -> None:
         await self._intents.close()

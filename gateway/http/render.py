@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import Any
 
 import asyncpg
 import orjson
@@ -12,12 +14,15 @@ from gateway.http.answers import Answer, ApiError, api_error
 
 states = core_ext.states
 
+# A row as read from the database, or as a batch write knows it will be once committed.
+Row = asyncpg.Record | Mapping[str, Any]
+
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def render_payment(row: asyncpg.Record) -> dict:
+def render_payment(row: Row) -> dict:
     return {
         "id": row["id"],
         "object": "payment",
@@ -63,7 +68,7 @@ def render_token(token_id: str, card: dict) -> dict:
     return {"id": token_id, "object": "token", "card": card}
 
 
-def answer_for_authorization(row: asyncpg.Record) -> Answer:
+def answer_for_authorization(row: Row) -> Answer:
     """The answer a settled authorization gives (and replays) for its payment row."""
     status = row["status"]
     if status == states.DECLINED:

@@ -9,15 +9,43 @@ resolved for that row alone; it never fails its neighbours.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
 from gateway.http.answers import Answer
+from gateway.http.render import Row
 from gateway.store import idempotency as keys
 from gateway.store import ledger, operations, payments
 from gateway.store.idempotency import Claim
+
+# A batch of outcomes in one statement: the payments still 'processing' are settled ($2..$8,
+# updated_at = $1, the time the answers were rendered with), and only for those (the
+# `settled` CTE) are the ledger's transactions and entries inserted ($9..$16, as
+# ledger.posting_ctes) and the Idempotency-Keys completed with their answers ($17..$21).
+# authorized_at stays on the database's clock: authorization expiry compares it with now().
+SETTLE_SQL = f"""
+WITH settled AS (
+    UPDATE payments AS p
+       SET status = s.status, amount_capturable = s.capturable, amount_captured = s.captured,
+           amount_refunded = s.refunded,
+           processor_reference = coalesce(s.reference, p.processor_reference),
+           decline_code = s.decline_code,
+           authorized_at = CASE WHEN s.status IN ('authorized', 'captured') THEN now() END,
+           updated_at = $1
+      FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                  $7::text[], $8::text[])
+           AS s (id, status, capturable, captured, refunded, reference, decline_code)
+     WHERE p.id = s.id AND p.status = 'processing'
+    RETURNING p.id
+), {ledger.posting_ctes(first_parameter=9, only_payments_in="settled")}, completed AS (
+    {keys.complete_many_cte(first_parameter=17, only_payments_in="settled")}
+)
+SELECT id FROM settled
+"""
 
 
 @dataclass(frozen=True)
@@ -67,7 +95,7 @@ class LostClaim:
 
 
 class AuthorizationWrites:
-    def __init__(self, render_answer: Callable[[asyncpg.Record], Answer]) -> None:
+    def __init__(self, render_answer: Callable[[Row], Answer]) -> None:
         self._render_answer = render_answer  # payment row -> the Answer it gives and stores
 
     async def write_intents(
@@ -105,55 +133,73 @@ class AuthorizationWrites:
     ) -> list[Answer]:
         """Per settlement: the payment's answer. A payment someone else settled first
         (recovery, another worker, a duplicate in this batch) is answered from its
-        recorded state and posts nothing."""
+        recorded state and posts nothing.
+
+        One statement settles the batch: the outcomes, their ledger entries and the keys'
+        stored answers, so it is atomic without a transaction of its own. The answers are
+        rendered before it, from the intent rows and the outcomes, with the settlement's
+        timestamp passed in: what is stored is what is answered."""
         first: dict[str, Settlement] = {}
         for settlement in settlements:
             first.setdefault(settlement.row["id"], settlement)
         unique = list(first.values())
+        now = datetime.now(UTC)
+        answers = {s.row["id"]: self._render_answer(_settled_row(s, now)) for s in unique}
+        keyed = [s.row for s in unique if s.row["idempotency_key"] is not None]
+        postings = [
+            ledger.Posting(
+                t, s.row["merchant_id"], s.row["id"], s.row["processor"], s.row["currency"]
+            )
+            for s in unique
+            for t in s.transitions
+        ]
+        entries = ledger.posting_arrays(postings)
         finals = [s.transitions[-1] for s in unique]
-        settled = await payments.settle_many(
-            conn,
-            [s.row["id"] for s in unique],
-            _column(finals, "status"),
-            _column(finals, "amount_capturable"),
-            _column(finals, "amount_captured"),
-            _column(finals, "amount_refunded"),
-            _column(unique, "reference"),
-            _column(unique, "decline_code"),
-        )
-        await ledger.post_many(
-            conn,
-            [
-                ledger.Posting(
-                    t, s.row["merchant_id"], s.row["id"], s.row["processor"], s.row["currency"]
-                )
-                for s in unique
-                if s.row["id"] in settled
-                for t in s.transitions
-            ],
-        )
-        for s in unique:
-            if s.capture_unknown and s.row["id"] in settled:  # rare: a timed-out capture
-                await operations.insert_pending(
-                    conn, s.row, "capture", s.row["amount"], None, None, None
-                )
-        answers = {payment_id: self._render_answer(row) for payment_id, row in settled.items()}
-        await self._complete_keys(conn, [s.row for s in unique if s.row["id"] in settled], answers)
+        timed_out = [s for s in unique if s.capture_unknown]  # rare: a timed-out capture
+        async with conn.transaction() if timed_out else contextlib.nullcontext():
+            rows = await conn.fetch(
+                SETTLE_SQL,
+                now,
+                [s.row["id"] for s in unique],
+                _column(finals, "status"),
+                _column(finals, "amount_capturable"),
+                _column(finals, "amount_captured"),
+                _column(finals, "amount_refunded"),
+                _column(unique, "reference"),
+                _column(unique, "decline_code"),
+                *entries.columns,
+                [r["merchant_id"] for r in keyed],
+                [r["idempotency_key"] for r in keyed],
+                [answers[r["id"]].status for r in keyed],
+                [answers[r["id"]].body for r in keyed],
+                [r["id"] for r in keyed],
+            )
+            settled = {row["id"] for row in rows}
+            for s in timed_out:
+                if s.row["id"] in settled:
+                    await operations.insert_pending(
+                        conn, s.row, "capture", s.row["amount"], None, None, None
+                    )
+        ledger.observe_entries(entries.count_for(settled))
         lagging = [s.row["id"] for s in settlements if s.row["id"] not in settled]
         if lagging:
             for row in await payments.by_ids(conn, lagging):
                 answers[row["id"]] = self._render_answer(row)
         return [answers[s.row["id"]] for s in settlements]
 
-    async def _complete_keys(
-        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], answers: dict[str, Answer]
-    ) -> None:
-        keyed = [row for row in rows if row["idempotency_key"] is not None]
-        if keyed:
-            await keys.complete_many(
-                conn,
-                [r["merchant_id"] for r in keyed],
-                [r["idempotency_key"] for r in keyed],
-                [answers[r["id"]].status for r in keyed],
-                [answers[r["id"]].body for r in keyed],
-            )
+
+def _settled_row(settlement: Settlement, now: datetime) -> dict:
+    """The payment row as SETTLE_SQL leaves it, if this settlement is the one that settles
+    it: the intent's row with the outcome's columns."""
+    final = settlement.transitions[-1]
+    row = dict(settlement.row)
+    row.update(
+        status=final.status,
+        amount_capturable=final.amount_capturable,
+        amount_captured=final.amount_captured,
+        amount_refunded=final.amount_refunded,
+        processor_reference=settlement.reference or row["processor_reference"],
+        decline_code=settlement.decline_code,
+        updated_at=now,
+    )
+    return row

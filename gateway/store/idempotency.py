@@ -58,14 +58,29 @@ UPDATE idempotency_keys
  WHERE merchant_id = $1 AND key = $2
 """
 
-COMPLETE_MANY_SQL = """
-UPDATE idempotency_keys AS k
-   SET state = 'completed', response_status = a.status, response_body = a.body,
-       completed_at = now()
-  FROM unnest($1::text[], $2::text[], $3::integer[], $4::bytea[])
-       AS a (merchant_id, key, status, body)
- WHERE k.merchant_id = a.merchant_id AND k.key = a.key
-"""
+# Completes a batch's keys with their answers, from five arrays at $first_parameter...:
+# merchant, key, status, body and the key's payment; only the keys of payments in the CTE
+# ``only_payments_in`` (the ones the statement settled). A template for one statement.
+COMPLETE_MANY_SQL = """UPDATE idempotency_keys AS k
+       SET state = 'completed', response_status = a.status, response_body = a.body,
+           completed_at = now()
+      FROM unnest(${first_parameter}::text[], ${p2}::text[], ${p3}::integer[], ${p4}::bytea[],
+                  ${p5}::text[])
+           AS a (merchant_id, key, status, body, payment_id)
+     WHERE k.merchant_id = a.merchant_id AND k.key = a.key
+       AND a.payment_id IN (SELECT id FROM {only_payments_in})"""
+
+
+def complete_many_cte(first_parameter: int, only_payments_in: str) -> str:
+    return COMPLETE_MANY_SQL.format(
+        first_parameter=first_parameter,
+        p2=first_parameter + 1,
+        p3=first_parameter + 2,
+        p4=first_parameter + 3,
+        p5=first_parameter + 4,
+        only_payments_in=only_payments_in,
+    )
+
 
 SWEEP_SQL = """
 DELETE FROM idempotency_keys WHERE ctid IN (
@@ -104,16 +119,6 @@ async def complete_one(
     payment_id: str | None = None,
 ) -> None:
     await conn.execute(COMPLETE_ONE_SQL, merchant_id, key, status, body, payment_id)
-
-
-async def complete_many(
-    conn: asyncpg.Connection,
-    merchant_ids: Sequence[str],
-    keys: Sequence[str],
-    statuses: Sequence[int],
-    bodies: Sequence[bytes],
-) -> None:
-    await conn.execute(COMPLETE_MANY_SQL, merchant_ids, keys, statuses, bodies)
 
 
 async def sweep_expired(pool: asyncpg.Pool, retention_s: int, batch_rows_max: int = 1000) -> int:

@@ -18,25 +18,36 @@ import core_ext
 
 LEDGER_CHECK_LOCK_ID = 0x6B61737362  # the periodic ledger check's advisory lock
 
-# One statement, one round trip, however many events: transaction ids drawn from the
-# sequence in a CTE (evaluated once per row: it is volatile), the transactions inserted
-# from it, and every entry joined to its transaction by position. The schema's statement
-# trigger then checks each transaction's balance once, after all of them.
-POST_MANY_SQL = """
-WITH txn AS (
+
+def posting_ctes(first_parameter: int = 1, only_payments_in: str | None = None) -> str:
+    """The CTEs that write many events' transactions and entries in one statement, from
+    the eight arrays of ``PostingArrays.columns`` at ``$first_parameter``...: transaction
+    ids drawn from the sequence in a CTE (evaluated once per row: it is volatile), the
+    transactions inserted from it, and every entry joined to its transaction by position.
+    ``only_payments_in`` names a CTE of payment ids: events of other payments are skipped.
+    The schema's statement trigger then checks each transaction's balance once, after all
+    of them. The table names are ours, never input."""
+    p = [f"${first_parameter + i}" for i in range(8)]
+    only = f"WHERE t.payment_id IN (SELECT id FROM {only_payments_in})" if only_payments_in else ""
+    return f"""ledger_txn AS (
     SELECT nextval(pg_get_serial_sequence('ledger_transactions', 'id')) AS id, t.*
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+      FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
+                  {p[4]}::text[]) WITH ORDINALITY
            AS t (merchant_id, payment_id, refund_id, event, currency, n)
-), inserted AS (
+     {only}
+), ledger_txn_inserted AS (
     INSERT INTO ledger_transactions (id, merchant_id, payment_id, refund_id, event, currency)
     OVERRIDING SYSTEM VALUE
-    SELECT id, merchant_id, payment_id, refund_id, event, currency FROM txn
-)
-INSERT INTO ledger_entries (transaction_id, account, currency, amount)
-SELECT txn.id, e.account, txn.currency, e.amount
-  FROM unnest($6::bigint[], $7::text[], $8::bigint[]) AS e (n, account, amount)
-  JOIN txn ON txn.n = e.n
-"""
+    SELECT id, merchant_id, payment_id, refund_id, event, currency FROM ledger_txn
+), ledger_entries_inserted AS (
+    INSERT INTO ledger_entries (transaction_id, account, currency, amount)
+    SELECT ledger_txn.id, e.account, ledger_txn.currency, e.amount
+      FROM unnest({p[5]}::bigint[], {p[6]}::text[], {p[7]}::bigint[]) AS e (n, account, amount)
+      JOIN ledger_txn ON ledger_txn.n = e.n
+)"""
+
+
+POST_MANY_SQL = f"WITH {posting_ctes()}\nSELECT count(*) FROM ledger_txn"
 
 
 @dataclass(frozen=True)
@@ -51,33 +62,57 @@ class Posting:
     refund_id: str | None = None
 
 
-async def post_many(conn: asyncpg.Connection, postings: list[Posting]) -> int:
-    """Write many events' transactions and entries in one statement; returns entries
-    written."""
+@dataclass(frozen=True)
+class PostingArrays:
+    """Many events' balanced entries as the eight arrays ``posting_ctes`` reads."""
+
+    columns: tuple[list, ...]
+    entries_by_payment: dict[str, int]
+
+    def count_for(self, payment_ids: set[str]) -> int:
+        return sum(
+            n for payment_id, n in self.entries_by_payment.items() if payment_id in payment_ids
+        )
+
+
+def posting_arrays(postings: list[Posting]) -> PostingArrays:
     per_event = [
         core_ext.ledger.postings(p.transition, p.merchant_id, p.processor, p.currency)
         for p in postings
     ]
     moving = [(p, entries) for p, entries in zip(postings, per_event) if entries]
-    if not moving:
-        return 0
     txn_index, accounts, amounts = core_ext.ledger.entry_columns([e for _, e in moving])
-    await conn.execute(
-        POST_MANY_SQL,
-        [p.merchant_id for p, _ in moving],
-        [p.payment_id for p, _ in moving],
-        [p.refund_id for p, _ in moving],
-        [p.transition.event for p, _ in moving],
-        [p.currency for p, _ in moving],
-        [i + 1 for i in txn_index],  # WITH ORDINALITY counts from 1
-        accounts,
-        amounts,
+    entries_by_payment: dict[str, int] = {}
+    for p, entries in moving:
+        entries_by_payment[p.payment_id] = entries_by_payment.get(p.payment_id, 0) + len(entries)
+    return PostingArrays(
+        (
+            [p.merchant_id for p, _ in moving],
+            [p.payment_id for p, _ in moving],
+            [p.refund_id for p, _ in moving],
+            [p.transition.event for p, _ in moving],
+            [p.currency for p, _ in moving],
+            [i + 1 for i in txn_index],  # WITH ORDINALITY counts from 1
+            accounts,
+            amounts,
+        ),
+        entries_by_payment,
     )
-    _observe_entries(len(accounts))
-    return len(accounts)
 
 
-def _observe_entries(count: int) -> None:
+async def post_many(conn: asyncpg.Connection, postings: list[Posting]) -> int:
+    """Write many events' transactions and entries in one statement; returns entries
+    written."""
+    arrays = posting_arrays(postings)
+    if not arrays.entries_by_payment:
+        return 0
+    await conn.execute(POST_MANY_SQL, *arrays.columns)
+    written = len(arrays.columns[6])
+    observe_entries(written)
+    return written
+
+
+def observe_entries(count: int) -> None:
     """Replaced by gateway.metrics when metrics are enabled."""
 
 

@@ -52,21 +52,6 @@ SELECT id, merchant_id, 'processing', amount, currency, capture_method, card_bra
 RETURNING *
 """
 
-SETTLE_MANY_SQL = """
-UPDATE payments AS p
-   SET status = s.status, amount_capturable = s.capturable, amount_captured = s.captured,
-       amount_refunded = s.refunded,
-       processor_reference = coalesce(s.reference, p.processor_reference),
-       decline_code = s.decline_code,
-       authorized_at = CASE WHEN s.status IN ('authorized', 'captured') THEN now() END,
-       updated_at = now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
-              $7::text[])
-       AS s (id, status, capturable, captured, refunded, reference, decline_code)
- WHERE p.id = s.id AND p.status = 'processing'
-RETURNING p.*
-"""
-
 UPDATE_AMOUNTS_SQL = """
 UPDATE payments
    SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
@@ -141,24 +126,6 @@ async def insert_intents(
     """Claim keys (merchant ids, keys, fingerprints, payment ids) and insert the payments
     (one array per INTENT_COLUMNS) whose claim won or that have no key; the rows by id."""
     rows = await conn.fetch(INSERT_INTENTS_SQL, *claims, *columns)
-    return {row["id"]: row for row in rows}
-
-
-async def settle_many(
-    conn: asyncpg.Connection,
-    ids: Sequence[str],
-    statuses: Sequence[str],
-    capturable: Sequence[int],
-    captured: Sequence[int],
-    refunded: Sequence[int],
-    references: Sequence[str | None],
-    decline_codes: Sequence[str | None],
-) -> dict[str, asyncpg.Record]:
-    """Record outcomes of payments still 'processing'; the rows this call settled, by id
-    (a payment someone else settled first is not among them)."""
-    rows = await conn.fetch(
-        SETTLE_MANY_SQL, ids, statuses, capturable, captured, refunded, references, decline_codes
-    )
     return {row["id"]: row for row in rows}
 
 
