@@ -327,9 +327,27 @@ def top_frames(
 # --- processes ------------------------------------------------------------------------
 
 
+# PostgreSQL's processes by whom they work for: the gateway's pool, the sandbox's books
+# (its own pool, application_name kassa-sandbox: a real processor's cost would be on its
+# own machines) and the server itself (postmaster, WAL writer, checkpointer, autovacuum).
+POSTGRES_ROLES = {"kassa": "pg gateway", "kassa-sandbox": "pg sandbox"}
+POSTGRES_SERVER = "pg server"
+POSTGRES_GROUPS = (*POSTGRES_ROLES.values(), POSTGRES_SERVER)
+
+
+def postgres_group(application_name: str | None) -> str:
+    return POSTGRES_ROLES.get(application_name or "", POSTGRES_SERVER)
+
+
 def process_groups(
-    supervisor_pid: int, worker_pids: set[int], postmaster_pid: int, extra: dict[int, str]
+    supervisor_pid: int,
+    worker_pids: set[int],
+    postmaster_pid: int,
+    extra: dict[int, str],
+    backends: dict[int, str] | None = None,
 ) -> dict[int, str]:
+    """Each measured pid's group; ``backends`` maps PostgreSQL backend pids to their
+    application_name (pg_stat_activity), which splits the postgres processes."""
     import psutil
 
     groups: dict[int, str] = {}
@@ -341,8 +359,8 @@ def process_groups(
         pass
     try:
         for child in psutil.Process(postmaster_pid).children(recursive=True):
-            groups[child.pid] = "postgres"
-        groups[postmaster_pid] = "postgres"
+            groups[child.pid] = postgres_group((backends or {}).get(child.pid))
+        groups[postmaster_pid] = POSTGRES_SERVER
     except psutil.NoSuchProcess:
         pass
     groups.update(extra)
@@ -394,6 +412,7 @@ def wait_unreaped(process: subprocess.Popen, timeout_s: float) -> None:
 # --- PostgreSQL statistics ----------------------------------------------------------------
 
 
+PG_BACKENDS_SQL = "SELECT pid, application_name FROM pg_stat_activity WHERE pid IS NOT NULL"
 PG_DATABASE_SQL = """
 SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted
 FROM pg_stat_database WHERE datname = current_database()"""
@@ -422,6 +441,21 @@ async def _pg_read(dsn: str) -> dict:
         return {"database": database, "tables": tables, "wal": wal, "statements": statements}
     finally:
         await conn.close()
+
+
+def pg_backends(dsn: str) -> dict[int, str]:
+    """Backend pid -> application_name, read now (the pools are open and warm)."""
+    import asyncpg
+
+    async def read() -> dict[int, str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(PG_BACKENDS_SQL)
+        finally:
+            await conn.close()
+        return {row["pid"]: row["application_name"] for row in rows}
+
+    return asyncio.run(read())
 
 
 def pg_settled(dsn: str, settle_s: float = PG_STATS_SETTLE_S) -> dict:
@@ -539,7 +573,8 @@ def run(args: argparse.Namespace) -> dict:
             pg_before = pg_settled(dsn)
 
             command = closedloop.wrk_command(target.url, target.secret_key, seconds)
-            groups = process_groups(server.process.pid, workers, info.pid, {})
+            backends = pg_backends(dsn)
+            groups = process_groups(server.process.pid, workers, info.pid, {}, backends)
             before = snapshot(groups)
             machine_before = parse_proc_stat(Path("/proc/stat").read_text())
             started = time.monotonic()
@@ -580,7 +615,10 @@ def run(args: argparse.Namespace) -> dict:
             wait_unreaped(wrk, seconds + closedloop.WRK_SLACK_S)
             # The window ends with the load: the same processes, plus any that started
             # inside it (new backends); py-spy (still writing its file) as it is now.
-            after = snapshot({**process_groups(server.process.pid, workers, info.pid, {}), **extra})
+            backends.update(pg_backends(dsn))  # any backend a pool opened in the window
+            after = snapshot(
+                {**process_groups(server.process.pid, workers, info.pid, {}, backends), **extra}
+            )
             machine_after = parse_proc_stat(Path("/proc/stat").read_text())
             window_s = time.monotonic() - started
             stdout, stderr = wrk.communicate()
@@ -635,7 +673,10 @@ def summarize(
     def per_auth(t: int) -> float | None:
         return round(t * us_per_tick / authorizations, 1) if authorizations else None
 
-    order = ("workers", "supervisor", "postgres", "generator", "profiler", "other")
+    ticks["postgres"] = sum(ticks.get(g, 0) for g in POSTGRES_GROUPS)
+    members["postgres"] = sum(members.get(g, 0) for g in POSTGRES_GROUPS)
+    order = ("workers", "supervisor", "postgres", *POSTGRES_GROUPS, "generator", "profiler")
+    order = (*order, "other")
     cpu = {
         g: {
             "us_per_authorization": per_auth(ticks.get(g, 0)),
@@ -709,8 +750,9 @@ def render(result: dict) -> str:
     ]
     for group, c in result["cpu"].items():
         us = c["us_per_authorization"]
+        name = f"  {group}" if group in POSTGRES_GROUPS else group  # parts of postgres
         lines.append(
-            f"  {group:12} {us if us is not None else '-':>9} {c['cpu_seconds']:>7} "
+            f"  {name:12} {us if us is not None else '-':>9} {c['cpu_seconds']:>7} "
             f"{c['processes'] if group != 'other' else '':>5}"
         )
     if result["vanished_processes"]:
