@@ -131,6 +131,50 @@ async def test_schema_refuses_unbalanced_and_changed_entries(client, merchant, d
         await db.execute("DELETE FROM ledger_transactions")
 
 
+async def test_schema_refuses_rows_whose_parents_are_missing_or_another_merchants(
+    client, merchant, db
+):
+    """The references the foreign keys used to check, checked per statement (0006)."""
+    _, payment = await authorize(client, merchant)
+    other = await db.fetchval(
+        "INSERT INTO merchants (id, name) VALUES ('mer_other', 'o') RETURNING id"
+    )
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="merchant mer_nobody"):
+        await db.execute(
+            "INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state) "
+            "VALUES ('mer_nobody', 'k', $1, 'in_flight')",
+            bytes(32),
+        )
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="payments names merchant"):
+        await db.execute(
+            "INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,"
+            " card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint,"
+            " processor, metadata)"
+            " SELECT 'pay_orphan', 'mer_nobody', 'processing', amount, currency, capture_method,"
+            " card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint,"
+            " processor, metadata FROM payments WHERE id = $1",
+            payment["id"],
+        )
+    # A ledger transaction for a payment of another merchant, or for no payment at all.
+    for merchant_id, payment_id in ((other, payment["id"]), (merchant.id, "pay_nothing")):
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="does not exist"):
+            await db.execute(
+                "INSERT INTO ledger_transactions (merchant_id, payment_id, event, currency) "
+                "VALUES ($1, $2, 'authorize', 'EUR')",
+                merchant_id,
+                payment_id,
+            )
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="transaction 999999"):
+        await db.execute(
+            "INSERT INTO ledger_entries (transaction_id, account, currency, amount) "
+            "VALUES (999999, 'a', 'EUR', 5), (999999, 'b', 'EUR', -5)"
+        )
+    for table in ("merchants", "payments", "refunds"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="never deleted"):
+            await db.execute(f"DELETE FROM {table}")
+    assert await db.fetchval("SELECT count(*) FROM payments") == 1
+
+
 async def test_verify_names_a_corrupted_entry(client, merchant, db, database_url):
     _, payment = await authorize(client, merchant, capture="automatic", amount=700)
     ok = kassa("ledger", "verify", env=kassa_env(database_url))
