@@ -34,11 +34,28 @@ def closed_loop_lines(results: dict) -> list[str]:
             f"{c['p50_ms']} | {c['p99_ms']} | {c['errors']}"
             f"{' ' + str(c['statuses']) if c['non2xx'] else ''} |"
         )
-    ratio = closed.get("kassa_over_framework")
-    ratio_text = f"{ratio:.2f}x" if ratio else "n/a"
+
+    def times(key: str) -> str:
+        value = closed.get(key)
+        return f"{value:.2f}x" if value else "n/a"
+
+    workers = closed.get("workers", 2)
     lines += [
         "",
-        f"- Kassa / framework, closed loop: **{ratio_text}**",
+        f"- Kassa / framework, closed loop: **{times('kassa_over_framework')}**",
+    ]
+    if closed.get("group_commit_on_over_off"):
+        lines.append(
+            f"- Group commit on / off (kassa / kassa-nobatch), closed loop: "
+            f"**{times('group_commit_on_over_off')}**"
+        )
+    if closed.get("kassa_scaling"):
+        lines.append(
+            f"- Scaling, {workers} workers / 1 worker: Kassa {times('kassa_scaling')}, "
+            f"framework {times('framework_scaling')}; at 1 worker Kassa / framework "
+            f"{times('kassa_over_framework_1w')}"
+        )
+    lines += [
         "- Closed-loop latencies are not corrected for coordinated omission (each of the "
         "64 connections waits for its answer before sending again): compare them "
         "between targets, never against the SLO.",

@@ -129,32 +129,51 @@ def measure_target(name: str, start, args) -> dict:
 
 
 def closed_loop(workdir: Path, args) -> dict:
-    """framework and kassa, each fresh, under the same wrk load, one after the other."""
+    """framework and kassa, each fresh, under the same wrk load, one after the other: at
+    the run's worker count, Kassa with group commit off, and both again at one worker
+    (scaling) unless the run has one worker or ``--closed-loop-no-scaling``."""
     print(
         f"closed loop ({closedloop.THREADS} wrk thread, {closedloop.CONNECTIONS} "
         f"connections, {args.closed_loop_seconds:g} s after {closedloop.WARMUP_SECONDS:g} s "
         f"warm-up):",
         flush=True,
     )
-    measured = {}
+    workers = args.workers
+
+    def kassa(name: str, count: int, group_commit: bool = True):
+        return lambda: targets.kassa(name, workdir, count, args.database_url, group_commit)
+
     starts = {
-        "framework": lambda: targets.framework_baseline(workdir, args.workers),
-        "kassa": lambda: targets.kassa(
-            "kassa-closed", workdir, args.workers, args.database_url, True
-        ),
+        "framework": lambda: targets.framework_baseline(workdir, workers),
+        "kassa": kassa("kassa-closed", workers),
+        "kassa-nobatch": kassa("kassa-nobatch-closed", workers, group_commit=False),
     }
+    scaling = workers > 1 and not args.closed_loop_no_scaling
+    if scaling:
+        starts["framework-1w"] = lambda: targets.framework_baseline(workdir, 1)
+        starts["kassa-1w"] = kassa("kassa-1w-closed", 1)
+    measured = {}
     for name, start in starts.items():
         with start() as target:
             result = closedloop.measure(target, args.closed_loop_seconds)
         print(closedloop.describe(name, result), flush=True)
         measured[name] = result.as_dict()
-    framework, kassa = measured["framework"]["rps"], measured["kassa"]["rps"]
+    rps = {name: m["rps"] for name, m in measured.items()}
+
+    def ratio(a: str, b: str) -> float | None:
+        return round(rps[a] / rps[b], 3) if rps.get(a) and rps.get(b) else None
+
     return {
         "command": f"wrk -t{closedloop.THREADS} -c{closedloop.CONNECTIONS} "
         f"-d{args.closed_loop_seconds:g}s --latency",
         "seconds": args.closed_loop_seconds,
+        "workers": workers,
         "targets": measured,
-        "kassa_over_framework": round(kassa / framework, 3) if framework else None,
+        "kassa_over_framework": ratio("kassa", "framework"),
+        "group_commit_on_over_off": ratio("kassa", "kassa-nobatch"),
+        "kassa_over_framework_1w": ratio("kassa-1w", "framework-1w") if scaling else None,
+        "kassa_scaling": ratio("kassa", "kassa-1w") if scaling else None,
+        "framework_scaling": ratio("framework", "framework-1w") if scaling else None,
     }
 
 
@@ -238,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--closed-loop-only",
         action="store_true",
-        help="only the wrk closed-loop ceiling of framework and kassa",
+        help="only the wrk closed-loop ceilings (framework, kassa, group commit off, 1 worker)",
+    )
+    parser.add_argument(
+        "--closed-loop-no-scaling",
+        action="store_true",
+        help="skip the closed-loop runs at one worker",
     )
     parser.add_argument(
         "--closed-loop-seconds",

@@ -288,6 +288,10 @@ def _results(framework_closed: float) -> dict:
                 "kassa": _closed(3419.0, errors=2, non2xx=2, statuses={"201": 9, "503": 2}),
             },
             "kassa_over_framework": round(3419.0 / framework_closed, 3),
+            "group_commit_on_over_off": 3.2,
+            "kassa_scaling": 1.4,
+            "framework_scaling": 1.8,
+            "kassa_over_framework_1w": 0.12,
         },
     }
 
@@ -298,6 +302,8 @@ def test_summary_flags_a_generator_limited_framework_figure():
     text = summary(_results(36604.0))
     assert "| framework | 7680 | 7680 | 36604 | 1.5 | 9.0 | 0 |" in text
     assert "Kassa / framework, closed loop: **0.09x**" in text
+    assert "Group commit on / off (kassa / kassa-nobatch), closed loop: **3.20x**" in text
+    assert "Kassa 1.40x, framework 1.80x; at 1 worker Kassa / framework 0.12x" in text
     assert "is the Python generator's limit, not the framework's" in text
     assert "WARNING: 2 kassa requests got no 2xx" in text
     # when the generator did keep up, no such claim is made
