@@ -118,3 +118,26 @@ async def test_one_batch_mixes_new_keys_replays_and_duplicates(client, merchant,
     assert sorted(statuses[11:13]) in ([201, 409], [201, 201])  # 2nd in flight or replayed
     assert statuses[13] == 422
     assert await db.fetchval("SELECT count(*) FROM payments") == 12
+
+
+async def test_a_caller_that_goes_away_does_not_fail_its_batch(scratch):
+    """A request cancelled while its batch commits (its client left, a timeout) loses
+    only its own answer: its neighbours get theirs and the batch is written whole."""
+    started = asyncio.Event()
+
+    async def slow_write(conn, items):
+        started.set()
+        await asyncio.sleep(0.2)  # still committing when the caller is cancelled
+        await conn.execute("INSERT INTO pipeline_scratch SELECT * FROM unnest($1::int[])", items)
+        return [f"ok {n}" for n in items]
+
+    batcher = Batcher("test", scratch, slow_write, SETTINGS)
+    callers = [asyncio.create_task(batcher.submit(n)) for n in range(3)]
+    await started.wait()
+    callers[1].cancel()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    await batcher.close()
+    assert results[0] == "ok 0" and results[2] == "ok 2"
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert await scratch.fetchval("SELECT count(*) FROM pipeline_scratch") == 3
+    assert batcher.depth == 0

@@ -105,8 +105,10 @@ class Batcher(Generic[Item]):
             if self._flusher is None:
                 self._flusher = asyncio.create_task(self._flush_forever())
             self._wakeup.set()
-            # shield: a caller that goes away must not cancel its neighbours' commit.
-            return await asyncio.shield(future)
+            # No shield needed: a caller that goes away cancels only its own future; the
+            # batch's task, which commits its neighbours too, is not the caller's, and it
+            # skips a future that is already done.
+            return await future
         finally:
             self._inflight -= 1
 
