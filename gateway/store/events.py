@@ -320,7 +320,7 @@ INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, status_code, error
                               next_attempt_at)
 SELECT event_id, endpoint_id, attempt, status_code, error, duration_ms,
        CASE WHEN state = 'pending' THEN now() + make_interval(secs => delay_s) END
-  FROM r
+  FROM r WHERE state <> 'canceled'
 """
 
 # Per endpoint of a batch: a success clears failing_since, a failure starts it; a 410, or
@@ -362,7 +362,9 @@ class AttemptRecord:
     status_code: int | None
     error: str | None
     duration_ms: int
-    state: str  # the delivery's state after it: pending (retrying), delivered, failed
+    # The delivery's state after it: pending (retrying), delivered, failed; canceled when
+    # it was not sent (its endpoint no longer enabled): no attempt is logged.
+    state: str
     delay_s: float  # when pending: until the next attempt
 
 

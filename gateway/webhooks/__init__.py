@@ -1,0 +1,1 @@
+"""Webhooks: endpoints and their secrets, the deliverer, the SSRF guard."""
