@@ -122,6 +122,7 @@ async def expire_authorizations(
     transaction; ``deliveries_written`` is called after it committed webhook deliveries."""
     expired = 0
     new_events: list[events.NewEvent] = []
+    deliveries = 0
     async with pool.acquire() as conn, conn.transaction():
         rows = await payments.lock_expiring(conn, ttl_s, BATCH_ROWS_MAX)
         for row in rows:
@@ -152,9 +153,9 @@ async def expire_authorizations(
                 )
             )
             expired += 1
-        deliveries = 0
-        if new_events:  # all in one statement, one created_at: the transaction's time
-            deliveries = await events.write(conn, new_events, updated["updated_at"])
+            expired_at = updated["updated_at"]  # now(): the transaction's time, for all
+        if new_events:  # all in one statement
+            deliveries = await events.write(conn, new_events, expired_at)
     if deliveries:
         deliveries_written()
     return expired

@@ -17,6 +17,10 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of the caller's, pooled or not.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 # The deliveries of new events: one per enabled endpoint of the event's merchant subscribed
 # to its type or to everything. A merchant without endpoints joins nothing.
@@ -73,9 +77,7 @@ def event_arrays(new_events: Sequence[NewEvent]) -> list[list[str]]:
     ]
 
 
-async def write(
-    conn: asyncpg.Connection, new_events: Sequence[NewEvent], created_at: datetime
-) -> int:
+async def write(conn: Conn, new_events: Sequence[NewEvent], created_at: datetime) -> int:
     """Write events and their deliveries in the caller's transaction; deliveries written."""
     if not new_events:
         return 0
@@ -94,14 +96,14 @@ SELECT id, payload, created_at FROM events
 """
 
 
-async def event(conn: asyncpg.Connection, event_id: str, merchant_id: str) -> asyncpg.Record | None:
+async def event(conn: Conn, event_id: str, merchant_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT * FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id
     )
 
 
 async def events_page(
-    conn: asyncpg.Connection,
+    conn: Conn,
     merchant_id: str,
     event_type: str | None,
     cursor: asyncpg.Record | None,
@@ -124,7 +126,7 @@ SELECT * FROM webhook_attempts WHERE event_id = $1
 """
 
 
-async def attempts(conn: asyncpg.Connection, event_id: str, rows_max: int) -> list[asyncpg.Record]:
+async def attempts(conn: Conn, event_id: str, rows_max: int) -> list[asyncpg.Record]:
     """The event's delivery attempts, newest first."""
     return await conn.fetch(ATTEMPTS_SQL, event_id, rows_max)
 
@@ -144,7 +146,7 @@ RETURNING endpoint_id
 """
 
 
-async def retry(conn: asyncpg.Connection, event_id: str) -> list[str]:
+async def retry(conn: Conn, event_id: str) -> list[str]:
     """Queue the event for every enabled subscribed endpoint now; their ids."""
     return sorted(row["endpoint_id"] for row in await conn.fetch(RETRY_SQL, event_id))
 
@@ -195,7 +197,7 @@ UPDATE webhook_deliveries SET state = 'canceled', updated_at = now()
 
 
 async def insert_endpoint(
-    conn: asyncpg.Connection,
+    conn: Conn,
     endpoint_id: str,
     merchant_id: str,
     url: str,
@@ -217,15 +219,13 @@ async def insert_endpoint(
     return row
 
 
-async def endpoint(
-    conn: asyncpg.Connection, endpoint_id: str, merchant_id: str
-) -> asyncpg.Record | None:
+async def endpoint(conn: Conn, endpoint_id: str, merchant_id: str) -> asyncpg.Record | None:
     """The merchant's endpoint (not deleted), or None."""
     return await conn.fetchrow(ENDPOINT_SQL, endpoint_id, merchant_id)
 
 
 async def endpoints_page(
-    conn: asyncpg.Connection, merchant_id: str, cursor: asyncpg.Record | None, rows_max: int
+    conn: Conn, merchant_id: str, cursor: asyncpg.Record | None, rows_max: int
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         ENDPOINTS_PAGE_SQL,
@@ -237,7 +237,7 @@ async def endpoints_page(
 
 
 async def update_endpoint(
-    conn: asyncpg.Connection, endpoint_id: str, merchant_id: str, changes: dict[str, Any]
+    conn: Conn, endpoint_id: str, merchant_id: str, changes: dict[str, Any]
 ) -> asyncpg.Record | None:
     """Apply the given fields (url, enabled_events, description, status); a disabled
     endpoint's pending deliveries are canceled in the same transaction."""
@@ -256,7 +256,7 @@ async def update_endpoint(
     return row
 
 
-async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: str, merchant_id: str) -> bool:
+async def delete_endpoint(conn: Conn, endpoint_id: str, merchant_id: str) -> bool:
     """Delete the endpoint (its secret is erased) and cancel its pending deliveries."""
     if await conn.fetchval(DELETE_ENDPOINT_SQL, endpoint_id, merchant_id) is None:
         return False
@@ -264,7 +264,7 @@ async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: str, merchant_i
     return True
 
 
-async def cancel_pending(conn: asyncpg.Connection, endpoint_ids: Sequence[str]) -> int:
+async def cancel_pending(conn: Conn, endpoint_ids: Sequence[str]) -> int:
     result = await conn.execute(CANCEL_PENDING_SQL, list(endpoint_ids))
     return int(result.split()[-1])
 
@@ -344,12 +344,12 @@ RETURNING w.id, w.status, h.gone
 """
 
 
-async def claim(conn: asyncpg.Connection, rows_max: int, lease_s: float) -> list[asyncpg.Record]:
+async def claim(conn: Conn, rows_max: int, lease_s: float) -> list[asyncpg.Record]:
     """Claim up to ``rows_max`` due deliveries for ``lease_s`` (one statement, committed)."""
     return await conn.fetch(CLAIM_SQL, rows_max, float(lease_s))
 
 
-async def release(conn: asyncpg.Connection, delivery_ids: Sequence[int], after_s: float) -> None:
+async def release(conn: Conn, delivery_ids: Sequence[int], after_s: float) -> None:
     await conn.execute(RELEASE_SQL, list(delivery_ids), float(after_s))
 
 
@@ -369,7 +369,7 @@ class AttemptRecord:
 
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Conn,
     records: Sequence[AttemptRecord],
     health: dict[str, tuple[bool, bool]],
     disable_after_s: float,
@@ -417,7 +417,9 @@ SELECT coalesce((SELECT extract(epoch FROM now() - min(next_attempt_at))::float8
 
 async def gauges(pool: asyncpg.Pool) -> asyncpg.Record:
     """The age of the oldest due delivery (seconds) and the endpoints by status."""
-    row: asyncpg.Record = await pool.fetchrow(GAUGES_SQL)
+    row: asyncpg.Record | None = await pool.fetchrow(GAUGES_SQL)
+    if row is None:  # a SELECT without FROM always answers one row
+        raise RuntimeError("no webhook gauges")
     return row
 
 

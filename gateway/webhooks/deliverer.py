@@ -36,7 +36,7 @@ import core_ext
 from gateway import metrics
 from gateway.config import Settings
 from gateway.store import events
-from gateway.webhooks.addresses import AddressRefused, GuardedResolver
+from gateway.webhooks.addresses import AddressRefused, guarded_connector
 from gateway.webhooks.secrets import SecretBox
 
 log = logging.getLogger("kassa.webhooks")
@@ -86,10 +86,9 @@ class Deliverer:
         self._wakeup.set()
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self._allow_private),
-            limit=self._concurrency,
-            limit_per_host=self._per_endpoint,
+        # The SSRF guard sits in the connection: the address checked is the one connected.
+        connector = guarded_connector(
+            self._allow_private, limit=self._concurrency, limit_per_host=self._per_endpoint
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
