@@ -140,9 +140,9 @@ async def test_every_change_is_delivered_signed_with_the_object_as_read(api, mer
     status_code, automatic = await authorize(api, merchant, capture="automatic")
     assert (status_code, automatic["status"]) == (201, "captured")
 
-    arrivals = await receiver.wait("/all", 8)
+    arrivals = await receiver.wait("/all", 9)
     await asyncio.sleep(0.3)
-    assert len(receiver.at("/all")) == 8  # one delivery per event, no duplicates
+    assert len(receiver.at("/all")) == 9  # one delivery per event, no duplicates
     for arrival in arrivals:
         event = verify_all(secret, arrival)
         assert event["object"] == "event" and event["id"].startswith("evt_")
