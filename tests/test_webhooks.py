@@ -22,7 +22,6 @@ from tests.payments_helpers import (
     TIMEOUT_CARD,
     authorize,
     get,
-    payment_body,
     post,
 )
 from tests.webhook_helpers import Receiver, hang, none_verifies, status, verify_all
@@ -333,7 +332,7 @@ async def wait_until(predicate, timeout_s: float = 5.0) -> None:
 async def test_no_endpoints_no_deliveries_and_one_type_gets_one_type(
     api, merchant, other_merchant, receiver, db
 ):
-    _, lonely = await authorize(api, merchant, capture="automatic")
+    await authorize(api, merchant, capture="automatic")
     assert (
         await db.fetchval("SELECT count(*) FROM events WHERE merchant_id = $1", merchant.id) == 2
     )  # payment.authorized and payment.captured, written though nobody listens

@@ -278,10 +278,8 @@ def _page_query(
     limit = validation.LIST_LIMIT_DEFAULT
     text = query.get("limit")
     if text is not None:
-        if not (text.isascii() and text.isdigit() and len(text) <= 3):
-            limit = 0
-        else:
-            limit = int(text)
+        digits = text.isascii() and text.isdigit() and len(text) <= 3
+        limit = int(text) if digits else 0
         if not 1 <= limit <= validation.LIST_LIMIT_MAX:
             raise invalid_request(
                 "parameter_invalid",
