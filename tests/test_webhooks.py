@@ -175,6 +175,12 @@ async def test_every_change_is_delivered_signed_with_the_object_as_read(api, mer
     assert by_type["payment.failed"][0]["data"]["object"]["id"] == failed["error"]["payment_id"]
     assert by_type["payment.failed"][0]["data"]["object"]["status"] == "failed"
 
+    # Counted for SREs (the 2-worker /metrics merges every worker's samples).
+    async with api.get("/metrics") as response:
+        exposition = await response.text()
+    assert 'kassa_webhook_deliveries_total{outcome="delivered",status_class="2xx"}' in exposition
+    assert "kassa_webhook_delivery_latency_seconds_count" in exposition
+
     # Each delivery is logged: one attempt, 200.
     attempts = await wait_attempts(api, merchant, arrivals[0].webhook_id, 1)
     assert [(a["endpoint_id"], a["attempt"], a["status_code"], a["error"]) for a in attempts] == [

@@ -294,24 +294,23 @@ class Deliverer:
         disabled_ids = {row["id"] for row in disabled}
         for row in disabled:
             reason = "gone" if row["gone"] else "failing"
-            _observe("endpoint_disabled", reason)
+            metrics.webhook_endpoint_disabled(reason)
             log.warning("webhook endpoint %s disabled (%s)", row["id"], reason)
         now = time.time()
         for f in batch:
             if f.record.state == "canceled":
-                outcome = "canceled"
-            elif f.ok:
+                continue  # not sent: no attempt to count
+            if f.ok:
                 outcome = "delivered"
-                _observe("latency", max(0.0, now - f.created_at.timestamp()))
-                _observe("attempts", f.record.attempt)
+                metrics.webhook_delivered(now - f.created_at.timestamp(), f.record.attempt)
             elif f.record.endpoint_id in disabled_ids:
                 outcome = "endpoint_disabled"
             elif f.record.state == "failed":
                 outcome = "failed"
-                _observe("attempts", f.record.attempt)
+                metrics.webhook_failed(f.record.attempt)
             else:
                 outcome = "retrying"
-            _observe("attempt", outcome, f.status_class)
+            metrics.webhook_attempt(outcome, f.status_class)
 
     # --- gauges ---------------------------------------------------------------------------
 
@@ -319,13 +318,12 @@ class Deliverer:
         while True:
             try:
                 row = await events.gauges(self._pool)
-                _observe("gauges", float(row["oldest_due_s"]), row["enabled"], row["disabled"])
+                metrics.set_webhook_backlog(
+                    float(row["oldest_due_s"]),
+                    {"enabled": row["enabled"], "disabled": row["disabled"]},
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("sampling the webhook gauges failed", exc_info=True)
             await asyncio.sleep(GAUGE_INTERVAL_S)
-
-
-def _observe(what: str, *values: object) -> None:
-    """TEMPORARY until the webhook metrics land (webhook-parts): no-op."""
