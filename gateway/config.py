@@ -14,6 +14,8 @@ from typing import Any
 
 import platformdirs
 
+from core_ext import webhooks
+
 
 class ConfigError(Exception):
     """One or more settings are invalid; the message lists each of them."""
@@ -64,6 +66,10 @@ def _text(text: str) -> str:
 
 def _path(text: str) -> Path:
     return Path(text).expanduser()
+
+
+def _retry_schedule(text: str) -> tuple[int, ...]:
+    return webhooks.parse_retry_schedule(text)
 
 
 def _default_data_dir() -> str:
@@ -199,6 +205,43 @@ FIELDS: dict[str, Field] = {
         "10000",
         "a request body must arrive within this (else 408)",
     ),
+    "webhook_allow_private": Field(
+        "KASSA_WEBHOOK_ALLOW_PRIVATE",
+        _boolean,
+        "0",
+        "development and tests only: webhook URLs may reach loopback, private, link-local "
+        "addresses",
+    ),
+    "webhook_retry_schedule_s": Field(
+        "KASSA_WEBHOOK_RETRY_SCHEDULE_S",
+        _retry_schedule,
+        ",".join(map(str, webhooks.DEFAULT_RETRY_SCHEDULE_S)),
+        "seconds before each retry of a failed webhook delivery; then it is failed",
+    ),
+    "webhook_timeout_s": Field(
+        "KASSA_WEBHOOK_TIMEOUT_S",
+        _integer(1, 300),
+        "15",
+        "a webhook receiver must answer 2xx within this",
+    ),
+    "webhook_concurrency": Field(
+        "KASSA_WEBHOOK_CONCURRENCY",
+        _integer(1, 10_000),
+        "64",
+        "webhook deliveries in flight per worker process",
+    ),
+    "webhook_endpoint_concurrency": Field(
+        "KASSA_WEBHOOK_ENDPOINT_CONCURRENCY",
+        _integer(1, 10_000),
+        "8",
+        "webhook deliveries in flight per endpoint and worker process",
+    ),
+    "webhook_disable_after_s": Field(
+        "KASSA_WEBHOOK_DISABLE_AFTER_S",
+        _integer(1, 30 * 86_400),
+        str(5 * 86_400),
+        "an endpoint whose deliveries have all failed for this long is disabled",
+    ),
     "metrics_token": Field(
         "KASSA_METRICS_TOKEN", _text, "", "bearer token /metrics requires (empty: open)"
     ),
@@ -243,6 +286,12 @@ class Settings:
     velocity_card_attempts_max: int
     velocity_card_declines_max: int
     body_read_timeout_ms: int
+    webhook_allow_private: bool
+    webhook_retry_schedule_s: tuple[int, ...]
+    webhook_timeout_s: int
+    webhook_concurrency: int
+    webhook_endpoint_concurrency: int
+    webhook_disable_after_s: int
     metrics_token: str
     log_level: str
 
@@ -293,6 +342,10 @@ def load_settings(
     if not problems and values["recovery_after_s"] * 1000 <= values["processor_timeout_ms"]:
         # Recovery would settle payments whose request is still waiting on the processor.
         problems.append("KASSA_RECOVERY_AFTER_S must be longer than KASSA_PROCESSOR_TIMEOUT_MS")
+    if not problems and values["webhook_endpoint_concurrency"] > values["webhook_concurrency"]:
+        problems.append(
+            "KASSA_WEBHOOK_ENDPOINT_CONCURRENCY must not exceed KASSA_WEBHOOK_CONCURRENCY"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(**values)

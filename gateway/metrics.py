@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -35,12 +36,21 @@ from prometheus_client import (
     generate_latest,
 )
 
+import core_ext
+
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Every SLO threshold is a bucket boundary, so an SLO's ratio is exact, not interpolated.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+# Commit to 2xx: seconds when the deliverer keeps up, up to an hour when retries ran.
+WEBHOOK_LATENCY_BUCKETS_S = (
+    *(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    *(60.0, 300.0, 1800.0, 3600.0),
+)
+WEBHOOK_ATTEMPTS_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8)  # the default schedule allows 8 attempts
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Decline codes a processor may give; anything else is counted as "other" so a processor
@@ -121,6 +131,51 @@ RISK_DECLINES = Counter(
     "kassa_risk_declines",
     "Authorizations the card-testing rules declined (card_velocity_exceeded), by rule.",
     ["rule"],
+)
+
+# --- webhooks -----------------------------------------------------------------------------
+
+# What became of a delivery after one attempt: delivered (2xx), retrying (scheduled
+# again), failed (schedule exhausted), endpoint_disabled (410, or failing longer than the
+# disable window), canceled (the endpoint was deleted or disabled meanwhile).
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "endpoint_disabled", "canceled")
+WEBHOOK_DISABLE_REASONS = ("gone", "failing")  # 410 Gone; failing for the disable window
+WEBHOOK_ENDPOINT_STATUSES = ("enabled", "disabled")
+
+WEBHOOK_DELIVERIES = Counter(
+    "kassa_webhook_deliveries",
+    "Webhook delivery attempts, by what became of the delivery (outcome) and the answer's "
+    "status class (or timeout, connection_error, refused_address).",
+    ["outcome", "status_class"],
+)
+WEBHOOK_DELIVERY_LATENCY = Histogram(
+    "kassa_webhook_delivery_latency_seconds",
+    "Time from an event's commit to the 2xx answer that delivered it (retries included).",
+    buckets=WEBHOOK_LATENCY_BUCKETS_S,
+)
+WEBHOOK_DELIVERY_ATTEMPTS = Histogram(
+    "kassa_webhook_delivery_attempts",
+    "Attempts a webhook delivery took, observed when it was delivered or failed.",
+    buckets=WEBHOOK_ATTEMPTS_BUCKETS,
+)
+# Sampled from the database by every worker: they all see the same table, so the live
+# workers' maximum is the answer (a dead worker's last sample must not linger: live).
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "kassa_webhook_oldest_pending_seconds",
+    "Age of the oldest webhook delivery that is due (pending, next attempt in the past); 0 if none.",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_ENDPOINTS = Gauge(
+    "kassa_webhook_endpoints",
+    "Webhook endpoints by status (enabled, disabled), sampled from the database.",
+    ["status"],
+    multiprocess_mode="livemax",
+)
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "kassa_webhook_endpoints_disabled",
+    "Webhook endpoints Kassa disabled, by reason: gone (the receiver answered 410), "
+    "failing (every delivery failed for KASSA_WEBHOOK_DISABLE_AFTER_S).",
+    ["reason"],
 )
 
 # --- processor client ---------------------------------------------------------------------
@@ -259,6 +314,7 @@ def pipeline_depth(items: int) -> None:
 
 
 RECOVERY_RESULTS = frozenset({"approved", "declined", "failed"})
+_WEBHOOK_STATUS_CLASSES = frozenset(core_ext.webhooks.STATUS_CLASSES)
 
 
 def recovery_action(result: str) -> None:
@@ -268,6 +324,46 @@ def recovery_action(result: str) -> None:
 def ledger_verified(ok: bool, at: float | None = None) -> None:
     LEDGER_VERIFY_OK.set(1 if ok else 0)
     LEDGER_VERIFY_TIMESTAMP.set(time.time() if at is None else at)
+
+
+# Children by (outcome, status class): at most 5 x 7, looked up once per attempt.
+_WEBHOOK_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+def webhook_attempt(outcome: str, status_class: str) -> None:
+    """One delivery attempt ended; ``status_class`` from ``core_ext.webhooks.status_class``."""
+    key = (
+        outcome if outcome in WEBHOOK_OUTCOMES else "other",
+        status_class if status_class in _WEBHOOK_STATUS_CLASSES else "other",
+    )
+    child = _WEBHOOK_CHILDREN.get(key)
+    if child is None:
+        child = _WEBHOOK_CHILDREN[key] = WEBHOOK_DELIVERIES.labels(*key)
+    child.inc()
+
+
+def webhook_delivered(latency_s: float, attempts: int) -> None:
+    """A delivery got its 2xx ``latency_s`` after its event committed, on attempt ``attempts``."""
+    WEBHOOK_DELIVERY_LATENCY.observe(max(latency_s, 0.0))  # clocks of two hosts may disagree
+    WEBHOOK_DELIVERY_ATTEMPTS.observe(attempts)
+
+
+def webhook_failed(attempts: int) -> None:
+    """A delivery exhausted its schedule after ``attempts`` attempts."""
+    WEBHOOK_DELIVERY_ATTEMPTS.observe(attempts)
+
+
+def webhook_endpoint_disabled(reason: str) -> None:
+    WEBHOOK_ENDPOINTS_DISABLED.labels(
+        reason if reason in WEBHOOK_DISABLE_REASONS else "other"
+    ).inc()
+
+
+def set_webhook_backlog(oldest_pending_s: float, endpoints_by_status: Mapping[str, int]) -> None:
+    """The database sample: the oldest due delivery's age, endpoint counts by status."""
+    WEBHOOK_OLDEST_PENDING.set(max(oldest_pending_s, 0.0))
+    for status in WEBHOOK_ENDPOINT_STATUSES:  # a status with no endpoint reads 0, not stale
+        WEBHOOK_ENDPOINTS.labels(status).set(endpoints_by_status.get(status, 0))
 
 
 # Labelled children by (route, method, status class): a bounded set (route templates,
@@ -310,6 +406,9 @@ def install() -> None:
     BUILD_INFO.labels("compiled" if core_ext.COMPILED else "pure").set(1)
     for rule in core_ext.risk.RULES:  # every rule's series exists from the start: rate() works
         RISK_DECLINES.labels(rule)
+    # Likewise: the first disabled endpoint must be an increase from 0 the alert can see.
+    for reason in WEBHOOK_DISABLE_REASONS:
+        WEBHOOK_ENDPOINTS_DISABLED.labels(reason)
 
 
 # --- exposition ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -31,6 +31,7 @@ from gateway.config import Settings
 from gateway.http.answers import Answer, ApiError, api_error, invalid_request, resource_missing
 from gateway.http.render import (
     answer_for_authorization,
+    event_payload,
     render_payment,
     render_refund,
     render_token,
@@ -38,7 +39,7 @@ from gateway.http.render import (
 from gateway.idempotency import Claim, IdempotencyStore
 from gateway.ids import keyed_id, new_id
 from gateway.processors.base import APPROVED, DECLINED, Connector, Outcome, ProcessorError
-from gateway.store import ledger, operations, payments
+from gateway.store import events, ledger, operations, payments
 from gateway.store.authorizations import AuthorizationWrites, Intent, LostClaim, Settlement
 from gateway.store.pipeline import Batcher, BatchSettings
 
@@ -59,6 +60,13 @@ class ResolvedCard:
 
 
 ID_PREFIXES = {"payment": "pay_", "refund": "re_", "token": "tok_"}
+# The event a settled capture, void or refund writes (an authorization's: see
+# store/authorizations.py EVENT_TYPES_BY_STATUS).
+OPERATION_EVENTS = {
+    "capture": "payment.captured",
+    "void": "payment.voided",
+    "refund": "refund.succeeded",
+}
 
 
 def batch_settings(settings: Settings) -> BatchSettings:
@@ -87,7 +95,10 @@ class PaymentService:
         self._processor_timeout_s = settings.processor_timeout_ms / 1000
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
         self._velocity = core_ext.risk.VelocityGuard()
-        writes = AuthorizationWrites(answer_for_authorization)
+        # After a commit that wrote webhook deliveries: wakes this process's deliverer
+        # (gateway/webhooks/deliverer.py); other processes find them by polling.
+        self.deliveries_written: Callable[[], None] = lambda: None
+        writes = AuthorizationWrites(answer_for_authorization, lambda: self.deliveries_written())
         batching = batch_settings(settings)
         # Each batch kind is one statement (see store/authorizations.py): no transaction
         # around it, no BEGIN and COMMIT round trips.
@@ -446,12 +457,13 @@ class PaymentService:
     ) -> Answer:
         """Record the processor's verdict on a pending capture, void or refund (request path
         and recovery): apply it, or fail it changing nothing; complete its key either way."""
+        deliveries = 0
         async with conn.transaction():
             row = await payments.lock(conn, op["payment_id"], op["merchant_id"])
             if not await operations.finish(conn, op["id"], SUCCEEDED if approved else FAILED):
                 return await self._settled_answer(conn, op, approved)
             if approved:
-                answer = await self._apply(conn, row, op)
+                answer, deliveries = await self._apply(conn, row, op)
             else:
                 answer = Answer.of_error(
                     api_error(
@@ -466,6 +478,8 @@ class PaymentService:
             await self._idempotency.complete_key(
                 conn, op["merchant_id"], op["idempotency_key"], answer
             )
+        if deliveries:
+            self.deliveries_written()
         return answer
 
     async def _settled_answer(
@@ -490,7 +504,9 @@ class PaymentService:
 
     async def _apply(
         self, conn: asyncpg.Connection, row: asyncpg.Record, op: asyncpg.Record
-    ) -> Answer:
+    ) -> tuple[Answer, int]:
+        """Apply the operation, its postings and its event; the answer and the webhook
+        deliveries written."""
         operation, refund_id = op["operation"], op["refund_id"]
         # Nothing changes a payment while its operation is pending, so the move is the one
         # planned; a different one means corrupted data, never something to post.
@@ -508,8 +524,21 @@ class PaymentService:
             )
         await ledger.post(conn, transition, row, refund_id)
         if refund_row is not None:
-            return Answer.of_json(201, render_refund(refund_row))
-        return Answer.of_json(200, render_payment(updated))
+            answer = Answer.of_json(201, render_refund(refund_row))
+            changed, at = refund_row, refund_row["created_at"]
+        else:
+            answer = Answer.of_json(200, render_payment(updated))
+            changed, at = updated, updated["updated_at"]
+        # The event carries the object exactly as answered, in this transaction.
+        event_type, event_id = OPERATION_EVENTS[operation], new_id("evt")
+        new_event = events.NewEvent(
+            event_id,
+            row["merchant_id"],
+            event_type,
+            changed["id"],
+            event_payload(event_id, event_type, at, answer.body),
+        )
+        return answer, await events.write(conn, [new_event], at)
 
     # --- reads ---------------------------------------------------------------------------
 

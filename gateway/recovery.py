@@ -5,7 +5,8 @@
   processor what happened and settle it, which also completes its Idempotency-Key
   with the settled answer.
 - Expiry: authorizations not captured within ``authorization_ttl_s`` expire.
-- Sweep: idempotency keys past retention are deleted in bounded batches.
+- Sweep: idempotency keys past retention are deleted in bounded batches, and so are
+  delivered webhook deliveries and events (with their attempts) past retention.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 
 import core_ext
 from gateway import metrics, observability
 from gateway.config import Settings
+from gateway.http.render import event_payload, render_payment
+from gateway.ids import new_id
 from gateway.payments import PaymentService
 from gateway.processors.base import APPROVED, NOT_FOUND, Connector, Outcome
-from gateway.store import ledger, operations, payments
+from gateway.store import events, ledger, operations, payments
 from gateway.store.idempotency import sweep_expired
 
 log = logging.getLogger("kassa.recovery")
@@ -32,6 +37,12 @@ BATCH_ROWS_MAX = 100  # payments handled per pass, so one pass stays short
 # times KASSA_RECOVERY_AFTER_S old: the first look may race a processor call still running.
 NOT_FOUND_FINAL_AFTER = 2
 LEDGER_CHECK_INTERVAL_S = 60  # the periodic balance check behind kassa_ledger_verify_ok
+EVENT_RETENTION_S = 30 * 86_400  # API.md: events are kept at least 30 days
+# A delivered delivery row is kept this long (operators may look), then pruned, so the
+# outbox holds the backlog and not every payment ever made.
+DELIVERED_RETENTION_S = 3_600
+PRUNE_BATCH_ROWS = 5_000  # rows per DELETE, so no pass holds locks for long
+PRUNE_BATCHES_PER_PASS = 10  # past this, the next pass goes on
 
 
 @dataclass
@@ -40,6 +51,7 @@ class PassResult:
     operations: int = 0  # captures, voids and refunds settled
     expired: int = 0
     swept: int = 0
+    pruned: int = 0  # delivered deliveries and old events deleted
 
 
 async def recover_processing(
@@ -103,8 +115,14 @@ async def recover_operations(
     return settled
 
 
-async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
+async def expire_authorizations(
+    pool: asyncpg.Pool, ttl_s: int, deliveries_written: Callable[[], None] = lambda: None
+) -> int:
+    """Expire old authorizations, each with its ``payment.expired`` event, in one
+    transaction; ``deliveries_written`` is called after it committed webhook deliveries."""
     expired = 0
+    new_events: list[events.NewEvent] = []
+    deliveries = 0
     async with pool.acquire() as conn, conn.transaction():
         rows = await payments.lock_expiring(conn, ttl_s, BATCH_ROWS_MAX)
         for row in rows:
@@ -115,11 +133,48 @@ async def expire_authorizations(pool: asyncpg.Pool, ttl_s: int) -> int:
                 row["amount_captured"],
                 row["amount_refunded"],
             )
-            if not await payments.expire(conn, row["id"], transition):
+            updated = await payments.expire(conn, row["id"], transition)
+            if updated is None:
                 continue  # an operation on it is pending; recovery settles that first
             await ledger.post(conn, transition, row)
+            event_id = new_id("evt")
+            new_events.append(
+                events.NewEvent(
+                    event_id,
+                    row["merchant_id"],
+                    "payment.expired",
+                    row["id"],
+                    event_payload(
+                        event_id,
+                        "payment.expired",
+                        updated["updated_at"],
+                        orjson.dumps(render_payment(updated)),
+                    ),
+                )
+            )
             expired += 1
+            expired_at = updated["updated_at"]  # now(): the transaction's time, for all
+        if new_events:  # all in one statement
+            deliveries = await events.write(conn, new_events, expired_at)
+    if deliveries:
+        deliveries_written()
     return expired
+
+
+async def prune_webhooks(pool: asyncpg.Pool) -> int:
+    """Delivered deliveries past a short retention, then events (with their deliveries and
+    attempts) past 30 days, in bounded batches."""
+    pruned = 0
+    for prune, older_than_s in (
+        (events.prune_delivered, DELIVERED_RETENTION_S),
+        (events.prune_events, EVENT_RETENTION_S),
+    ):
+        for _ in range(PRUNE_BATCHES_PER_PASS):
+            deleted = await prune(pool, older_than_s, PRUNE_BATCH_ROWS)
+            pruned += deleted
+            if deleted < PRUNE_BATCH_ROWS:
+                break
+    return pruned
 
 
 async def run_once(
@@ -132,10 +187,13 @@ async def run_once(
     result.operations = await recover_operations(
         pool, service, connector, settings.recovery_after_s, settings.processor_timeout_ms / 1000
     )
-    result.expired = await expire_authorizations(pool, settings.authorization_ttl_s)
+    result.expired = await expire_authorizations(
+        pool, settings.authorization_ttl_s, service.deliveries_written
+    )
     metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
     result.swept = await sweep_expired(pool, settings.idempotency_retention_s)
+    result.pruned = await prune_webhooks(pool)
     return result
 
 

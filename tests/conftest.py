@@ -63,8 +63,17 @@ SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables
 async def db(pool: asyncpg.Pool) -> asyncpg.Pool:
     """The pool, on a database whose tables are all empty."""
     tables = await pool.fetchval(USER_TABLES_SQL)
-    if tables:
-        await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    for attempt in range(5):
+        if not tables:
+            break
+        try:
+            await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+            break
+        except asyncpg.DeadlockDetectedError:
+            # A gateway a module keeps running (its recovery, pruning or deliverer pass)
+            # locked some of the tables in another order: PostgreSQL chose this victim.
+            if attempt == 4:
+                raise
     return pool
 
 

@@ -319,6 +319,10 @@ async def test_dashboard_queries_use_only_exposed_metrics(client, merchant):
         "kassa_event_loop_lag_seconds_bucket",
         "kassa_ledger_verify_ok",
         "job_processor:kassa_authorizations_approved:ratio_rate15m",
+        "kassa_webhook_deliveries_total",
+        "kassa_webhook_delivery_latency_seconds_bucket",
+        "kassa_webhook_oldest_pending_seconds",
+        "kassa_webhook_endpoints",
     ):
         assert needed in used, needed
 

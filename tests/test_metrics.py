@@ -184,6 +184,54 @@ async def test_internal_gauges_and_histograms_are_exposed(client, merchant):
     assert value(text, "kassa_build_info", core="compiled" if core_ext.COMPILED else "pure") == 1
 
 
+async def test_webhook_metrics_are_recorded_with_bounded_labels(client):
+    before = await scrape(client)
+    # No delivery yet: the families are exposed, and so are the disabled-endpoint series
+    # (an alert on increase() must see the first one).
+    for reason in metrics.WEBHOOK_DISABLE_REASONS:
+        value(before, "kassa_webhook_endpoints_disabled_total", reason=reason)
+    assert {
+        "kassa_webhook_oldest_pending_seconds",
+        "kassa_webhook_delivery_latency_seconds_count",
+        "kassa_webhook_delivery_attempts_count",
+    } <= exposed_names(before)
+
+    classify = core_ext.webhooks.status_class
+    metrics.webhook_attempt("retrying", classify(503, None))
+    metrics.webhook_attempt("retrying", classify(None, "timeout: no answer in 15 s"))
+    metrics.webhook_attempt("delivered", classify(204, None))
+    metrics.webhook_delivered(latency_s=42.0, attempts=3)
+    metrics.webhook_attempt("failed", classify(None, "refused_address: 10.0.0.1 is private"))
+    metrics.webhook_failed(attempts=8)
+    metrics.webhook_attempt("endpoint_disabled", classify(410, None))
+    metrics.webhook_endpoint_disabled("gone")
+    metrics.webhook_attempt("made-up outcome", "a status nobody defined")
+    metrics.set_webhook_backlog(12.5, {"enabled": 3})
+    after = await scrape(client)
+
+    def attempts(**labels: str) -> float:
+        return delta(before, after, "kassa_webhook_deliveries_total", **labels)
+
+    assert attempts(outcome="retrying", status_class="5xx") == 1
+    assert attempts(outcome="retrying", status_class="timeout") == 1
+    assert attempts(outcome="delivered", status_class="2xx") == 1
+    assert attempts(outcome="failed", status_class="refused_address") == 1
+    assert attempts(outcome="endpoint_disabled", status_class="4xx") == 1
+    assert attempts(outcome="other", status_class="other") == 1  # never a free-form label
+    assert attempts() == 6
+    latency = "kassa_webhook_delivery_latency_seconds"
+    assert delta(before, after, f"{latency}_count") == 1
+    assert delta(before, after, f"{latency}_bucket", le="60.0") == 1
+    assert delta(before, after, f"{latency}_bucket", le="30.0") == 0
+    assert delta(before, after, "kassa_webhook_delivery_attempts_count") == 2
+    assert delta(before, after, "kassa_webhook_delivery_attempts_sum") == 11
+    assert delta(before, after, "kassa_webhook_endpoints_disabled_total", reason="gone") == 1
+    assert value(after, "kassa_webhook_oldest_pending_seconds") == 12.5
+    assert value(after, "kassa_webhook_endpoints", status="enabled") == 3
+    assert value(after, "kassa_webhook_endpoints", status="disabled") == 0
+    metrics.set_webhook_backlog(0.0, {})
+
+
 async def test_stuck_payments_gauge_and_ledger_check(app_factory, merchant, db):
     # Recovery runs once at start, then not for an hour: it must not settle our payment.
     client = await app_factory(processor_timeout_ms=100, recovery_interval_s=3600)

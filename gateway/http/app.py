@@ -14,7 +14,7 @@ from gateway.cards import CardVault, load_master_key
 from gateway.config import Settings
 from gateway.http import routes
 from gateway.http.answers import BODY_BYTES_MAX
-from gateway.http.appkeys import KEYS, LIMITER, POOL, SERVICE, SETTINGS
+from gateway.http.appkeys import KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.http.middleware import (
     auth_middleware,
     drop_server_header,
@@ -28,6 +28,9 @@ from gateway.payments import PaymentService, batch_settings
 from gateway.processors.instrumented import InstrumentedConnector
 from gateway.processors.sandbox import SandboxConnector
 from gateway.store import database
+from gateway.webhooks.deliverer import Deliverer
+from gateway.webhooks.secrets import SecretBox
+from gateway.webhooks.service import WebhookService
 
 SANDBOX_POOL_CONNECTIONS_MAX = 4  # the sandbox processor's own books, apart from ours
 
@@ -48,7 +51,9 @@ def require_compiled_core(settings: Settings) -> None:
 def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        vault = CardVault(load_master_key(settings.master_key, settings.data_dir))
+        master_key = load_master_key(settings.master_key, settings.data_dir)
+        vault = CardVault(master_key)
+        secrets = SecretBox(master_key)
         pool = await database.create_pool(settings, dsn)
         # The sandbox stands for another company's system: its own connections, so a
         # processor call made while we hold a connection can never starve our pool.
@@ -71,6 +76,12 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         )
         app[POOL] = pool
         app[SERVICE] = PaymentService(pool, connector, vault, idempotency, settings)
+        # Every process delivers: woken in process after a commit that wrote deliveries,
+        # polling for the ones other processes wrote.
+        deliverer = Deliverer(pool, secrets, settings)
+        app[SERVICE].deliveries_written = deliverer.wake
+        app[WEBHOOKS] = WebhookService(pool, secrets, idempotency, settings, deliverer.wake)
+        await deliverer.start()
         background = asyncio.create_task(
             recovery.run_forever(pool, app[SERVICE], connector, settings)
         )
@@ -79,6 +90,7 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         background.cancel()
         sampler.cancel()
         await asyncio.gather(background, sampler, return_exceptions=True)
+        await deliverer.close()
         await app[SERVICE].close()
         await connector.close()
         await pool.close()

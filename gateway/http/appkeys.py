@@ -7,11 +7,13 @@ import core_ext
 from gateway.config import Settings
 from gateway.merchants import Caller, KeyCache
 from gateway.payments import PaymentService
+from gateway.webhooks.service import WebhookService
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 KEYS = web.AppKey("keys", KeyCache)
 SERVICE = web.AppKey("payment_service", PaymentService)
+WEBHOOKS = web.AppKey("webhook_service", WebhookService)
 LIMITER = web.AppKey("rate_limiter", core_ext.risk.RateLimiter)
 MERCHANT_ID = web.RequestKey("merchant_id", str)  # set by the auth middleware
 CALLER = web.RequestKey("caller", Caller)  # set by the auth middleware

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import orjson
 
+import core_ext
 from core_ext import states, validation
 from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
+from gateway.webhooks import service as webhook_service
 
 # One fact stated once: every limit and enum below is the core's (or the HTTP layer's)
 # own name, so the document cannot drift from what the server enforces.
@@ -29,6 +31,11 @@ JSON_DEPTH_MAX = validation.JSON_DEPTH_MAX
 LIST_LIMIT_MAX = validation.LIST_LIMIT_MAX
 LIST_LIMIT_DEFAULT = validation.LIST_LIMIT_DEFAULT
 IDEMPOTENCY_KEY_CHARS_MAX = KEY_CHARS_MAX
+EVENT_TYPES = core_ext.webhooks.EVENT_TYPES
+WEBHOOK_URL_CHARS_MAX = 2048
+WEBHOOK_DESCRIPTION_CHARS_MAX = webhook_service.DESCRIPTION_CHARS_MAX
+WEBHOOK_EVENT_TYPES_MAX = webhook_service.EVENT_TYPES_MAX
+WEBHOOK_ATTEMPTS_SHOWN_MAX = webhook_service.ATTEMPTS_SHOWN_MAX
 
 PAYMENT_STATUSES = states.STATUSES
 CAPTURE_METHODS = validation.CAPTURE_METHODS
@@ -83,7 +90,7 @@ Kassa authorizes, captures, voids and refunds card payments.
 * **Amounts are integers in the currency's minor unit** (cents for EUR, yen for JPY, fils for
   BHD: ISO 4217 exponents), `{AMOUNT_MIN} <= amount <= {AMOUNT_MAX}`. Never a decimal, never a float.
 * `currency` is an ISO 4217 alphabetic code, accepted in any case, returned upper-case.
-* IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`.
+* IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`, `evt_`, `we_`.
 * Timestamps are RFC 3339 UTC strings.
 * Requests and answers are JSON. Unknown fields are rejected (`400 parameter_unknown`);
   bodies over {BODY_BYTES_MAX // 1024} KiB answer `413`; a body whose `Content-Type` is not
@@ -93,6 +100,11 @@ Kassa authorizes, captures, voids and refunds card payments.
   `422 idempotency_key_reused`; while the first request is still executing,
   `409 idempotency_key_in_use`.
 * Another merchant's object answers `404 resource_missing`, never `403`.
+* Every committed change writes an event (`GET /v1/events`), POSTed to the merchant's
+  webhook endpoints subscribed to its type, signed with both the Standard Webhooks
+  (`webhook-id`, `webhook-timestamp`, `webhook-signature`) and the Stripe
+  (`Stripe-Signature`) scheme from the endpoint's one `whsec_` secret; at least once,
+  retried on the schedule, in no guaranteed order (dedupe on `webhook-id`).
 """
 
 JSON = "application/json"
@@ -136,6 +148,161 @@ MINOR_UNITS = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX}
 
 
 def schemas() -> dict:
+    return {**core_schemas(), **webhook_schemas()}
+
+
+def webhook_schemas() -> dict:
+    endpoint_fields = {
+        "url": {
+            "type": "string",
+            "maxLength": WEBHOOK_URL_CHARS_MAX,
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+            "description": "http or https; refused (`400 parameter_invalid`, param `url`) if "
+            "its host resolves to a loopback, private or link-local address, unless the "
+            "gateway runs with KASSA_WEBHOOK_ALLOW_PRIVATE=1, or if it carries credentials.",
+            "examples": ["https://shop.example/webhooks"],
+        },
+        "enabled_events": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": WEBHOOK_EVENT_TYPES_MAX,
+            "items": {"type": "string", "enum": [*EVENT_TYPES, "*"]},
+            "description": 'Event types, or `["*"]` for every one.',
+        },
+        "description": nullable({"type": "string", "maxLength": WEBHOOK_DESCRIPTION_CHARS_MAX}),
+    }
+    endpoint = {
+        "id": prefixed_id("we"),
+        "object": {"const": "webhook_endpoint"},
+        "url": {"type": "string"},
+        "enabled_events": {"type": "array", "items": {"type": "string"}},
+        "description": nullable({"type": "string"}),
+        "status": ref("WebhookEndpointStatus"),
+        "created": TIMESTAMP,
+        "updated": TIMESTAMP,
+    }
+    return {
+        "EventType": enum(EVENT_TYPES),
+        "WebhookEndpointStatus": enum(
+            ("enabled", "disabled"),
+            description="`disabled` by the merchant, after a `410 Gone`, or after its "
+            "deliveries have all failed for KASSA_WEBHOOK_DISABLE_AFTER_S (5 days).",
+        ),
+        "WebhookEndpointCreate": closed_object(
+            endpoint_fields, ("url", "enabled_events"), description="A new endpoint."
+        ),
+        "WebhookEndpointUpdate": closed_object(
+            {**endpoint_fields, "status": ref("WebhookEndpointStatus")},
+            description="Only the fields given change. Disabling cancels the endpoint's "
+            "pending deliveries.",
+        ),
+        "WebhookEndpoint": record(endpoint, description="An endpoint; never its secret."),
+        "WebhookEndpointCreated": record(
+            {
+                **endpoint,
+                "secret": nullable(
+                    {
+                        "type": "string",
+                        "pattern": "^whsec_[A-Za-z0-9+/]+=*$",
+                        "description": "`whsec_` + base64 of 32 random bytes: shown only "
+                        "in this answer (and its Idempotency-Key replays; null once the "
+                        "endpoint is deleted).",
+                    }
+                ),
+            },
+            description="The endpoint just created, with its signing secret.",
+        ),
+        "WebhookEndpointList": record(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("WebhookEndpoint")},
+                "has_more": {"type": "boolean"},
+            }
+        ),
+        "WebhookEndpointDeleted": record(
+            {
+                "id": prefixed_id("we"),
+                "object": {"const": "webhook_endpoint"},
+                "deleted": {"const": True},
+            }
+        ),
+        "Event": record(
+            {
+                "id": prefixed_id("evt"),
+                "object": {"const": "event"},
+                "type": ref("EventType"),
+                "created": TIMESTAMP,
+                "data": record(
+                    {
+                        "object": {
+                            "oneOf": [ref("Payment"), ref("Refund")],
+                            "description": "The object as GET returned it right after the change.",
+                        }
+                    }
+                ),
+            },
+            description="A committed change; the body POSTed to webhook endpoints, byte for byte.",
+        ),
+        "EventList": record(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("Event")},
+                "has_more": {"type": "boolean"},
+            }
+        ),
+        "WebhookAttempt": record(
+            {
+                "object": {"const": "webhook_attempt"},
+                "event_id": prefixed_id("evt"),
+                "endpoint_id": prefixed_id("we"),
+                "attempt": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "1 for the first attempt of a delivery; a manual "
+                    "retry starts a new delivery at 1.",
+                },
+                "status_code": nullable(
+                    {"type": "integer", "description": "The endpoint's HTTP status."}
+                ),
+                "error": nullable(
+                    {
+                        "type": "string",
+                        "description": "Without an answer: `timeout`, `connection_error` "
+                        "or `refused_address`, then details.",
+                    }
+                ),
+                "duration_ms": {"type": "integer", "minimum": 0},
+                "next_attempt": nullable(
+                    {**TIMESTAMP, "description": "When it is retried; null: it is not."}
+                ),
+                "created": TIMESTAMP,
+            }
+        ),
+        "WebhookAttemptList": record(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("WebhookAttempt")},
+                "has_more": {"type": "boolean"},
+            },
+            description=f"The event's delivery attempts, newest first, at most "
+            f"{WEBHOOK_ATTEMPTS_SHOWN_MAX}.",
+        ),
+        "EventRetryCreate": closed_object({}, description="A retry takes no parameters."),
+        "EventRetry": record(
+            {
+                "object": {"const": "event_retry"},
+                "event_id": prefixed_id("evt"),
+                "endpoints": {
+                    "type": "array",
+                    "items": prefixed_id("we"),
+                    "description": "The enabled subscribed endpoints it is sent to now.",
+                },
+            }
+        ),
+    }
+
+
+def core_schemas() -> dict:
     return {
         # --- shared ------------------------------------------------------------------
         "Amount": {
@@ -559,6 +726,28 @@ def parameters() -> dict:
             "required": False,
             "schema": ref("PaymentStatus"),
         },
+        "EventId": path_id("evt", "An event id."),
+        "WebhookEndpointId": path_id("we", "A webhook endpoint id."),
+        "EventsStartingAfter": {
+            "name": "starting_after",
+            "in": "query",
+            "required": False,
+            "description": "An event id: list the events older than it.",
+            "schema": {"type": "string", "pattern": "^evt_", "maxLength": OBJECT_ID_CHARS_MAX},
+        },
+        "EndpointsStartingAfter": {
+            "name": "starting_after",
+            "in": "query",
+            "required": False,
+            "description": "A webhook endpoint id: list the endpoints older than it.",
+            "schema": {"type": "string", "pattern": "^we_", "maxLength": OBJECT_ID_CHARS_MAX},
+        },
+        "EventTypeFilter": {
+            "name": "type",
+            "in": "query",
+            "required": False,
+            "schema": ref("EventType"),
+        },
     }
 
 
@@ -818,15 +1007,121 @@ def paths() -> dict:
     }
 
 
+def webhook_paths() -> dict:
+    return {
+        "/v1/webhook_endpoints": {
+            "post": v1_post(
+                "createWebhookEndpoint",
+                "Create a webhook endpoint; its secret is shown only in this answer.",
+                "webhooks",
+                "WebhookEndpointCreate",
+                201,
+                ok(201, "The endpoint, with its secret.", "WebhookEndpointCreated", True),
+                body_required=True,
+            ),
+            "get": v1_get(
+                "listWebhookEndpoints",
+                "List webhook endpoints, newest first.",
+                "webhooks",
+                ok(200, "A page of endpoints.", "WebhookEndpointList"),
+                params=("Limit", "EndpointsStartingAfter"),
+                errors=(400, 404),
+            ),
+        },
+        "/v1/webhook_endpoints/{id}": {
+            "get": v1_get(
+                "getWebhookEndpoint",
+                "Read a webhook endpoint.",
+                "webhooks",
+                ok(200, "The endpoint.", "WebhookEndpoint"),
+                params=("WebhookEndpointId",),
+                errors=(404,),
+            ),
+            "post": v1_post(
+                "updateWebhookEndpoint",
+                "Change an endpoint's url, enabled_events, description or status.",
+                "webhooks",
+                "WebhookEndpointUpdate",
+                200,
+                ok(200, "The endpoint.", "WebhookEndpoint", True),
+                body_required=False,
+                params=("WebhookEndpointId",),
+                errors=(404,),
+            ),
+            "delete": v1_get(
+                "deleteWebhookEndpoint",
+                "Delete an endpoint: its pending deliveries are canceled, its secret erased.",
+                "webhooks",
+                ok(200, "Deleted.", "WebhookEndpointDeleted"),
+                params=("WebhookEndpointId",),
+                errors=(404,),
+            ),
+        },
+        "/v1/events": {
+            "get": v1_get(
+                "listEvents",
+                "List events, newest first; kept at least 30 days.",
+                "events",
+                ok(200, "A page of events.", "EventList"),
+                params=("Limit", "EventsStartingAfter", "EventTypeFilter"),
+                errors=(400, 404),
+            )
+        },
+        "/v1/events/{id}": {
+            "get": v1_get(
+                "getEvent",
+                "Read an event: the body its webhooks deliver.",
+                "events",
+                ok(200, "The event.", "Event"),
+                params=("EventId",),
+                errors=(404,),
+            )
+        },
+        "/v1/events/{id}/deliveries": {
+            "get": v1_get(
+                "listEventDeliveries",
+                "Every delivery attempt of an event: endpoint, attempt, status or error, "
+                "duration, next attempt.",
+                "events",
+                ok(200, "The attempts, newest first.", "WebhookAttemptList"),
+                params=("EventId",),
+                errors=(400, 404),
+            )
+        },
+        "/v1/events/{id}/retry": {
+            "post": v1_post(
+                "retryEvent",
+                "Send the event again now to every enabled endpoint subscribed to its type.",
+                "events",
+                "EventRetryCreate",
+                200,
+                ok(200, "Queued.", "EventRetry", True),
+                body_required=False,
+                params=("EventId",),
+                errors=(404,),
+            )
+        },
+    }
+
+
 def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kassa payment gateway", "version": "1.0.0", "description": DESCRIPTION},
         "tags": [
             {"name": name}
-            for name in ("payments", "refunds", "tokens", "balance", "reports", "operations")
+            for name in (
+                "payments",
+                "refunds",
+                "tokens",
+                "balance",
+                "reports",
+                "webhooks",
+                "events",
+                "operations",
+            )
         ],
-        "paths": paths(),
+        "paths": {**paths(), **webhook_paths()},
         "components": {
             "schemas": schemas(),
             "parameters": parameters(),

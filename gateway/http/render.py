@@ -93,3 +93,58 @@ def answer_for_authorization(row: Row) -> Answer:
             )
         )
     return Answer.of_json(201, render_payment(row))
+
+
+# --- events and webhook endpoints ---------------------------------------------------------
+
+
+def event_payload(event_id: str, event_type: str, created: datetime, rendered: bytes) -> str:
+    """An event's JSON (API.md), around its object's already rendered JSON: the exact text
+    stored, delivered and read back. Ids and types are ours, never client text."""
+    return (
+        f'{{"id":"{event_id}","object":"event","type":"{event_type}",'
+        f'"created":"{rfc3339(created)}","data":{{"object":{rendered.decode()}}}}}'
+    )
+
+
+def events_list(payloads: list[str], has_more: bool) -> bytes:
+    """A list of events from their stored JSON, without parsing it again."""
+    return (
+        '{"object":"list","data":['
+        + ",".join(payloads)
+        + '],"has_more":'
+        + ("true" if has_more else "false")
+        + "}"
+    ).encode()
+
+
+def render_webhook_endpoint(row: Row, secret: str | None = None) -> dict:
+    """An endpoint as API.md shows it; ``secret`` only in the answer that created it."""
+    rendered = {
+        "id": row["id"],
+        "object": "webhook_endpoint",
+        "url": row["url"],
+        "enabled_events": list(row["enabled_events"]),
+        "description": row["description"],
+        "status": row["status"],
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+    if secret is not None:
+        rendered["secret"] = secret
+    return rendered
+
+
+def render_webhook_attempt(row: Row) -> dict:
+    next_attempt = row["next_attempt_at"]
+    return {
+        "object": "webhook_attempt",
+        "event_id": row["event_id"],
+        "endpoint_id": row["endpoint_id"],
+        "attempt": row["attempt"],
+        "status_code": row["status_code"],
+        "error": row["error"],
+        "duration_ms": row["duration_ms"],
+        "next_attempt": None if next_attempt is None else rfc3339(next_attempt),
+        "created": rfc3339(row["created_at"]),
+    }

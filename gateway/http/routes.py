@@ -23,7 +23,7 @@ from gateway.http.answers import (
     invalid_request,
     json_response,
 )
-from gateway.http.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS
+from gateway.http.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.observability import sample_gauges
 from gateway.store import database
 
@@ -153,6 +153,70 @@ async def create_token(request: web.Request) -> web.Response:
     return answer.response()
 
 
+async def create_webhook_endpoint(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[WEBHOOKS].create_endpoint(
+        request[MERCHANT_ID], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def list_webhook_endpoints(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[WEBHOOKS].list_endpoints(request[MERCHANT_ID], request.query)
+    )
+
+
+async def get_webhook_endpoint(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[WEBHOOKS].get_endpoint(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def update_webhook_endpoint(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[WEBHOOKS].update_endpoint(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def delete_webhook_endpoint(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[WEBHOOKS].delete_endpoint(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+def _raw_json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type=JSON)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    return _raw_json(await request.app[WEBHOOKS].list_events(request[MERCHANT_ID], request.query))
+
+
+async def get_event(request: web.Request) -> web.Response:
+    return _raw_json(
+        await request.app[WEBHOOKS].get_event(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def list_event_deliveries(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[WEBHOOKS].list_attempts(
+            request[MERCHANT_ID], request.match_info["id"], request.query
+        )
+    )
+
+
+async def retry_event(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[WEBHOOKS].retry_event(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
 async def get_balance(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].balance(request[MERCHANT_ID]))
 
@@ -265,4 +329,13 @@ def setup(app: web.Application) -> None:
     router.add_get("/v1/refunds/{id}", get_refund)
     router.add_post("/v1/tokens", create_token)
     router.add_get("/v1/balance", get_balance)
+    router.add_post("/v1/webhook_endpoints", create_webhook_endpoint)
+    router.add_get("/v1/webhook_endpoints", list_webhook_endpoints)
+    router.add_get("/v1/webhook_endpoints/{id}", get_webhook_endpoint)
+    router.add_post("/v1/webhook_endpoints/{id}", update_webhook_endpoint)
+    router.add_delete("/v1/webhook_endpoints/{id}", delete_webhook_endpoint)
+    router.add_get("/v1/events", list_events)
+    router.add_get("/v1/events/{id}", get_event)
+    router.add_get("/v1/events/{id}/deliveries", list_event_deliveries)
+    router.add_post("/v1/events/{id}/retry", retry_event)
     router.add_get("/v1/reports/settlement", get_settlement_report)

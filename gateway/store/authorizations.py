@@ -15,17 +15,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 
 from gateway.http.answers import Answer
-from gateway.http.render import Row
+from gateway.http.render import Row, event_payload, render_payment
+from gateway.ids import new_id
+from gateway.store import events, ledger, operations, payments
 from gateway.store import idempotency as keys
-from gateway.store import ledger, operations, payments
 from gateway.store.idempotency import Claim
 
 # A batch of outcomes in one statement: the payments still 'processing' are settled ($2..$8,
 # updated_at = $1, the time the answers were rendered with), and only for those (the
 # `settled` CTE) are the ledger's transactions and entries inserted ($9..$16, as
-# ledger.posting_ctes) and the Idempotency-Keys completed with their answers ($17..$21).
+# ledger.posting_ctes), the Idempotency-Keys completed with their answers ($17..$21), and
+# the events with their webhook deliveries ($22..$26, as events.outbox_ctes): the outbox
+# rides the same statement, so an event exists exactly when its change committed.
 # authorized_at stays on the database's clock: authorization expiry compares it with now().
 SETTLE_SQL = f"""
 WITH settled AS (
@@ -43,9 +47,18 @@ WITH settled AS (
     RETURNING p.id
 ), {ledger.posting_ctes(first_parameter=9, only_payments_in="settled")}, completed AS (
     {keys.complete_many_cte(first_parameter=17, only_payments_in="settled")}
-)
-SELECT id FROM settled
+), {events.outbox_ctes(first_parameter=22, created_at="$1", only_objects_in="settled")}
+SELECT id, (SELECT count(*) FROM outbox_deliveries) AS deliveries FROM settled
 """
+
+# The events a settled authorization writes, by the status it settles in: an automatic
+# capture moves authorize then capture in one commit and writes both.
+EVENT_TYPES_BY_STATUS = {
+    "authorized": ("payment.authorized",),
+    "declined": ("payment.declined",),
+    "failed": ("payment.failed",),
+    "captured": ("payment.authorized", "payment.captured"),
+}
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,14 @@ class LostClaim:
 
 
 class AuthorizationWrites:
-    def __init__(self, render_answer: Callable[[Row], Answer]) -> None:
+    def __init__(
+        self,
+        render_answer: Callable[[Row], Answer],
+        deliveries_written: Callable[[], None] = lambda: None,
+    ) -> None:
         self._render_answer = render_answer  # payment row -> the Answer it gives and stores
+        # Called after a commit that wrote webhook deliveries: wakes this process's deliverer.
+        self._deliveries_written = deliveries_written
 
     async def write_intents(
         self, conn: asyncpg.Connection, intents: Sequence[Intent]
@@ -144,7 +163,9 @@ class AuthorizationWrites:
             first.setdefault(settlement.row["id"], settlement)
         unique = list(first.values())
         now = datetime.now(UTC)
-        answers = {s.row["id"]: self._render_answer(_settled_row(s, now)) for s in unique}
+        settled_rows = {s.row["id"]: _settled_row(s, now) for s in unique}
+        answers = {pid: self._render_answer(row) for pid, row in settled_rows.items()}
+        new_events = _settlement_events(settled_rows, answers, now)
         keyed = [s.row for s in unique if s.row["idempotency_key"] is not None]
         postings = [
             ledger.Posting(
@@ -173,6 +194,7 @@ class AuthorizationWrites:
                 [answers[r["id"]].status for r in keyed],
                 [answers[r["id"]].body for r in keyed],
                 [r["id"] for r in keyed],
+                *events.event_arrays(new_events),
             )
             settled = {row["id"] for row in rows}
             for s in timed_out:
@@ -181,11 +203,36 @@ class AuthorizationWrites:
                         conn, s.row, "capture", s.row["amount"], None, None, None
                     )
         ledger.observe_entries(entries.count_for(settled))
+        if rows and rows[0]["deliveries"]:
+            self._deliveries_written()
         lagging = [s.row["id"] for s in settlements if s.row["id"] not in settled]
         if lagging:
             for row in await payments.by_ids(conn, lagging):
                 answers[row["id"]] = self._render_answer(row)
         return [answers[s.row["id"]] for s in settlements]
+
+
+def _settlement_events(
+    rows: dict[str, dict], answers: dict[str, Answer], now: datetime
+) -> list[events.NewEvent]:
+    """Each settled payment's events, its object as GET returns it right after the commit
+    (the 201 body itself when the answer is the payment)."""
+    new_events = []
+    for payment_id, row in rows.items():
+        answer = answers[payment_id]
+        rendered = answer.body if answer.status == 201 else orjson.dumps(render_payment(row))
+        for event_type in EVENT_TYPES_BY_STATUS.get(row["status"], ()):
+            event_id = new_id("evt")
+            new_events.append(
+                events.NewEvent(
+                    event_id,
+                    row["merchant_id"],
+                    event_type,
+                    payment_id,
+                    event_payload(event_id, event_type, now, rendered),
+                )
+            )
+    return new_events
 
 
 def _settled_row(settlement: Settlement, now: datetime) -> dict:

@@ -97,7 +97,7 @@ SELECT * FROM payments
 EXPIRE_SQL = f"""
 UPDATE payments SET status = $2, amount_capturable = $3, updated_at = now()
  WHERE id = $1 AND {NO_PENDING_OPERATION}
-RETURNING true
+RETURNING *
 """
 
 INSERT_REFUND_SQL = """
@@ -244,10 +244,12 @@ async def lock_expiring(
     return await conn.fetch(EXPIRING_SQL, float(ttl_s), rows_max)
 
 
-async def expire(conn: asyncpg.Connection, payment_id: str, transition: Any) -> bool:
-    """Expire a locked authorization; False if an operation on it is pending."""
-    return bool(
-        await conn.fetchval(EXPIRE_SQL, payment_id, transition.status, transition.amount_capturable)
+async def expire(
+    conn: asyncpg.Connection, payment_id: str, transition: Any
+) -> asyncpg.Record | None:
+    """Expire a locked authorization: its row after; None if an operation on it is pending."""
+    return await conn.fetchrow(
+        EXPIRE_SQL, payment_id, transition.status, transition.amount_capturable
     )
 
 

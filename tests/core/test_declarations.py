@@ -96,10 +96,14 @@ def parse(path: Path) -> Pxd:
 
 
 DECLS = [parse(p) for p in PXDS]
+# Core modules compiled without a pxd, because C types would not make them faster: the
+# webhook signatures' time is all in hmac and base64 (measured: 16 us a signature either
+# way; subscribed/status_class are already well under 1 us compiled, once per delivery).
+UNDECLARED = {"webhooks"}
 
 
 def test_every_core_module_has_its_pxd():
-    assert {d.module for d in DECLS} == set(core_ext.MODULES)
+    assert {d.module for d in DECLS} == set(core_ext.MODULES) - UNDECLARED
     for d in DECLS:  # and the parse found something in each
         assert d.classes or d.cdef_functions or d.cpdef_functions, d.module
 

@@ -1,0 +1,450 @@
+"""All SQL of ``events``, ``webhook_endpoints``, ``webhook_deliveries`` and
+``webhook_attempts``: the outbox written with every change, the endpoints, the deliverers'
+claims and records, and the pruning.
+
+The outbox never commits on its own: ``outbox_ctes`` joins the authorization path's
+settlement statement (gateway/store/authorizations.py), and ``write`` runs inside the
+transaction of a capture, void, refund or expiry. Deliveries are claimed by state and
+time (``next_attempt_at``, which doubles as the lease), never by an id cursor: ids
+commit out of order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of the caller's, pooled or not.
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+# The deliveries of new events: one per enabled endpoint of the event's merchant subscribed
+# to its type or to everything. A merchant without endpoints joins nothing.
+_DELIVERIES_OF = """
+INSERT INTO webhook_deliveries (event_id, endpoint_id)
+SELECT e.id, w.id FROM {events} e
+  JOIN webhook_endpoints w
+    ON w.merchant_id = e.merchant_id AND w.status = 'enabled'
+   AND (e.type = ANY (w.enabled_events) OR '*' = ANY (w.enabled_events))
+RETURNING 1"""
+
+
+def outbox_ctes(first_parameter: int, created_at: str, only_objects_in: str) -> str:
+    """CTEs writing events from five arrays at ``$first_parameter``... (id, merchant,
+    type, object id, payload), only those whose object id is in the CTE
+    ``only_objects_in`` (what the statement changed), with ``created_at`` (an SQL
+    expression), and their deliveries. The CTE ``outbox_deliveries`` has a row per
+    delivery. The names are ours, never input."""
+    p = [f"${first_parameter + i}" for i in range(5)]
+    return f"""outbox_events AS (
+    INSERT INTO events (id, merchant_id, type, object_id, payload, created_at)
+    SELECT e.id, e.merchant_id, e.type, e.object_id, e.payload, {created_at}
+      FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
+                  {p[4]}::text[]) AS e (id, merchant_id, type, object_id, payload)
+     WHERE e.object_id IN (SELECT id FROM {only_objects_in})
+    RETURNING id, merchant_id, type
+), outbox_deliveries AS ({_DELIVERIES_OF.format(events="outbox_events")}
+)"""
+
+
+WRITE_SQL = f"""
+WITH outbox_objects AS (SELECT unnest($4::text[]) AS id), {outbox_ctes(1, "$6", "outbox_objects")}
+SELECT count(*) FROM outbox_deliveries
+"""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    id: str
+    merchant_id: str
+    type: str
+    object_id: str
+    payload: str  # the event's JSON, as delivered
+
+
+def event_arrays(new_events: Sequence[NewEvent]) -> list[list[str]]:
+    """The five arrays ``outbox_ctes`` reads."""
+    return [
+        [e.id for e in new_events],
+        [e.merchant_id for e in new_events],
+        [e.type for e in new_events],
+        [e.object_id for e in new_events],
+        [e.payload for e in new_events],
+    ]
+
+
+async def write(conn: Conn, new_events: Sequence[NewEvent], created_at: datetime) -> int:
+    """Write events and their deliveries in the caller's transaction; deliveries written."""
+    if not new_events:
+        return 0
+    return int(await conn.fetchval(WRITE_SQL, *event_arrays(new_events), created_at))
+
+
+# --- events -------------------------------------------------------------------------------
+
+EVENTS_PAGE_SQL = """
+SELECT id, payload, created_at FROM events
+ WHERE merchant_id = $1
+   AND ($2::text IS NULL OR type = $2)
+   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $5
+"""
+
+
+async def event(conn: Conn, event_id: str, merchant_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id
+    )
+
+
+async def events_page(
+    conn: Conn,
+    merchant_id: str,
+    event_type: str | None,
+    cursor: asyncpg.Record | None,
+    rows_max: int,
+) -> list[asyncpg.Record]:
+    """Newest first, after ``cursor`` (an event row) if given."""
+    return await conn.fetch(
+        EVENTS_PAGE_SQL,
+        merchant_id,
+        event_type,
+        cursor["created_at"] if cursor else None,
+        cursor["id"] if cursor else None,
+        rows_max,
+    )
+
+
+ATTEMPTS_SQL = """
+SELECT * FROM webhook_attempts WHERE event_id = $1
+ ORDER BY created_at DESC, id DESC LIMIT $2
+"""
+
+
+async def attempts(conn: Conn, event_id: str, rows_max: int) -> list[asyncpg.Record]:
+    """The event's delivery attempts, newest first."""
+    return await conn.fetch(ATTEMPTS_SQL, event_id, rows_max)
+
+
+# Sends the event again now to every enabled subscribed endpoint: a fresh delivery (its
+# attempts counted from zero), whatever state an earlier one is in.
+RETRY_SQL = """
+INSERT INTO webhook_deliveries AS d (event_id, endpoint_id)
+SELECT e.id, w.id FROM events e
+  JOIN webhook_endpoints w
+    ON w.merchant_id = e.merchant_id AND w.status = 'enabled'
+   AND (e.type = ANY (w.enabled_events) OR '*' = ANY (w.enabled_events))
+ WHERE e.id = $1
+ON CONFLICT (event_id, endpoint_id) DO UPDATE
+   SET state = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+RETURNING endpoint_id
+"""
+
+
+async def retry(conn: Conn, event_id: str) -> list[str]:
+    """Queue the event for every enabled subscribed endpoint now; their ids."""
+    return sorted(row["endpoint_id"] for row in await conn.fetch(RETRY_SQL, event_id))
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+INSERT_ENDPOINT_SQL = """
+INSERT INTO webhook_endpoints (id, merchant_id, url, enabled_events, description, status,
+                               secret_ciphertext)
+VALUES ($1, $2, $3, $4, $5, 'enabled', $6)
+RETURNING *
+"""
+
+ENDPOINT_SQL = """
+SELECT * FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2 AND status <> 'deleted'
+"""
+
+ENDPOINTS_PAGE_SQL = """
+SELECT * FROM webhook_endpoints
+ WHERE merchant_id = $1 AND status <> 'deleted'
+   AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $4
+"""
+
+UPDATE_ENDPOINT_SQL = """
+UPDATE webhook_endpoints
+   SET url = coalesce($3, url), enabled_events = coalesce($4, enabled_events),
+       description = CASE WHEN $5 THEN $6 ELSE description END,
+       status = coalesce($7, status),
+       failing_since = CASE WHEN $7 = 'enabled' AND status <> 'enabled' THEN NULL
+                            ELSE failing_since END,
+       updated_at = now()
+ WHERE id = $1 AND merchant_id = $2 AND status <> 'deleted'
+RETURNING *
+"""
+
+DELETE_ENDPOINT_SQL = """
+UPDATE webhook_endpoints SET status = 'deleted', secret_ciphertext = NULL, updated_at = now()
+ WHERE id = $1 AND merchant_id = $2 AND status <> 'deleted'
+RETURNING id
+"""
+
+CANCEL_PENDING_SQL = """
+UPDATE webhook_deliveries SET state = 'canceled', updated_at = now()
+ WHERE endpoint_id = any($1::text[]) AND state = 'pending'
+"""
+
+
+async def insert_endpoint(
+    conn: Conn,
+    endpoint_id: str,
+    merchant_id: str,
+    url: str,
+    enabled_events: Sequence[str],
+    description: str | None,
+    secret_ciphertext: bytes,
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        INSERT_ENDPOINT_SQL,
+        endpoint_id,
+        merchant_id,
+        url,
+        list(enabled_events),
+        description,
+        secret_ciphertext,
+    )
+    if row is None:  # INSERT ... RETURNING always answers one row
+        raise RuntimeError(f"no endpoint written for {endpoint_id}")
+    return row
+
+
+async def endpoint(conn: Conn, endpoint_id: str, merchant_id: str) -> asyncpg.Record | None:
+    """The merchant's endpoint (not deleted), or None."""
+    return await conn.fetchrow(ENDPOINT_SQL, endpoint_id, merchant_id)
+
+
+async def endpoints_page(
+    conn: Conn, merchant_id: str, cursor: asyncpg.Record | None, rows_max: int
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        ENDPOINTS_PAGE_SQL,
+        merchant_id,
+        cursor["created_at"] if cursor else None,
+        cursor["id"] if cursor else None,
+        rows_max,
+    )
+
+
+async def update_endpoint(
+    conn: Conn, endpoint_id: str, merchant_id: str, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    """Apply the given fields (url, enabled_events, description, status); a disabled
+    endpoint's pending deliveries are canceled in the same transaction."""
+    row = await conn.fetchrow(
+        UPDATE_ENDPOINT_SQL,
+        endpoint_id,
+        merchant_id,
+        changes.get("url"),
+        changes.get("enabled_events"),
+        "description" in changes,
+        changes.get("description"),
+        changes.get("status"),
+    )
+    if row is not None and row["status"] == "disabled":
+        await cancel_pending(conn, [endpoint_id])
+    return row
+
+
+async def delete_endpoint(conn: Conn, endpoint_id: str, merchant_id: str) -> bool:
+    """Delete the endpoint (its secret is erased) and cancel its pending deliveries."""
+    if await conn.fetchval(DELETE_ENDPOINT_SQL, endpoint_id, merchant_id) is None:
+        return False
+    await cancel_pending(conn, [endpoint_id])
+    return True
+
+
+async def cancel_pending(conn: Conn, endpoint_ids: Sequence[str]) -> int:
+    result = await conn.execute(CANCEL_PENDING_SQL, list(endpoint_ids))
+    return int(result.split()[-1])
+
+
+# --- the deliverers -----------------------------------------------------------------------
+
+# Due rows, oldest due first; the claim pushes next_attempt_at forward by the lease, so no
+# other deliverer takes them until it lapses. The event and the endpoint come with them.
+CLAIM_SQL = """
+WITH due AS (
+    SELECT id FROM webhook_deliveries
+     WHERE state = 'pending' AND next_attempt_at <= now()
+     ORDER BY next_attempt_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE webhook_deliveries d
+       SET next_attempt_at = now() + make_interval(secs => $2)
+      FROM due WHERE d.id = due.id
+    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts
+)
+SELECT c.id, c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at,
+       w.url, w.status AS endpoint_status, w.secret_ciphertext
+  FROM claimed c
+  JOIN events e ON e.id = c.event_id
+  JOIN webhook_endpoints w ON w.id = c.endpoint_id
+"""
+
+# Hands claimed rows back unattempted (their endpoint is busy in this process).
+RELEASE_SQL = """
+UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+ WHERE id = any($1::bigint[]) AND state = 'pending'
+"""
+
+# A batch of finished attempts: each delivery's new state and the attempt's log row. A
+# delivery canceled meanwhile (its endpoint disabled or deleted) stays canceled.
+RECORD_SQL = """
+WITH r AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[],
+                         $5::integer[], $6::text[], $7::integer[], $8::text[], $9::float8[])
+           AS r (delivery_id, event_id, endpoint_id, attempt, status_code, error,
+                 duration_ms, state, delay_s)
+), updated AS (
+    UPDATE webhook_deliveries d
+       SET state = r.state, attempts = r.attempt, updated_at = now(),
+           next_attempt_at = CASE WHEN r.state = 'pending'
+                                  THEN now() + make_interval(secs => r.delay_s)
+                                  ELSE d.next_attempt_at END
+      FROM r WHERE d.id = r.delivery_id AND d.state = 'pending'
+    RETURNING d.id
+)
+INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, status_code, error, duration_ms,
+                              next_attempt_at)
+SELECT event_id, endpoint_id, attempt, status_code, error, duration_ms,
+       CASE WHEN state = 'pending' THEN now() + make_interval(secs => delay_s) END
+  FROM r WHERE state <> 'canceled'
+"""
+
+# Per endpoint of a batch: a success clears failing_since, a failure starts it; a 410, or
+# failing for longer than $4 seconds, disables the endpoint. Returns the ones disabled now
+# and why.
+ENDPOINT_HEALTH_SQL = """
+WITH h AS (
+    SELECT * FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS h (id, ok, gone)
+)
+UPDATE webhook_endpoints w
+   SET failing_since = CASE WHEN h.ok THEN NULL ELSE coalesce(w.failing_since, now()) END,
+       status = CASE
+           WHEN h.gone THEN 'disabled'
+           WHEN NOT h.ok AND w.failing_since < now() - make_interval(secs => $4)
+               THEN 'disabled'
+           ELSE w.status END,
+       updated_at = now()
+  FROM h
+ WHERE w.id = h.id AND w.status = 'enabled'
+RETURNING w.id, w.status, h.gone
+"""
+
+
+async def claim(conn: Conn, rows_max: int, lease_s: float) -> list[asyncpg.Record]:
+    """Claim up to ``rows_max`` due deliveries for ``lease_s`` (one statement, committed)."""
+    return await conn.fetch(CLAIM_SQL, rows_max, float(lease_s))
+
+
+async def release(conn: Conn, delivery_ids: Sequence[int], after_s: float) -> None:
+    await conn.execute(RELEASE_SQL, list(delivery_ids), float(after_s))
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    delivery_id: int
+    event_id: str
+    endpoint_id: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    # The delivery's state after it: pending (retrying), delivered, failed; canceled when
+    # it was not sent (its endpoint no longer enabled): no attempt is logged.
+    state: str
+    delay_s: float  # when pending: until the next attempt
+
+
+async def record(
+    conn: Conn,
+    records: Sequence[AttemptRecord],
+    health: dict[str, tuple[bool, bool]],
+    disable_after_s: float,
+) -> list[asyncpg.Record]:
+    """Record finished attempts and their endpoints' health ({id: (ok, gone)}) in the
+    caller's transaction; the endpoints disabled now (``id``, ``gone``), whose pending
+    deliveries are canceled."""
+    columns = [
+        [getattr(r, name) for r in records]
+        for name in (
+            "delivery_id",
+            "event_id",
+            "endpoint_id",
+            "attempt",
+            "status_code",
+            "error",
+            "duration_ms",
+            "state",
+            "delay_s",
+        )
+    ]
+    await conn.execute(RECORD_SQL, *columns)
+    ids = sorted(health)
+    disabled = await conn.fetch(
+        ENDPOINT_HEALTH_SQL,
+        ids,
+        [health[i][0] for i in ids],
+        [health[i][1] for i in ids],
+        float(disable_after_s),
+    )
+    disabled = [row for row in disabled if row["status"] == "disabled"]
+    if disabled:
+        await cancel_pending(conn, [row["id"] for row in disabled])
+    return disabled
+
+
+GAUGES_SQL = """
+SELECT coalesce((SELECT extract(epoch FROM now() - min(next_attempt_at))::float8
+                   FROM webhook_deliveries
+                  WHERE state = 'pending' AND next_attempt_at <= now()), 0) AS oldest_due_s,
+       (SELECT count(*) FROM webhook_endpoints WHERE status = 'enabled') AS enabled,
+       (SELECT count(*) FROM webhook_endpoints WHERE status = 'disabled') AS disabled
+"""
+
+
+async def gauges(pool: asyncpg.Pool) -> asyncpg.Record:
+    """The age of the oldest due delivery (seconds) and the endpoints by status."""
+    row: asyncpg.Record | None = await pool.fetchrow(GAUGES_SQL)
+    if row is None:  # a SELECT without FROM always answers one row
+        raise RuntimeError("no webhook gauges")
+    return row
+
+
+# --- pruning ------------------------------------------------------------------------------
+
+PRUNE_DELIVERED_SQL = """
+DELETE FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM webhook_deliveries
+     WHERE state = 'delivered' AND updated_at < now() - make_interval(secs => $1)
+     LIMIT $2)
+"""
+
+# Events past retention, with their deliveries and attempts (ON DELETE CASCADE).
+PRUNE_EVENTS_SQL = """
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE created_at < now() - make_interval(secs => $1)
+     ORDER BY created_at LIMIT $2)
+"""
+
+
+async def prune_delivered(pool: asyncpg.Pool, older_than_s: float, rows_max: int) -> int:
+    result = await pool.execute(PRUNE_DELIVERED_SQL, float(older_than_s), rows_max)
+    return int(result.split()[-1])
+
+
+async def prune_events(pool: asyncpg.Pool, older_than_s: float, rows_max: int) -> int:
+    result = await pool.execute(PRUNE_EVENTS_SQL, float(older_than_s), rows_max)
+    return int(result.split()[-1])
