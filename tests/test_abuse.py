@@ -248,13 +248,29 @@ async def test_metrics_need_their_own_token_when_one_is_set(app_factory, merchan
 # ---- object-level authorization on every route ---------------------------------------------
 
 
-async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merchant):
+async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other_merchant):
+    # Loopback webhook URLs allowed: the endpoint below points at a closed port.
+    client = await app_factory(webhook_allow_private="1")
+    _, endpoint, _ = await post(
+        client,
+        "/v1/webhook_endpoints",
+        merchant,
+        {"url": "http://127.0.0.1:9/hook", "enabled_events": ["*"]},
+    )
     _, payment = await authorize(client, merchant, capture="automatic", amount=1_000)
     _, refund, _ = await post(
         client, f"/v1/payments/{payment['id']}/refunds", merchant, {"amount": 100}
     )
     _, token, _ = await post(client, "/v1/tokens", merchant, {"card": card()})
     pid, today = payment["id"], date.today().isoformat()
+    events = (await get(client, "/v1/events", merchant))[1]["data"]
+    assert events, "the payment wrote events"
+    eid, we = events[0]["id"], endpoint["id"]
+
+    async def delete(path: str, who) -> tuple[int, dict]:
+        response = await client.delete(path, headers=who.headers)
+        return response.status, await response.json()
+
     token_body = {**payment_body(), "payment_method": {"type": "token", "token": token["id"]}}
     # Per route template: what the other merchant does, and what it must get.
     refused = {  # another merchant's id: 404, exactly as for an unknown one
@@ -272,6 +288,22 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
             client, f"/v1/refunds/{refund['id']}", other_merchant
         ),
         ("POST", "/v1/payments"): lambda: post(client, "/v1/payments", other_merchant, token_body),
+        ("GET", "/v1/webhook_endpoints/{id}"): lambda: get(
+            client, f"/v1/webhook_endpoints/{we}", other_merchant
+        ),
+        ("POST", "/v1/webhook_endpoints/{id}"): lambda: post(
+            client, f"/v1/webhook_endpoints/{we}", other_merchant, {"status": "disabled"}
+        ),
+        ("DELETE", "/v1/webhook_endpoints/{id}"): lambda: delete(
+            f"/v1/webhook_endpoints/{we}", other_merchant
+        ),
+        ("GET", "/v1/events/{id}"): lambda: get(client, f"/v1/events/{eid}", other_merchant),
+        ("GET", "/v1/events/{id}/deliveries"): lambda: get(
+            client, f"/v1/events/{eid}/deliveries", other_merchant
+        ),
+        ("POST", "/v1/events/{id}/retry"): lambda: post(
+            client, f"/v1/events/{eid}/retry", other_merchant
+        ),
     }
     for check in refused.values():
         status, body = (await check())[:2]
@@ -283,6 +315,8 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
             f"/v1/reports/settlement?date={today}",
             lambda b: b["lines"] == [],
         ),
+        ("GET", "/v1/webhook_endpoints"): ("/v1/webhook_endpoints", lambda b: b["data"] == []),
+        ("GET", "/v1/events"): ("/v1/events?limit=100", lambda b: b["data"] == []),
     }
     for path, is_empty in empty.values():
         status, body = await get(client, path, other_merchant)
@@ -296,9 +330,24 @@ async def test_every_v1_route_keeps_merchants_apart(client, merchant, other_merc
         for r in client.app.router.routes()
         if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"
     }
-    assert routes == set(refused) | set(empty) | {("POST", "/v1/tokens")}
+    # Creating an endpoint makes the other merchant's own, as a token does.
+    status, own_endpoint = (
+        await post(
+            client,
+            "/v1/webhook_endpoints",
+            other_merchant,
+            {"url": "http://127.0.0.1:9/other", "enabled_events": ["*"]},
+        )
+    )[:2]
+    assert status == 201 and own_endpoint["id"] != we
+    assert routes == set(refused) | set(empty) | {
+        ("POST", "/v1/tokens"),
+        ("POST", "/v1/webhook_endpoints"),
+    }
     _, unchanged = await get(client, f"/v1/payments/{pid}", merchant)
     assert unchanged["amount_refunded"] == 100
+    _, still = await get(client, f"/v1/webhook_endpoints/{we}", merchant)
+    assert still["status"] == "enabled"  # the other merchant's disable and delete did nothing
 
 
 # ---- text the database cannot hold, and echoes -------------------------------------------
