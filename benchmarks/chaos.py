@@ -16,7 +16,26 @@ Then, once recovery has settled every ``processing`` payment, the database is ch
 lost (a 2xx a client saw whose effect is not in the books in that state), duplicated
 (one Idempotency-Key with two effects, here or at the processor), imbalanced
 (``kassa ledger verify``), stuck (still ``processing``), plus 500s, malformed error
-bodies and hangs (a request past its timeout). Exit status 1 when any is non-zero or
+bodies and hangs (a request past its timeout).
+
+Events and webhooks, throughout: before the load, three endpoints of the run's merchant
+are created through the API, pointing at a receiver in this process (aiohttp on
+127.0.0.1): ``/all`` (every type; answers 500 or hangs past the gateway's 2 s webhook
+timeout now and then), ``/some`` (two types; sometimes 500) and ``/gone`` (one type; 410
+from a seeded request number on, which disables it). A quarter of the clients pay for a
+second merchant without endpoints. Once the deliveries have settled (bounded), in one
+snapshot of the database: every committed change has its one event and every event is of
+a committed change in the state it says (missing, phantom); every event was delivered to
+every endpoint subscribed to its type and enabled when it was written: queued, recorded
+delivered, and acknowledged by the receiver (a request it verified with the
+``standardwebhooks`` package against the endpoint's secret and answered 200), with one
+``webhook-id`` (the event id) and one body on every attempt (lost, bad). For ``/gone``,
+disabled at D, that is owed for the events before D only: its deliveries still pending at
+D are canceled (API.md: disabling cancels them; counted, never left pending), events after
+D are not queued for it. No delivery row exists for the merchant without endpoints
+(unwanted). Duplicates received are allowed (at least once) and counted.
+
+Exit status 1 when any of these is non-zero, no endpoint was disabled by its 410, or
 fewer kills/restarts than asked were achieved.
 """
 
@@ -37,7 +56,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +64,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import orjson
+import standardwebhooks
+from aiohttp import web
 
 from gateway import testing
 from gateway.testing import KassaServer
@@ -84,7 +105,13 @@ GATEWAY_ENV = {
     "KASSA_VELOCITY_MERCHANT_ATTEMPTS_MAX": "0",
     "KASSA_VELOCITY_CARD_ATTEMPTS_MAX": "0",
     "KASSA_VELOCITY_CARD_DECLINES_MAX": "0",
+    # Webhooks to the receiver in this process (127.0.0.1), failing fast and retried soon,
+    # so every delivery settles within the run.
+    "KASSA_WEBHOOK_ALLOW_PRIVATE": "1",
+    "KASSA_WEBHOOK_TIMEOUT_S": "2",
+    "KASSA_WEBHOOK_RETRY_SCHEDULE_S": "1,1,2,2,3,5,5,5,5,5",
 }
+WEBHOOK_TIMEOUT_S = float(GATEWAY_ENV["KASSA_WEBHOOK_TIMEOUT_S"])
 RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
 
 # --- the load ----------------------------------------------------------------------------
@@ -477,22 +504,186 @@ async def run_flow(client: Client, plan: FlowPlan, seed: int) -> FlowRecord:
 
 @contextlib.asynccontextmanager
 async def load(
-    client: Client, seed: int, counter: Iterator[int], concurrency: int, records: list[FlowRecord]
+    clients: list[Client], seed: int, counter: Iterator[int], records: list[FlowRecord]
 ) -> AsyncIterator[None]:
-    """``concurrency`` clients run checkouts back to back until the block ends; leaving
-    it waits for the checkouts in progress (each bounded by its steps' deadlines)."""
+    """Each of ``clients`` (one per concurrent checkout, some of them the same merchant's)
+    runs checkouts back to back until the block ends; leaving it waits for the checkouts
+    in progress (each bounded by its steps' deadlines)."""
     stopping = asyncio.Event()
 
-    async def one_client() -> None:
+    async def one_client(client: Client) -> None:
         while not stopping.is_set():
             records.append(await run_flow(client, plan_flow(seed, next(counter)), seed))
 
-    tasks = [asyncio.create_task(one_client()) for _ in range(concurrency)]
+    tasks = [asyncio.create_task(one_client(client)) for client in clients]
     try:
         yield
     finally:
         stopping.set()
         await asyncio.gather(*tasks)
+
+
+# =========================================================================================
+# Webhooks: a receiver that fails, hangs and answers 410, and the endpoints pointing at it
+# =========================================================================================
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """One endpoint of the run's merchant and how its receiver answers a delivery."""
+
+    path: str
+    enabled_events: tuple[str, ...]
+    fail_share: float  # answered 500
+    hang_share: float  # answered only after the gateway's webhook timeout (it gave up)
+    # The receiver answers 410 Gone from a request number drawn (seeded) in this range on:
+    # the first 410 disables the endpoint.
+    gone_from: tuple[int, int] | None = None
+
+
+ENDPOINT_PLANS = (
+    EndpointPlan("/all", ("*",), fail_share=0.15, hang_share=0.05),
+    EndpointPlan("/some", ("payment.captured", "refund.succeeded"), fail_share=0.05, hang_share=0),
+    EndpointPlan("/gone", ("payment.authorized",), 0.05, 0, gone_from=(40, 120)),
+)
+HANG_PAST_TIMEOUT_S = 1.0  # a hang answers this long after the gateway's timeout
+QUIET_CLIENTS_SHARE = 0.25  # of the clients pay for the merchant without endpoints
+# An event's statement may see an endpoint's state as of a little after the event's
+# "created" (its transaction's start): within a statement timeout of the disable, an
+# event of a just-disabled endpoint may or may not be queued for it.
+DISABLE_RACE_S = 5.0
+DELIVERY_SETTLE_S = 60.0  # after the load, for every pending delivery to be settled
+
+
+@dataclass(frozen=True)
+class WebhookArrival:
+    """One request at the receiver: what it was and how it was answered."""
+
+    path: str
+    webhook_id: str | None
+    body_id: str | None  # the event id inside the body
+    body: bytes
+    verified: bool  # the standardwebhooks package verified it with the endpoint's secret
+    answer: str  # "200", "500", "410" or "hang"
+
+    @property
+    def acknowledged(self) -> bool:
+        """Answered 2xx in time: the receiver took the event."""
+        return self.answer == "200"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    path: str
+    secret: str
+    enabled_events: tuple[str, ...]
+
+    def subscribed(self, event_type: str) -> bool:
+        return "*" in self.enabled_events or event_type in self.enabled_events
+
+
+class WebhookReceiver:
+    """aiohttp on 127.0.0.1 in this process: answers each endpoint's deliveries by its plan
+    (seeded draws, in arrival order), verifies each with the standardwebhooks package
+    against the endpoint's secret, and records every request."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"{seed}:receiver")
+        self.plans = {plan.path: plan for plan in ENDPOINT_PLANS}
+        self.gone_from = {
+            plan.path: self.rng.randint(*plan.gone_from)
+            for plan in ENDPOINT_PLANS
+            if plan.gone_from
+        }
+        self.secrets: dict[str, str] = {}
+        self.arrivals: list[WebhookArrival] = []
+        self.requests: Counter = Counter()  # path -> requests so far
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, HOST, 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def _answer(self, plan: EndpointPlan) -> str:
+        self.requests[plan.path] += 1
+        roll = self.rng.random()
+        if plan.path in self.gone_from and self.requests[plan.path] >= self.gone_from[plan.path]:
+            return "410"
+        if roll < plan.fail_share:
+            return "500"
+        if roll < plan.fail_share + plan.hang_share:
+            return "hang"
+        return "200"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        plan = self.plans.get(request.path)
+        if plan is None:
+            return web.Response(status=404)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        verified = False
+        secret = self.secrets.get(plan.path)
+        if secret is not None:
+            try:
+                standardwebhooks.Webhook(secret).verify(body, headers)
+                verified = True
+            except Exception:  # any failure to verify is the finding, whatever its kind
+                verified = False
+        try:
+            body_id = orjson.loads(body).get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            body_id = None
+        answer = self._answer(plan)
+        self.arrivals.append(
+            WebhookArrival(plan.path, headers.get("webhook-id"), body_id, body, verified, answer)
+        )
+        if answer == "hang":
+            await asyncio.sleep(WEBHOOK_TIMEOUT_S + HANG_PAST_TIMEOUT_S)
+            return web.Response(status=200, text="too late")
+        return web.Response(status=int(answer), text=answer)
+
+
+async def register_endpoints(
+    client: Client, receiver: WebhookReceiver, seed: int
+) -> dict[str, Endpoint]:
+    """Create the run's endpoints through the API (each POST with its Idempotency-Key);
+    the receiver learns each secret from the create answer."""
+    endpoints = {}
+    for plan in ENDPOINT_PLANS:
+        body = {
+            "url": receiver.url(plan.path),
+            "enabled_events": list(plan.enabled_events),
+            "description": f"chaos {plan.path}",
+        }
+        result = await client.step(
+            "endpoint",
+            "/v1/webhook_endpoints",
+            body,
+            f"chaos-{seed}-endpoint{plan.path.replace('/', '-')}",
+            random.Random(f"{seed}:{plan.path}"),
+        )
+        if result.status != 201 or result.body is None:
+            raise RuntimeError(f"creating the {plan.path} endpoint answered {result.status}")
+        endpoint = Endpoint(
+            result.body["id"], plan.path, result.body["secret"], plan.enabled_events
+        )
+        receiver.secrets[plan.path] = endpoint.secret
+        endpoints[endpoint.id] = endpoint
+    return endpoints
 
 
 # =========================================================================================
@@ -578,7 +769,7 @@ class Findings:
 
 @dataclass
 class Books:
-    """What the database holds for the run's merchant, by payment id."""
+    """What the database holds for the run's merchants, by payment id."""
 
     payments: dict[str, asyncpg.Record]
     refunds: dict[str, asyncpg.Record]
@@ -589,19 +780,22 @@ class Books:
     processor_refunded: Counter  # payment -> refunded at the processor
 
 
-async def read_books(conn: asyncpg.Connection, merchant_id: str) -> Books:
+async def read_books(conn: asyncpg.Connection, merchant_ids: list[str]) -> Books:
     payments = {
         r["id"]: r
         for r in await conn.fetch(
-            """SELECT id, idempotency_key, status, amount, amount_capturable, amount_captured,
-                  amount_refunded FROM payments WHERE merchant_id = $1""",
-            merchant_id,
+            """SELECT id, merchant_id, idempotency_key, status, amount, amount_capturable,
+                  amount_captured, amount_refunded FROM payments
+                WHERE merchant_id = any($1::text[])""",
+            merchant_ids,
         )
     }
     refunds = {
         r["id"]: r
         for r in await conn.fetch(
-            "SELECT id, payment_id, amount FROM refunds WHERE merchant_id = $1", merchant_id
+            """SELECT id, merchant_id, payment_id, amount FROM refunds
+                WHERE merchant_id = any($1::text[])""",
+            merchant_ids,
         )
     }
     by_payment: dict[str, list[asyncpg.Record]] = {}
@@ -611,8 +805,8 @@ async def read_books(conn: asyncpg.Connection, merchant_id: str) -> Books:
     refund_ids: Counter = Counter()
     for row in await conn.fetch(
         """SELECT payment_id, refund_id, event FROM ledger_transactions
-                WHERE merchant_id = $1""",
-        merchant_id,
+                WHERE merchant_id = any($1::text[])""",
+        merchant_ids,
     ):
         events.setdefault(row["payment_id"], Counter())[row["event"]] += 1
         if row["refund_id"] is not None:
@@ -802,7 +996,7 @@ async def wait_settled(conn: asyncpg.Connection) -> int:
 
 
 async def check_books(
-    dsn: str, merchant_id: str, records: list[FlowRecord], seed: int, gateway: KassaServer
+    dsn: str, merchant_ids: list[str], records: list[FlowRecord], seed: int, gateway: KassaServer
 ) -> Findings:
     findings = Findings()
     conn = await asyncpg.connect(dsn, timeout=10)
@@ -816,14 +1010,15 @@ async def check_books(
             f"key {r['key']} still in flight"
             for r in await conn.fetch("SELECT key FROM idempotency_keys WHERE state = 'in_flight'")
         ]
-        books = await read_books(conn, merchant_id)
+        books = await read_books(conn, merchant_ids)
         for record in records:
             check_flow(record, books, seed, findings)
         await check_duplicates(conn, books, findings)
         await check_processor_orphans(conn, findings)
     finally:
         await conn.close()
-    findings.imbalanced = ledger_verify(gateway)
+    # In a thread: the webhook receiver shares this event loop.
+    findings.imbalanced = await asyncio.to_thread(ledger_verify, gateway)
     return findings
 
 
@@ -834,6 +1029,309 @@ def ledger_verify(gateway: KassaServer) -> list[str]:
     # Each problem is one stdout line; the verdict goes to stderr.
     problems = [line for line in done.stdout.splitlines() if line.strip()]
     return problems or [f"ledger verify exited {done.returncode}: {done.stderr.strip()[-300:]}"]
+
+
+# =========================================================================================
+# Checks of events and webhooks, from the database and the receiver
+# =========================================================================================
+
+# A payment in one of these states was authorized once: it has its payment.authorized.
+AUTHORIZED_ONCE = frozenset(
+    {"authorized", "captured", "partially_refunded", "refunded", "voided", "expired"}
+)
+# The states whose change has an event of the same name.
+STATE_EVENTS = {
+    "declined": "payment.declined",
+    "failed": "payment.failed",
+    "voided": "payment.voided",
+    "expired": "payment.expired",
+}
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: str
+    merchant_id: str
+    type: str
+    object_id: str
+    payload: str
+    created_at: float  # unix seconds
+
+
+@dataclass
+class WebhookBooks:
+    """What the database holds of events and deliveries, read in one snapshot with the
+    Books."""
+
+    events: dict[str, EventRow]  # of both merchants
+    deliveries: dict[tuple[str, str], str]  # (event, endpoint) -> state, the run's merchant
+    endpoint_status: dict[str, tuple[str, float | None]]  # id -> status, disabled at
+    attempts: int  # logged attempts of the run's merchant
+    quiet_deliveries: int  # delivery rows of the merchant without endpoints (must be 0)
+    quiet_attempts: int
+
+
+@dataclass
+class WebhookFindings:
+    events_missing: list[str] = field(default_factory=list)  # a change without its event
+    events_phantom: list[str] = field(default_factory=list)  # an event of no such change
+    deliveries_lost: list[str] = field(default_factory=list)
+    deliveries_bad: list[str] = field(default_factory=list)  # unverified, id or body unstable
+    deliveries_unwanted: list[str] = field(default_factory=list)  # to whom nobody subscribed
+    counts: Counter = field(default_factory=Counter)
+
+
+def expected_events(payment: Mapping) -> list[str]:
+    """The event types a payment's committed changes wrote, from the state it is in."""
+    types = []
+    if payment["status"] in AUTHORIZED_ONCE:
+        types.append("payment.authorized")
+    if payment["amount_captured"] > 0:
+        types.append("payment.captured")
+    if payment["status"] in STATE_EVENTS:
+        types.append(STATE_EVENTS[payment["status"]])
+    return types
+
+
+def event_disagreement(event: EventRow, books: Books) -> str | None:
+    """Why the event reports a change the books do not hold (None: they hold it)."""
+    try:
+        payload = orjson.loads(event.payload)
+        said = (payload["id"], payload["type"], payload["data"]["object"]["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "its payload is not an event"
+    if said != (event.id, event.type, event.object_id):
+        return f"its payload says {said}"
+    if event.type == "refund.succeeded":
+        held = books.refunds.get(event.object_id)
+        if held is None:
+            return "no such refund"
+    else:
+        held = books.payments.get(event.object_id)
+        if held is None:
+            return "no such payment"
+        if event.type not in expected_events(held):
+            return f"the payment is {held['status']}, captured {held['amount_captured']}"
+    if held.get("merchant_id") != event.merchant_id:
+        return f"the object is {held.get('merchant_id')}'s"
+    return None
+
+
+def check_events(books: Books, hooks: WebhookBooks, found: WebhookFindings) -> None:
+    """Every committed change has its one event; every event is of a committed change."""
+    changes = Counter((e.object_id, e.type) for e in hooks.events.values())
+    expected = [(pid, t) for pid, row in books.payments.items() for t in expected_events(row)]
+    expected += [(refund_id, "refund.succeeded") for refund_id in books.refunds]
+    for change in expected:
+        if not changes[change]:
+            found.events_missing.append(f"{change[0]}: no {change[1]} event")
+    for (object_id, event_type), n in changes.items():
+        if n > 1:
+            found.events_phantom.append(f"{object_id}: {n} {event_type} events for one change")
+    for event in hooks.events.values():
+        reason = event_disagreement(event, books)
+        if reason:
+            found.events_phantom.append(f"{event.id} ({event.type} {event.object_id}): {reason}")
+    found.counts["changes"] = len(expected)
+
+
+def check_arrivals(
+    arrivals: list[WebhookArrival],
+    endpoints: dict[str, Endpoint],
+    hooks: WebhookBooks,
+    merchant_id: str,
+    found: WebhookFindings,
+) -> Counter:
+    """Every request the receiver got: verified, its webhook-id the event's id and the
+    same body on every attempt, of an event of the merchant its endpoint subscribed to.
+    The acknowledged (verified, answered 200) deliveries by (path, event)."""
+    by_path = {e.path: e for e in endpoints.values()}
+    first_body: dict[tuple[str, str | None], bytes] = {}
+    acknowledged: Counter = Counter()
+    for a in arrivals:
+        what = f"{a.path} {a.webhook_id}"
+        fine = a.verified and a.webhook_id is not None and a.webhook_id == a.body_id
+        if not a.verified:
+            found.deliveries_bad.append(f"{what}: does not verify with the endpoint's secret")
+        if a.webhook_id != a.body_id:
+            found.deliveries_bad.append(f"{what}: webhook-id is not the event's id {a.body_id}")
+        body = first_body.setdefault((a.path, a.webhook_id), a.body)
+        if body != a.body:
+            fine = False
+            found.deliveries_bad.append(f"{what}: another body than its earlier attempt")
+        event = hooks.events.get(a.body_id or "")
+        endpoint = by_path.get(a.path)
+        if event is None:
+            fine = False
+            found.deliveries_bad.append(f"{what}: no such event in the events table")
+        elif (
+            endpoint is None
+            or event.merchant_id != merchant_id
+            or not endpoint.subscribed(event.type)
+        ):
+            fine = False
+            found.deliveries_unwanted.append(f"{what}: {event.type} of {event.merchant_id}")
+        if fine and a.acknowledged:
+            acknowledged[(a.path, a.webhook_id)] += 1
+    return acknowledged
+
+
+def check_deliveries(
+    arrivals: list[WebhookArrival],
+    endpoints: dict[str, Endpoint],
+    hooks: WebhookBooks,
+    merchant_id: str,
+    found: WebhookFindings,
+) -> None:
+    """At least once per event and endpoint subscribed to its type and enabled when it
+    was written: queued, delivered, and acknowledged by the receiver (a verified request
+    it answered 200). For an endpoint disabled at D (the receiver answered 410), that is
+    the events before D; its deliveries still pending at D are canceled (API.md: disabling
+    cancels them), never left pending; events after D are not queued for it at all.
+    Within DISABLE_RACE_S of D an event may go either way."""
+    acknowledged = check_arrivals(arrivals, endpoints, hooks, merchant_id, found)
+    counts = found.counts
+    for event in hooks.events.values():
+        if event.merchant_id != merchant_id:
+            continue
+        for endpoint in endpoints.values():
+            if not endpoint.subscribed(event.type):
+                continue
+            what = f"{event.id} ({event.type}) to {endpoint.path}"
+            state = hooks.deliveries.get((event.id, endpoint.id))
+            _, disabled_at = hooks.endpoint_status.get(endpoint.id, ("missing", None))
+            if disabled_at is not None and event.created_at > disabled_at - DISABLE_RACE_S:
+                if event.created_at > disabled_at + DISABLE_RACE_S and state is not None:
+                    found.deliveries_unwanted.append(f"{what}: queued after it was disabled")
+                    continue
+                if state is None:
+                    counts["after_disable"] += 1
+                    continue
+            counts["due"] += 1
+            if state is None:
+                found.deliveries_lost.append(f"{what}: never queued")
+            elif state == "pending":
+                found.deliveries_lost.append(f"{what}: still pending after the run")
+            elif state == "delivered" and not acknowledged[(endpoint.path, event.id)]:
+                found.deliveries_lost.append(f"{what}: recorded delivered, never acknowledged")
+            elif state == "delivered":
+                counts["delivered"] += 1
+            elif disabled_at is None:
+                found.deliveries_lost.append(f"{what}: {state}, its endpoint enabled")
+            else:
+                counts[f"{state}_by_disable"] += 1  # pending (or the 410) when disabled
+    counts["duplicates"] = sum(n - 1 for n in acknowledged.values())
+    counts["acknowledged"] = len(acknowledged)
+    answered_410 = {a.path for a in arrivals if a.answer == "410"}
+    for endpoint in endpoints.values():
+        status, _ = hooks.endpoint_status.get(endpoint.id, ("missing", None))
+        if status != "enabled":
+            counts["endpoints_disabled"] += 1
+        if (endpoint.path in answered_410) != (status == "disabled"):
+            found.deliveries_bad.append(
+                f"{endpoint.path} is {status}, its receiver answered 410: "
+                f"{'yes' if endpoint.path in answered_410 else 'no'}"
+            )
+    if hooks.quiet_deliveries or hooks.quiet_attempts:
+        found.deliveries_unwanted.append(
+            f"the merchant without endpoints has {hooks.quiet_deliveries} delivery rows and "
+            f"{hooks.quiet_attempts} attempts"
+        )
+
+
+async def read_webhook_books(
+    conn: asyncpg.Connection, merchant_id: str, quiet_id: str
+) -> WebhookBooks:
+    events = {
+        r["id"]: EventRow(
+            r["id"],
+            r["merchant_id"],
+            r["type"],
+            r["object_id"],
+            r["payload"],
+            r["created_at"].timestamp(),
+        )
+        for r in await conn.fetch(
+            """SELECT id, merchant_id, type, object_id, payload, created_at FROM events
+                WHERE merchant_id = any($1::text[])""",
+            [merchant_id, quiet_id],
+        )
+    }
+    deliveries_of = """SELECT d.event_id, d.endpoint_id, d.state FROM webhook_deliveries d
+                         JOIN events e ON e.id = d.event_id WHERE e.merchant_id = $1"""
+    attempts_of = """SELECT count(*) FROM webhook_attempts a
+                       JOIN events e ON e.id = a.event_id WHERE e.merchant_id = $1"""
+    deliveries = {
+        (r["event_id"], r["endpoint_id"]): r["state"]
+        for r in await conn.fetch(deliveries_of, merchant_id)
+    }
+    # A disabled endpoint's updated_at is when it was disabled: nothing changes it after.
+    endpoint_status = {
+        r["id"]: (r["status"], None if r["status"] == "enabled" else r["updated_at"].timestamp())
+        for r in await conn.fetch(
+            "SELECT id, status, updated_at FROM webhook_endpoints WHERE merchant_id = $1",
+            merchant_id,
+        )
+    }
+    return WebhookBooks(
+        events=events,
+        deliveries=deliveries,
+        endpoint_status=endpoint_status,
+        attempts=await conn.fetchval(attempts_of, merchant_id),
+        quiet_deliveries=len(await conn.fetch(deliveries_of, quiet_id)),
+        quiet_attempts=await conn.fetchval(attempts_of, quiet_id),
+    )
+
+
+async def wait_deliveries_settled(conn: asyncpg.Connection) -> tuple[int, float, int]:
+    """Wait (bounded) until nothing is left to settle: no delivery pending, and no payment
+    or operation whose recovery would write another event. The deliveries pending at the
+    start, the seconds until none were, and how many are left."""
+    started = time.monotonic()
+    at_start = None
+    while True:
+        row = await conn.fetchrow(
+            """SELECT (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending') AS d,
+                      (SELECT count(*) FROM payments WHERE status = 'processing')
+                    + (SELECT count(*) FROM payment_operations WHERE state = 'pending') AS p"""
+        )
+        at_start = row["d"] if at_start is None else at_start
+        waited = time.monotonic() - started
+        if (row["d"] == 0 and row["p"] == 0) or waited > DELIVERY_SETTLE_S:
+            return at_start, waited, row["d"]
+        await asyncio.sleep(0.25)
+
+
+async def check_webhooks(
+    dsn: str,
+    merchant_id: str,
+    quiet_id: str,
+    endpoints: dict[str, Endpoint],
+    receiver: WebhookReceiver,
+) -> WebhookFindings:
+    found = WebhookFindings()
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        pending, waited, left = await wait_deliveries_settled(conn)
+        found.counts.update(pending_at_load_end=pending, pending_left=left)
+        found.counts["drain_ms"] = int(waited * 1000)
+        # One snapshot: a change and its event are read as of the same moment.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            books = await read_books(conn, [merchant_id, quiet_id])
+            hooks = await read_webhook_books(conn, merchant_id, quiet_id)
+    finally:
+        await conn.close()
+    check_events(books, hooks, found)
+    check_deliveries(receiver.arrivals, endpoints, hooks, merchant_id, found)
+    found.counts.update(
+        events=sum(1 for e in hooks.events.values() if e.merchant_id == merchant_id),
+        events_quiet=sum(1 for e in hooks.events.values() if e.merchant_id == quiet_id),
+        attempts=hooks.attempts,
+        requests=len(receiver.arrivals),
+    )
+    for arrival in receiver.arrivals:
+        found.counts[f"answered_{arrival.answer}"] += 1
+    return found
 
 
 # =========================================================================================
@@ -867,6 +1365,25 @@ class Summary:
     duplicated: int
     imbalanced: int
     stuck: int
+    # Events and webhooks
+    events: int  # of the merchant with endpoints
+    events_quiet: int  # of the merchant without
+    events_missing: int  # a committed change without its event
+    events_phantom: int  # an event of a change that did not commit (or two of one)
+    deliveries_due: int  # (event, endpoint) pairs owed at least one delivery
+    deliveries_acknowledged: int  # of them, delivered and answered 200 by the receiver
+    duplicates_received: int  # acknowledged again (allowed: at least once)
+    webhook_requests: int  # at the receiver, by answer in receiver_answers
+    receiver_answers: dict[str, int]
+    webhook_attempts: int  # in the attempt log
+    endpoints_disabled: int
+    canceled_by_disable: int  # pending at the disable (or its own 410)
+    not_queued_after_disable: int
+    pending_at_load_end: int
+    delivery_drain_s: float  # after the load, until no delivery was pending
+    deliveries_lost: int
+    deliveries_bad: int  # unverified, webhook-id not the event's, body changed
+    deliveries_unwanted: int  # for nobody subscribed (the merchant without endpoints)
     gateway_exit: int | None
     gateway_stop_s: float
     elapsed_s: float
@@ -900,9 +1417,16 @@ def failures_of(summary: Summary) -> list[str]:
             ("500s/malformed", summary.server_errors),
             ("hangs", summary.hangs),
             ("not recovered after a restart", summary.not_recovered),
+            ("events missing", summary.events_missing),
+            ("phantom events", summary.events_phantom),
+            ("deliveries lost", summary.deliveries_lost),
+            ("bad deliveries", summary.deliveries_bad),
+            ("unwanted deliveries", summary.deliveries_unwanted),
         )
         if value
     ]
+    if not summary.endpoints_disabled:
+        failures.append("no endpoint was disabled by its 410")
     if summary.kills < summary.kills_asked:
         failures.append(f"only {summary.kills} of {summary.kills_asked} kills")
     if summary.restarts < summary.restarts_asked:
@@ -918,6 +1442,7 @@ def summarize(
     args: argparse.Namespace,
     stats: Stats,
     findings: Findings,
+    hooks: WebhookFindings,
     records: list[FlowRecord],
     gateway_exit: int | None,
     gateway_stop_s: float,
@@ -936,6 +1461,11 @@ def summarize(
             ("500", stats.server_errors),
             ("gateway log", log_problems),
             ("unexpected", findings.unexpected),
+            ("event missing", hooks.events_missing),
+            ("phantom event", hooks.events_phantom),
+            ("delivery lost", hooks.deliveries_lost),
+            ("bad delivery", hooks.deliveries_bad),
+            ("unwanted delivery", hooks.deliveries_unwanted),
         )
         for line in lines[:PROBLEMS_SHOWN_MAX]
     ]
@@ -964,6 +1494,26 @@ def summarize(
         duplicated=len(findings.duplicated),
         imbalanced=len(findings.imbalanced),
         stuck=len(findings.stuck),
+        events=hooks.counts["events"],
+        events_quiet=hooks.counts["events_quiet"],
+        events_missing=len(hooks.events_missing),
+        events_phantom=len(hooks.events_phantom),
+        deliveries_due=hooks.counts["due"],
+        deliveries_acknowledged=hooks.counts["delivered"],
+        duplicates_received=hooks.counts["duplicates"],
+        webhook_requests=hooks.counts["requests"],
+        receiver_answers={
+            answer: hooks.counts[f"answered_{answer}"] for answer in ("200", "500", "hang", "410")
+        },
+        webhook_attempts=hooks.counts["attempts"],
+        endpoints_disabled=hooks.counts["endpoints_disabled"],
+        canceled_by_disable=hooks.counts["canceled_by_disable"] + hooks.counts["failed_by_disable"],
+        not_queued_after_disable=hooks.counts["after_disable"],
+        pending_at_load_end=hooks.counts["pending_at_load_end"],
+        delivery_drain_s=round(hooks.counts["drain_ms"] / 1000, 1),
+        deliveries_lost=len(hooks.deliveries_lost),
+        deliveries_bad=len(hooks.deliveries_bad),
+        deliveries_unwanted=len(hooks.deliveries_unwanted),
         gateway_exit=gateway_exit,
         gateway_stop_s=round(gateway_stop_s, 2),
         elapsed_s=round(elapsed_s, 1),
@@ -979,6 +1529,7 @@ def print_summary(summary: Summary, short: bool) -> None:
     down = ", ".join(f"{k}: {v}" for k, v in summary.down_by_status.items()) or "none"
     recovery = max(summary.recovery_s, default=0.0)
     recovered = ", ".join(f"{k} {v}" for k, v in sorted(summary.recovered.items()))
+    answers = ", ".join(f"{k}: {v}" for k, v in summary.receiver_answers.items())
     verdict = "PASS" if summary.ok else "FAIL: " + "; ".join(summary.failures)
     lines = [
         f"chaos summary (seed {summary.seed}{', short' if short else ''})",
@@ -1009,6 +1560,32 @@ def print_summary(summary: Summary, short: bool) -> None:
         f"  duplicated         {summary.duplicated}",
         f"  imbalanced         {summary.imbalanced}",
         f"  stuck              {summary.stuck}",
+        (
+            f"  events             {summary.events} (+ {summary.events_quiet} of the merchant "
+            f"without endpoints): {summary.events_missing} missing, {summary.events_phantom} "
+            "phantom"
+        ),
+        (
+            f"  webhooks           {summary.deliveries_acknowledged} of {summary.deliveries_due} "
+            f"due deliveries acknowledged by the receiver (the other {summary.canceled_by_disable}"
+            f" ended by the disable), {summary.duplicates_received} duplicates received "
+            f"(allowed), {summary.webhook_attempts} attempts logged"
+        ),
+        f"  receiver           {summary.webhook_requests} requests ({answers})",
+        (
+            f"  endpoints disabled {summary.endpoints_disabled} (by 410; "
+            f"{summary.not_queued_after_disable} later events not queued for it)"
+        ),
+        (
+            f"  webhook backlog    {summary.pending_at_load_end} pending when the load ended, "
+            f"settled in {summary.delivery_drain_s:.1f} s"
+        ),
+        f"  deliveries lost    {summary.deliveries_lost}",
+        f"  bad deliveries     {summary.deliveries_bad}",
+        (
+            f"  unwanted           {summary.deliveries_unwanted} (deliveries nobody subscribed "
+            "to: to the merchant without endpoints, after a disable)"
+        ),
         f"  gateway stop       exit {summary.gateway_exit} in {summary.gateway_stop_s:.1f} s",
         f"  elapsed            {summary.elapsed_s:.1f} s",
         f"  verdict            {verdict}",
@@ -1028,33 +1605,69 @@ async def run_chaos(
     cluster.init()
     cluster.start()
     merchant_id, secret = gateway.create_merchant("chaos")
+    quiet_id, quiet_secret = gateway.create_merchant("chaos-without-endpoints")
+    receiver = WebhookReceiver(args.seed)
+    await receiver.start()
     gateway.start()
     # One connection per request: the kernel spreads them over the workers (SO_REUSEPORT)
     # and no request is sent on a kept-alive connection to a worker that has since died.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await gateway.wait_ready_async(READY_TIMEOUT_S, all_workers=True)
-        print(
-            f"chaos: seed {args.seed}, {args.workers} workers, {args.clients} clients, "
-            f"workdir {workdir}",
-            flush=True,
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await gateway.wait_ready_async(READY_TIMEOUT_S, all_workers=True)
+            print(
+                f"chaos: seed {args.seed}, {args.workers} workers, {args.clients} clients, "
+                f"workdir {workdir}",
+                flush=True,
+            )
+            give_up_at = time.monotonic() + args.deadline
+            client = Client(session, gateway.url, secret, stats, give_up_at)
+            quiet = Client(session, gateway.url, quiet_secret, stats, give_up_at)
+            endpoints = await register_endpoints(client, receiver, args.seed)
+            quiet_count = quiet_clients(args.clients)
+            print(
+                f"webhooks: endpoints {', '.join(e.path for e in endpoints.values())} on the "
+                f"receiver at {receiver.url('')}; {quiet_count} of the clients pay for the "
+                "merchant without endpoints",
+                flush=True,
+            )
+            clients = [client] * (args.clients - quiet_count) + [quiet] * quiet_count
+            counter, rng = itertools.count(), random.Random(args.seed)
+            print(f"phase 1: {args.kills} worker kills under load", flush=True)
+            async with load(clients, args.seed, counter, records):
+                await kill_workers(gateway, args.kills, rng, stats)
+            await gateway.wait_workers(args.workers)
+            print(f"phase 2: {args.restarts} database restarts under load", flush=True)
+            async with load(clients, args.seed, counter, records):
+                await restart_database(
+                    cluster, client, args.restarts, args.seed, rng, stats, records
+                )
+                await asyncio.sleep(RESTART_UP_S)
+        print("settling and checking the webhook deliveries", flush=True)
+        hooks = await check_webhooks(cluster.dsn, merchant_id, quiet_id, endpoints, receiver)
+        print("checking the books", flush=True)
+        findings = await check_books(
+            cluster.dsn, [merchant_id, quiet_id], records, args.seed, gateway
         )
-        client = Client(session, gateway.url, secret, stats, time.monotonic() + args.deadline)
-        counter, rng = itertools.count(), random.Random(args.seed)
-        print(f"phase 1: {args.kills} worker kills under load", flush=True)
-        async with load(client, args.seed, counter, args.clients, records):
-            await kill_workers(gateway, args.kills, rng, stats)
-        await gateway.wait_workers(args.workers)
-        print(f"phase 2: {args.restarts} database restarts under load", flush=True)
-        async with load(client, args.seed, counter, args.clients, records):
-            await restart_database(cluster, client, args.restarts, args.seed, rng, stats, records)
-            await asyncio.sleep(RESTART_UP_S)
-    print("checking the books", flush=True)
-    findings = await check_books(cluster.dsn, merchant_id, records, args.seed, gateway)
-    gateway_exit, stop_s = gateway.stop(GATEWAY_STOP_GRACE_S)
+        gateway_exit, stop_s = gateway.stop(GATEWAY_STOP_GRACE_S)
+    finally:
+        await receiver.close()
     return summarize(
-        args, stats, findings, records, gateway_exit, stop_s, gateway, time.monotonic() - started
+        args,
+        stats,
+        findings,
+        hooks,
+        records,
+        gateway_exit,
+        stop_s,
+        gateway,
+        time.monotonic() - started,
     )
+
+
+def quiet_clients(clients: int) -> int:
+    """How many of the concurrent clients pay for the merchant without endpoints."""
+    return max(1, round(clients * QUIET_CLIENTS_SHARE)) if clients > 1 else 0
 
 
 SHORT = {"kills": 20, "restarts": 3, "clients": 8, "deadline": 150.0}

@@ -11,17 +11,31 @@ that is what the open-loop sweep is for.
 
 The request is API.md's authorization (benchmarks/wrk/authorize.lua: fresh Idempotency-Key
 per request, the merchant's key); the framework gets the same bytes (baseline.lua).
+
+``kassa-webhooks`` is the same Kassa with one endpoint subscribed to ``*`` at a receiver on
+loopback (benchmarks/webhook_receiver.py): every authorization also writes its event and a
+delivery, and the deliverer POSTs it. Besides the wrk figures it reports the
+commit-to-delivery latency of the window's events (the receiver's arrival time of each
+``webhook-id`` minus the event's ``created_at`` in the database, both this machine's wall
+clock; ``created_at`` is taken just before the statement that commits the event, so the
+figure includes that commit), the deliveries still pending when wrk stopped, and how long
+they took to drain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPTS = ROOT / "benchmarks" / "wrk"
@@ -199,9 +213,110 @@ def measure(target, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS) 
     return run_wrk(target.url, target.secret_key, seconds)
 
 
+DRAIN_TIMEOUT_S = 120.0  # after the window, for the pending deliveries to go out
+DRAIN_POLL_S = 0.1
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, -(-len(sorted_values) * pct // 100))  # ceil(n * pct / 100)
+    return sorted_values[int(rank) - 1]
+
+
+def delivery_latencies(
+    created: dict[str, float], arrivals: list[tuple[str, float]]
+) -> tuple[list[float], int]:
+    """Seconds from each event's ``created`` (``created``: id -> unix s) to the first
+    arrival of its ``webhook-id``, ascending; and how many events never arrived."""
+    first: dict[str, float] = {}
+    for webhook_id, at in arrivals:
+        if webhook_id in created and (webhook_id not in first or at < first[webhook_id]):
+            first[webhook_id] = at
+    latencies = sorted(at - created[event_id] for event_id, at in first.items())
+    return latencies, len(created) - len(first)
+
+
+async def _pending_deliveries(dsn: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'")
+        )
+    finally:
+        await conn.close()
+
+
+async def _events_created(dsn: str, since: float, until: float) -> dict[str, float]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """SELECT id, extract(epoch FROM created_at)::float8 AS at FROM events
+                WHERE created_at BETWEEN to_timestamp($1) AND to_timestamp($2)""",
+            since,
+            until,
+        )
+    finally:
+        await conn.close()
+    return {row["id"]: row["at"] for row in rows}
+
+
+def receiver_arrivals(receiver_url: str) -> list[tuple[str, float]]:
+    with urllib.request.urlopen(receiver_url + "/arrivals", timeout=60) as answer:
+        return [(webhook_id, at) for webhook_id, at in orjson.loads(answer.read())]
+
+
+def measure_with_webhooks(
+    target, webhooks, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS
+) -> tuple[WrkResult, dict]:
+    """:func:`measure`, then the webhook figures of the measured window (``webhooks``: a
+    benchmarks.targets.Webhooks): deliveries pending when it ended, the drain, and the
+    commit-to-delivery latency of the events written in it."""
+    if warmup_s > 0:
+        run_wrk(target.url, target.secret_key, warmup_s)
+    window_start = time.time()
+    result = run_wrk(target.url, target.secret_key, seconds)
+    window_end = time.time()
+    pending_at_end = asyncio.run(_pending_deliveries(webhooks.dsn))
+    pending = pending_at_end
+    while pending and time.time() - window_end < DRAIN_TIMEOUT_S:
+        time.sleep(DRAIN_POLL_S)
+        pending = asyncio.run(_pending_deliveries(webhooks.dsn))
+    drain_s = time.time() - window_end if pending_at_end else 0.0
+    created = asyncio.run(_events_created(webhooks.dsn, window_start, window_end))
+    latencies, undelivered = delivery_latencies(created, receiver_arrivals(webhooks.receiver_url))
+    return result, {
+        "latency_source": "receiver arrival - events.created_at",
+        "events": len(created),
+        "delivered": len(latencies),
+        "undelivered": undelivered,
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "max_ms": round((latencies[-1] if latencies else 0.0) * 1000, 1),
+        "pending_at_end": pending_at_end,
+        "pending_left": pending,
+        "drain_s": round(drain_s, 2),
+    }
+
+
+def describe_webhooks(figures: dict) -> str:
+    return (
+        f"  webhooks: {figures['delivered']} of {figures['events']} window events delivered, "
+        f"commit-to-delivery p50 {figures['p50_ms']:.1f} p99 {figures['p99_ms']:.1f} "
+        f"max {figures['max_ms']:.1f} ms; {figures['pending_at_end']} pending at the end, "
+        f"drained in {figures['drain_s']:.1f} s"
+        + (f" ({figures['pending_left']} STILL PENDING)" if figures["pending_left"] else "")
+    )
+
+
 def describe(name: str, result: WrkResult) -> str:
     return (
-        f"  closed loop {name:10} {result.rps:8.0f}/s p50 {result.latency_ms['50']:6.2f} "
+        f"  closed loop {name:14} {result.rps:8.0f}/s p50 {result.latency_ms['50']:6.2f} "
         f"p99 {result.latency_ms['99']:7.2f} ms errors {result.errors}"
         + (f" {result.statuses}" if result.non2xx else "")
         + (f" REPLAYED {result.replayed}" if result.replayed else "")

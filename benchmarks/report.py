@@ -49,6 +49,28 @@ def closed_loop_lines(results: dict) -> list[str]:
             f"- Group commit on / off (kassa / kassa-nobatch), closed loop: "
             f"**{times('group_commit_on_over_off')}**"
         )
+    hooks = closed.get("webhooks")
+    if hooks:
+        ratio = closed.get("webhooks_over_kassa")
+        verdict = "n/a" if not ratio else ("within" if ratio >= 0.9 else "NOT within")
+        lines.append(
+            f"- Webhooks on / off (kassa-webhooks / kassa: one endpoint subscribed to `*`, "
+            f"receiver on loopback), closed loop: **{times('webhooks_over_kassa')}** "
+            f"({verdict} the 10 % goal)"
+        )
+        lines.append(
+            f"- Commit-to-delivery ({hooks['latency_source']}), the {hooks['events']} events "
+            f"of the kassa-webhooks window: p50 **{hooks['p50_ms']:.1f} ms**, p99 "
+            f"**{hooks['p99_ms']:.1f} ms**, max {hooks['max_ms']:.1f} ms; "
+            f"{hooks['pending_at_end']} deliveries pending when the window ended, drained in "
+            f"{hooks['drain_s']:.1f} s"
+        )
+        if hooks["pending_left"] or hooks["undelivered"]:
+            lines.append(
+                f"- WARNING: {hooks['pending_left']} deliveries still pending after the drain "
+                f"timeout, {hooks['undelivered']} of the window's events never reached the "
+                "receiver: the webhook figures are of a backlog, not of steady delivery."
+            )
     if closed.get("kassa_scaling"):
         lines.append(
             f"- Scaling, {workers} workers / 1 worker: Kassa {times('kassa_scaling')}, "

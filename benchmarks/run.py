@@ -9,7 +9,9 @@ Targets, all on this machine in one run so their ratios survive its noise:
   kassa          Kassa with group commit (the default)
   kassa-nobatch  Kassa with KASSA_GROUP_COMMIT=0 (one transaction per write)
 Open loop (benchmarks/loadgen.py, SLO headline) and closed loop (wrk -t1 -c64, the
-ceiling of framework and kassa, benchmarks/closedloop.py), reported side by side.
+ceiling of framework and kassa, benchmarks/closedloop.py), reported side by side. The
+closed loop also measures kassa-webhooks (Kassa with one endpoint subscribed to * at a
+receiver on loopback) right after kassa: its cost, and the commit-to-delivery latency.
 Writes benchmarks/results/<timestamp>/{results.json,summary.md,latency.png}.
 """
 
@@ -130,7 +132,8 @@ def measure_target(name: str, start, args) -> dict:
 
 def closed_loop(workdir: Path, args) -> dict:
     """framework and kassa, each fresh, under the same wrk load, one after the other: at
-    the run's worker count, Kassa with group commit off, and both again at one worker
+    the run's worker count, Kassa with a webhook endpoint (right after kassa, so the two
+    share the machine's mood), Kassa with group commit off, and both again at one worker
     (scaling) unless the run has one worker or ``--closed-loop-no-scaling``."""
     print(
         f"closed loop ({closedloop.THREADS} wrk thread, {closedloop.CONNECTIONS} "
@@ -146,17 +149,28 @@ def closed_loop(workdir: Path, args) -> dict:
     starts = {
         "framework": lambda: targets.framework_baseline(workdir, workers),
         "kassa": kassa("kassa-closed", workers),
+        "kassa-webhooks": None,  # measured in its own way, below
         "kassa-nobatch": kassa("kassa-nobatch-closed", workers, group_commit=False),
     }
     scaling = workers > 1 and not args.closed_loop_no_scaling
     if scaling:
         starts["framework-1w"] = lambda: targets.framework_baseline(workdir, 1)
         starts["kassa-1w"] = kassa("kassa-1w-closed", 1)
-    measured = {}
+    measured, webhooks = {}, None
     for name, start in starts.items():
-        with start() as target:
-            result = closedloop.measure(target, args.closed_loop_seconds)
-        print(closedloop.describe(name, result), flush=True)
+        if start is None:
+            with targets.kassa_with_webhooks(
+                "kassa-webhooks-closed", workdir, workers, args.database_url
+            ) as (target, hooks):
+                result, webhooks = closedloop.measure_with_webhooks(
+                    target, hooks, args.closed_loop_seconds
+                )
+            print(closedloop.describe(name, result), flush=True)
+            print(closedloop.describe_webhooks(webhooks), flush=True)
+        else:
+            with start() as target:
+                result = closedloop.measure(target, args.closed_loop_seconds)
+            print(closedloop.describe(name, result), flush=True)
         measured[name] = result.as_dict()
     rps = {name: m["rps"] for name, m in measured.items()}
 
@@ -171,6 +185,8 @@ def closed_loop(workdir: Path, args) -> dict:
         "targets": measured,
         "kassa_over_framework": ratio("kassa", "framework"),
         "group_commit_on_over_off": ratio("kassa", "kassa-nobatch"),
+        "webhooks_over_kassa": ratio("kassa-webhooks", "kassa"),
+        "webhooks": webhooks,
         "kassa_over_framework_1w": ratio("kassa-1w", "framework-1w") if scaling else None,
         "kassa_scaling": ratio("kassa", "kassa-1w") if scaling else None,
         "framework_scaling": ratio("framework", "framework-1w") if scaling else None,
@@ -257,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--closed-loop-only",
         action="store_true",
-        help="only the wrk closed-loop ceilings (framework, kassa, group commit off, 1 worker)",
+        help="only the wrk closed-loop ceilings (framework, kassa, kassa with webhooks, "
+        "group commit off, 1 worker)",
     )
     parser.add_argument(
         "--closed-loop-no-scaling",

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from benchmarks.scenarios import Target
 from gateway import testing
@@ -28,10 +32,16 @@ ABUSE_LIMITS_NEVER_HIT = {
 
 @contextlib.contextmanager
 def kassa_server(
-    name: str, workdir: Path, workers: int, database_url: str | None, group_commit: bool
+    name: str,
+    workdir: Path,
+    workers: int,
+    database_url: str | None,
+    group_commit: bool,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[KassaServer, Target]]:
     """``kassa serve`` on a fresh embedded database (or ``database_url``), one merchant;
-    the server too, for whoever needs its processes (benchmarks/anatomy.py)."""
+    the server too, for whoever needs its processes (benchmarks/anatomy.py). ``env`` adds
+    settings."""
     server = KassaServer(
         workdir,
         database_url,
@@ -43,6 +53,7 @@ def kassa_server(
             "KASSA_GROUP_COMMIT": "1" if group_commit else "0",
             "KASSA_DB_POOL_MAX": "16",
             **ABUSE_LIMITS_NEVER_HIT,
+            **(env or {}),
         },
     )
     _, secret = server.create_merchant(name)
@@ -60,6 +71,85 @@ def kassa(
 ) -> Iterator[Target]:
     with kassa_server(name, workdir, workers, database_url, group_commit) as (_, target):
         yield target
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """What the kassa-webhooks target adds: its receiver, its endpoint and its database."""
+
+    receiver_url: str
+    endpoint_id: str
+    dsn: str  # where the events and deliveries are read
+
+
+@contextlib.contextmanager
+def webhook_receiver(workdir: Path) -> Iterator[str]:
+    """benchmarks/webhook_receiver.py in its own process; its URL."""
+    port = testing.free_port()
+    log = workdir / "webhook-receiver.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.webhook_receiver", "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://{testing.HOST}:{port}"
+        testing.wait_http_ready(url, process, log, READY_TIMEOUT_S)
+        yield url
+    finally:
+        testing.stop_process(process, STOP_TIMEOUT_S)
+
+
+def create_endpoint(target: Target, url: str, enabled_events: list[str]) -> str:
+    """POST /v1/webhook_endpoints (with an Idempotency-Key, as every POST); its id."""
+    request = urllib.request.Request(
+        target.url + "/v1/webhook_endpoints",
+        data=orjson.dumps({"url": url, "enabled_events": enabled_events}),
+        headers={
+            "Authorization": f"Bearer {target.secret_key}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"bench-endpoint-{target.name}",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        endpoint: dict[str, str] = orjson.loads(answer.read())
+    return endpoint["id"]
+
+
+def database_dsn(server: KassaServer, database_url: str | None) -> str:
+    """The database a Kassa target runs on: ``database_url``, or its embedded server's."""
+    if database_url:
+        return database_url
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(server.data_dir / "postgres")
+    if info is None:
+        raise RuntimeError(f"no embedded PostgreSQL running in {server.data_dir}")
+    return str(info.get_uri())
+
+
+@contextlib.contextmanager
+def kassa_with_webhooks(
+    name: str, workdir: Path, workers: int, database_url: str | None
+) -> Iterator[tuple[Target, Webhooks]]:
+    """Kassa (group commit on) with one endpoint subscribed to ``*`` at a receiver on
+    loopback (KASSA_WEBHOOK_ALLOW_PRIVATE=1 lets it point there)."""
+    with (
+        webhook_receiver(workdir) as receiver_url,
+        kassa_server(
+            name,
+            workdir,
+            workers,
+            database_url,
+            True,
+            env={"KASSA_WEBHOOK_ALLOW_PRIVATE": "1"},
+        ) as (server, target),
+    ):
+        endpoint_id = create_endpoint(target, receiver_url + "/hook", ["*"])
+        yield target, Webhooks(receiver_url, endpoint_id, database_dsn(server, database_url))
 
 
 @contextlib.contextmanager

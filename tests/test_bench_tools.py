@@ -22,7 +22,12 @@ from benchmarks.anatomy import (
     stage_samples,
     worker_pids_from_log,
 )
-from benchmarks.closedloop import WrkOutputError, parse_wrk_output
+from benchmarks.closedloop import (
+    WrkOutputError,
+    delivery_latencies,
+    parse_wrk_output,
+    percentile,
+)
 
 # Captured from `wrk -t1 -c8 -d2s --latency -s benchmarks/wrk/baseline.lua` on this machine.
 WRK_CLEAN = """\
@@ -286,9 +291,23 @@ def _results(framework_closed: float) -> dict:
             "targets": {
                 "framework": _closed(framework_closed),
                 "kassa": _closed(3419.0, errors=2, non2xx=2, statuses={"201": 9, "503": 2}),
+                "kassa-webhooks": _closed(3200.0),
             },
             "kassa_over_framework": round(3419.0 / framework_closed, 3),
             "group_commit_on_over_off": 3.2,
+            "webhooks_over_kassa": round(3200.0 / 3419.0, 3),
+            "webhooks": {
+                "latency_source": "receiver arrival - events.created_at",
+                "events": 32000,
+                "delivered": 32000,
+                "undelivered": 0,
+                "p50_ms": 4.2,
+                "p99_ms": 38.5,
+                "max_ms": 120.0,
+                "pending_at_end": 17,
+                "pending_left": 0,
+                "drain_s": 0.31,
+            },
             "kassa_scaling": 1.4,
             "framework_scaling": 1.8,
             "kassa_over_framework_1w": 0.12,
@@ -308,3 +327,51 @@ def test_summary_flags_a_generator_limited_framework_figure():
     assert "WARNING: 2 kassa requests got no 2xx" in text
     # when the generator did keep up, no such claim is made
     assert "generator's limit" not in summary(_results(8000.0))
+
+
+def test_summary_reports_the_webhook_cost_and_commit_to_delivery():
+    from benchmarks.report import summary
+
+    results = _results(36604.0)
+    text = summary(results)
+    assert "| kassa-webhooks | - | - | 3200 | 1.5 | 9.0 | 0 |" in text
+    assert (
+        "Webhooks on / off (kassa-webhooks / kassa: one endpoint subscribed to `*`, receiver "
+        "on loopback), closed loop: **0.94x** (within the 10 % goal)"
+    ) in text
+    assert (
+        "Commit-to-delivery (receiver arrival - events.created_at), the 32000 events of the "
+        "kassa-webhooks window: p50 **4.2 ms**, p99 **38.5 ms**, max 120.0 ms; 17 deliveries "
+        "pending when the window ended, drained in 0.3 s"
+    ) in text
+    assert "backlog, not of steady delivery" not in text
+
+    closed = results["closed_loop"]
+    closed["webhooks_over_kassa"] = 0.85
+    closed["webhooks"].update(pending_left=40, undelivered=40)
+    text = summary(results)
+    assert "**0.85x** (NOT within the 10 % goal)" in text
+    assert "WARNING: 40 deliveries still pending after the drain timeout, 40 of" in text
+    # A run without the webhook target (an older results.json) says nothing of it.
+    del closed["webhooks"], closed["webhooks_over_kassa"]
+    assert "Webhooks on / off" not in summary(results)
+
+
+def test_delivery_latency_from_the_first_arrival_of_each_event():
+    created = {"evt_a": 100.0, "evt_b": 100.5, "evt_c": 101.0}
+    arrivals = [
+        ("evt_a", 100.004),
+        ("evt_b", 100.530),
+        ("evt_a", 107.0),  # a retry's duplicate: the first arrival counts
+        ("evt_x", 100.1),  # not an event of the window (the warm-up's)
+    ]
+    latencies, undelivered = delivery_latencies(created, arrivals)
+    assert latencies == pytest.approx([0.004, 0.030])
+    assert undelivered == 1  # evt_c never arrived
+    values = [float(n) for n in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0,
+        99.0,
+        100.0,
+    )
+    assert percentile([7.0], 99) == 7.0 and percentile([], 50) == 0.0

@@ -23,6 +23,7 @@ CHAOS_SEED = 20261122  # fixed: a failure here replays with this seed
 CHAOS_RUN_TIMEOUT_S = 200  # the short form takes about a minute on 2 cores
 CHAOS_STOP_TIMEOUT_S = 60  # after SIGTERM it stops its gateway and cluster
 SHORT_KILLS, SHORT_RESTARTS = chaos.SHORT["kills"], chaos.SHORT["restarts"]
+MERCHANT, QUIET = "mer_1", "mer_2"  # of the made-up books: with endpoints, without
 
 
 def run_short_chaos(summary_path) -> tuple[dict | None, str]:
@@ -69,8 +70,19 @@ def test_short_chaos_run_loses_duplicates_and_unbalances_nothing(tmp_path):
         "server_errors",
         "hangs",
         "not_recovered",
+        "events_missing",
+        "events_phantom",
+        "deliveries_lost",
+        "deliveries_bad",
+        "deliveries_unwanted",
     ):
         assert summary[count] == 0, f"{count}: {summary[count]}\n{tail}"
+    # The webhook proof ran: events, deliveries to each endpoint, a 410 disable.
+    assert summary["events"] > 0 and summary["events_quiet"] > 0, tail
+    assert summary["deliveries_acknowledged"] > 0, tail
+    assert summary["receiver_answers"]["500"] > 0, tail
+    assert summary["receiver_answers"]["hang"] > 0, tail
+    assert summary["endpoints_disabled"] == 1, tail
     assert summary["down_503"] > 0, tail  # the gateway said so while the database was down
     assert summary["gateway_exit"] == 0, tail
     assert summary["failures"] == [], tail
@@ -115,6 +127,7 @@ def books(
 ) -> chaos.Books:
     row = {
         "id": "pay_1",
+        "merchant_id": MERCHANT,
         "idempotency_key": key,
         "status": status,
         "amount": 1000,
@@ -123,7 +136,7 @@ def books(
         "amount_refunded": refunded,
     }
     refund_rows = [
-        {"id": f"re_{n + 1}", "payment_id": "pay_1", "amount": amount}
+        {"id": f"re_{n + 1}", "merchant_id": MERCHANT, "payment_id": "pay_1", "amount": amount}
         for n, amount in enumerate(refunds)
     ]
     return chaos.Books(
@@ -199,3 +212,232 @@ def test_a_seed_replays_the_same_checkouts():
     for plan in first:
         assert 1 <= plan.capture_amount <= plan.amount
         assert plan.refund_amount is None or 1 <= plan.refund_amount <= plan.capture_amount
+
+
+# --- the webhook checkers, on made-up events and deliveries ---------------------------
+
+ENDPOINTS = {
+    "we_all": chaos.Endpoint("we_all", "/all", "whsec_a", ("*",)),
+    "we_some": chaos.Endpoint("we_some", "/some", "whsec_s", ("refund.succeeded",)),
+    "we_gone": chaos.Endpoint("we_gone", "/gone", "whsec_g", ("payment.authorized",)),
+}
+T0 = 1_700_000_000.0  # the events' "created", unix seconds
+
+
+def event(
+    event_id: str, event_type: str, object_id: str, at: float = T0, merchant: str = MERCHANT
+) -> chaos.EventRow:
+    payload = orjson.dumps(
+        {"id": event_id, "type": event_type, "data": {"object": {"id": object_id}}}
+    ).decode()
+    return chaos.EventRow(event_id, merchant, event_type, object_id, payload, at)
+
+
+def the_events() -> dict[str, chaos.EventRow]:
+    """The events of books(): the payment authorized, captured, refunded once."""
+    rows = [
+        event("evt_a", "payment.authorized", "pay_1"),
+        event("evt_c", "payment.captured", "pay_1"),
+        event("evt_r", "refund.succeeded", "re_1"),
+    ]
+    return {e.id: e for e in rows}
+
+
+def hook_books(events=None, gone_disabled_at: float | None = None, **changes) -> chaos.WebhookBooks:
+    events = the_events() if events is None else events
+    deliveries = {
+        (e.id, endpoint.id): "delivered"
+        for e in events.values()
+        if e.merchant_id == MERCHANT
+        for endpoint in ENDPOINTS.values()
+        if endpoint.subscribed(e.type)
+    }
+    status = {"we_all": ("enabled", None), "we_some": ("enabled", None)}
+    status["we_gone"] = (
+        ("enabled", None) if gone_disabled_at is None else ("disabled", gone_disabled_at)
+    )
+    fields = {
+        "events": events,
+        "deliveries": deliveries,
+        "endpoint_status": status,
+        "attempts": len(deliveries),
+        "quiet_deliveries": 0,
+        "quiet_attempts": 0,
+        **changes,
+    }
+    return chaos.WebhookBooks(**fields)
+
+
+def arrival(path: str, e: chaos.EventRow, answer: str = "200", **changes) -> chaos.WebhookArrival:
+    fields = {
+        "path": path,
+        "webhook_id": e.id,
+        "body_id": e.id,
+        "body": e.payload.encode(),
+        "verified": True,
+        "answer": answer,
+        **changes,
+    }
+    return chaos.WebhookArrival(**fields)
+
+
+def arrivals_for(hooks: chaos.WebhookBooks) -> list[chaos.WebhookArrival]:
+    """One acknowledged arrival per delivered row."""
+    paths = {e.id: e.path for e in ENDPOINTS.values()}
+    return [
+        arrival(paths[endpoint_id], hooks.events[event_id])
+        for (event_id, endpoint_id), state in hooks.deliveries.items()
+        if state == "delivered"
+    ]
+
+
+def judge_hooks(
+    hooks: chaos.WebhookBooks, arrivals=None, held: chaos.Books | None = None
+) -> chaos.WebhookFindings:
+    found = chaos.WebhookFindings()
+    chaos.check_events(held or books(), hooks, found)
+    chaos.check_deliveries(
+        arrivals_for(hooks) if arrivals is None else arrivals, ENDPOINTS, hooks, MERCHANT, found
+    )
+    return found
+
+
+def everything(found: chaos.WebhookFindings) -> list[str]:
+    return (
+        found.events_missing
+        + found.events_phantom
+        + found.deliveries_lost
+        + found.deliveries_bad
+        + found.deliveries_unwanted
+    )
+
+
+def test_events_and_deliveries_that_agree_with_the_books_pass():
+    found = judge_hooks(hook_books())
+    assert everything(found) == []
+    assert found.counts["due"] == found.counts["delivered"] == 5  # all 3, some 1, gone 1
+    assert found.counts["changes"] == 3
+
+
+def test_a_committed_change_without_its_event_is_missing():
+    events = the_events()
+    del events["evt_c"]  # captured in the books, no payment.captured
+    found = judge_hooks(hook_books(events))
+    assert found.events_missing == ["pay_1: no payment.captured event"]
+
+
+def test_an_event_of_a_change_that_did_not_commit_is_phantom():
+    events = the_events()
+    events["evt_x"] = event("evt_x", "refund.succeeded", "re_9")  # no such refund
+    events["evt_v"] = event("evt_v", "payment.voided", "pay_1")  # the payment is refunded
+    events["evt_a2"] = event("evt_a2", "payment.authorized", "pay_1")  # a second one
+    found = judge_hooks(hook_books(events))
+    assert len(found.events_phantom) == 3, found.events_phantom
+    assert any("no such refund" in line for line in found.events_phantom)
+    assert any("2 payment.authorized events" in line for line in found.events_phantom)
+
+
+def test_a_delivery_the_receiver_never_acknowledged_is_lost():
+    hooks = hook_books()
+    acknowledged = arrivals_for(hooks)
+    dropped = [a for a in acknowledged if not (a.path == "/all" and a.webhook_id == "evt_c")]
+    # Attempts that failed or hung do not count; a 200 on a later attempt does.
+    tried = [
+        arrival("/all", hooks.events["evt_c"], "500"),
+        arrival("/all", hooks.events["evt_c"], "hang"),
+    ]
+    found = judge_hooks(hooks, dropped + tried)
+    assert found.deliveries_lost == [
+        "evt_c (payment.captured) to /all: recorded delivered, never acknowledged"
+    ]
+    found = judge_hooks(hooks, dropped + tried + [arrival("/all", hooks.events["evt_c"])])
+    assert everything(found) == []
+
+
+def test_not_queued_or_left_pending_is_lost_and_a_duplicate_is_counted():
+    hooks = hook_books()
+    del hooks.deliveries[("evt_r", "we_some")]
+    hooks.deliveries[("evt_a", "we_all")] = "pending"
+    found = judge_hooks(
+        hooks, [*arrivals_for(hook_books()), arrival("/gone", hooks.events["evt_a"])]
+    )
+    assert sorted(found.deliveries_lost) == [
+        "evt_a (payment.authorized) to /all: still pending after the run",
+        "evt_r (refund.succeeded) to /some: never queued",
+    ]
+    assert found.counts["duplicates"] == 1
+
+
+def test_unverified_renamed_or_changed_deliveries_are_bad():
+    hooks = hook_books()
+    good = arrivals_for(hooks)
+    e = hooks.events["evt_a"]
+    for bad, why in (
+        (arrival("/all", e, verified=False), "does not verify"),
+        (arrival("/all", e, webhook_id="evt_c"), "webhook-id is not the event's id"),
+        (arrival("/all", e, body=e.payload.encode() + b" "), "another body"),
+        (arrival("/all", e, webhook_id="evt_zz", body_id="evt_zz"), "no such event"),
+    ):
+        found = judge_hooks(hooks, [*good, bad])
+        assert any(why in line for line in found.deliveries_bad), (why, found.deliveries_bad)
+
+
+def test_deliveries_nobody_subscribed_to_are_unwanted():
+    events = the_events()
+    events["evt_q"] = event("evt_q", "payment.authorized", "pay_q", merchant=QUIET)
+    held = books()
+    held.payments["pay_q"] = {
+        **held.payments["pay_1"],
+        "id": "pay_q",
+        "merchant_id": QUIET,
+        "status": "authorized",
+        "amount_captured": 0,
+    }
+    hooks = hook_books(events, quiet_deliveries=1, quiet_attempts=1)
+    stray = [
+        arrival("/all", events["evt_q"]),  # the quiet merchant's event
+        arrival("/some", events["evt_a"]),  # a type /some did not subscribe to
+    ]
+    found = judge_hooks(hooks, arrivals_for(hooks) + stray, held)
+    assert len(found.deliveries_unwanted) == 3, found.deliveries_unwanted
+    assert everything(found) == found.deliveries_unwanted
+
+
+def test_a_disabled_endpoint_owes_only_the_events_before_its_disable():
+    disabled_at = T0 + 100
+    events = {
+        "evt_early": event("evt_early", "payment.authorized", "pay_1"),  # canceled by it
+        "evt_race": event("evt_race", "payment.authorized", "pay_1", at=disabled_at - 1),
+        "evt_late": event("evt_late", "payment.authorized", "pay_1", at=disabled_at + 60),
+    }
+    hooks = hook_books(events, gone_disabled_at=disabled_at)
+    hooks.deliveries[("evt_early", "we_gone")] = "canceled"
+    del hooks.deliveries[("evt_race", "we_gone")]  # raced the disable: either way
+    del hooks.deliveries[("evt_late", "we_gone")]
+    arrivals = [*arrivals_for(hooks), arrival("/gone", events["evt_early"], "410")]
+    found = chaos.WebhookFindings()
+    chaos.check_deliveries(arrivals, ENDPOINTS, hooks, MERCHANT, found)
+    assert everything(found) == []
+    assert (found.counts["canceled_by_disable"], found.counts["after_disable"]) == (1, 2)
+    assert found.counts["endpoints_disabled"] == 1
+
+    # Queued after the disable: unwanted. An event well before it not queued: lost.
+    hooks.deliveries[("evt_late", "we_gone")] = "canceled"
+    events["evt_old"] = event("evt_old", "payment.authorized", "pay_1", at=T0 - 60)
+    found = chaos.WebhookFindings()
+    chaos.check_deliveries(arrivals, ENDPOINTS, hooks, MERCHANT, found)
+    assert found.deliveries_unwanted == [
+        "evt_late (payment.authorized) to /gone: queued after it was disabled"
+    ]
+    assert found.deliveries_lost == [
+        "evt_old (payment.authorized) to /all: never queued",
+        "evt_old (payment.authorized) to /gone: never queued",
+    ]
+
+
+def test_a_410_that_did_not_disable_the_endpoint_is_bad():
+    hooks = hook_books()
+    arrivals = [*arrivals_for(hooks), arrival("/gone", hooks.events["evt_a"], "410")]
+    found = chaos.WebhookFindings()
+    chaos.check_deliveries(arrivals, ENDPOINTS, hooks, MERCHANT, found)
+    assert found.deliveries_bad == ["/gone is enabled, its receiver answered 410: yes"]

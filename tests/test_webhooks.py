@@ -14,6 +14,7 @@ import orjson
 import psutil
 import pytest
 
+from gateway.recovery import DELIVERED_RETENTION_S, EVENT_RETENTION_S
 from gateway.testing import KassaServer
 from tests.conftest import subprocess_variables
 from tests.payments_helpers import (
@@ -24,9 +25,14 @@ from tests.payments_helpers import (
     get,
     post,
 )
+from tests.test_metrics import delta, value
 from tests.webhook_helpers import Receiver, hang, none_verifies, status, verify_all
 
 TIMEOUT_S = 2  # KASSA_WEBHOOK_TIMEOUT_S: a lease is this plus the deliverer's 5 s margin
+# KASSA_WEBHOOK_DISABLE_AFTER_S: an endpoint failing this long is disabled. Short here, so
+# a test can watch it happen; every other test's endpoint fails for less (a retry 1-3 s
+# after its first failure succeeds, or it is disabled or parked by Retry-After first).
+DISABLE_AFTER_S = 3
 AUTHORIZATION_TTL_S = 4  # uncaptured authorizations expire quickly here
 DECLINED_CARD = next(iter(DECLINES))
 
@@ -43,6 +49,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             KASSA_WEBHOOK_ALLOW_PRIVATE="1",
             KASSA_WEBHOOK_RETRY_SCHEDULE_S="1,1,2",
             KASSA_WEBHOOK_TIMEOUT_S=str(TIMEOUT_S),
+            KASSA_WEBHOOK_DISABLE_AFTER_S=str(DISABLE_AFTER_S),
             KASSA_PROCESSOR_TIMEOUT_MS="300",
             KASSA_RECOVERY_AFTER_S="1",
             KASSA_RECOVERY_INTERVAL_S="1",
@@ -277,6 +284,53 @@ async def test_410_disables_the_endpoint_and_cancels_its_pending(api, merchant, 
     await asyncio.sleep(0.5)
     assert len(await delivery_states(db, endpoint["id"])) == 2
     assert len(receiver.at("/gone")) == 2
+
+
+async def test_an_endpoint_failing_past_the_disable_window_is_disabled(api, merchant, receiver, db):
+    receiver.plans["/down"] = [status(500)] * 100  # every attempt fails
+    endpoint = await create_endpoint(api, merchant, receiver.url("/down"), ["payment.authorized"])
+    async with api.get("/metrics") as response:
+        before = await response.text()
+    _, first = await authorize(api, merchant)
+    await receiver.wait("/down", 1)
+    started = time.monotonic()
+    await asyncio.sleep(1.5)
+    await authorize(api, merchant)  # a second delivery, failing too
+    deadline = started + DISABLE_AFTER_S + 10
+    read: dict = {}
+    while time.monotonic() < deadline:
+        _, read = await get(api, f"/v1/webhook_endpoints/{endpoint['id']}", merchant)
+        if read["status"] == "disabled":
+            break
+        await asyncio.sleep(0.1)
+    assert read["status"] == "disabled", read
+    # Not at its first failures (retried 1 and 2 s apart): once they had lasted the window.
+    assert time.monotonic() - started >= DISABLE_AFTER_S - 0.5
+    tried = len(receiver.at("/down"))
+    assert tried >= 3, f"{tried} attempts before the endpoint was disabled"
+    # Nothing of it stays pending (what was is canceled), and a new event is not queued
+    # for it at all.
+    await wait_until(lambda: _settled(db, endpoint["id"], 2))
+    await authorize(api, merchant)
+    await asyncio.sleep(1.5)
+    assert len(await delivery_states(db, endpoint["id"])) == 2
+    assert len(receiver.at("/down")) == tried
+    async with api.get("/metrics") as response:
+        after = await response.text()
+    assert delta(before, after, "kassa_webhook_endpoints_disabled_total", reason="failing") == 1
+    assert (
+        value(after, "kassa_webhook_endpoints_disabled_total", missing=0, reason="gone")
+        - value(before, "kassa_webhook_endpoints_disabled_total", missing=0, reason="gone")
+        == 0
+    )
+    attempts = await attempts_of(api, merchant, receiver.at("/down")[0].webhook_id)
+    assert attempts and {a["status_code"] for a in attempts} == {500}
+    assert receiver.at("/down")[0].event["data"]["object"]["id"] == first["id"]
+
+
+async def _settled(db, endpoint_id: str, count: int) -> bool:
+    states = await delivery_states(db, endpoint_id)
+    return len(states) == count and set(states) <= {"failed", "canceled"}
 
 
 async def test_disable_and_delete_cancel_pending_deliveries(api, merchant, receiver, db):
@@ -566,3 +620,87 @@ async def test_worker_killed_mid_delivery_delivers_again_after_the_lease(
 
 async def _states_are(db, endpoint_id: str, states: list[str]) -> bool:
     return await delivery_states(db, endpoint_id) == states
+
+
+# --- pruning -------------------------------------------------------------------------------
+
+
+async def test_delivered_rows_and_events_past_retention_are_pruned(api, merchant, receiver, db):
+    """The sweep (every KASSA_RECOVERY_INTERVAL_S) deletes delivered deliveries older than
+    DELIVERED_RETENTION_S and events older than EVENT_RETENTION_S (with their deliveries
+    and attempts). Time is moved by ageing the rows' timestamps: the windows tested are the
+    ones shipped, each just past and just inside its edge."""
+    receiver.plans["/gone"] = [status(410)]  # its one delivery ends 'failed'
+    await create_endpoint(api, merchant, receiver.url("/kept"), ["payment.authorized"])
+    gone = await create_endpoint(api, merchant, receiver.url("/gone"), ["payment.authorized"])
+    await authorize(api, merchant)
+    await wait_until(lambda: _states_are(db, gone["id"], ["failed"]))  # and it is disabled
+    for _ in range(3):
+        await authorize(api, merchant)
+    await receiver.wait("/kept", 4)
+    event_ids = [a.webhook_id for a in receiver.at("/kept")]
+    await wait_until(lambda: _all_delivered(db, event_ids))
+    for event_id in event_ids:
+        await wait_attempts(api, merchant, event_id, 1)
+    # The event with a failed delivery too is the one whose delivered row is aged.
+    old_delivery = receiver.at("/gone")[0].webhook_id
+    old_event, edge_event, recent_delivery = (e for e in event_ids if e != old_delivery)
+
+    margin_s = 600.0  # far from either edge, next to the sweep's own timing
+    for event_id, age_s in (
+        (old_event, EVENT_RETENTION_S + margin_s),
+        (edge_event, EVENT_RETENTION_S - margin_s),
+    ):
+        await db.execute(
+            "UPDATE events SET created_at = now() - make_interval(secs => $2) WHERE id = $1",
+            event_id,
+            age_s,
+        )
+    for event_id, age_s in (
+        (old_delivery, DELIVERED_RETENTION_S + margin_s),  # its delivered and failed rows
+        (edge_event, DELIVERED_RETENTION_S + margin_s),
+        (recent_delivery, DELIVERED_RETENTION_S - margin_s),
+    ):
+        await db.execute(
+            "UPDATE webhook_deliveries SET updated_at = now() - make_interval(secs => $2) "
+            "WHERE event_id = $1",
+            event_id,
+            age_s,
+        )
+
+    async def swept() -> bool:
+        return await delivery_states_of_event(db, old_delivery) == ["failed"] and (
+            await db.fetchval("SELECT count(*) FROM events WHERE id = $1", old_event) == 0
+        )
+
+    await wait_until(swept, timeout_s=10)  # the sweep runs every second here
+    # The event past retention is gone, for the API too, with its deliveries and attempts.
+    assert (await get(api, f"/v1/events/{old_event}", merchant))[0] == 404
+    for table in ("webhook_deliveries", "webhook_attempts"):
+        count = f"SELECT count(*) FROM {table} WHERE event_id = $1"  # our names, no input
+        assert await db.fetchval(count, old_event) == 0, table
+    # An event inside retention is kept, though its old delivered row went.
+    assert (await get(api, f"/v1/events/{edge_event}", merchant))[0] == 200
+    assert await delivery_states_of_event(db, edge_event) == []
+    # A delivered row past its window goes, a failed one as old stays (only delivered rows
+    # go early; the rest go with their event), and the attempt log is still read.
+    assert (await get(api, f"/v1/events/{old_delivery}", merchant))[0] == 200
+    assert len(await attempts_of(api, merchant, old_delivery)) == 2  # /kept's and /gone's
+    # The delivered row inside its window stays.
+    assert await delivery_states_of_event(db, recent_delivery) == ["delivered"]
+
+
+async def _all_delivered(db, event_ids: list[str]) -> bool:
+    delivered = await db.fetchval(
+        "SELECT count(*) FROM webhook_deliveries WHERE event_id = any($1::text[]) "
+        "AND state = 'delivered'",
+        event_ids,
+    )
+    return delivered == len(event_ids)
+
+
+async def delivery_states_of_event(db, event_id: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT state FROM webhook_deliveries WHERE event_id = $1 ORDER BY state", event_id
+    )
+    return [row["state"] for row in rows]
