@@ -273,12 +273,34 @@ async def cancel_pending(conn: Conn, endpoint_ids: Sequence[str]) -> int:
 
 # Due rows, oldest due first; the claim pushes next_attempt_at forward by the lease, so no
 # other deliverer takes them until it lapses. The event and the endpoint come with them.
+# Claims due deliveries, at most $1 in all and, per endpoint, only as many as that
+# endpoint has free slots in the claiming process ($5 for an endpoint not in $3/$4, the
+# endpoints with sends in flight there and their free slots). The per-endpoint cap is in the
+# claim, not after it: one endpoint's backlog must not be claimed and handed back over and
+# over (a churn of row updates per delivery). The window runs over a bounded scan of the
+# due index ($6 rows; candidates another process holds are skipped), then the candidates
+# are locked with SKIP LOCKED, leased for $2 seconds and committed. The limit of the scan:
+# while more than $6 due rows belong to endpoints already at their limit here, this
+# process claims nothing newer; other processes, and the next slot freed, carry on.
 CLAIM_SQL = """
-WITH due AS (
-    SELECT id FROM webhook_deliveries
+WITH scan AS (
+    SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
      WHERE state = 'pending' AND next_attempt_at <= now()
      ORDER BY next_attempt_at
-     LIMIT $1
+     LIMIT $6
+), ranked AS (
+    SELECT s.id, s.next_attempt_at,
+           row_number() OVER (PARTITION BY s.endpoint_id ORDER BY s.next_attempt_at) AS n,
+           coalesce(f.free, $5) AS free
+      FROM scan s
+      LEFT JOIN unnest($3::text[], $4::integer[]) AS f (endpoint_id, free)
+             ON f.endpoint_id = s.endpoint_id
+), candidates AS (
+    SELECT id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT $1
+), due AS (
+    SELECT d.id FROM webhook_deliveries d
+     WHERE d.id IN (SELECT id FROM candidates)
+       AND d.state = 'pending' AND d.next_attempt_at <= now()
        FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE webhook_deliveries d
@@ -291,12 +313,6 @@ SELECT c.id, c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at,
   FROM claimed c
   JOIN events e ON e.id = c.event_id
   JOIN webhook_endpoints w ON w.id = c.endpoint_id
-"""
-
-# Hands claimed rows back unattempted (their endpoint is busy in this process).
-RELEASE_SQL = """
-UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $2)
- WHERE id = any($1::bigint[]) AND state = 'pending'
 """
 
 # A batch of finished attempts: each delivery's new state and the attempt's log row. A
@@ -344,13 +360,27 @@ RETURNING w.id, w.status, h.gone
 """
 
 
-async def claim(conn: Conn, rows_max: int, lease_s: float) -> list[asyncpg.Record]:
-    """Claim up to ``rows_max`` due deliveries for ``lease_s`` (one statement, committed)."""
-    return await conn.fetch(CLAIM_SQL, rows_max, float(lease_s))
+CLAIM_SCAN_ROWS = 1000  # due rows a claim looks at: the oldest first
 
 
-async def release(conn: Conn, delivery_ids: Sequence[int], after_s: float) -> None:
-    await conn.execute(RELEASE_SQL, list(delivery_ids), float(after_s))
+async def claim(
+    conn: Conn,
+    rows_max: int,
+    lease_s: float,
+    free_by_endpoint: dict[str, int],
+    per_endpoint: int,
+) -> list[asyncpg.Record]:
+    """Claim up to ``rows_max`` due deliveries for ``lease_s`` (one statement, committed),
+    at most ``free_by_endpoint[e]`` of endpoint ``e`` (``per_endpoint`` for the others)."""
+    return await conn.fetch(
+        CLAIM_SQL,
+        rows_max,
+        float(lease_s),
+        list(free_by_endpoint),
+        list(free_by_endpoint.values()),
+        per_endpoint,
+        CLAIM_SCAN_ROWS,
+    )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ time, never by an id cursor (ids commit out of order).
 
 Concurrency is bounded overall (a pass claims at most the free slots, so a claimed
 delivery is sent at once and its lease only has to cover one attempt) and per endpoint
-(a claimed delivery whose endpoint is at its limit here is handed back unattempted).
+(the claim takes of each endpoint only the slots it has free in this process).
 Finished attempts are recorded in batches: whatever finished while the previous batch was
 being written.
 
@@ -46,11 +46,14 @@ USER_AGENT = "Kassa-Webhooks/1.0"
 CLAIM_ROWS_MAX = 100  # per claim statement
 POLL_INTERVAL_S = 1.0  # how soon deliveries committed by other processes are noticed
 LEASE_MARGIN_S = 5.0  # past the timeout: recording the attempt fits in the lease
-BUSY_RETRY_S = 1.0  # a delivery handed back because its endpoint is busy here
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of an answer (its body is never used)
 GAUGE_INTERVAL_S = 5.0
 RECORD_RETRIES_MAX = 5  # then the attempts are dropped: their leases lapse, they go again
 FAILURE_BACKOFF_S = 1.0  # after a database error in a pass
+# Slots free up and attempts finish one by one; waiting this long after the first lets one
+# claim, and one recording transaction, serve all that gathered meanwhile (under load, a
+# statement per delivery was what bound the deliverer), at 10 ms of added latency.
+GATHER_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -136,22 +139,18 @@ class Deliverer:
                 continue  # more may be due: claim again (a full slot table waits below)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL_S)
+                await asyncio.sleep(GATHER_S)
 
     async def _claim(self, rows_max: int) -> int:
+        free_here = {e: self._per_endpoint - n for e, n in self._by_endpoint.items()}
         async with self._pool.acquire() as conn:
-            rows = await events.claim(conn, rows_max, self._lease_s)
-            busy = []
-            for row in rows:
-                endpoint_id = row["endpoint_id"]
-                if self._by_endpoint.get(endpoint_id, 0) >= self._per_endpoint:
-                    busy.append(row["id"])
-                    continue
-                self._by_endpoint[endpoint_id] = self._by_endpoint.get(endpoint_id, 0) + 1
-                task = asyncio.create_task(self._deliver(row))
-                self._sending.add(task)
-                task.add_done_callback(self._sent)
-            if busy:
-                await events.release(conn, busy, BUSY_RETRY_S)
+            rows = await events.claim(conn, rows_max, self._lease_s, free_here, self._per_endpoint)
+        for row in rows:  # the claim kept each endpoint within its free slots here
+            endpoint_id = row["endpoint_id"]
+            self._by_endpoint[endpoint_id] = self._by_endpoint.get(endpoint_id, 0) + 1
+            task = asyncio.create_task(self._deliver(row))
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
         return len(rows)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
@@ -261,6 +260,7 @@ class Deliverer:
         failures = 0
         while True:
             await self._finished_ready.wait()
+            await asyncio.sleep(GATHER_S)
             self._finished_ready.clear()
             batch, self._finished = self._finished, []
             if not batch:
