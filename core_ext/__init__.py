@@ -16,7 +16,7 @@ import os
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-MODULES = ("validation", "states", "ledger", "idempotency", "risk", "table", "webhooks")
+MODULES = ("validation", "states", "ledger", "idempotency", "risk", "table", "webhooks", "forms")
 
 
 class CoreNotCompiled(ImportError):
@@ -50,7 +50,7 @@ COMPILED: bool = _impl.kind == "compiled"
 if TYPE_CHECKING:
     # The compiled modules have no stubs: type checkers read the one source both builds
     # are made from.
-    from core_ext.pure import idempotency, ledger, risk, states, table, validation, webhooks
+    from core_ext.pure import forms, idempotency, ledger, risk, states, table, validation, webhooks
 else:
     validation = _impl.validation
     states = _impl.states
@@ -59,6 +59,7 @@ else:
     risk = _impl.risk
     table = _impl.table
     webhooks = _impl.webhooks
+    forms = _impl.forms
 
 BUILD = (
     f"core_ext: compiled ({', '.join(MODULES)})"
