@@ -19,6 +19,7 @@ from tests.payments_helpers import (
     APPROVED_VISA,
     DECLINES,
     ERROR_CARD,
+    TIMEOUT_CARD,
     card,
     get,
     payment_body,
@@ -437,4 +438,41 @@ async def test_waiting_payments_expire(serve_process, database_url, merchant, db
             assert (status, answer["error"]["code"]) == (409, "payment_state_invalid")
         status, read = await get(api, f"/v1/payments/{authorized['id']}", merchant)
         assert read["status"] == "authorized"  # its own expiry is the authorization's
+    assert_books_verify(database_url)
+
+
+async def test_a_confirm_whose_answer_is_lost_is_settled_by_recovery(
+    serve_process, database_url, merchant, db
+):
+    """The second attempt's processor answer never arrives: recovery asks about that
+    attempt (not the first, declined one), settles it, and completes the confirm's key."""
+    served = await serve_process(
+        database_url,
+        workers=2,
+        KASSA_PROCESSOR_TIMEOUT_MS="300",
+        KASSA_RECOVERY_AFTER_S="1",
+        KASSA_RECOVERY_INTERVAL_S="1",
+    )
+    async with aiohttp.ClientSession(base_url=served.url) as api:
+        status, declined, _ = await post(api, "/v1/payments", merchant, payment_body(DECLINED_CARD))
+        payment_id = declined["error"]["payment_id"]
+        body = {"payment_method": method(TIMEOUT_CARD)}
+        status, timed_out, _ = await confirm(api, merchant, payment_id, body, key="lost-1")
+        assert (status, timed_out["error"]["code"]) == (504, "processor_timeout"), timed_out
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, answer, response = await confirm(api, merchant, payment_id, body, key="lost-1")
+            if status != 409:
+                break
+            assert answer["error"]["code"] == "idempotency_key_in_use"
+            await asyncio.sleep(0.3)
+        assert status == 201, answer
+        assert response.headers.get("Idempotent-Replayed") == "true"
+        assert answer["status"] == "authorized"
+        assert [a["outcome"] for a in answer["attempts"]] == ["declined", "authorized"]
+        assert await processor_authorizations(db, payment_id) == [payment_id, f"{payment_id}_2"]
+        assert await event_types(api, merchant, payment_id) == [
+            "payment.declined",
+            "payment.authorized",
+        ]
     assert_books_verify(database_url)
