@@ -129,6 +129,12 @@ FIELDS: dict[str, Field] = {
         str(7 * 86_400),
         "uncaptured authorizations expire after this",
     ),
+    "unconfirmed_payment_ttl_s": Field(
+        "KASSA_UNCONFIRMED_PAYMENT_TTL_S",
+        _integer(1, 31 * 86_400),
+        "86400",
+        "payments waiting before the processor expire after this",
+    ),
     "idempotency_retention_s": Field(
         "KASSA_IDEMPOTENCY_RETENTION_S",
         _integer(86_400, 30 * 86_400),
@@ -272,6 +278,7 @@ class Settings:
     recovery_after_s: int
     recovery_interval_s: int
     authorization_ttl_s: int
+    unconfirmed_payment_ttl_s: int
     idempotency_retention_s: int
     idempotency_cache_entries: int
     group_commit: bool

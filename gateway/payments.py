@@ -5,6 +5,10 @@ I/O around it in the order that keeps money safe:
 
   authorize: claim key + payment 'processing' (commit)  ->  processor  ->
              outcome + ledger + stored answer (commit)  ->  answer
+  confirm:   claim key + existing payment -> 'processing' (one statement)  ->  the same
+             processor call and settlement as authorize
+  a create without a payment method, or with "confirm": false, and cancel: one
+             transaction (key, payment, stored answer, event); no processor, no ledger
   capture / void / refund: under the payment's change lock (racing requests on one
              payment are serialized): claim key + operation 'pending' (commit)  ->
              processor  ->  amounts + ledger + refund + stored answer (commit)  ->  answer
@@ -38,8 +42,16 @@ from gateway.http.render import (
 )
 from gateway.idempotency import Claim, IdempotencyStore
 from gateway.ids import keyed_id, new_id
-from gateway.processors.base import APPROVED, DECLINED, Connector, Outcome, ProcessorError
+from gateway.processors.base import (
+    APPROVED,
+    DECLINED,
+    Connector,
+    Outcome,
+    ProcessorError,
+    attempt_reference,
+)
 from gateway.store import events, ledger, operations, payments
+from gateway.store import idempotency as idempotency_keys
 from gateway.store.authorizations import AuthorizationWrites, Intent, LostClaim, Settlement
 from gateway.store.pipeline import Batcher, BatchSettings
 
@@ -67,6 +79,32 @@ OPERATION_EVENTS = {
     "void": "payment.voided",
     "refund": "refund.succeeded",
 }
+
+
+def _sources(legal: Callable[[str], object]) -> tuple[str, ...]:
+    """The statuses the core allows a move from (asked once, at import): the gateway's SQL
+    names the core's states, never its own list."""
+    found = []
+    for status in states.STATUSES:
+        try:
+            legal(status)
+        except CoreError:
+            continue
+        found.append(status)
+    return tuple(found)
+
+
+# Confirm with a payment method given: attach it first where the core needs that.
+def _confirm_with_method(status: str) -> object:
+    if status == states.REQUIRES_PAYMENT_METHOD:
+        status = states.attach_payment_method(status, 1, 0, 0, 0).status
+    return states.confirm(status, 1, 0, 0, 0)
+
+
+CONFIRMABLE_WITH_METHOD = _sources(_confirm_with_method)
+# Confirm with the payment method the payment has (only requires_confirmation keeps one).
+CONFIRMABLE_AS_IS = (states.REQUIRES_CONFIRMATION,)
+CANCELED_EVENT = "payment.canceled"
 
 
 def batch_settings(settings: Settings) -> BatchSettings:
@@ -165,8 +203,9 @@ class PaymentService:
         self._idempotency.remember(claim, answer)
         return answer
 
-    async def _resolve_card(self, merchant_id: str, request: object) -> ResolvedCard:
-        card = request.card
+    async def _resolve_card(
+        self, merchant_id: str, card: object, token: str | None
+    ) -> ResolvedCard:
         if card is not None:
             return ResolvedCard(
                 card.number,
@@ -177,7 +216,7 @@ class PaymentService:
                 self._vault.fingerprint(merchant_id, card.number),
                 None,
             )
-        row = await self._owned("token", request.token, merchant_id, param="payment_method.token")
+        row = await self._owned("token", token, merchant_id, param="payment_method.token")
         number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
         return ResolvedCard(
             number,
@@ -200,7 +239,9 @@ class PaymentService:
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/payments", body)
         if known:
             return known
-        card = await self._resolve_card(merchant_id, request)
+        if not request.confirm or (request.card is None and request.token is None):
+            return await self._create_unconfirmed(merchant_id, request, claim)
+        card = await self._resolve_card(merchant_id, request.card, request.token)
         with self._idempotency.guard(claim):
             answer = await self._authorize(merchant_id, request, card, claim, risk)
         self._idempotency.remember(claim, answer)
@@ -236,11 +277,16 @@ class PaymentService:
         written = await self._intents.submit(intent)
         if isinstance(written, LostClaim):  # the key was claimed by an earlier request
             return self._idempotency.judge(claim, written.record)
-        row, payment_id = written, intent.payment_id
         if claim is not None:
             self._idempotency.began(claim)
-        # Risk rules run once per new request: a retry with the same key was answered
-        # above from its claim and never counts as a second attempt.
+        return await self._attempt(written, card, risk)
+
+    async def _attempt(self, row: asyncpg.Record, card: ResolvedCard, risk: object) -> Answer:
+        """One processor attempt for a payment whose 'processing' intent is durable (a
+        create's or a confirm's): card-testing rules, the processor, the settlement."""
+        payment_id, merchant_id = row["id"], row["merchant_id"]
+        # Risk rules run once per new attempt: a retry with the same key was answered
+        # from its claim and never counts as a second attempt.
         rule = self._velocity.check(merchant_id, card.fingerprint, risk, time.monotonic())
         if rule is not None:
             metrics.risk_decline(rule)
@@ -249,8 +295,14 @@ class PaymentService:
         # recovery settles by asking the processor, never a charge without a record.
         try:
             outcome = await asyncio.wait_for(
-                self._connector.authorize(
-                    payment_id, card.number, request.amount, request.currency
+                self._connector.authorize(payment_id, card.number, row["amount"], row["currency"])
+                if row["earlier_attempts"] is None  # the first attempt, as ever
+                else self._connector.authorize(
+                    payment_id,
+                    card.number,
+                    row["amount"],
+                    row["currency"],
+                    attempt_reference(payment_id, attempt_number(row)),
                 ),
                 self._processor_timeout_s,
             )
@@ -268,6 +320,212 @@ class PaymentService:
         if outcome.result == DECLINED:
             self._velocity.record_decline(merchant_id, card.fingerprint, risk, time.monotonic())
         return await self.settle(row, outcome)
+
+    # --- payments before the processor: create, confirm, cancel ------------------------
+
+    async def _create_unconfirmed(
+        self, merchant_id: str, request: object, claim: Claim | None
+    ) -> Answer:
+        """A payment that waits before the processor: requires_payment_method without a
+        payment method, requires_confirmation with one (a card is kept as a token, so
+        confirm can send its number). Nothing is posted and no processor is called."""
+        card = None
+        if request.card is not None or request.token is not None:
+            card = await self._resolve_card(merchant_id, request.card, request.token)
+        payment_id = new_id("pay")
+        kept_card = card is not None and card.token_id is None
+        token_id = new_id("tok") if kept_card else card.token_id if card else None
+        status = states.REQUIRES_PAYMENT_METHOD if card is None else states.REQUIRES_CONFIRMATION
+        with self._idempotency.guard(claim):
+            async with self._acquire() as conn, conn.transaction():
+                conflict = await self._idempotency.claim(conn, claim, payment_id)
+                if conflict:
+                    return conflict
+                if kept_card and card is not None:
+                    await payments.insert_token(
+                        conn,
+                        token_id,
+                        merchant_id,
+                        request.card,
+                        card.fingerprint,
+                        self._vault.encrypt_number(card.number, token_id),
+                    )
+                row = await payments.insert_unconfirmed(
+                    conn,
+                    status,
+                    (
+                        payment_id,
+                        merchant_id,
+                        request.amount,
+                        request.currency,
+                        request.capture,
+                        *(
+                            (card.brand, card.last4, card.exp_month, card.exp_year)
+                            if card
+                            else (None, None, None, None)
+                        ),
+                        card.fingerprint if card else None,
+                        token_id,
+                        self._connector.name,
+                        request.reference,
+                        request.description,
+                        orjson.dumps(request.metadata).decode(),
+                        orjson.dumps(request.customer).decode() if request.customer else None,
+                        claim.key if claim is not None else None,
+                    ),
+                )
+                answer = Answer.of_json(201, render_payment(row))
+                await self._idempotency.complete(conn, claim, answer)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def confirm(
+        self, merchant_id: str, payment_id: str, body: object, key: str | None, risk: object
+    ) -> Answer:
+        """Start a processor attempt on an existing payment: from requires_confirmation
+        (with its payment method or another), requires_payment_method, or declined and
+        failed (with another payment method); then exactly the one-step create's path."""
+        _require_id_shape("payment", payment_id)
+        today = datetime.now(timezone.utc)
+        given_card, given_token = core_ext.validation.validate_confirm(
+            body, today.year, today.month
+        )
+        path = f"/v1/payments/{payment_id}/confirm"
+        claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
+        if known:
+            return known
+        row = await self._owned("payment", payment_id, merchant_id)
+        card: ResolvedCard | None = None
+        sources: tuple[str, ...] = ()
+        if given_card is not None or given_token is not None:
+            card = await self._resolve_card(merchant_id, given_card, given_token)
+            sources = CONFIRMABLE_WITH_METHOD
+        elif row["status"] in CONFIRMABLE_AS_IS and row["token_id"] is not None:
+            card = await self._resolve_card(merchant_id, None, row["token_id"])
+            sources = CONFIRMABLE_AS_IS
+        with self._idempotency.guard(claim):
+            started = None
+            if card is not None:
+                async with self._acquire() as conn:
+                    started = await payments.confirm(
+                        conn,
+                        payment_id,
+                        merchant_id,
+                        sources,
+                        claim,
+                        (
+                            card.brand,
+                            card.last4,
+                            card.exp_month,
+                            card.exp_year,
+                            card.fingerprint,
+                            card.token_id,
+                        ),
+                    )
+            if started is None:
+                return await self._not_confirmed(merchant_id, payment_id, claim, card is None)
+            if claim is not None:
+                self._idempotency.began(claim)
+            answer = await self._attempt(started, card, risk)
+        self._idempotency.remember(claim, answer)
+        return answer
+
+    async def _not_confirmed(
+        self, merchant_id: str, payment_id: str, claim: Claim | None, no_method: bool
+    ) -> Answer:
+        """Why a confirm changed nothing: its key was claimed before (the verdict on it),
+        no payment method to send, or a state confirm cannot start from (the core's 409).
+        Nothing was claimed, so nothing is stored."""
+        async with self._acquire() as conn:
+            if claim is not None:
+                record = await idempotency_keys.record(conn, claim.merchant_id, claim.key)
+                if record is not None:
+                    return self._idempotency.judge(claim, record)
+            row = await payments.owned(conn, "payment", payment_id, merchant_id)
+        if row is None:
+            raise resource_missing("payment", payment_id)
+        status = row["status"]
+        if status in CONFIRMABLE_WITH_METHOD:
+            if no_method:
+                raise invalid_request(
+                    "parameter_missing",
+                    f"payment_method is required to confirm a payment that is {status}",
+                    param="payment_method",
+                )
+        else:
+            try:
+                states.confirm(
+                    status,
+                    row["amount"],
+                    row["amount_capturable"],
+                    row["amount_captured"],
+                    row["amount_refunded"],
+                )
+            except CoreError as exc:
+                raise ApiError.from_core(exc) from None
+        # Confirmable again by this read: it changed while the statement ran.
+        raise invalid_request(
+            "payment_state_invalid",
+            "the payment changed while it was being confirmed; read it and retry",
+            status=409,
+        )
+
+    async def cancel(
+        self, merchant_id: str, payment_id: str, body: object, key: str | None
+    ) -> Answer:
+        """Cancel a payment that holds no money (before the processor, declined, failed):
+        its status, the stored answer and payment.canceled in one transaction."""
+        _require_id_shape("payment", payment_id)
+        core_ext.validation.validate_cancel(body)
+        path = f"/v1/payments/{payment_id}/cancel"
+        claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
+        if known:
+            return known
+        deliveries = 0
+        with self._idempotency.guard(claim):
+            async with self._acquire() as conn, conn.transaction():
+                row = await payments.lock(conn, payment_id, merchant_id)
+                if row is None:
+                    raise resource_missing("payment", payment_id)
+                conflict = await self._idempotency.claim(conn, claim, payment_id)
+                if conflict:
+                    return conflict
+                try:
+                    transition = states.cancel(
+                        row["status"],
+                        row["amount"],
+                        row["amount_capturable"],
+                        row["amount_captured"],
+                        row["amount_refunded"],
+                    )
+                except CoreError as exc:
+                    # The key was claimed and the request judged: the verdict is the answer.
+                    answer = Answer.of_error(ApiError.from_core(exc))
+                else:
+                    updated = await payments.cancel(conn, payment_id, transition.status)
+                    await ledger.post(conn, transition, row)  # moves nothing (the core's)
+                    answer = Answer.of_json(200, render_payment(updated))
+                    event_id = new_id("evt")
+                    deliveries = await events.write(
+                        conn,
+                        [
+                            events.NewEvent(
+                                event_id,
+                                merchant_id,
+                                CANCELED_EVENT,
+                                payment_id,
+                                event_payload(
+                                    event_id, CANCELED_EVENT, updated["updated_at"], answer.body
+                                ),
+                            )
+                        ],
+                        updated["updated_at"],
+                    )
+                await self._idempotency.complete(conn, claim, answer)
+        if deliveries:
+            self.deliveries_written()
+        self._idempotency.remember(claim, answer)
+        return answer
 
     async def settle(self, row: asyncpg.Record, outcome: Outcome) -> Answer:
         """Record a processor's outcome for a 'processing' payment (request path and recovery)."""
@@ -611,6 +869,12 @@ def _require_id_shape(kind: str, object_id: str, param: str = "id") -> None:
     asking the database, which could not even store some of these."""
     if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[kind]):
         raise resource_missing(kind, object_id, param=param)
+
+
+def attempt_number(row: asyncpg.Record) -> int:
+    """Which processor attempt the payment's own columns hold (1-based)."""
+    earlier = row["earlier_attempts"]
+    return 1 if earlier is None else len(orjson.loads(earlier)) + 1
 
 
 def _transition(operation: str, row: asyncpg.Record, requested: int | None) -> object:

@@ -4,7 +4,8 @@
   'pending', after ``recovery_after_s`` lost its answer (timeout, crash). Ask the
   processor what happened and settle it, which also completes its Idempotency-Key
   with the settled answer.
-- Expiry: authorizations not captured within ``authorization_ttl_s`` expire.
+- Expiry: authorizations not captured within ``authorization_ttl_s`` expire, and so do
+  payments still waiting before the processor after ``unconfirmed_payment_ttl_s``.
 - Sweep: idempotency keys past retention are deleted in bounded batches, and so are
   delivered webhook deliveries and events (with their attempts) past retention.
 """
@@ -25,8 +26,8 @@ from gateway import metrics, observability
 from gateway.config import Settings
 from gateway.http.render import event_payload, render_payment
 from gateway.ids import new_id
-from gateway.payments import PaymentService
-from gateway.processors.base import APPROVED, NOT_FOUND, Connector, Outcome
+from gateway.payments import PaymentService, attempt_number
+from gateway.processors.base import APPROVED, NOT_FOUND, Connector, Outcome, attempt_reference
 from gateway.store import events, ledger, operations, payments
 from gateway.store.idempotency import sweep_expired
 
@@ -50,6 +51,7 @@ class PassResult:
     recovered: int = 0
     operations: int = 0  # captures, voids and refunds settled
     expired: int = 0
+    unconfirmed_expired: int = 0  # payments that never reached the processor
     swept: int = 0
     pruned: int = 0  # delivered deliveries and old events deleted
 
@@ -66,7 +68,15 @@ async def recover_processing(
     for row in rows:
         # Bounded like every processor call: a hung status lookup must not stall recovery
         # (the TimeoutError fails this pass; the next pass asks again).
-        outcome = await asyncio.wait_for(connector.status(row["id"]), processor_timeout_s)
+        # About the attempt the payment is processing (a payment confirmed again after a
+        # decline has a reference per attempt), never an earlier one.
+        reference = attempt_reference(row["id"], attempt_number(row))
+        outcome = await asyncio.wait_for(
+            connector.status(row["id"])
+            if reference is None
+            else connector.status(row["id"], reference),
+            processor_timeout_s,
+        )
         if outcome.result == NOT_FOUND:
             if row["age_s"] < NOT_FOUND_FINAL_AFTER * older_than_s:
                 # Not seen *yet*: a gateway may still be inside its processor call (its
@@ -161,6 +171,48 @@ async def expire_authorizations(
     return expired
 
 
+async def expire_unconfirmed(
+    pool: asyncpg.Pool, ttl_s: int, deliveries_written: Callable[[], None] = lambda: None
+) -> int:
+    """Expire payments left in requires_payment_method or requires_confirmation, each with
+    its ``payment.expired`` event, in one transaction. They hold no money: nothing is
+    posted (the core's transition moves nothing) and no processor is asked."""
+    new_events: list[events.NewEvent] = []
+    deliveries = 0
+    async with pool.acquire() as conn, conn.transaction():
+        for row in await payments.lock_unconfirmed_expiring(conn, ttl_s, BATCH_ROWS_MAX):
+            transition = core_ext.states.expire(
+                row["status"],
+                row["amount"],
+                row["amount_capturable"],
+                row["amount_captured"],
+                row["amount_refunded"],
+            )
+            updated = await payments.expire_unconfirmed(conn, row["id"], transition.status)
+            await ledger.post(conn, transition, row)  # posts nothing
+            event_id = new_id("evt")
+            new_events.append(
+                events.NewEvent(
+                    event_id,
+                    row["merchant_id"],
+                    "payment.expired",
+                    row["id"],
+                    event_payload(
+                        event_id,
+                        "payment.expired",
+                        updated["updated_at"],
+                        orjson.dumps(render_payment(updated)),
+                    ),
+                )
+            )
+        if new_events:
+            # now(): the transaction's time, the same for every row
+            deliveries = await events.write(conn, new_events, updated["updated_at"])
+    if deliveries:
+        deliveries_written()
+    return len(new_events)
+
+
 async def prune_webhooks(pool: asyncpg.Pool) -> int:
     """Delivered deliveries past a short retention, then events (with their deliveries and
     attempts) past 30 days, in bounded batches."""
@@ -191,6 +243,9 @@ async def run_once(
         pool, settings.authorization_ttl_s, service.deliveries_written
     )
     metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
+    result.unconfirmed_expired = await expire_unconfirmed(
+        pool, settings.unconfirmed_payment_ttl_s, service.deliveries_written
+    )
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
     result.swept = await sweep_expired(pool, settings.idempotency_retention_s)
     result.pruned = await prune_webhooks(pool)

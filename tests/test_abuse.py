@@ -281,6 +281,15 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         ("POST", "/v1/payments/{id}/void"): lambda: post(
             client, f"/v1/payments/{pid}/void", other_merchant
         ),
+        ("POST", "/v1/payments/{id}/confirm"): lambda: post(
+            client,
+            f"/v1/payments/{pid}/confirm",
+            other_merchant,
+            {"payment_method": payment_body()["payment_method"]},
+        ),
+        ("POST", "/v1/payments/{id}/cancel"): lambda: post(
+            client, f"/v1/payments/{pid}/cancel", other_merchant
+        ),
         ("POST", "/v1/payments/{id}/refunds"): lambda: post(
             client, f"/v1/payments/{pid}/refunds", other_merchant, {"amount": 1}
         ),

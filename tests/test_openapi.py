@@ -236,6 +236,9 @@ def request_schema(path: str, method: str) -> str:
         (payment_body(payment_method={"type": "token", "token": "tok_abc", "card": card()}), False),
         (payment_body(customer={"email": "ada@example.com", "phone": "1"}), False),
         (payment_body(reference="r" * 256), False),
+        ({"amount": 1999, "currency": "eur"}, True),  # waits in requires_payment_method
+        (payment_body(confirm=False), True),
+        (payment_body(confirm="no"), False),
     ],
 )
 def test_payment_request_schema(body, valid):
@@ -540,6 +543,56 @@ async def test_declines_and_processor_errors_contract(api, merchant):
         "get", "/v1/payments/{id}", merchant, id=error["error"]["payment_id"]
     )
     assert (status, failed["status"]) == (200, "failed")
+
+
+async def test_payments_before_the_processor_contract(api, merchant):
+    call = api.call
+    without = {k: v for k, v in payment_body().items() if k != "payment_method"}
+    status, waiting, _ = await call("post", "/v1/payments", merchant, body=without, key="k-w")
+    assert (status, waiting["status"], waiting["card"]) == (201, "requires_payment_method", None)
+    status, error, _ = await call("post", "/v1/payments/{id}/confirm", merchant, id=waiting["id"])
+    assert (status, error["error"]["code"]) == (400, "parameter_missing"), error
+    status, declined, _ = await call(
+        "post",
+        "/v1/payments/{id}/confirm",
+        merchant,
+        id=waiting["id"],
+        key="k-c1",
+        body={"payment_method": {"type": "card", "card": card(DECLINE_CARD)}},
+    )
+    assert (status, declined["error"]["decline_code"]) == (402, "generic_decline"), declined
+    status, confirmed, _ = await call(
+        "post",
+        "/v1/payments/{id}/confirm",
+        merchant,
+        id=waiting["id"],
+        key="k-c2",
+        body={"payment_method": {"type": "card", "card": card()}},
+    )
+    assert (status, confirmed["status"], len(confirmed["attempts"])) == (201, "authorized", 2)
+    status, error, _ = await call(
+        "post", "/v1/payments/{id}/cancel", merchant, id=waiting["id"], key="k-x1"
+    )
+    assert (status, error["error"]["code"]) == (409, "payment_state_invalid"), error
+
+    status, held, _ = await call(
+        "post", "/v1/payments", merchant, body=payment_body(confirm=False), key="k-h"
+    )
+    assert (status, held["status"], held["attempts"]) == (201, "requires_confirmation", [])
+    status, canceled, headers = await call(
+        "post", "/v1/payments/{id}/cancel", merchant, id=held["id"], key="k-x2"
+    )
+    assert (status, canceled["status"]) == (200, "canceled"), canceled
+    status, again, headers = await call(
+        "post", "/v1/payments/{id}/cancel", merchant, id=held["id"], key="k-x2"
+    )
+    assert (status, again, headers.get("Idempotent-Replayed")) == (200, canceled, "true")
+    status, error, _ = await call(
+        "post", "/v1/payments/{id}/confirm", merchant, id=held["id"], body={}
+    )
+    assert (status, error["error"]["code"]) == (409, "payment_state_invalid"), error
+    status, listed, _ = await call("get", "/v1/payments", merchant, params={"status": "canceled"})
+    assert [p["id"] for p in listed["data"]] == [held["id"]]
 
 
 async def test_processor_timeout_contract(app_factory, merchant):

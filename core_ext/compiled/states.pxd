@@ -2,7 +2,8 @@
 # compiled/ledger.pxd cimports Transition, so the ledger reads its fields as a C struct.
 
 cdef class Transition:
-    cdef readonly str event             # authorize|decline|fail|capture|void|expire|refund
+    cdef readonly str event             # authorize|decline|fail|capture|void|expire|refund,
+                                        # or attach|confirm|cancel|expire_unconfirmed (no money)
     cdef readonly str status            # the payment's status after the move
     cdef readonly long long amount_capturable
     cdef readonly long long amount_captured
@@ -25,3 +26,7 @@ cdef Transition _make(str event, str status, long long total, long long capturab
                       long long released)
 cdef Transition _release(str event, str new_status, object status, long long amount,
                          long long capturable, long long captured, long long refunded)
+# A move between states that hold no money (attach, confirm, cancel, an unconfirmed expiry).
+cdef Transition _unmoved(str event, str new_status, str operation, object status,
+                         long long amount, long long capturable, long long captured,
+                         long long refunded)

@@ -64,6 +64,7 @@ cdef class PaymentRequest:
     cdef readonly object description
     cdef readonly dict metadata
     cdef readonly object customer       # {"email", "ip"} or None
+    cdef readonly bint confirm          # false: stop before the processor
 
 cdef str _currency_code(object code)                      # upper-cased, or CoreError
 cdef str _currency(object value)

@@ -122,7 +122,16 @@ def _postings(event: str, moved, released, merchant_id, processor, currency):
 
 @cython.locals(hold=cython.longlong)
 def _entries(event: str, moved, released, merchant_id: str, processor: str, currency: str):
-    if event == "decline" or event == "fail":
+    if (
+        event == "decline"
+        or event == "fail"
+        or event == "attach"
+        or event == "confirm"
+        or event == "cancel"
+        or event == "expire_unconfirmed"
+    ):
+        # Moves of a payment that holds no money (before the processor, or after it said
+        # no): nothing to post, and a Transition claiming otherwise is a bug.
         if moved != 0 or released != 0:
             raise LedgerImbalance(f"{event} cannot move money ({moved}, released {released})")
         return []

@@ -1,5 +1,10 @@
 """The payment state machine: the only moves API.md allows, as pure functions.
 
+Before the processor: requires_payment_method -> requires_confirmation (attach) ->
+processing (confirm); both may be canceled or expire, and a declined or failed payment
+may be confirmed again (another attempt) or canceled. None of those moves money: their
+Transitions move 0 and the ledger posts nothing for them.
+
 Each operation takes a payment's current status and amounts and returns a
 ``Transition`` (the new status and amounts, plus the money the event moves, for
 the ledger), or raises ``CoreError`` for a client mistake.  ``LedgerImbalance``
@@ -14,6 +19,8 @@ import cython
 
 from core_ext.errors import CoreError, LedgerImbalance
 
+REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+REQUIRES_CONFIRMATION = "requires_confirmation"
 PROCESSING = "processing"
 AUTHORIZED = "authorized"
 DECLINED = "declined"
@@ -23,8 +30,11 @@ PARTIALLY_REFUNDED = "partially_refunded"
 REFUNDED = "refunded"
 VOIDED = "voided"
 EXPIRED = "expired"
+CANCELED = "canceled"
 
 STATUSES = (
+    REQUIRES_PAYMENT_METHOD,
+    REQUIRES_CONFIRMATION,
     PROCESSING,
     AUTHORIZED,
     DECLINED,
@@ -34,7 +44,18 @@ STATUSES = (
     REFUNDED,
     VOIDED,
     EXPIRED,
+    CANCELED,
 )
+# The states before the processor, and the ones a new attempt may start from.
+PRE_PROCESSOR = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION)
+RETRYABLE = (DECLINED, FAILED)
+CANCELABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, DECLINED, FAILED)
+
+# The events of the moves that move no money (the ledger posts nothing for them).
+ATTACH = "attach"
+CONFIRM = "confirm"
+CANCEL = "cancel"
+EXPIRE_UNCONFIRMED = "expire_unconfirmed"
 
 APPROVED = "approved"
 OUTCOMES = (APPROVED, DECLINED, FAILED)
@@ -100,8 +121,10 @@ def _check_source(status, capturable, captured, refunded):
         ok = capturable > 0 and captured == 0 and refunded == 0
     elif status == CAPTURED:
         ok = capturable == 0 and captured > 0 and refunded == 0
-    else:  # PARTIALLY_REFUNDED
+    elif status == PARTIALLY_REFUNDED:
         ok = capturable == 0 and 0 < refunded < captured
+    else:  # a state that holds no money: pre-processor, declined, failed
+        ok = capturable == 0 and captured == 0 and refunded == 0
     if not ok:
         raise LedgerImbalance(
             f"a {status} payment cannot have capturable={capturable} "
@@ -213,9 +236,103 @@ def expire(
     amount_captured: cython.longlong,
     amount_refunded: cython.longlong,
 ) -> Transition:
-    """authorized -> expired (not captured in time), releasing everything capturable."""
+    """authorized -> expired (not captured in time), releasing everything capturable;
+    requires_payment_method | requires_confirmation -> expired (never confirmed), moving
+    nothing."""
+    if status in PRE_PROCESSOR:
+        return _unmoved(
+            EXPIRE_UNCONFIRMED,
+            EXPIRED,
+            "expire",
+            status,
+            amount,
+            amount_capturable,
+            amount_captured,
+            amount_refunded,
+        )
     return _release(
         "expire", EXPIRED, status, amount, amount_capturable, amount_captured, amount_refunded
+    )
+
+
+def _unmoved(
+    event: str, new_status: str, operation: str, status, amount, capturable, captured, refunded
+):
+    # A move between states that hold no money: the amounts stay zero, nothing is posted.
+    _check_invariants(amount, capturable, captured, refunded)
+    _check_source(status, capturable, captured, refunded)
+    if amount < 1:
+        raise LedgerImbalance(f"a payment of amount {amount} cannot {operation}")
+    return _make(event, new_status, amount, 0, 0, 0, 0, 0)
+
+
+def attach_payment_method(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+) -> Transition:
+    """requires_payment_method -> requires_confirmation (a payment method is set)."""
+    _check_invariants(amount, amount_capturable, amount_captured, amount_refunded)
+    if status != REQUIRES_PAYMENT_METHOD:
+        raise _illegal("attach a payment method to", status)
+    return _unmoved(
+        ATTACH,
+        REQUIRES_CONFIRMATION,
+        "attach",
+        status,
+        amount,
+        amount_capturable,
+        amount_captured,
+        amount_refunded,
+    )
+
+
+def confirm(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+) -> Transition:
+    """requires_confirmation | declined | failed -> processing: a new processor attempt
+    starts (its outcome then settles as settle_authorization says)."""
+    _check_invariants(amount, amount_capturable, amount_captured, amount_refunded)
+    if status != REQUIRES_CONFIRMATION and status != DECLINED and status != FAILED:
+        raise _illegal("confirm", status)
+    return _unmoved(
+        CONFIRM,
+        PROCESSING,
+        "confirm",
+        status,
+        amount,
+        amount_capturable,
+        amount_captured,
+        amount_refunded,
+    )
+
+
+def cancel(
+    status: object,
+    amount: cython.longlong,
+    amount_capturable: cython.longlong,
+    amount_captured: cython.longlong,
+    amount_refunded: cython.longlong,
+) -> Transition:
+    """requires_payment_method | requires_confirmation | declined | failed -> canceled."""
+    _check_invariants(amount, amount_capturable, amount_captured, amount_refunded)
+    if status not in CANCELABLE:
+        raise _illegal("cancel", status)
+    return _unmoved(
+        CANCEL,
+        CANCELED,
+        "cancel",
+        status,
+        amount,
+        amount_capturable,
+        amount_captured,
+        amount_refunded,
     )
 
 

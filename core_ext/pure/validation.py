@@ -79,6 +79,7 @@ PAYMENT_FIELDS = (
     "amount",
     "currency",
     "capture",
+    "confirm",
     "payment_method",
     "reference",
     "description",
@@ -90,6 +91,7 @@ CUSTOMER_FIELDS = ("email", "ip")
 CAPTURE_METHODS = ("automatic", "manual")
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 LIST_FIELDS = ("limit", "starting_after", "status")
+CONFIRM_FIELDS = ("payment_method",)
 
 
 def _invalid(param, message, code="parameter_invalid"):
@@ -513,7 +515,17 @@ class PaymentRequest:
     """A validated payment request (fields in compiled/validation.pxd)."""
 
     def __init__(
-        self, amount, currency, capture, card, token, reference, description, metadata, customer
+        self,
+        amount,
+        currency,
+        capture,
+        card,
+        token,
+        reference,
+        description,
+        metadata,
+        customer,
+        confirm=True,
     ):
         self.amount = amount
         self.currency = currency
@@ -524,12 +536,14 @@ class PaymentRequest:
         self.description = description
         self.metadata = metadata
         self.customer = customer
+        self.confirm = confirm
 
     def as_dict(self) -> dict:
         return {
             "amount": self.amount,
             "currency": self.currency,
             "capture": self.capture,
+            "confirm": self.confirm,
             "card": None if self.card is None else self.card.as_dict(),
             "token": self.token,
             "reference": self.reference,
@@ -564,8 +578,10 @@ def _currency(value):
 
 
 def _payment_method(value, today_year, today_month):
+    """(card, token), one of them set; (None, None) when no payment method is given (the
+    payment then waits in requires_payment_method)."""
     if value is None:
-        raise _invalid("payment_method", "payment_method is required", "parameter_missing")
+        return None, None
     method = _object(value, "payment_method")
     _check_unknown(method, ("type", "card", "token"), "payment_method.")
     kind = method.get("type")
@@ -723,6 +739,9 @@ def validate_payment(body: object, today_year: int, today_month: int) -> Payment
     capture = b.get("capture", "automatic")
     if capture not in CAPTURE_METHODS:
         raise _invalid("capture", "capture must be automatic or manual")
+    confirm = b.get("confirm", True)
+    if confirm is not True and confirm is not False:
+        raise _invalid("confirm", "confirm must be true or false")
     card, token = _payment_method(b.get("payment_method"), today_year, today_month)
     reference = _optional_string(b, "reference", "", REFERENCE_CHARS_MAX, 1, True)
     description = _optional_string(b, "description", "", DESCRIPTION_CHARS_MAX, 0, True)
@@ -738,7 +757,20 @@ def validate_payment(body: object, today_year: int, today_month: int) -> Payment
     r.description = description
     r.metadata = metadata
     r.customer = customer
+    r.confirm = confirm
     return r
+
+
+def validate_confirm(body: object, today_year: int, today_month: int) -> tuple:
+    """POST /v1/payments/{id}/confirm: (card, token) of the payment method given, or
+    (None, None) to confirm with the one the payment has."""
+    body = _no_params(body)
+    _check_unknown(body, CONFIRM_FIELDS, "")
+    return _payment_method(body.get("payment_method"), today_year, today_month)
+
+
+def validate_cancel(body: object) -> None:
+    _check_unknown(_no_params(body), (), "")
 
 
 def validate_token(body: object, today_year: int, today_month: int) -> CardInput:

@@ -334,8 +334,13 @@ def core_schemas() -> dict:
         "PaymentStatus": enum(
             PAYMENT_STATUSES,
             description=(
-                "processing -> authorized | declined | failed; authorized -> captured | voided | "
-                "expired; captured -> partially_refunded -> refunded."
+                "requires_payment_method -> requires_confirmation | canceled | expired; "
+                "requires_confirmation -> processing (confirm) | canceled | expired; "
+                "processing -> authorized | declined | failed; declined | failed -> "
+                "processing (confirm again, with another payment method) | canceled; "
+                "authorized -> captured | voided | expired; captured -> partially_refunded -> "
+                "refunded. The states before processing post nothing to the ledger, call no "
+                "processor, and expire after KASSA_UNCONFIRMED_PAYMENT_TTL_S (24 hours)."
             ),
         ),
         "CaptureMethod": enum(CAPTURE_METHODS),
@@ -387,28 +392,50 @@ def core_schemas() -> dict:
                 },
             }
         ),
+        "PaymentMethod": {
+            "oneOf": [ref("CardPaymentMethod"), ref("TokenPaymentMethod")],
+            "discriminator": {
+                "propertyName": "type",
+                "mapping": {
+                    "card": "#/components/schemas/CardPaymentMethod",
+                    "token": "#/components/schemas/TokenPaymentMethod",
+                },
+            },
+        },
         "PaymentCreate": closed_object(
             {
                 "amount": ref("Amount"),
                 "currency": ref("Currency"),
                 "capture": {**ref("CaptureMethod"), "default": "automatic"},
+                "confirm": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": "false: stop before the processor, in "
+                    "`requires_confirmation`, until `POST /v1/payments/{id}/confirm`.",
+                },
                 "payment_method": {
-                    "oneOf": [ref("CardPaymentMethod"), ref("TokenPaymentMethod")],
-                    "discriminator": {
-                        "propertyName": "type",
-                        "mapping": {
-                            "card": "#/components/schemas/CardPaymentMethod",
-                            "token": "#/components/schemas/TokenPaymentMethod",
-                        },
-                    },
+                    **ref("PaymentMethod"),
+                    "description": "Without it the payment waits in "
+                    "`requires_payment_method` (nothing posted, no processor called).",
                 },
                 "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
                 "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
                 "metadata": ref("Metadata"),
                 "customer": ref("Customer"),
             },
-            ("amount", "currency", "payment_method"),
+            ("amount", "currency"),
         ),
+        "PaymentConfirm": closed_object(
+            {
+                "payment_method": {
+                    **ref("PaymentMethod"),
+                    "description": "Optional for a `requires_confirmation` payment (its own "
+                    "is used); required from `requires_payment_method`, `declined` and "
+                    "`failed` (`400 parameter_missing`).",
+                }
+            }
+        ),
+        "PaymentCancel": closed_object({}, description="A cancel takes no parameters."),
         "CaptureCreate": closed_object(
             {
                 "amount": {
@@ -452,7 +479,10 @@ def core_schemas() -> dict:
                 "amount_captured": MINOR_UNITS,
                 "amount_refunded": MINOR_UNITS,
                 "capture": ref("CaptureMethod"),
-                "card": ref("Card"),
+                "card": {
+                    "oneOf": [ref("Card"), {"type": "null"}],
+                    "description": "null until a payment method is given.",
+                },
                 "processor": {"type": "string", "examples": ["sandbox"]},
                 "processor_reference": nullable({"type": "string"}),
                 "decline_code": nullable(
@@ -461,9 +491,29 @@ def core_schemas() -> dict:
                 "reference": nullable({"type": "string", "maxLength": REFERENCE_CHARS_MAX}),
                 "description": nullable({"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}),
                 "metadata": ref("Metadata"),
+                "attempts": {
+                    "type": "array",
+                    "items": ref("PaymentAttempt"),
+                    "description": "Every processor attempt, oldest first: one for a "
+                    "one-step payment, none before the processor, one more per confirm "
+                    "again after a decline or a failure.",
+                },
                 "created": TIMESTAMP,
                 "updated": TIMESTAMP,
             }
+        ),
+        "PaymentAttempt": record(
+            {
+                "outcome": enum(("processing", "authorized", "declined", "failed")),
+                "decline_code": nullable({"type": "string"}),
+                "card": record(
+                    {
+                        "brand": {"type": "string"},
+                        "last4": {"type": "string", "pattern": "^[0-9]{4}$"},
+                    }
+                ),
+            },
+            description="One authorization sent to the processor, and what it answered.",
         ),
         "PaymentList": record(
             {
@@ -875,7 +925,12 @@ def paths() -> dict:
                 ok(201, "Authorized, or captured with `capture: automatic`.", "Payment", True),
                 body_required=True,
                 errors=(402, 404, 502, 504),
-            ),
+            )
+            | {
+                "description": "Without `payment_method`, or with `confirm: false`, the "
+                "payment is created in `requires_payment_method` or `requires_confirmation` "
+                "(201): no processor is called and nothing is posted."
+            },
             "get": v1_get(
                 "listPayments",
                 "List payments, newest first.",
@@ -891,6 +946,40 @@ def paths() -> dict:
                 "Read a payment.",
                 "payments",
                 ok(200, "The payment.", "Payment"),
+                params=("PaymentId",),
+                errors=(404,),
+            )
+        },
+        "/v1/payments/{id}/confirm": {
+            "post": v1_post(
+                "confirmPayment",
+                "Send a payment waiting before the processor, or declined or failed, to the "
+                "processor: exactly like a one-step create from here.",
+                "payments",
+                "PaymentConfirm",
+                201,
+                ok(
+                    201,
+                    "Authorized, or captured with `capture: automatic`; a decline answers "
+                    "402 and a processor error 502, as a create does.",
+                    "Payment",
+                    True,
+                ),
+                body_required=False,
+                params=("PaymentId",),
+                errors=(402, 404, 502, 504),
+            )
+        },
+        "/v1/payments/{id}/cancel": {
+            "post": v1_post(
+                "cancelPayment",
+                "Cancel a payment in requires_payment_method, requires_confirmation, "
+                "declined or failed (else 409 payment_state_invalid).",
+                "payments",
+                "PaymentCancel",
+                200,
+                ok(200, "The canceled payment.", "Payment", True),
+                body_required=False,
                 params=("PaymentId",),
                 errors=(404,),
             )

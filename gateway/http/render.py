@@ -22,6 +22,74 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# The statuses in which a payment's own columns hold its latest processor attempt (an
+# expired payment's only if it was authorized first); see migration 0008.
+ATTEMPT_STATUSES = frozenset(
+    (
+        states.PROCESSING,
+        states.AUTHORIZED,
+        states.DECLINED,
+        states.FAILED,
+        states.CAPTURED,
+        states.PARTIALLY_REFUNDED,
+        states.REFUNDED,
+        states.VOIDED,
+    )
+)
+ATTEMPT_OUTCOMES = {
+    states.PROCESSING: "processing",
+    states.DECLINED: "declined",
+    states.FAILED: "failed",
+}
+
+
+def _card(row: Row) -> dict | None:
+    if row["card_last4"] is None:  # before a payment method is given
+        return None
+    return {
+        "brand": row["card_brand"],
+        "last4": row["card_last4"],
+        "exp_month": row["card_exp_month"],
+        "exp_year": row["card_exp_year"],
+        "fingerprint": row["card_fingerprint"],
+    }
+
+
+def _attempt(outcome: str, decline_code: object, brand: object, last4: object) -> dict:
+    return {
+        "outcome": outcome,
+        "decline_code": decline_code,
+        "card": {"brand": brand, "last4": last4},
+    }
+
+
+def render_attempts(row: Row) -> list[dict]:
+    """Every processor attempt, oldest first: the finished ones kept in earlier_attempts,
+    then the one the payment's own columns hold, if it has been to the processor."""
+    earlier = row.get("earlier_attempts")
+    attempts = (
+        []
+        if earlier is None
+        else [
+            _attempt(a["outcome"], a["decline_code"], a["card_brand"], a["card_last4"])
+            for a in orjson.loads(earlier)
+        ]
+    )
+    status = row["status"]
+    if status in ATTEMPT_STATUSES or (
+        status == states.EXPIRED and row.get("authorized_at") is not None
+    ):
+        attempts.append(
+            _attempt(
+                ATTEMPT_OUTCOMES.get(status, "authorized"),
+                row["decline_code"],
+                row["card_brand"],
+                row["card_last4"],
+            )
+        )
+    return attempts
+
+
 def render_payment(row: Row) -> dict:
     return {
         "id": row["id"],
@@ -33,19 +101,14 @@ def render_payment(row: Row) -> dict:
         "amount_captured": row["amount_captured"],
         "amount_refunded": row["amount_refunded"],
         "capture": row["capture_method"],
-        "card": {
-            "brand": row["card_brand"],
-            "last4": row["card_last4"],
-            "exp_month": row["card_exp_month"],
-            "exp_year": row["card_exp_year"],
-            "fingerprint": row["card_fingerprint"],
-        },
+        "card": _card(row),
         "processor": row["processor"],
         "processor_reference": row["processor_reference"],
         "decline_code": row["decline_code"],
         "reference": row["reference"],
         "description": row["description"],
         "metadata": orjson.loads(row["metadata"]),
+        "attempts": render_attempts(row),
         "created": rfc3339(row["created_at"]),
         "updated": rfc3339(row["updated_at"]),
     }

@@ -105,6 +105,26 @@ async def create_payment(request: web.Request) -> web.Response:
     return answer.response()
 
 
+async def confirm_payment(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[SERVICE].confirm(
+        request[MERCHANT_ID],
+        request.match_info["id"],
+        body,
+        key_from(request),
+        request[CALLER].risk,
+    )
+    return answer.response()
+
+
+async def cancel_payment(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[SERVICE].cancel(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
 async def capture_payment(request: web.Request) -> web.Response:
     body = await _json_body(request, required=False)
     answer = await request.app[SERVICE].capture(
@@ -323,6 +343,8 @@ def setup(app: web.Application) -> None:
     router.add_post("/v1/payments", create_payment)
     router.add_get("/v1/payments", list_payments)
     router.add_get("/v1/payments/{id}", get_payment)
+    router.add_post("/v1/payments/{id}/confirm", confirm_payment)
+    router.add_post("/v1/payments/{id}/cancel", cancel_payment)
     router.add_post("/v1/payments/{id}/capture", capture_payment)
     router.add_post("/v1/payments/{id}/void", void_payment)
     router.add_post("/v1/payments/{id}/refunds", refund_payment)

@@ -57,9 +57,14 @@ class InstrumentedConnector:
         if operation == "authorize":
             metrics.authorization(self.name, kind)
 
-    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Any:
+    async def authorize(
+        self, payment_id: str, number: str, amount: int, currency: str, reference: str | None = None
+    ) -> Any:
         outcome = await self._call(
-            "authorize", self._inner.authorize(payment_id, number, amount, currency)
+            "authorize",
+            self._inner.authorize(payment_id, number, amount, currency)
+            if reference is None
+            else self._inner.authorize(payment_id, number, amount, currency, reference),
         )
         if outcome.result == APPROVED:
             metrics.authorization(self.name, "approved")
@@ -83,8 +88,8 @@ class InstrumentedConnector:
         metrics.REFUNDS.labels(self.name).inc()
         return outcome
 
-    async def status(self, payment_id: str) -> Any:
-        return await self._call("status", self._inner.status(payment_id))
+    async def status(self, payment_id: str, reference: str | None = None) -> Any:
+        return await self._call("status", self._inner.status(payment_id, reference))
 
     async def operation_status(self, payment_id: str, operation: str, reference: str) -> Any:
         return await self._call(

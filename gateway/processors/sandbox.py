@@ -37,10 +37,11 @@ ON CONFLICT (operation, reference) DO NOTHING
 """
 
 # Payments of the timeout card, among those a batch's captures, voids and refunds are of:
-# every answer about them is lost (the flag is set on the payment's 'authorize' row).
+# every answer about them is lost (the flag is set on the payment's 'authorize' row, of
+# whichever attempt).
 ANSWERS_LOST_SQL = """
-SELECT reference FROM sandbox_operations
- WHERE operation = 'authorize' AND answer_lost AND reference = any($1::text[])
+SELECT payment_id AS reference FROM sandbox_operations
+ WHERE operation = 'authorize' AND answer_lost AND payment_id = any($1::text[])
 """
 
 OPERATION_SQL = """
@@ -101,20 +102,20 @@ class SandboxConnector:
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
 
-    async def authorize(self, payment_id: str, number: str, amount: int, currency: str) -> Outcome:
+    async def authorize(
+        self, payment_id: str, number: str, amount: int, currency: str, reference: str | None = None
+    ) -> Outcome:
         await self._wait()
-        reference = "sbx_" + payment_id.removeprefix("pay_")
+        ours = reference or payment_id  # this attempt's id (the payment's, for the first)
         if number == SANDBOX_ERROR_CARD:
             raise ProcessorError("sandbox processor error (test card 4000000000000119)")
         if number == SANDBOX_TIMEOUT_CARD:
             # The processor approves, but its answer never reaches us (nor any later one).
-            await self._record(
-                payment_id, "authorize", payment_id, APPROVED, amount, answer_lost=True
-            )
+            await self._record(payment_id, "authorize", ours, APPROVED, amount, answer_lost=True)
         decline_code = SANDBOX_DECLINES.get(number)
         result = DECLINED if decline_code else APPROVED
-        await self._record(payment_id, "authorize", payment_id, result, amount)
-        return Outcome(result, decline_code, reference)
+        await self._record(payment_id, "authorize", ours, result, amount)
+        return Outcome(result, decline_code, "sbx_" + ours.removeprefix("pay_"))
 
     async def capture(self, payment_id: str, amount: int) -> Outcome:
         await self._wait()
@@ -131,15 +132,16 @@ class SandboxConnector:
         await self._record(payment_id, "refund", refund_id, APPROVED, amount)
         return Outcome(APPROVED, reference="sbx_" + refund_id.removeprefix("re_"))
 
-    async def status(self, payment_id: str) -> Outcome:
+    async def status(self, payment_id: str, reference: str | None = None) -> Outcome:
+        ours = reference or payment_id
         row = await self._pool.fetchrow(
             """SELECT outcome FROM sandbox_operations
                 WHERE operation = 'authorize' AND reference = $1""",
-            payment_id,
+            ours,
         )
         if row is None:
             return Outcome(NOT_FOUND)
-        reference = "sbx_" + payment_id.removeprefix("pay_")
+        reference = "sbx_" + ours.removeprefix("pay_")
         decline = None if row["outcome"] == APPROVED else "generic_decline"
         return Outcome(row["outcome"], decline, reference)
 

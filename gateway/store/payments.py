@@ -52,6 +52,74 @@ SELECT id, merchant_id, 'processing', amount, currency, capture_method, card_bra
 RETURNING *
 """
 
+# A payment that waits before the processor (requires_payment_method, or
+# requires_confirmation with its card kept as a token): one row, no batch, no ledger.
+INSERT_UNCONFIRMED_SQL = """
+INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
+    card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
+    processor, reference, description, metadata, customer, idempotency_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb,
+        $17::jsonb, $18)
+RETURNING *
+"""
+
+# The attempt a payment's own columns hold, as an entry of earlier_attempts (see
+# migration 0008): moved there when a new attempt starts or the payment is canceled.
+FINISHED_ATTEMPT = """CASE WHEN p.status IN ('declined', 'failed')
+    THEN coalesce(p.earlier_attempts, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+        'outcome', p.status, 'decline_code', p.decline_code, 'card_brand', p.card_brand,
+        'card_last4', p.card_last4, 'processor_reference', p.processor_reference))
+    ELSE p.earlier_attempts END"""
+
+# Confirm: the write-ahead of an attempt on an existing payment, in one statement. The
+# payment is locked only if it is in a state confirm may start from ($3, the core's);
+# only then is the Idempotency-Key claimed ($4, $5; none if NULL), and only if the claim
+# won does the payment become 'processing' with the attempt's card ($6..$11). A payment
+# in another state, or a key claimed before, changes nothing and claims nothing: the
+# caller reads why. The row lock orders racing confirms: the second re-reads the status
+# and finds 'processing'.
+CONFIRM_SQL = f"""
+WITH target AS (
+    SELECT id FROM payments
+     WHERE id = $1 AND merchant_id = $2 AND status = any($3::text[])
+       FOR UPDATE
+), claim AS (
+    INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, payment_id)
+    SELECT $2, $4, $5, 'in_flight', id FROM target WHERE $4::text IS NOT NULL
+    ON CONFLICT (merchant_id, key) DO NOTHING
+    RETURNING payment_id
+)
+UPDATE payments AS p
+   SET status = 'processing', card_brand = $6, card_last4 = $7, card_exp_month = $8,
+       card_exp_year = $9, card_fingerprint = $10, token_id = $11,
+       decline_code = NULL, processor_reference = NULL, authorized_at = NULL,
+       earlier_attempts = {FINISHED_ATTEMPT},
+       idempotency_key = $4, updated_at = now()
+  FROM target
+ WHERE p.id = target.id AND p.status = any($3::text[])
+   AND ($4::text IS NULL OR p.id IN (SELECT payment_id FROM claim))
+RETURNING p.*
+"""
+
+# Cancel a locked payment; a finished attempt it holds is kept in earlier_attempts.
+CANCEL_SQL = f"""
+UPDATE payments AS p
+   SET status = $2, earlier_attempts = {FINISHED_ATTEMPT}, updated_at = now()
+ WHERE id = $1
+RETURNING *
+"""
+
+UNCONFIRMED_EXPIRING_SQL = """
+SELECT * FROM payments
+ WHERE status IN ('requires_payment_method', 'requires_confirmation')
+   AND created_at < now() - make_interval(secs => $1)
+ ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+
+EXPIRE_UNCONFIRMED_SQL = """
+UPDATE payments SET status = $2, updated_at = now() WHERE id = $1 RETURNING *
+"""
+
 UPDATE_AMOUNTS_SQL = """
 UPDATE payments
    SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
@@ -127,6 +195,64 @@ async def insert_intents(
     (one array per INTENT_COLUMNS) whose claim won or that have no key; the rows by id."""
     rows = await conn.fetch(INSERT_INTENTS_SQL, *claims, *columns)
     return {row["id"]: row for row in rows}
+
+
+async def insert_unconfirmed(
+    conn: asyncpg.Connection, status: str, values: Sequence[Any]
+) -> asyncpg.Record:
+    """Insert a payment in ``status`` from the values of INTENT_COLUMNS."""
+    payment_id, merchant_id, *rest = values
+    row: asyncpg.Record | None = await conn.fetchrow(
+        INSERT_UNCONFIRMED_SQL, payment_id, merchant_id, status, *rest
+    )
+    if row is None:  # INSERT ... RETURNING always answers one row
+        raise RuntimeError(f"no payment written for {payment_id}")
+    return row
+
+
+async def confirm(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    payment_id: str,
+    merchant_id: str,
+    sources: Sequence[str],
+    claim: Any,
+    card: Sequence[Any],
+) -> asyncpg.Record | None:
+    """Start an attempt (CONFIRM_SQL); the payment now 'processing', or None if it was in
+    none of ``sources`` or the key was claimed before. ``card``: brand, last4, exp_month,
+    exp_year, fingerprint, token id."""
+    return await conn.fetchrow(
+        CONFIRM_SQL,
+        payment_id,
+        merchant_id,
+        list(sources),
+        claim.key if claim is not None else None,
+        claim.fingerprint if claim is not None else None,
+        *card,
+    )
+
+
+async def cancel(conn: asyncpg.Connection, payment_id: str, status: str) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(CANCEL_SQL, payment_id, status)
+    if row is None:  # the caller holds the row's lock
+        raise RuntimeError(f"payment {payment_id} vanished while locked")
+    return row
+
+
+async def lock_unconfirmed_expiring(
+    conn: asyncpg.Connection, ttl_s: int, rows_max: int
+) -> list[asyncpg.Record]:
+    """Payments waiting before the processor for longer than ``ttl_s``, locked."""
+    return await conn.fetch(UNCONFIRMED_EXPIRING_SQL, float(ttl_s), rows_max)
+
+
+async def expire_unconfirmed(
+    conn: asyncpg.Connection, payment_id: str, status: str
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(EXPIRE_UNCONFIRMED_SQL, payment_id, status)
+    if row is None:  # the caller holds the row's lock
+        raise RuntimeError(f"payment {payment_id} vanished while locked")
+    return row
 
 
 async def by_ids(conn: asyncpg.Connection, ids: Sequence[str]) -> list[asyncpg.Record]:

@@ -22,6 +22,8 @@ def both():
 
 
 ALL = (
+    "requires_payment_method",
+    "requires_confirmation",
     "processing",
     "authorized",
     "declined",
@@ -31,11 +33,16 @@ ALL = (
     "refunded",
     "voided",
     "expired",
+    "canceled",
 )
-OPS = ("capture", "void", "expire", "refund")
+OPS = ("capture", "void", "expire", "refund", "attach_payment_method", "confirm", "cancel")
+# The operations' names in the 409's message ("cannot <verb> a payment that is ...").
+VERBS = {"attach_payment_method": "attach a payment method to"}
 
 # A consistent (amount, capturable, captured, refunded) for every status.
 AMOUNTS = {
+    "requires_payment_method": (100, 0, 0, 0),
+    "requires_confirmation": (100, 0, 0, 0),
     "processing": (100, 0, 0, 0),
     "authorized": (100, 100, 0, 0),
     "declined": (100, 0, 0, 0),
@@ -45,7 +52,22 @@ AMOUNTS = {
     "refunded": (100, 0, 80, 80),
     "voided": (100, 0, 0, 0),
     "expired": (100, 0, 0, 0),
+    "canceled": (100, 0, 0, 0),
 }
+
+
+# A move between states that hold no money: every amount stays zero, nothing is moved.
+def unmoved(event: str, status: str) -> dict:
+    return dict(
+        event=event,
+        status=status,
+        amount_capturable=0,
+        amount_captured=0,
+        amount_refunded=0,
+        amount=0,
+        released=0,
+    )
+
 
 # The only legal moves (requested=None: everything) and exactly what they return.
 LEGAL = {
@@ -94,6 +116,19 @@ LEGAL = {
         amount=50,
         released=0,
     ),
+    # Before the processor, and a new attempt after a decline or a failure (API.md).
+    ("requires_payment_method", "attach_payment_method"): unmoved(
+        "attach", "requires_confirmation"
+    ),
+    ("requires_payment_method", "cancel"): unmoved("cancel", "canceled"),
+    ("requires_payment_method", "expire"): unmoved("expire_unconfirmed", "expired"),
+    ("requires_confirmation", "confirm"): unmoved("confirm", "processing"),
+    ("requires_confirmation", "cancel"): unmoved("cancel", "canceled"),
+    ("requires_confirmation", "expire"): unmoved("expire_unconfirmed", "expired"),
+    ("declined", "confirm"): unmoved("confirm", "processing"),
+    ("declined", "cancel"): unmoved("cancel", "canceled"),
+    ("failed", "confirm"): unmoved("confirm", "processing"),
+    ("failed", "cancel"): unmoved("cancel", "canceled"),
 }
 
 
@@ -187,12 +222,22 @@ def test_every_status_and_operation(states, status, op):
         "invalid_request_error",
         "payment_state_invalid",
         None,
-        f"cannot {op} a payment that is {status}",
+        f"cannot {VERBS.get(op, op)} a payment that is {status}",
     )
 
 
 def test_legal_table_covers_exactly_the_api_moves():
     assert set(LEGAL) == {
+        ("requires_payment_method", "attach_payment_method"),
+        ("requires_payment_method", "cancel"),
+        ("requires_payment_method", "expire"),
+        ("requires_confirmation", "confirm"),
+        ("requires_confirmation", "cancel"),
+        ("requires_confirmation", "expire"),
+        ("declined", "confirm"),
+        ("declined", "cancel"),
+        ("failed", "confirm"),
+        ("failed", "cancel"),
         ("authorized", "capture"),
         ("authorized", "void"),
         ("authorized", "expire"),
@@ -304,7 +349,7 @@ def test_refund_none_refunds_the_rest(states):
 
 @pytest.mark.parametrize("requested", [-5, 0, 10**30, None])
 def test_state_is_checked_before_amount(states, requested):
-    for status in ("voided", "expired", "processing", "declined"):
+    for status in ("voided", "expired", "processing", "declined", "requires_confirmation"):
         with pytest.raises(CoreError) as info:
             states.capture(status, 1000, 0, 0, 0, requested)
         assert info.value.code == "payment_state_invalid"
@@ -328,6 +373,12 @@ def test_state_is_checked_before_amount(states, requested):
         ("refund", "captured", (100, 0, 0, 0)),  # captured nothing
         ("refund", "partially_refunded", (100, 0, 80, 80)),  # nothing left yet "partially"
         ("refund", "partially_refunded", (100, 0, 80, 0)),  # no refunds yet "partially"
+        ("confirm", "declined", (100, 10, 0, 0)),  # a decline holding money
+        ("confirm", "requires_confirmation", (0, 0, 0, 0)),  # a payment of nothing
+        ("cancel", "failed", (100, 0, 20, 0)),  # a failure that captured
+        ("cancel", "requires_payment_method", (100, 5, 0, 0)),  # held before the processor
+        ("attach_payment_method", "requires_payment_method", (100, 0, 0, -1)),  # negative
+        ("expire", "requires_confirmation", (100, 100, 0, 0)),  # held before the processor
     ],
 )
 def test_impossible_amounts_raise_ledger_imbalance(states, op, status, amounts):
@@ -435,3 +486,77 @@ def test_str_subclass_statuses_accepted(states):
     with pytest.raises(CoreError) as info:
         states.void(Status("voided"), 100, 0, 0, 0)
     assert info.value.message == "cannot void a payment that is voided"
+
+
+# ---- the states before the processor, and new attempts ----------------------------------
+
+NO_MONEY = ("requires_payment_method", "requires_confirmation", "declined", "failed")
+NO_MONEY_OPS = ("attach_payment_method", "confirm", "cancel", "expire")
+
+
+@PROP
+@given(
+    op=st.sampled_from(NO_MONEY_OPS),
+    status=st.sampled_from(NO_MONEY),
+    amount=st.integers(1, 10**8),
+)
+def test_moves_without_money_keep_every_amount_zero(both, op, status, amount):
+    compiled, pure = both
+    got = outcome(getattr(compiled, op), status, amount, 0, 0, 0)
+    assert got == outcome(getattr(pure, op), status, amount, 0, 0, 0)
+    if (status, op) in LEGAL:
+        assert got == ("ok", {**LEGAL[(status, op)]})
+    else:
+        assert got[0] == "CoreError" and got[1][:3] == (
+            409,
+            "invalid_request_error",
+            "payment_state_invalid",
+        )
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@PROP
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from((*OPS, "settle")),
+            st.sampled_from(("approved", "declined", "failed")),
+            st.none() | st.integers(1, 10**8),
+        ),
+        max_size=12,
+    ),
+    amount=st.integers(1, 10**8),
+    start=st.sampled_from(("requires_payment_method", "requires_confirmation")),
+)
+def test_walks_from_before_the_processor(build, steps, amount, start):
+    """Any sequence of operations on a payment created without a card: only API.md's moves
+    succeed, the amounts stay consistent, and the ledger's postings of every move sum to
+    exactly the balances the payment's amounts imply (nothing before the processor)."""
+    states, ledger = load(build, "states"), load(build, "ledger")
+    status, capturable, captured, refunded = start, 0, 0, 0
+    sums: dict[str, int] = {}
+    for op, result, requested in steps:
+        before = status
+        try:
+            if op == "settle":
+                if status != "processing":
+                    continue  # only the processor's answer settles a processing payment
+                t = states.settle_authorization(result, amount)
+            else:
+                t = call(states, op, status, (amount, capturable, captured, refunded), requested)
+        except CoreError as exc:
+            assert (before, op) not in LEGAL or exc.code != "payment_state_invalid"
+            continue
+        assert op == "settle" or (before, op) in LEGAL
+        status = t.status
+        capturable, captured, refunded = t.amount_capturable, t.amount_captured, t.amount_refunded
+        assert 0 <= refunded <= captured <= amount and 0 <= capturable <= amount - captured
+        entries = ledger.postings(t, "mer_1", "sandbox", "EUR")
+        if before in NO_MONEY or status in ("processing", "declined", "failed"):
+            assert entries == [] and t.amount == 0 and t.released == 0
+        for name, value in entries:
+            sums[name] = sums.get(name, 0) + value
+    expected = ledger.expected_payment_balances(
+        "mer_1", "sandbox", "EUR", capturable, captured, refunded
+    )
+    assert ledger.balance_differences(expected, sums) == {}

@@ -60,6 +60,41 @@ def test_valid_payment(core):
     assert VISA not in repr(request.card) and "123" not in repr(request.card)
 
 
+def test_payment_method_and_confirm_are_optional(core):
+    # API.md: without payment_method the payment waits in requires_payment_method; with
+    # "confirm": false in requires_confirmation. confirm defaults to true (one step).
+    assert core.validation.validate_payment(body(), *TODAY).confirm is True
+    b = body(confirm=False)
+    assert core.validation.validate_payment(b, *TODAY).confirm is False
+    for without in (
+        {k: v for k, v in body().items() if k != "payment_method"},
+        body(payment_method=None),
+    ):
+        request = core.validation.validate_payment(without, *TODAY)
+        assert request.card is None and request.token is None and request.confirm is True
+
+
+def test_confirm_body(core):
+    assert core.validation.validate_confirm(None, *TODAY) == (None, None)
+    assert core.validation.validate_confirm({}, *TODAY) == (None, None)
+    card, token = core.validation.validate_confirm(
+        {"payment_method": body()["payment_method"]}, *TODAY
+    )
+    assert card.last4 == "4242" and token is None
+    assert core.validation.validate_confirm(
+        {"payment_method": {"type": "token", "token": "tok_1"}}, *TODAY
+    ) == (None, "tok_1")
+    assert error_of(core.validation.validate_confirm, {"amount": 5}, *TODAY) == (
+        "parameter_unknown",
+        "amount",
+    )
+    assert error_of(core.validation.validate_cancel, {"reason": "x"}) == (
+        "parameter_unknown",
+        "reason",
+    )
+    assert core.validation.validate_cancel(None) is None
+
+
 def test_defaults(core):
     b = body()
     for name in ("capture", "reference", "description", "metadata", "customer"):
@@ -104,7 +139,8 @@ def test_spaces_in_the_number_are_allowed(core):
         ({"currency": "eu"}, "parameter_invalid", "currency"),
         ({"currency": "xxx"}, "parameter_invalid", "currency"),
         ({"capture": "later"}, "parameter_invalid", "capture"),
-        ({"payment_method": None}, "parameter_missing", "payment_method"),
+        ({"confirm": "true"}, "parameter_invalid", "confirm"),
+        ({"confirm": 1}, "parameter_invalid", "confirm"),
         ({"payment_method": {"card": {}}}, "parameter_missing", "payment_method.type"),
         ({"payment_method": {"type": "cash"}}, "parameter_invalid", "payment_method.type"),
         (

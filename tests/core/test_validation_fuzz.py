@@ -75,6 +75,7 @@ FIELD_NAMES = (
     "amount",
     "currency",
     "capture",
+    "confirm",
     "payment_method",
     "reference",
     "description",
@@ -260,6 +261,7 @@ valid_payments = st.fixed_dictionaries(
     },
     optional={
         "capture": st.sampled_from(("automatic", "manual")),
+        "confirm": st.booleans(),
         "reference": st.text(clean_text, min_size=1, max_size=255),
         "description": st.text(clean_text, max_size=1000),
         "metadata": st.dictionaries(
@@ -384,8 +386,11 @@ def test_payment_validation_accepts_only_what_api_md_allows(body):
     assert answer["currency"] in PURE.validation.CURRENCY_EXPONENTS
     assert answer["capture"] == body.get("capture", "automatic")
     assert answer["capture"] in ("automatic", "manual")
-    method = body["payment_method"]
-    if method["type"] == "card":
+    assert answer["confirm"] is body.get("confirm", True)
+    method = body.get("payment_method")
+    if method is None:  # the payment waits in requires_payment_method
+        assert answer["card"] is None and answer["token"] is None
+    elif method["type"] == "card":
         card, given_card = answer["card"], method["card"]
         assert answer["token"] is None and set(method) == {"type", "card"}
         assert card["number"] == given_card["number"].replace(" ", "")
