@@ -61,8 +61,21 @@ def kassa_server(
     try:
         server.wait_ready(READY_TIMEOUT_S)
         yield server, Target(name, server.url, secret)
+        verify_ledger(server, name)
     finally:
         server.stop(STOP_TIMEOUT_S)
+
+
+def verify_ledger(server: KassaServer, name: str) -> None:
+    """``kassa ledger verify`` on what a target's load wrote: a benchmark whose books do not
+    balance has measured a broken gateway, so it fails loudly instead of reporting."""
+    result = server.cli("ledger", "verify")
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise RuntimeError(f"kassa ledger verify failed after the {name} load:\n{output}")
+    print(
+        f"  ledger verify after {name}: {output.splitlines()[-1] if output else 'ok'}", flush=True
+    )
 
 
 @contextlib.contextmanager
