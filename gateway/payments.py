@@ -35,7 +35,6 @@ from gateway.config import Settings
 from gateway.http.answers import Answer, ApiError, api_error, invalid_request, resource_missing
 from gateway.http.render import (
     answer_for_authorization,
-    event_payload,
     render_payment,
     render_refund,
     render_token,
@@ -505,18 +504,15 @@ class PaymentService:
                     updated = await payments.cancel(conn, payment_id, transition.status)
                     await ledger.post(conn, transition, row)  # moves nothing (the core's)
                     answer = Answer.of_json(200, render_payment(updated))
-                    event_id = new_id("evt")
                     deliveries = await events.write(
                         conn,
                         [
-                            events.NewEvent(
-                                event_id,
+                            events.NewEvent.of(
                                 merchant_id,
                                 CANCELED_EVENT,
                                 payment_id,
-                                event_payload(
-                                    event_id, CANCELED_EVENT, updated["updated_at"], answer.body
-                                ),
+                                updated["updated_at"],
+                                answer.body,
                             )
                         ],
                         updated["updated_at"],
@@ -788,13 +784,8 @@ class PaymentService:
             answer = Answer.of_json(200, render_payment(updated))
             changed, at = updated, updated["updated_at"]
         # The event carries the object exactly as answered, in this transaction.
-        event_type, event_id = OPERATION_EVENTS[operation], new_id("evt")
-        new_event = events.NewEvent(
-            event_id,
-            row["merchant_id"],
-            event_type,
-            changed["id"],
-            event_payload(event_id, event_type, at, answer.body),
+        new_event = events.NewEvent.of(
+            row["merchant_id"], OPERATION_EVENTS[operation], changed["id"], at, answer.body
         )
         return answer, await events.write(conn, [new_event], at)
 

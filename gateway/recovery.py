@@ -24,8 +24,7 @@ import orjson
 import core_ext
 from gateway import metrics, observability
 from gateway.config import Settings
-from gateway.http.render import event_payload, render_payment
-from gateway.ids import new_id
+from gateway.http.render import render_payment
 from gateway.payments import PaymentService, attempt_number
 from gateway.processors.base import APPROVED, NOT_FOUND, Connector, Outcome, attempt_reference
 from gateway.store import events, ledger, operations, payments
@@ -147,19 +146,13 @@ async def expire_authorizations(
             if updated is None:
                 continue  # an operation on it is pending; recovery settles that first
             await ledger.post(conn, transition, row)
-            event_id = new_id("evt")
             new_events.append(
-                events.NewEvent(
-                    event_id,
+                events.NewEvent.of(
                     row["merchant_id"],
                     "payment.expired",
                     row["id"],
-                    event_payload(
-                        event_id,
-                        "payment.expired",
-                        updated["updated_at"],
-                        orjson.dumps(render_payment(updated)),
-                    ),
+                    updated["updated_at"],
+                    orjson.dumps(render_payment(updated)),
                 )
             )
             expired += 1
@@ -190,19 +183,13 @@ async def expire_unconfirmed(
             )
             updated = await payments.expire_unconfirmed(conn, row["id"], transition.status)
             await ledger.post(conn, transition, row)  # posts nothing
-            event_id = new_id("evt")
             new_events.append(
-                events.NewEvent(
-                    event_id,
+                events.NewEvent.of(
                     row["merchant_id"],
                     "payment.expired",
                     row["id"],
-                    event_payload(
-                        event_id,
-                        "payment.expired",
-                        updated["updated_at"],
-                        orjson.dumps(render_payment(updated)),
-                    ),
+                    updated["updated_at"],
+                    orjson.dumps(render_payment(updated)),
                 )
             )
         if new_events:

@@ -18,8 +18,7 @@ import asyncpg
 import orjson
 
 from gateway.http.answers import Answer
-from gateway.http.render import Row, event_payload, render_payment
-from gateway.ids import new_id
+from gateway.http.render import Row, render_payment
 from gateway.store import events, ledger, operations, payments
 from gateway.store import idempotency as keys
 from gateway.store.idempotency import Claim
@@ -222,15 +221,8 @@ def _settlement_events(
         answer = answers[payment_id]
         rendered = answer.body if answer.status == 201 else orjson.dumps(render_payment(row))
         for event_type in EVENT_TYPES_BY_STATUS.get(row["status"], ()):
-            event_id = new_id("evt")
             new_events.append(
-                events.NewEvent(
-                    event_id,
-                    row["merchant_id"],
-                    event_type,
-                    payment_id,
-                    event_payload(event_id, event_type, now, rendered),
-                )
+                events.NewEvent.of(row["merchant_id"], event_type, payment_id, now, rendered)
             )
     return new_events
 

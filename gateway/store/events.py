@@ -19,6 +19,9 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from gateway.http.render import event_payload
+from gateway.ids import new_id
+
 # A connection of the caller's, pooled or not.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
@@ -64,6 +67,20 @@ class NewEvent:
     type: str
     object_id: str
     payload: str  # the event's JSON, as delivered
+
+    @classmethod
+    def of(
+        cls, merchant_id: str, event_type: str, object_id: str, created: datetime, rendered: bytes
+    ) -> NewEvent:
+        """A new event (a fresh ``evt_`` id) around its object's rendered JSON."""
+        event_id = new_id("evt")
+        return cls(
+            event_id,
+            merchant_id,
+            event_type,
+            object_id,
+            event_payload(event_id, event_type, created, rendered),
+        )
 
 
 def event_arrays(new_events: Sequence[NewEvent]) -> list[list[str]]:
