@@ -675,8 +675,15 @@ def summarize(
 
     ticks["postgres"] = sum(ticks.get(g, 0) for g in POSTGRES_GROUPS)
     members["postgres"] = sum(members.get(g, 0) for g in POSTGRES_GROUPS)
-    order = ("workers", "supervisor", "postgres", *POSTGRES_GROUPS, "generator", "profiler")
-    order = (*order, "other")
+    order = (
+        "workers",
+        "supervisor",
+        "postgres",
+        *POSTGRES_GROUPS,
+        "generator",
+        "profiler",
+        "other",
+    )
     cpu = {
         g: {
             "us_per_authorization": per_auth(ticks.get(g, 0)),
