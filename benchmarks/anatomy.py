@@ -2,6 +2,7 @@
 
     python -m benchmarks.anatomy                 # 10 s of load after a 2 s warm-up
     python -m benchmarks.anatomy --seconds 5 --workers 2 --json out.json
+    python -m benchmarks.anatomy --webhooks      # with the kassa-webhooks target's endpoint
 
 Starts ``kassa serve`` (2 workers by default) on a fresh embedded PostgreSQL through
 gateway/testing.py's KassaServer with the abuse limits set never to trip (as
@@ -64,6 +65,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import linecache
 import math
@@ -76,9 +78,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -197,9 +199,14 @@ STAGES = (
     "metrics",
     "access log",
     "asyncpg",
+    "webhooks",
     "gateway (other)",
     "event loop/other",
 )
+# The deliverer runs in tasks of its own: any stack with one of its frames is its work,
+# whatever library it is in at the moment (its aiohttp client, asyncpg), so it is not
+# confused with the requests' HTTP and asyncpg (``--webhooks``).
+DELIVERER_PREFIX = "gateway/webhooks/"
 
 # Library code, by the start of the file path py-spy prints (rule 1): the first such
 # frame from the inside decides.
@@ -278,6 +285,9 @@ def source_line(frame: Frame) -> str:
 
 def stage_of(frames: Iterable[Frame], line_text: Callable[[Frame], str] = source_line) -> str:
     """The stage of one sampled stack, ``frames`` innermost first (see the module doc)."""
+    frames = list(frames)
+    if any(frame.file.startswith(DELIVERER_PREFIX) for frame in frames):
+        return "webhooks"
     for frame in frames:
         path = frame.file
         if (path, frame.function) in ENTRY_FRAMES:
@@ -549,8 +559,26 @@ def py_spy_executable() -> str:
     return found
 
 
+@contextlib.contextmanager
+def _kassa(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[Any, Any, int | None]]:
+    """The gateway under load, and with ``--webhooks`` the pid of the receiver its one
+    endpoint (subscribed to ``*``) posts to: that receiver's CPU shares the machine."""
+    from benchmarks import targets
+
+    if args.webhooks:
+        with targets.kassa_with_webhooks("kassa", workdir, args.workers, None) as (
+            server,
+            target,
+            hooks,
+        ):
+            yield server, target, hooks.receiver_pid
+    else:
+        with targets.kassa_server("kassa", workdir, args.workers, None, True) as (server, target):
+            yield server, target, None
+
+
 def run(args: argparse.Namespace) -> dict:
-    from benchmarks import closedloop, targets
+    from benchmarks import closedloop
 
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
@@ -562,7 +590,7 @@ def run(args: argparse.Namespace) -> dict:
         workdir = Path(scratch)
         closedloop.wrk_executable()  # fail before starting anything if wrk is missing
         spy = None if args.no_profile else py_spy_executable()
-        with targets.kassa_server("kassa", workdir, args.workers, None, True) as (server, target):
+        with _kassa(args, workdir) as (server, target, receiver_pid):
             workers = worker_pids_from_log(server.logs())
             if len(workers) != args.workers:
                 raise RuntimeError(f"expected {args.workers} worker pids in {server.log_path}")
@@ -574,7 +602,8 @@ def run(args: argparse.Namespace) -> dict:
 
             command = closedloop.wrk_command(target.url, target.secret_key, seconds)
             backends = pg_backends(dsn)
-            groups = process_groups(server.process.pid, workers, info.pid, {}, backends)
+            receiver = {receiver_pid: "receiver"} if receiver_pid else {}
+            groups = process_groups(server.process.pid, workers, info.pid, receiver, backends)
             before = snapshot(groups)
             machine_before = parse_proc_stat(Path("/proc/stat").read_text())
             started = time.monotonic()
@@ -617,7 +646,10 @@ def run(args: argparse.Namespace) -> dict:
             # inside it (new backends); py-spy (still writing its file) as it is now.
             backends.update(pg_backends(dsn))  # any backend a pool opened in the window
             after = snapshot(
-                {**process_groups(server.process.pid, workers, info.pid, {}, backends), **extra}
+                {
+                    **process_groups(server.process.pid, workers, info.pid, receiver, backends),
+                    **extra,
+                }
             )
             machine_after = parse_proc_stat(Path("/proc/stat").read_text())
             window_s = time.monotonic() - started
@@ -680,6 +712,7 @@ def summarize(
         "supervisor",
         "postgres",
         *POSTGRES_GROUPS,
+        "receiver",
         "generator",
         "profiler",
         "other",
@@ -811,6 +844,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy (no stages)")
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="one endpoint subscribed to * at a receiver on loopback (its CPU is 'receiver')",
+    )
     parser.add_argument(
         "--json",
         type=Path,

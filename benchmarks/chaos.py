@@ -1257,8 +1257,17 @@ async def read_webhook_books(
             [merchant_id, quiet_id],
         )
     }
+    # A delivered delivery's row is deleted as its 2xx attempt is logged (migration 0009):
+    # its state is read off the attempt log; the others are their rows'.
     deliveries_of = """SELECT d.event_id, d.endpoint_id, d.state FROM webhook_deliveries d
-                         JOIN events e ON e.id = d.event_id WHERE e.merchant_id = $1"""
+                         JOIN events e ON e.id = d.event_id WHERE e.merchant_id = $1
+                       UNION
+                       SELECT a.event_id, a.endpoint_id, 'delivered' FROM webhook_attempts a
+                         JOIN events e ON e.id = a.event_id
+                        WHERE e.merchant_id = $1 AND a.status_code BETWEEN 200 AND 299
+                          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                           WHERE d.event_id = a.event_id
+                                             AND d.endpoint_id = a.endpoint_id)"""
     attempts_of = """SELECT count(*) FROM webhook_attempts a
                        JOIN events e ON e.id = a.event_id WHERE e.merchant_id = $1"""
     deliveries = {

@@ -161,7 +161,7 @@ def closed_loop(workdir: Path, args) -> dict:
         if start is None:
             with targets.kassa_with_webhooks(
                 "kassa-webhooks-closed", workdir, workers, args.database_url
-            ) as (target, hooks):
+            ) as (_, target, hooks):
                 result, webhooks = closedloop.measure_with_webhooks(
                     target, hooks, args.closed_loop_seconds
                 )

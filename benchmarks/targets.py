@@ -93,11 +93,12 @@ class Webhooks:
     receiver_url: str
     endpoint_id: str
     dsn: str  # where the events and deliveries are read
+    receiver_pid: int  # its CPU shares the machine (benchmarks/anatomy.py --webhooks)
 
 
 @contextlib.contextmanager
-def webhook_receiver(workdir: Path) -> Iterator[str]:
-    """benchmarks/webhook_receiver.py in its own process; its URL."""
+def webhook_receiver(workdir: Path) -> Iterator[tuple[str, int]]:
+    """benchmarks/webhook_receiver.py in its own process; its URL and pid."""
     port = testing.free_port()
     log = workdir / "webhook-receiver.log"
     with open(log, "wb") as out:
@@ -110,7 +111,7 @@ def webhook_receiver(workdir: Path) -> Iterator[str]:
     try:
         url = f"http://{testing.HOST}:{port}"
         testing.wait_http_ready(url, process, log, READY_TIMEOUT_S)
-        yield url
+        yield url, process.pid
     finally:
         testing.stop_process(process, STOP_TIMEOUT_S)
 
@@ -147,11 +148,12 @@ def database_dsn(server: KassaServer, database_url: str | None) -> str:
 @contextlib.contextmanager
 def kassa_with_webhooks(
     name: str, workdir: Path, workers: int, database_url: str | None
-) -> Iterator[tuple[Target, Webhooks]]:
+) -> Iterator[tuple[KassaServer, Target, Webhooks]]:
     """Kassa (group commit on) with one endpoint subscribed to ``*`` at a receiver on
-    loopback (KASSA_WEBHOOK_ALLOW_PRIVATE=1 lets it point there)."""
+    loopback (KASSA_WEBHOOK_ALLOW_PRIVATE=1 lets it point there); the server too, for
+    benchmarks/anatomy.py."""
     with (
-        webhook_receiver(workdir) as receiver_url,
+        webhook_receiver(workdir) as (receiver_url, receiver_pid),
         kassa_server(
             name,
             workdir,
@@ -162,7 +164,11 @@ def kassa_with_webhooks(
         ) as (server, target),
     ):
         endpoint_id = create_endpoint(target, receiver_url + "/hook", ["*"])
-        yield target, Webhooks(receiver_url, endpoint_id, database_dsn(server, database_url))
+        yield (
+            server,
+            target,
+            Webhooks(receiver_url, endpoint_id, database_dsn(server, database_url), receiver_pid),
+        )
 
 
 @contextlib.contextmanager

@@ -4,8 +4,13 @@ do, in its own process, on loopback.
 Every POST is answered 200 at once, after noting its ``webhook-id`` and when it arrived
 (wall clock, to compare with the events' ``created_at`` in the database: the same
 machine's clock). ``GET /arrivals`` answers them all as ``[[webhook_id, unix_s], ...]``;
-``GET /readyz`` says it listens. No verification: its CPU shares the machine with the
-gateway under test, so it spends as little as it can.
+any other GET (``/readyz``) answers 200.
+
+No verification, and no HTTP framework: its CPU shares the machine with the gateway under
+test, and a real receiver runs on the shop's machines, so what it spends here is charged
+to the webhooks' cost without being theirs. This is HTTP/1.1 as Kassa's deliverer (and
+urllib, for the two GETs) speaks it: requests with a ``Content-Length`` or no body, kept
+alive. Anything it cannot read closes the connection.
 
     python -m benchmarks.webhook_receiver --port 8091
 """
@@ -13,26 +18,76 @@ gateway under test, so it spends as little as it can.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
+from typing import cast
 
 import orjson
-from aiohttp import web
 
-ARRIVALS: web.AppKey[list[tuple[str, float]]] = web.AppKey("arrivals", list)
-
-
-async def receive(request: web.Request) -> web.Response:
-    await request.read()
-    request.app[ARRIVALS].append((request.headers.get("webhook-id", ""), time.time()))
-    return web.Response(text="ok")
+HEADERS_BYTES_MAX = 16 * 1024
+BODY_BYTES_MAX = 1024 * 1024
 
 
-async def arrivals(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(request.app[ARRIVALS]), content_type="application/json")
+class ReceiverProtocol(asyncio.Protocol):
+    def __init__(self, arrivals: list[tuple[str, float]]) -> None:
+        self._arrivals = arrivals
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while self._transport is not None and self._answer_one():
+            pass
+
+    def _answer_one(self) -> bool:
+        """Answer the first complete request in the buffer; False when there is none."""
+        if self._transport is None:
+            return False
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > HEADERS_BYTES_MAX:
+                self._transport.close()
+            return False
+        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        method, target = [*lines[0].split(" "), "", ""][:2]
+        length, webhook_id = 0, ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "webhook-id":
+                webhook_id = value.strip()
+        if length > BODY_BYTES_MAX:
+            self._transport.close()
+            return False
+        total = end + 4 + length
+        if len(self._buffer) < total:
+            return False
+        del self._buffer[:total]
+        if method == "POST":
+            self._arrivals.append((webhook_id, time.time()))
+            body, kind = b"ok", b"text/plain"
+        elif target == "/arrivals":
+            body, kind = orjson.dumps(self._arrivals), b"application/json"
+        else:
+            body, kind = b"ok", b"text/plain"
+        self._transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (kind, len(body), body)
+        )
+        return True
 
 
-async def readyz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
+async def serve(host: str, port: int) -> None:
+    arrivals: list[tuple[str, float]] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: ReceiverProtocol(arrivals), host, port)
+    async with server:
+        await server.serve_forever()
 
 
 def main() -> None:
@@ -42,15 +97,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvloop.install()
-    app = web.Application(client_max_size=1024**2)
-    app[ARRIVALS] = []
-    app.router.add_get("/arrivals", arrivals)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_post("/{path:.*}", receive)
-    web.run_app(
-        app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1
-    )
+    uvloop.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

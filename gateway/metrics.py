@@ -153,6 +153,11 @@ WEBHOOK_DELIVERY_LATENCY = Histogram(
     "Time from an event's commit to the 2xx answer that delivered it (retries included).",
     buckets=WEBHOOK_LATENCY_BUCKETS_S,
 )
+WEBHOOK_HANDOFFS_DROPPED = Counter(
+    "kassa_webhook_handoffs_dropped",
+    "Webhook deliveries a process wrote but could not start sending in time (its slots were "
+    "full): sent later through the claim path, once their lease lapsed.",
+)
 WEBHOOK_DELIVERY_ATTEMPTS = Histogram(
     "kassa_webhook_delivery_attempts",
     "Attempts a webhook delivery took, observed when it was delivered or failed.",

@@ -132,10 +132,10 @@ class PaymentService:
         self._processor_timeout_s = settings.processor_timeout_ms / 1000
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
         self._velocity = core_ext.risk.VelocityGuard()
-        # After a commit that wrote webhook deliveries: wakes this process's deliverer
-        # (gateway/webhooks/deliverer.py); other processes find them by polling.
-        self.deliveries_written: Callable[[], None] = lambda: None
-        writes = AuthorizationWrites(answer_for_authorization, lambda: self.deliveries_written())
+        # The deliveries written with each change go to this process's deliverer after the
+        # commit (gateway/webhooks/deliverer.py connects it); others claim what it drops.
+        self.outbox = events.Outbox()
+        writes = AuthorizationWrites(answer_for_authorization, self.outbox)
         batching = batch_settings(settings)
         # Each batch kind is one statement (see store/authorizations.py): no transaction
         # around it, no BEGIN and COMMIT round trips.
@@ -480,7 +480,7 @@ class PaymentService:
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
             return known
-        deliveries = 0
+        handed: list[events.Handoff] = []
         with self._idempotency.guard(claim):
             async with self._acquire() as conn, conn.transaction():
                 row = await payments.lock(conn, payment_id, merchant_id)
@@ -504,7 +504,7 @@ class PaymentService:
                     updated = await payments.cancel(conn, payment_id, transition.status)
                     await ledger.post(conn, transition, row)  # moves nothing (the core's)
                     answer = Answer.of_json(200, render_payment(updated))
-                    deliveries = await events.write(
+                    handed = await events.write(
                         conn,
                         [
                             events.NewEvent.of(
@@ -516,10 +516,10 @@ class PaymentService:
                             )
                         ],
                         updated["updated_at"],
+                        self.outbox.lease_s,
                     )
                 await self._idempotency.complete(conn, claim, answer)
-        if deliveries:
-            self.deliveries_written()
+        self.outbox.written(handed)
         self._idempotency.remember(claim, answer)
         return answer
 
@@ -711,13 +711,13 @@ class PaymentService:
     ) -> Answer:
         """Record the processor's verdict on a pending capture, void or refund (request path
         and recovery): apply it, or fail it changing nothing; complete its key either way."""
-        deliveries = 0
+        handed: list[events.Handoff] = []
         async with conn.transaction():
             row = await payments.lock(conn, op["payment_id"], op["merchant_id"])
             if not await operations.finish(conn, op["id"], SUCCEEDED if approved else FAILED):
                 return await self._settled_answer(conn, op, approved)
             if approved:
-                answer, deliveries = await self._apply(conn, row, op)
+                answer, handed = await self._apply(conn, row, op)
             else:
                 answer = Answer.of_error(
                     api_error(
@@ -732,8 +732,7 @@ class PaymentService:
             await self._idempotency.complete_key(
                 conn, op["merchant_id"], op["idempotency_key"], answer
             )
-        if deliveries:
-            self.deliveries_written()
+        self.outbox.written(handed)
         return answer
 
     async def _settled_answer(
@@ -758,7 +757,7 @@ class PaymentService:
 
     async def _apply(
         self, conn: asyncpg.Connection, row: asyncpg.Record, op: asyncpg.Record
-    ) -> tuple[Answer, int]:
+    ) -> tuple[Answer, list[events.Handoff]]:
         """Apply the operation, its postings and its event; the answer and the webhook
         deliveries written."""
         operation, refund_id = op["operation"], op["refund_id"]
@@ -787,7 +786,7 @@ class PaymentService:
         new_event = events.NewEvent.of(
             row["merchant_id"], OPERATION_EVENTS[operation], changed["id"], at, answer.body
         )
-        return answer, await events.write(conn, [new_event], at)
+        return answer, await events.write(conn, [new_event], at, self.outbox.lease_s)
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@
 - Expiry: authorizations not captured within ``authorization_ttl_s`` expire, and so do
   payments still waiting before the processor after ``unconfirmed_payment_ttl_s``.
 - Sweep: idempotency keys past retention are deleted in bounded batches, and so are
-  delivered webhook deliveries and events (with their attempts) past retention.
+  events (with their deliveries and attempts) past retention.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
@@ -38,9 +39,6 @@ BATCH_ROWS_MAX = 100  # payments handled per pass, so one pass stays short
 NOT_FOUND_FINAL_AFTER = 2
 LEDGER_CHECK_INTERVAL_S = 60  # the periodic balance check behind kassa_ledger_verify_ok
 EVENT_RETENTION_S = 30 * 86_400  # API.md: events are kept at least 30 days
-# A delivered delivery row is kept this long (operators may look), then pruned, so the
-# outbox holds the backlog and not every payment ever made.
-DELIVERED_RETENTION_S = 3_600
 PRUNE_BATCH_ROWS = 5_000  # rows per DELETE, so no pass holds locks for long
 PRUNE_BATCHES_PER_PASS = 10  # past this, the next pass goes on
 
@@ -52,7 +50,7 @@ class PassResult:
     expired: int = 0
     unconfirmed_expired: int = 0  # payments that never reached the processor
     swept: int = 0
-    pruned: int = 0  # delivered deliveries and old events deleted
+    pruned: int = 0  # old events deleted (with their deliveries and attempts)
 
 
 async def recover_processing(
@@ -125,16 +123,53 @@ async def recover_operations(
 
 
 async def expire_authorizations(
-    pool: asyncpg.Pool, ttl_s: int, deliveries_written: Callable[[], None] = lambda: None
+    pool: asyncpg.Pool, ttl_s: int, outbox: events.Outbox | None = None
 ) -> int:
     """Expire old authorizations, each with its ``payment.expired`` event, in one
-    transaction; ``deliveries_written`` is called after it committed webhook deliveries."""
-    expired = 0
+    transaction; their webhook deliveries go to ``outbox`` after it committed."""
+
+    async def lock(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await payments.lock_expiring(conn, ttl_s, BATCH_ROWS_MAX)
+
+    async def expire(
+        conn: asyncpg.Connection, row: asyncpg.Record, transition: Any
+    ) -> asyncpg.Record | None:
+        return await payments.expire(conn, row["id"], transition)
+
+    return await _expire(pool, lock, expire, outbox or events.Outbox())
+
+
+async def expire_unconfirmed(
+    pool: asyncpg.Pool, ttl_s: int, outbox: events.Outbox | None = None
+) -> int:
+    """Expire payments left in requires_payment_method or requires_confirmation, each with
+    its ``payment.expired`` event, in one transaction. They hold no money: nothing is
+    posted (the core's transition moves nothing) and no processor is asked."""
+
+    async def lock(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await payments.lock_unconfirmed_expiring(conn, ttl_s, BATCH_ROWS_MAX)
+
+    async def expire(
+        conn: asyncpg.Connection, row: asyncpg.Record, transition: Any
+    ) -> asyncpg.Record | None:
+        return await payments.expire_unconfirmed(conn, row["id"], transition.status)
+
+    return await _expire(pool, lock, expire, outbox or events.Outbox())
+
+
+async def _expire(
+    pool: asyncpg.Pool,
+    lock: Callable[[asyncpg.Connection], Awaitable[list[asyncpg.Record]]],
+    expire: Callable[[asyncpg.Connection, asyncpg.Record, Any], Awaitable[asyncpg.Record | None]],
+    outbox: events.Outbox,
+) -> int:
+    """The expiry both kinds share: lock the due rows, move each as the core says (``expire``
+    answers None for a row it must leave alone), post what the move posts, and write the
+    events in one statement."""
     new_events: list[events.NewEvent] = []
-    deliveries = 0
+    handed: list[events.Handoff] = []
     async with pool.acquire() as conn, conn.transaction():
-        rows = await payments.lock_expiring(conn, ttl_s, BATCH_ROWS_MAX)
-        for row in rows:
+        for row in await lock(conn):
             transition = core_ext.states.expire(
                 row["status"],
                 row["amount"],
@@ -142,7 +177,7 @@ async def expire_authorizations(
                 row["amount_captured"],
                 row["amount_refunded"],
             )
-            updated = await payments.expire(conn, row["id"], transition)
+            updated = await expire(conn, row, transition)
             if updated is None:
                 continue  # an operation on it is pending; recovery settles that first
             await ledger.post(conn, transition, row)
@@ -155,64 +190,22 @@ async def expire_authorizations(
                     orjson.dumps(render_payment(updated)),
                 )
             )
-            expired += 1
             expired_at = updated["updated_at"]  # now(): the transaction's time, for all
-        if new_events:  # all in one statement
-            deliveries = await events.write(conn, new_events, expired_at)
-    if deliveries:
-        deliveries_written()
-    return expired
-
-
-async def expire_unconfirmed(
-    pool: asyncpg.Pool, ttl_s: int, deliveries_written: Callable[[], None] = lambda: None
-) -> int:
-    """Expire payments left in requires_payment_method or requires_confirmation, each with
-    its ``payment.expired`` event, in one transaction. They hold no money: nothing is
-    posted (the core's transition moves nothing) and no processor is asked."""
-    new_events: list[events.NewEvent] = []
-    deliveries = 0
-    async with pool.acquire() as conn, conn.transaction():
-        for row in await payments.lock_unconfirmed_expiring(conn, ttl_s, BATCH_ROWS_MAX):
-            transition = core_ext.states.expire(
-                row["status"],
-                row["amount"],
-                row["amount_capturable"],
-                row["amount_captured"],
-                row["amount_refunded"],
-            )
-            updated = await payments.expire_unconfirmed(conn, row["id"], transition.status)
-            await ledger.post(conn, transition, row)  # posts nothing
-            new_events.append(
-                events.NewEvent.of(
-                    row["merchant_id"],
-                    "payment.expired",
-                    row["id"],
-                    updated["updated_at"],
-                    orjson.dumps(render_payment(updated)),
-                )
-            )
         if new_events:
-            # now(): the transaction's time, the same for every row
-            deliveries = await events.write(conn, new_events, updated["updated_at"])
-    if deliveries:
-        deliveries_written()
+            handed = await events.write(conn, new_events, expired_at, outbox.lease_s)
+    outbox.written(handed)
     return len(new_events)
 
 
 async def prune_webhooks(pool: asyncpg.Pool) -> int:
-    """Delivered deliveries past a short retention, then events (with their deliveries and
-    attempts) past 30 days, in bounded batches."""
+    """Events past 30 days, with their deliveries and attempts, in bounded batches (a
+    delivered delivery went when it was logged)."""
     pruned = 0
-    for prune, older_than_s in (
-        (events.prune_delivered, DELIVERED_RETENTION_S),
-        (events.prune_events, EVENT_RETENTION_S),
-    ):
-        for _ in range(PRUNE_BATCHES_PER_PASS):
-            deleted = await prune(pool, older_than_s, PRUNE_BATCH_ROWS)
-            pruned += deleted
-            if deleted < PRUNE_BATCH_ROWS:
-                break
+    for _ in range(PRUNE_BATCHES_PER_PASS):
+        deleted = await events.prune_events(pool, EVENT_RETENTION_S, PRUNE_BATCH_ROWS)
+        pruned += deleted
+        if deleted < PRUNE_BATCH_ROWS:
+            break
     return pruned
 
 
@@ -226,12 +219,10 @@ async def run_once(
     result.operations = await recover_operations(
         pool, service, connector, settings.recovery_after_s, settings.processor_timeout_ms / 1000
     )
-    result.expired = await expire_authorizations(
-        pool, settings.authorization_ttl_s, service.deliveries_written
-    )
+    result.expired = await expire_authorizations(pool, settings.authorization_ttl_s, service.outbox)
     metrics.AUTHORIZATIONS_EXPIRED.inc(result.expired)
     result.unconfirmed_expired = await expire_unconfirmed(
-        pool, settings.unconfirmed_payment_ttl_s, service.deliveries_written
+        pool, settings.unconfirmed_payment_ttl_s, service.outbox
     )
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
     result.swept = await sweep_expired(pool, settings.idempotency_retention_s)

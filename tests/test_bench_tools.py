@@ -375,3 +375,17 @@ def test_delivery_latency_from_the_first_arrival_of_each_event():
         100.0,
     )
     assert percentile([7.0], 99) == 7.0 and percentile([], 50) == 0.0
+
+
+def test_deliverer_stacks_are_the_webhooks_stage_whatever_library_they_are_in():
+    client = [
+        Frame("ClientSession._request", "aiohttp/client.py", 700),
+        Frame("Deliverer._send", "gateway/webhooks/deliverer.py", 250),
+        Frame("run_app", "aiohttp/web.py", 500),
+    ]
+    request = [
+        Frame("StreamResponse.write", "aiohttp/web_response.py", 400),
+        Frame("create_payment", "gateway/http/routes.py", 100),
+    ]
+    assert stage_of(client, line_text) == "webhooks"
+    assert stage_of(request, line_text) == "HTTP"

@@ -10,11 +10,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
+import asyncpg
 import orjson
 import psutil
 import pytest
 
-from gateway.recovery import DELIVERED_RETENTION_S, EVENT_RETENTION_S
+from gateway.recovery import EVENT_RETENTION_S
 from gateway.testing import KassaServer
 from tests.conftest import subprocess_variables
 from tests.payments_helpers import (
@@ -106,10 +107,21 @@ async def wait_attempts(api, merchant, event_id, count, timeout_s=10.0) -> list[
     raise AssertionError(f"fewer than {count} attempts of {event_id}: {attempts}")
 
 
+# A delivered delivery leaves no row (it is deleted as its 2xx attempt is logged): its
+# state is read off the attempt log. The others are their rows'.
+DELIVERY_STATES_SQL = """
+SELECT state, created_at FROM webhook_deliveries WHERE {column} = $1
+UNION ALL
+SELECT 'delivered', a.created_at FROM webhook_attempts a
+ WHERE a.{column} = $1 AND a.status_code BETWEEN 200 AND 299
+   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                    WHERE d.event_id = a.event_id AND d.endpoint_id = a.endpoint_id)
+ORDER BY created_at, state
+"""
+
+
 async def delivery_states(db, endpoint_id: str) -> list[str]:
-    rows = await db.fetch(
-        "SELECT state FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id", endpoint_id
-    )
+    rows = await db.fetch(DELIVERY_STATES_SQL.format(column="endpoint_id"), endpoint_id)
     return [row["state"] for row in rows]
 
 
@@ -625,28 +637,30 @@ async def _states_are(db, endpoint_id: str, states: list[str]) -> bool:
 # --- pruning -------------------------------------------------------------------------------
 
 
-async def test_delivered_rows_and_events_past_retention_are_pruned(api, merchant, receiver, db):
-    """The sweep (every KASSA_RECOVERY_INTERVAL_S) deletes delivered deliveries older than
-    DELIVERED_RETENTION_S and events older than EVENT_RETENTION_S (with their deliveries
-    and attempts). Time is moved by ageing the rows' timestamps: the windows tested are the
-    ones shipped, each just past and just inside its edge."""
+async def test_delivered_rows_go_at_once_and_events_past_retention_with_the_rest(
+    api, merchant, receiver, db
+):
+    """A delivered delivery's row is deleted as its attempt is logged (the outbox holds
+    only the backlog); the sweep (every KASSA_RECOVERY_INTERVAL_S) deletes events older
+    than EVENT_RETENTION_S with their deliveries and attempts. Time is moved by ageing the
+    events' timestamps: the window tested is the one shipped, just past and just inside."""
     receiver.plans["/gone"] = [status(410)]  # its one delivery ends 'failed'
     await create_endpoint(api, merchant, receiver.url("/kept"), ["payment.authorized"])
     gone = await create_endpoint(api, merchant, receiver.url("/gone"), ["payment.authorized"])
     await authorize(api, merchant)
     await wait_until(lambda: _states_are(db, gone["id"], ["failed"]))  # and it is disabled
-    for _ in range(3):
-        await authorize(api, merchant)
-    await receiver.wait("/kept", 4)
+    await authorize(api, merchant)
+    await receiver.wait("/kept", 2)
     event_ids = [a.webhook_id for a in receiver.at("/kept")]
-    await wait_until(lambda: _all_delivered(db, event_ids))
     for event_id in event_ids:
         await wait_attempts(api, merchant, event_id, 1)
-    # The event with a failed delivery too is the one whose delivered row is aged.
-    old_delivery = receiver.at("/gone")[0].webhook_id
-    old_event, edge_event, recent_delivery = (e for e in event_ids if e != old_delivery)
+    old_event = receiver.at("/gone")[0].webhook_id  # a failed delivery, a delivered one
+    (edge_event,) = (e for e in event_ids if e != old_event)
+    rows = "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1"
+    assert await db.fetchval(rows, edge_event) == 0  # delivered: no row left
+    assert await delivery_states_of_event(db, old_event) == ["delivered", "failed"]
 
-    margin_s = 600.0  # far from either edge, next to the sweep's own timing
+    margin_s = 600.0  # far from the edge, next to the sweep's own timing
     for event_id, age_s in (
         (old_event, EVENT_RETENTION_S + margin_s),
         (edge_event, EVENT_RETENTION_S - margin_s),
@@ -656,22 +670,9 @@ async def test_delivered_rows_and_events_past_retention_are_pruned(api, merchant
             event_id,
             age_s,
         )
-    for event_id, age_s in (
-        (old_delivery, DELIVERED_RETENTION_S + margin_s),  # its delivered and failed rows
-        (edge_event, DELIVERED_RETENTION_S + margin_s),
-        (recent_delivery, DELIVERED_RETENTION_S - margin_s),
-    ):
-        await db.execute(
-            "UPDATE webhook_deliveries SET updated_at = now() - make_interval(secs => $2) "
-            "WHERE event_id = $1",
-            event_id,
-            age_s,
-        )
 
     async def swept() -> bool:
-        return await delivery_states_of_event(db, old_delivery) == ["failed"] and (
-            await db.fetchval("SELECT count(*) FROM events WHERE id = $1", old_event) == 0
-        )
+        return await db.fetchval("SELECT count(*) FROM events WHERE id = $1", old_event) == 0
 
     await wait_until(swept, timeout_s=10)  # the sweep runs every second here
     # The event past retention is gone, for the API too, with its deliveries and attempts.
@@ -679,28 +680,39 @@ async def test_delivered_rows_and_events_past_retention_are_pruned(api, merchant
     for table in ("webhook_deliveries", "webhook_attempts"):
         count = f"SELECT count(*) FROM {table} WHERE event_id = $1"  # our names, no input
         assert await db.fetchval(count, old_event) == 0, table
-    # An event inside retention is kept, though its old delivered row went.
+    # The event inside retention is kept, and so is its attempt log.
     assert (await get(api, f"/v1/events/{edge_event}", merchant))[0] == 200
-    assert await delivery_states_of_event(db, edge_event) == []
-    # A delivered row past its window goes, a failed one as old stays (only delivered rows
-    # go early; the rest go with their event), and the attempt log is still read.
-    assert (await get(api, f"/v1/events/{old_delivery}", merchant))[0] == 200
-    assert len(await attempts_of(api, merchant, old_delivery)) == 2  # /kept's and /gone's
-    # The delivered row inside its window stays.
-    assert await delivery_states_of_event(db, recent_delivery) == ["delivered"]
+    assert len(await attempts_of(api, merchant, edge_event)) == 1
 
 
-async def _all_delivered(db, event_ids: list[str]) -> bool:
-    delivered = await db.fetchval(
-        "SELECT count(*) FROM webhook_deliveries WHERE event_id = any($1::text[]) "
-        "AND state = 'delivered'",
-        event_ids,
-    )
-    return delivered == len(event_ids)
+async def test_the_schema_refuses_orphan_deliveries_and_attempts(api, merchant, receiver, db):
+    """The references the foreign keys held are checked per statement (migration 0009):
+    a delivery names an event and an endpoint of the event's merchant, an attempt an event,
+    and an event is deleted only with its deliveries and attempts."""
+    endpoint = await create_endpoint(api, merchant, receiver.url("/hook"), ["payment.authorized"])
+    await authorize(api, merchant)
+    (arrival,) = await receiver.wait("/hook", 1)
+    await wait_attempts(api, merchant, arrival.webhook_id, 1)
+    insert_delivery = "INSERT INTO webhook_deliveries (event_id, endpoint_id) VALUES ($1, $2)"
+    for event_id, endpoint_id in (
+        ("evt_missing", endpoint["id"]),
+        (arrival.webhook_id, "we_missing"),
+    ):
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await db.execute(insert_delivery, event_id, endpoint_id)
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await db.execute(
+            "INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, status_code, "
+            "duration_ms) VALUES ('evt_missing', $1, 1, 200, 1)",
+            endpoint["id"],
+        )
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await db.execute("DELETE FROM events WHERE id = $1", arrival.webhook_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint["id"])
+    assert await delivery_states(db, endpoint["id"]) == ["delivered"]
 
 
 async def delivery_states_of_event(db, event_id: str) -> list[str]:
-    rows = await db.fetch(
-        "SELECT state FROM webhook_deliveries WHERE event_id = $1 ORDER BY state", event_id
-    )
-    return [row["state"] for row in rows]
+    rows = await db.fetch(DELIVERY_STATES_SQL.format(column="event_id"), event_id)
+    return sorted(row["state"] for row in rows)

@@ -79,8 +79,10 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         # Every process delivers: woken in process after a commit that wrote deliveries,
         # polling for the ones other processes wrote.
         deliverer = Deliverer(pool, secrets, settings)
-        app[SERVICE].deliveries_written = deliverer.wake
-        app[WEBHOOKS] = WebhookService(pool, secrets, idempotency, settings, deliverer.wake)
+        app[SERVICE].outbox.connect(deliverer.lease_s, deliverer.handoff)
+        app[WEBHOOKS] = WebhookService(
+            pool, secrets, idempotency, settings, deliverer.wake, deliverer.forget_endpoint
+        )
         await deliverer.start()
         background = asyncio.create_task(
             recovery.run_forever(pool, app[SERVICE], connector, settings)

@@ -27,8 +27,10 @@ from gateway.store.idempotency import Claim
 # updated_at = $1, the time the answers were rendered with), and only for those (the
 # `settled` CTE) are the ledger's transactions and entries inserted ($9..$16, as
 # ledger.posting_ctes), the Idempotency-Keys completed with their answers ($17..$21), and
-# the events with their webhook deliveries ($22..$26, as events.outbox_ctes): the outbox
-# rides the same statement, so an event exists exactly when its change committed.
+# the events with their webhook deliveries ($22..$27, as events.outbox_ctes): the outbox
+# rides the same statement, so an event exists exactly when its change committed. It
+# answers a row per payment settled (its id; endpoint_id NULL), then one per delivery
+# written (its event's id and its endpoint's).
 # authorized_at stays on the database's clock: authorization expiry compares it with now().
 SETTLE_SQL = f"""
 WITH settled AS (
@@ -47,7 +49,8 @@ WITH settled AS (
 ), {ledger.posting_ctes(first_parameter=9, only_payments_in="settled")}, completed AS (
     {keys.complete_many_cte(first_parameter=17, only_payments_in="settled")}
 ), {events.outbox_ctes(first_parameter=22, created_at="$1", only_objects_in="settled")}
-SELECT id, (SELECT count(*) FROM outbox_deliveries) AS deliveries FROM settled
+SELECT id, NULL AS endpoint_id FROM settled
+UNION ALL SELECT event_id, endpoint_id FROM outbox_deliveries
 """
 
 # The events a settled authorization writes, by the status it settles in: an automatic
@@ -110,11 +113,10 @@ class AuthorizationWrites:
     def __init__(
         self,
         render_answer: Callable[[Row], Answer],
-        deliveries_written: Callable[[], None] = lambda: None,
+        outbox: events.Outbox,
     ) -> None:
         self._render_answer = render_answer  # payment row -> the Answer it gives and stores
-        # Called after a commit that wrote webhook deliveries: wakes this process's deliverer.
-        self._deliveries_written = deliveries_written
+        self._outbox = outbox  # where the deliveries go once their statement committed
 
     async def write_intents(
         self, conn: asyncpg.Connection, intents: Sequence[Intent]
@@ -193,17 +195,20 @@ class AuthorizationWrites:
                 [answers[r["id"]].status for r in keyed],
                 [answers[r["id"]].body for r in keyed],
                 [r["id"] for r in keyed],
-                *events.event_arrays(new_events),
+                *events.outbox_parameters(new_events, self._outbox.lease_s),
             )
-            settled = {row["id"] for row in rows}
+            settled = {row["id"] for row in rows if row["endpoint_id"] is None}
             for s in timed_out:
                 if s.row["id"] in settled:
                     await operations.insert_pending(
                         conn, s.row, "capture", s.row["amount"], None, None, None
                     )
         ledger.observe_entries(entries.count_for(settled))
-        if rows and rows[0]["deliveries"]:
-            self._deliveries_written()
+        self._outbox.written(
+            events.handoffs(
+                new_events, now, [(r["id"], r["endpoint_id"]) for r in rows if r["endpoint_id"]]
+            )
+        )
         lagging = [s.row["id"] for s in settlements if s.row["id"] not in settled]
         if lagging:
             for row in await payments.by_ids(conn, lagging):

@@ -4,14 +4,16 @@ claims and records, and the pruning.
 
 The outbox never commits on its own: ``outbox_ctes`` joins the authorization path's
 settlement statement (gateway/store/authorizations.py), and ``write`` runs inside the
-transaction of a capture, void, refund or expiry. Deliveries are claimed by state and
-time (``next_attempt_at``, which doubles as the lease), never by an id cursor: ids
-commit out of order.
+transaction of a capture, void, refund or expiry. A new delivery is written leased to
+the process that wrote it (``next_attempt_at`` doubles as the lease), which is handed it
+after the commit (``Handoff``) and sends it without a claim; the others are claimed by
+state and time, never by an id cursor: ids commit out of order. A delivered row is
+deleted as its attempt is logged (migration 0009 says why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,22 +29,24 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 # The deliveries of new events: one per enabled endpoint of the event's merchant subscribed
 # to its type or to everything. A merchant without endpoints joins nothing.
+# Each is leased (for ``lease``, an SQL parameter) to the process that writes it.
 _DELIVERIES_OF = """
-INSERT INTO webhook_deliveries (event_id, endpoint_id)
-SELECT e.id, w.id FROM {events} e
+INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at)
+SELECT e.id, w.id, now() + make_interval(secs => {lease}) FROM {events} e
   JOIN webhook_endpoints w
     ON w.merchant_id = e.merchant_id AND w.status = 'enabled'
    AND (e.type = ANY (w.enabled_events) OR '*' = ANY (w.enabled_events))
-RETURNING 1"""
+RETURNING event_id, endpoint_id"""
 
 
 def outbox_ctes(first_parameter: int, created_at: str, only_objects_in: str) -> str:
     """CTEs writing events from five arrays at ``$first_parameter``... (id, merchant,
     type, object id, payload), only those whose object id is in the CTE
     ``only_objects_in`` (what the statement changed), with ``created_at`` (an SQL
-    expression), and their deliveries. The CTE ``outbox_deliveries`` has a row per
-    delivery. The names are ours, never input."""
-    p = [f"${first_parameter + i}" for i in range(5)]
+    expression), and their deliveries, leased for the seconds at the sixth parameter
+    (``outbox_parameters`` gives all six). The CTE ``outbox_deliveries`` has a row per
+    delivery (``event_id``, ``endpoint_id``). The names are ours, never input."""
+    p = [f"${first_parameter + i}" for i in range(6)]
     return f"""outbox_events AS (
     INSERT INTO events (id, merchant_id, type, object_id, payload, created_at)
     SELECT e.id, e.merchant_id, e.type, e.object_id, e.payload, {created_at}
@@ -50,13 +54,13 @@ def outbox_ctes(first_parameter: int, created_at: str, only_objects_in: str) -> 
                   {p[4]}::text[]) AS e (id, merchant_id, type, object_id, payload)
      WHERE e.object_id IN (SELECT id FROM {only_objects_in})
     RETURNING id, merchant_id, type
-), outbox_deliveries AS ({_DELIVERIES_OF.format(events="outbox_events")}
+), outbox_deliveries AS ({_DELIVERIES_OF.format(events="outbox_events", lease=p[5] + "::float8")}
 )"""
 
 
 WRITE_SQL = f"""
-WITH outbox_objects AS (SELECT unnest($4::text[]) AS id), {outbox_ctes(1, "$6", "outbox_objects")}
-SELECT count(*) FROM outbox_deliveries
+WITH outbox_objects AS (SELECT unnest($4::text[]) AS id), {outbox_ctes(1, "$7", "outbox_objects")}
+SELECT event_id, endpoint_id FROM outbox_deliveries
 """
 
 
@@ -83,22 +87,71 @@ class NewEvent:
         )
 
 
-def event_arrays(new_events: Sequence[NewEvent]) -> list[list[str]]:
-    """The five arrays ``outbox_ctes`` reads."""
+@dataclass(frozen=True)
+class Handoff:
+    """A delivery just committed, for the deliverer of the process that wrote it: the row
+    was written leased to that process, which sends it with no claim of its own."""
+
+    event_id: str
+    endpoint_id: str
+    payload: str  # the event's JSON, as delivered
+    created_at: datetime  # the event's (the delivery latency's start)
+
+
+class Outbox:
+    """Where a process's committed deliveries go. Until a deliverer connects, new
+    deliveries are due at once (lease 0) for whichever deliverer claims them; once one
+    does, they are leased to it for ``lease_s`` and handed to it after each commit."""
+
+    def __init__(self) -> None:
+        self.lease_s = 0.0
+        self._hand: Callable[[Sequence[Handoff]], None] | None = None
+
+    def connect(self, lease_s: float, hand: Callable[[Sequence[Handoff]], None]) -> None:
+        self.lease_s, self._hand = lease_s, hand
+
+    def written(self, deliveries: Sequence[Handoff]) -> None:
+        """Call after the commit that wrote ``deliveries``."""
+        if deliveries and self._hand is not None:
+            self._hand(deliveries)
+
+
+def outbox_parameters(new_events: Sequence[NewEvent], lease_s: float) -> list[object]:
+    """The six parameters ``outbox_ctes`` reads: five arrays, then the deliveries' lease."""
     return [
         [e.id for e in new_events],
         [e.merchant_id for e in new_events],
         [e.type for e in new_events],
         [e.object_id for e in new_events],
         [e.payload for e in new_events],
+        float(lease_s),
     ]
 
 
-async def write(conn: Conn, new_events: Sequence[NewEvent], created_at: datetime) -> int:
-    """Write events and their deliveries in the caller's transaction; deliveries written."""
+def handoffs(
+    new_events: Sequence[NewEvent], created_at: datetime, deliveries: Sequence[tuple[str, str]]
+) -> list[Handoff]:
+    """The (event id, endpoint id) pairs ``outbox_deliveries`` wrote, with their events'
+    payloads."""
+    if not deliveries:
+        return []
+    payloads = {e.id: e.payload for e in new_events}
+    return [
+        Handoff(event_id, endpoint_id, payloads[event_id], created_at)
+        for event_id, endpoint_id in deliveries
+    ]
+
+
+async def write(
+    conn: Conn, new_events: Sequence[NewEvent], created_at: datetime, lease_s: float
+) -> list[Handoff]:
+    """Write events and their deliveries (leased for ``lease_s``) in the caller's
+    transaction; the deliveries written, to hand to this process's deliverer once the
+    transaction committed."""
     if not new_events:
-        return 0
-    return int(await conn.fetchval(WRITE_SQL, *event_arrays(new_events), created_at))
+        return []
+    rows = await conn.fetch(WRITE_SQL, *outbox_parameters(new_events, lease_s), created_at)
+    return handoffs(new_events, created_at, [(r["event_id"], r["endpoint_id"]) for r in rows])
 
 
 # --- events -------------------------------------------------------------------------------
@@ -139,7 +192,7 @@ async def events_page(
 
 ATTEMPTS_SQL = """
 SELECT * FROM webhook_attempts WHERE event_id = $1
- ORDER BY created_at DESC, id DESC LIMIT $2
+ ORDER BY created_at DESC, attempt DESC, endpoint_id LIMIT $2
 """
 
 
@@ -288,92 +341,108 @@ async def cancel_pending(conn: Conn, endpoint_ids: Sequence[str]) -> int:
 
 # --- the deliverers -----------------------------------------------------------------------
 
-# Due rows, oldest due first; the claim pushes next_attempt_at forward by the lease, so no
-# other deliverer takes them until it lapses. The event and the endpoint come with them.
 # Claims due deliveries, at most $1 in all and, per endpoint, only as many as that
 # endpoint has free slots in the claiming process ($5 for an endpoint not in $3/$4, the
 # endpoints with sends in flight there and their free slots). The per-endpoint cap is in the
 # claim, not after it: one endpoint's backlog must not be claimed and handed back over and
 # over (a churn of row updates per delivery). The window runs over a bounded scan of the
 # due index ($6 rows; candidates another process holds are skipped), then the candidates
-# are locked with SKIP LOCKED, leased for $2 seconds and committed. The limit of the scan:
-# while more than $6 due rows belong to endpoints already at their limit here, this
-# process claims nothing newer; other processes, and the next slot freed, carry on.
+# are locked with SKIP LOCKED, leased for $2 seconds (next_attempt_at pushed forward, so no
+# other deliverer takes them until it lapses) and committed. The limit of the scan: while
+# more than $6 due rows belong to endpoints already at their limit here, this process
+# claims nothing newer; other processes, and the next slot freed, carry on. The event's
+# payload comes with each; the endpoint, from the deliverer's cache (``endpoints``).
 CLAIM_SQL = """
 WITH scan AS (
-    SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
+    SELECT event_id, endpoint_id, next_attempt_at FROM webhook_deliveries
      WHERE state = 'pending' AND next_attempt_at <= now()
      ORDER BY next_attempt_at
      LIMIT $6
 ), ranked AS (
-    SELECT s.id, s.next_attempt_at,
+    SELECT s.event_id, s.endpoint_id, s.next_attempt_at,
            row_number() OVER (PARTITION BY s.endpoint_id ORDER BY s.next_attempt_at) AS n,
            coalesce(f.free, $5) AS free
       FROM scan s
       LEFT JOIN unnest($3::text[], $4::integer[]) AS f (endpoint_id, free)
              ON f.endpoint_id = s.endpoint_id
 ), candidates AS (
-    SELECT id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT $1
+    SELECT event_id, endpoint_id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT $1
 ), due AS (
-    SELECT d.id FROM webhook_deliveries d
-     WHERE d.id IN (SELECT id FROM candidates)
+    SELECT d.event_id, d.endpoint_id FROM webhook_deliveries d
+     WHERE (d.event_id, d.endpoint_id) IN (SELECT event_id, endpoint_id FROM candidates)
        AND d.state = 'pending' AND d.next_attempt_at <= now()
        FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE webhook_deliveries d
        SET next_attempt_at = now() + make_interval(secs => $2)
-      FROM due WHERE d.id = due.id
-    RETURNING d.id, d.event_id, d.endpoint_id, d.attempts
+      FROM due WHERE d.event_id = due.event_id AND d.endpoint_id = due.endpoint_id
+    RETURNING d.event_id, d.endpoint_id, d.attempts
 )
-SELECT c.id, c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at,
-       w.url, w.status AS endpoint_status, w.secret_ciphertext
-  FROM claimed c
-  JOIN events e ON e.id = c.event_id
-  JOIN webhook_endpoints w ON w.id = c.endpoint_id
+SELECT c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at
+  FROM claimed c JOIN events e ON e.id = c.event_id
 """
 
-# A batch of finished attempts: each delivery's new state and the attempt's log row. A
-# delivery canceled meanwhile (its endpoint disabled or deleted) stays canceled.
+# A batch of finished attempts, in one statement: a delivered row is deleted, the others
+# take their new state (retrying, failed; canceled when the endpoint was no longer enabled:
+# not sent, nothing logged); each sent attempt is logged. A delivery canceled meanwhile
+# (its endpoint disabled or deleted) stays canceled. Per endpoint of the batch ($9..$11): a
+# success clears failing_since, a failure starts it, and a 410 or failing for longer than
+# $12 seconds disables it; an endpoint row is written only when one of these changes it
+# (the batches of a healthy endpoint leave it alone). Returns the endpoints disabled now.
 RECORD_SQL = """
 WITH r AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[],
-                         $5::integer[], $6::text[], $7::integer[], $8::text[], $9::float8[])
-           AS r (delivery_id, event_id, endpoint_id, attempt, status_code, error,
-                 duration_ms, state, delay_s)
-), updated AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::integer[], $5::text[],
+                         $6::integer[], $7::text[], $8::float8[])
+           AS r (event_id, endpoint_id, attempt, status_code, error, duration_ms, state,
+                 delay_s)
+), delivered AS (
+    DELETE FROM webhook_deliveries d USING r
+     WHERE r.state = 'delivered' AND d.event_id = r.event_id
+       AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'
+), changed AS (
     UPDATE webhook_deliveries d
        SET state = r.state, attempts = r.attempt, updated_at = now(),
            next_attempt_at = CASE WHEN r.state = 'pending'
                                   THEN now() + make_interval(secs => r.delay_s)
                                   ELSE d.next_attempt_at END
-      FROM r WHERE d.id = r.delivery_id AND d.state = 'pending'
-    RETURNING d.id
-)
-INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, status_code, error, duration_ms,
-                              next_attempt_at)
-SELECT event_id, endpoint_id, attempt, status_code, error, duration_ms,
-       CASE WHEN state = 'pending' THEN now() + make_interval(secs => delay_s) END
-  FROM r WHERE state <> 'canceled'
-"""
-
-# Per endpoint of a batch: a success clears failing_since, a failure starts it; a 410, or
-# failing for longer than $4 seconds, disables the endpoint. Returns the ones disabled now
-# and why.
-ENDPOINT_HEALTH_SQL = """
-WITH h AS (
-    SELECT * FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS h (id, ok, gone)
+      FROM r
+     WHERE r.state <> 'delivered' AND d.event_id = r.event_id
+       AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'
+), logged AS (
+    INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, status_code, error,
+                                  duration_ms, next_attempt_at)
+    SELECT event_id, endpoint_id, attempt, status_code, error, duration_ms,
+           CASE WHEN state = 'pending' THEN now() + make_interval(secs => delay_s) END
+      FROM r WHERE state <> 'canceled'
+), h AS (
+    SELECT * FROM unnest($9::text[], $10::boolean[], $11::boolean[]) AS h (id, ok, gone)
 )
 UPDATE webhook_endpoints w
    SET failing_since = CASE WHEN h.ok THEN NULL ELSE coalesce(w.failing_since, now()) END,
        status = CASE
            WHEN h.gone THEN 'disabled'
-           WHEN NOT h.ok AND w.failing_since < now() - make_interval(secs => $4)
+           WHEN NOT h.ok AND w.failing_since < now() - make_interval(secs => $12)
                THEN 'disabled'
            ELSE w.status END,
        updated_at = now()
   FROM h
  WHERE w.id = h.id AND w.status = 'enabled'
+   AND (h.gone
+        OR (h.ok AND w.failing_since IS NOT NULL)
+        OR (NOT h.ok AND (w.failing_since IS NULL
+                          OR w.failing_since < now() - make_interval(secs => $12))))
 RETURNING w.id, w.status, h.gone
+"""
+
+# Deliveries handed to a deliverer that stops before sending them: due now, for any other.
+RELEASE_SQL = """
+UPDATE webhook_deliveries d SET next_attempt_at = now()
+  FROM unnest($1::text[], $2::text[]) AS r (event_id, endpoint_id)
+ WHERE d.event_id = r.event_id AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'
+"""
+
+ENDPOINTS_SQL = """
+SELECT id, url, status, secret_ciphertext FROM webhook_endpoints WHERE id = any($1::text[])
 """
 
 
@@ -400,9 +469,20 @@ async def claim(
     )
 
 
+async def endpoints(conn: Conn, endpoint_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """The endpoints a deliverer sends to (any status; a deleted one has no secret)."""
+    return await conn.fetch(ENDPOINTS_SQL, list(endpoint_ids))
+
+
+async def release(conn: Conn, deliveries: Sequence[tuple[str, str]]) -> None:
+    """Make (event, endpoint) deliveries due now: their lease holder will not send them."""
+    await conn.execute(
+        RELEASE_SQL, [event for event, _ in deliveries], [endpoint for _, endpoint in deliveries]
+    )
+
+
 @dataclass(frozen=True)
 class AttemptRecord:
-    delivery_id: int
     event_id: str
     endpoint_id: str
     attempt: int
@@ -421,13 +501,13 @@ async def record(
     health: dict[str, tuple[bool, bool]],
     disable_after_s: float,
 ) -> list[asyncpg.Record]:
-    """Record finished attempts and their endpoints' health ({id: (ok, gone)}) in the
-    caller's transaction; the endpoints disabled now (``id``, ``gone``), whose pending
-    deliveries are canceled."""
+    """Record finished attempts and their endpoints' health ({id: (ok, gone)}) in one
+    statement; the endpoints disabled now (``id``, ``gone``), whose pending deliveries are
+    then canceled. Should the process stop in between, those deliveries are claimed and
+    found not enabled: canceled all the same."""
     columns = [
         [getattr(r, name) for r in records]
         for name in (
-            "delivery_id",
             "event_id",
             "endpoint_id",
             "attempt",
@@ -438,10 +518,10 @@ async def record(
             "delay_s",
         )
     ]
-    await conn.execute(RECORD_SQL, *columns)
     ids = sorted(health)
     disabled = await conn.fetch(
-        ENDPOINT_HEALTH_SQL,
+        RECORD_SQL,
+        *columns,
         ids,
         [health[i][0] for i in ids],
         [health[i][1] for i in ids],
@@ -472,24 +552,20 @@ async def gauges(pool: asyncpg.Pool) -> asyncpg.Record:
 
 # --- pruning ------------------------------------------------------------------------------
 
-PRUNE_DELIVERED_SQL = """
-DELETE FROM webhook_deliveries WHERE id IN (
-    SELECT id FROM webhook_deliveries
-     WHERE state = 'delivered' AND updated_at < now() - make_interval(secs => $1)
-     LIMIT $2)
-"""
-
-# Events past retention, with their deliveries and attempts (ON DELETE CASCADE).
+# Events past retention with their deliveries and attempts, in one statement (the events'
+# delete trigger refuses one that leaves either behind). A delivered delivery is already
+# gone: deleted as it was logged.
 PRUNE_EVENTS_SQL = """
-DELETE FROM events WHERE id IN (
+WITH old AS MATERIALIZED (
     SELECT id FROM events WHERE created_at < now() - make_interval(secs => $1)
-     ORDER BY created_at LIMIT $2)
+     ORDER BY created_at LIMIT $2
+), attempts_gone AS (
+    DELETE FROM webhook_attempts WHERE event_id IN (SELECT id FROM old)
+), deliveries_gone AS (
+    DELETE FROM webhook_deliveries WHERE event_id IN (SELECT id FROM old)
+)
+DELETE FROM events WHERE id IN (SELECT id FROM old)
 """
-
-
-async def prune_delivered(pool: asyncpg.Pool, older_than_s: float, rows_max: int) -> int:
-    result = await pool.execute(PRUNE_DELIVERED_SQL, float(older_than_s), rows_max)
-    return int(result.split()[-1])
 
 
 async def prune_events(pool: asyncpg.Pool, older_than_s: float, rows_max: int) -> int:

@@ -1,17 +1,23 @@
-"""The deliverer: every gateway process runs one, sending the outbox's due deliveries.
+"""The deliverer: every gateway process runs one, sending the outbox's deliveries.
 
-A pass claims due deliveries (``FOR UPDATE SKIP LOCKED``; the claim pushes
-``next_attempt_at`` forward by a lease and commits), then POSTs each outside any
-transaction with one shared aiohttp session. A crash after the claim lets the lease lapse
-and another pass (this process's successor or any other) sends the delivery again, with
-the same ``webhook-id``: at least once, never lost. Deliveries are claimed by state and
-time, never by an id cursor (ids commit out of order).
+Two ways in. A delivery this process just committed is handed over straight after the
+commit (``handoff``): its row was written leased to this process, so it is sent with no
+claim and no row update before the attempt. Everything else (retries, deliveries
+another process wrote and dropped, those of a process that died, manual retries) is
+claimed by polling: due rows under ``FOR UPDATE SKIP LOCKED``, their ``next_attempt_at``
+pushed forward by a lease and committed. Either way the POST goes out after the commit and
+outside any transaction with one shared aiohttp session, and a crash before the attempt
+is recorded lets the lease lapse: another pass (this process's successor or any other)
+sends the delivery again with the same ``webhook-id``. At least once, never lost; claimed
+by state and time, never by an id cursor (ids commit out of order).
 
-Concurrency is bounded overall (a pass claims at most the free slots, so a claimed
-delivery is sent at once and its lease only has to cover one attempt) and per endpoint
-(the claim takes of each endpoint only the slots it has free in this process).
-Finished attempts are recorded in batches: whatever finished while the previous batch was
-being written.
+Concurrency is bounded overall and per endpoint, for both ways in: a handed delivery waits
+in a bounded queue for a slot, and one that cannot start within HANDOFF_WAIT_S is dropped
+to the claim path (its lease lapses first, so it is never sent twice at once); a claim
+takes only the free slots, of each endpoint only its free ones. Finished attempts are
+recorded in batches, one statement each: whatever finished while the previous batch was
+being written. The endpoints (URL, status, opened secret) are read through a cache that
+lives ENDPOINT_CACHE_S, and at once after this process changed one.
 
 The outcome of an attempt: a 2xx is delivered; 410 disables the endpoint and cancels its
 pending deliveries; anything else (another status, a redirect, a timeout, a refused
@@ -23,9 +29,11 @@ KASSA_WEBHOOK_DISABLE_AFTER_S is disabled.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,16 +52,46 @@ log = logging.getLogger("kassa.webhooks")
 webhooks = core_ext.webhooks
 USER_AGENT = "Kassa-Webhooks/1.0"
 CLAIM_ROWS_MAX = 100  # per claim statement
-POLL_INTERVAL_S = 1.0  # how soon deliveries committed by other processes are noticed
+POLL_INTERVAL_S = 1.0  # how soon deliveries due by time or dropped by others are noticed
 LEASE_MARGIN_S = 5.0  # past the timeout: recording the attempt fits in the lease
+# A handed delivery may wait this long for a slot; its lease covers the wait, the attempt
+# and the record, so it never lapses while the delivery is still ours.
+HANDOFF_WAIT_S = 5.0
+HANDOFF_QUEUE_MAX = 10_000  # handed deliveries waiting for a slot; past it, claimed later
+ENDPOINT_CACHE_S = 1.0  # how stale an endpoint another process changed may be when sent to
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of an answer (its body is never used)
 GAUGE_INTERVAL_S = 5.0
 RECORD_RETRIES_MAX = 5  # then the attempts are dropped: their leases lapse, they go again
 FAILURE_BACKOFF_S = 1.0  # after a database error in a pass
+CLOSE_DRAIN_S = 2.0  # at shutdown, how long attempts in flight may finish
 # Slots free up and attempts finish one by one; waiting this long after the first lets one
-# claim, and one recording transaction, serve all that gathered meanwhile (under load, a
+# claim, and one recording statement, serve all that gathered meanwhile (under load, a
 # statement per delivery was what bound the deliverer), at 10 ms of added latency.
 GATHER_S = 0.01
+
+
+def lease_s(settings: Settings) -> float:
+    """How long a new delivery is leased to the process that wrote it."""
+    return settings.webhook_timeout_s + LEASE_MARGIN_S + HANDOFF_WAIT_S
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A delivery this process holds the lease of, to send."""
+
+    event_id: str
+    endpoint_id: str
+    attempts: int  # made before this one
+    payload: str
+    created_at: datetime  # the event's, for the latency
+    start_by: float  # monotonic: past this the lease may lapse mid-attempt; not started
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    url: str
+    secret: str | None  # opened; None unless enabled
+    read_at: float  # monotonic
 
 
 @dataclass(frozen=True)
@@ -75,8 +113,12 @@ class Deliverer:
         self._per_endpoint = settings.webhook_endpoint_concurrency
         self._disable_after_s = float(settings.webhook_disable_after_s)
         self._allow_private = settings.webhook_allow_private
-        self._lease_s = self._timeout_s + LEASE_MARGIN_S
+        self._claim_lease_s = self._timeout_s + LEASE_MARGIN_S
+        self.lease_s = lease_s(settings)
         self._wakeup = asyncio.Event()
+        self._claim_now = True  # claim at the next pass, not only at the next poll
+        self._handed: collections.deque[_Due] = collections.deque()
+        self._endpoints: dict[str, _Endpoint] = {}
         self._finished: list[_Finished] = []
         self._finished_ready = asyncio.Event()
         self._by_endpoint: dict[str, int] = {}
@@ -84,9 +126,26 @@ class Deliverer:
         self._loops: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
-    def wake(self) -> None:
-        """Deliveries were committed in this process: claim now, not at the next poll."""
+    def handoff(self, deliveries: Sequence[events.Handoff]) -> None:
+        """Deliveries this process just committed, leased to it: send them, no claim."""
+        start_by = time.monotonic() + HANDOFF_WAIT_S
+        room = max(0, HANDOFF_QUEUE_MAX - len(self._handed))
+        for d in deliveries[:room]:
+            self._handed.append(
+                _Due(d.event_id, d.endpoint_id, 0, d.payload, d.created_at, start_by)
+            )
+        if len(deliveries) > room:  # their leases lapse and they are claimed
+            metrics.WEBHOOK_HANDOFFS_DROPPED.inc(len(deliveries) - room)
         self._wakeup.set()
+
+    def wake(self) -> None:
+        """Deliveries are due now (a manual retry): claim at once, not at the next poll."""
+        self._claim_now = True
+        self._wakeup.set()
+
+    def forget_endpoint(self, endpoint_id: str) -> None:
+        """This process changed the endpoint: read it again before sending to it."""
+        self._endpoints.pop(endpoint_id, None)
 
     async def start(self) -> None:
         # The SSRF guard sits in the connection: the address checked is the one connected.
@@ -101,103 +160,169 @@ class Deliverer:
             auto_decompress=False,
         )
         self._loops = [
-            asyncio.create_task(self._claim_forever()),
+            asyncio.create_task(self._dispatch_forever()),
             asyncio.create_task(self._record_forever()),
             asyncio.create_task(self._sample_forever()),
         ]
 
     async def close(self) -> None:
-        """Stop: attempts in flight are abandoned (their leases lapse and they go out
-        again), attempts finished are recorded first."""
-        for task in [*self._loops, *self._sending]:
+        """Stop: attempts in flight get CLOSE_DRAIN_S to finish; those finished are
+        recorded; handed deliveries not yet sent are made due for the other processes (a
+        delivery cut off mid-attempt goes again when its lease lapses)."""
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, *self._sending, return_exceptions=True)
-        if self._finished:
-            with contextlib.suppress(Exception):
-                await self._record(self._finished)
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=CLOSE_DRAIN_S)
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with self._pool.acquire() as conn:
+                if self._finished:
+                    await self._record_batch(conn, self._finished)
+                if self._handed:
+                    await events.release(conn, [(d.event_id, d.endpoint_id) for d in self._handed])
         if self._session is not None:
             await self._session.close()
 
-    # --- claiming -------------------------------------------------------------------------
+    # --- dispatching ----------------------------------------------------------------------
 
-    async def _claim_forever(self) -> None:
+    async def _dispatch_forever(self) -> None:
+        next_poll = 0.0
         while True:
             self._wakeup.clear()
-            free = self._concurrency - len(self._sending)
-            claimed = 0
-            if free > 0:
-                try:
-                    claimed = await self._claim(min(free, CLAIM_ROWS_MAX))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    metrics.BACKGROUND_FAILURES.inc()
-                    log.exception("claiming webhook deliveries failed")
-                    await asyncio.sleep(FAILURE_BACKOFF_S)
-                    continue
-            if claimed and claimed == min(free, CLAIM_ROWS_MAX):
-                continue  # more may be due: claim again (a full slot table waits below)
+            try:
+                await self._start_handed()
+                if self._claim_now or time.monotonic() >= next_poll:
+                    free = self._concurrency - len(self._sending)
+                    if free > 0:
+                        rows_max = min(free, CLAIM_ROWS_MAX)
+                        self._claim_now = False
+                        next_poll = time.monotonic() + POLL_INTERVAL_S
+                        # A full claim means more may be due: claim again as slots free.
+                        self._claim_now = await self._claim(rows_max) == rows_max
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.BACKGROUND_FAILURES.inc()
+                log.exception("dispatching webhook deliveries failed")
+                await asyncio.sleep(FAILURE_BACKOFF_S)
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL_S)
+                await asyncio.wait_for(self._wakeup.wait(), max(0.0, next_poll - time.monotonic()))
                 await asyncio.sleep(GATHER_S)
+
+    def _has_slot(self, endpoint_id: str) -> bool:
+        return (
+            len(self._sending) < self._concurrency
+            and self._by_endpoint.get(endpoint_id, 0) < self._per_endpoint
+        )
+
+    async def _start_handed(self) -> None:
+        """Start the handed deliveries that have a slot, oldest first; drop those that
+        waited too long (the claim path has them once their leases lapse)."""
+        if not self._handed:
+            return
+        now = time.monotonic()
+        while self._handed and self._handed[0].start_by < now:
+            self._handed.popleft()
+            metrics.WEBHOOK_HANDOFFS_DROPPED.inc()
+        startable = [d for d in self._handed if self._has_slot(d.endpoint_id)]
+        if not startable:
+            return
+        await self._read_endpoints({d.endpoint_id for d in startable})
+        waiting: collections.deque[_Due] = collections.deque()
+        for due in self._handed:
+            if self._has_slot(due.endpoint_id):
+                self._start(due)
+            else:
+                waiting.append(due)
+        self._handed = waiting
 
     async def _claim(self, rows_max: int) -> int:
         free_here = {e: self._per_endpoint - n for e, n in self._by_endpoint.items()}
         async with self._pool.acquire() as conn:
-            rows = await events.claim(conn, rows_max, self._lease_s, free_here, self._per_endpoint)
+            rows = await events.claim(
+                conn, rows_max, self._claim_lease_s, free_here, self._per_endpoint
+            )
+        if not rows:
+            return 0
+        await self._read_endpoints({row["endpoint_id"] for row in rows})
+        start_by = time.monotonic() + LEASE_MARGIN_S
         for row in rows:  # the claim kept each endpoint within its free slots here
-            endpoint_id = row["endpoint_id"]
-            self._by_endpoint[endpoint_id] = self._by_endpoint.get(endpoint_id, 0) + 1
-            task = asyncio.create_task(self._deliver(row))
-            self._sending.add(task)
-            task.add_done_callback(self._sent)
+            self._start(
+                _Due(
+                    row["event_id"],
+                    row["endpoint_id"],
+                    row["attempts"],
+                    row["payload"],
+                    row["created_at"],
+                    start_by,
+                )
+            )
         return len(rows)
+
+    def _start(self, due: _Due) -> None:
+        self._by_endpoint[due.endpoint_id] = self._by_endpoint.get(due.endpoint_id, 0) + 1
+        task = asyncio.create_task(self._deliver(due))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._wakeup.set()  # a slot is free
 
+    async def _read_endpoints(self, endpoint_ids: set[str]) -> None:
+        """Make sure the cache holds these endpoints, fresh enough."""
+        now = time.monotonic()
+        stale = [
+            e
+            for e in endpoint_ids
+            if e not in self._endpoints or now - self._endpoints[e].read_at > ENDPOINT_CACHE_S
+        ]
+        if not stale:
+            return
+        async with self._pool.acquire() as conn:
+            rows = await events.endpoints(conn, stale)
+        for row in rows:
+            enabled = row["status"] == "enabled" and row["secret_ciphertext"] is not None
+            secret = self._box.open(bytes(row["secret_ciphertext"]), row["id"]) if enabled else None
+            self._endpoints[row["id"]] = _Endpoint(row["url"], secret, now)
+
     # --- sending --------------------------------------------------------------------------
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
-        endpoint_id = row["endpoint_id"]
+    async def _deliver(self, due: _Due) -> None:
         try:
-            finished = await self._attempt(row)
+            finished = await self._attempt(due)
         finally:
-            left = self._by_endpoint.get(endpoint_id, 1) - 1
+            left = self._by_endpoint.get(due.endpoint_id, 1) - 1
             if left > 0:
-                self._by_endpoint[endpoint_id] = left
+                self._by_endpoint[due.endpoint_id] = left
             else:
-                self._by_endpoint.pop(endpoint_id, None)
+                self._by_endpoint.pop(due.endpoint_id, None)
         self._finished.append(finished)
         self._finished_ready.set()
 
-    async def _attempt(self, row: asyncpg.Record) -> _Finished:
+    async def _attempt(self, due: _Due) -> _Finished:
         status: int | None = None
         error: str | None = None
         retry_after: str | None = None
         started = time.monotonic()
-        if row["endpoint_status"] != "enabled" or row["secret_ciphertext"] is None:
-            # Disabled or deleted between the claim's snapshot and its commit: not sent.
+        endpoint = self._endpoints.get(due.endpoint_id)
+        if endpoint is None or endpoint.secret is None:
+            # Disabled or deleted since the delivery was written or claimed: not sent.
             return _Finished(
                 events.AttemptRecord(
-                    row["id"],
-                    row["event_id"],
-                    row["endpoint_id"],
-                    row["attempts"],
-                    None,
-                    None,
-                    0,
-                    "canceled",
-                    0.0,
+                    due.event_id, due.endpoint_id, due.attempts, None, None, 0, "canceled", 0.0
                 ),
                 False,
                 False,
                 "",
-                row["created_at"],
+                due.created_at,
             )
         try:
-            status, retry_after = await self._post(row)
+            status, retry_after = await self._post(endpoint.url, endpoint.secret, due)
         except TimeoutError:
             error = f"timeout: no answer within {self._timeout_s:g} s"
         except AddressRefused as exc:
@@ -210,7 +335,7 @@ class Deliverer:
         except (aiohttp.ClientError, OSError) as exc:
             error = f"connection_error: {type(exc).__name__}"
         duration_ms = int((time.monotonic() - started) * 1000)
-        attempt = row["attempts"] + 1
+        attempt = due.attempts + 1
         ok = status is not None and 200 <= status < 300
         gone = status == 410
         delay: float | None = 0.0
@@ -225,9 +350,8 @@ class Deliverer:
             state = "failed" if delay is None else "pending"
         return _Finished(
             events.AttemptRecord(
-                row["id"],
-                row["event_id"],
-                row["endpoint_id"],
+                due.event_id,
+                due.endpoint_id,
                 attempt,
                 status,
                 error,
@@ -238,18 +362,17 @@ class Deliverer:
             ok,
             gone,
             webhooks.status_class(status, error),
-            row["created_at"],
+            due.created_at,
         )
 
-    async def _post(self, row: asyncpg.Record) -> tuple[int, str | None]:
+    async def _post(self, url: str, secret: str, due: _Due) -> tuple[int, str | None]:
         if self._session is None:
             raise RuntimeError("the deliverer was not started")
-        secret = self._box.open(bytes(row["secret_ciphertext"]), row["endpoint_id"])
-        body = str(row["payload"]).encode()
-        headers = webhooks.signature_headers(secret, row["event_id"], int(time.time()), body)
+        body = due.payload.encode()
+        headers = webhooks.signature_headers(secret, due.event_id, int(time.time()), body)
         headers["Content-Type"] = "application/json"
         async with self._session.post(
-            row["url"], data=body, headers=headers, allow_redirects=False
+            url, data=body, headers=headers, allow_redirects=False
         ) as response:
             await response.content.read(RESPONSE_BYTES_MAX)  # bounded; never parsed
             return response.status, response.headers.get("Retry-After")
@@ -266,7 +389,8 @@ class Deliverer:
             if not batch:
                 continue
             try:
-                await self._record(batch)
+                async with self._pool.acquire() as conn:
+                    await self._record_batch(conn, batch)
                 failures = 0
             except asyncio.CancelledError:
                 self._finished = batch + self._finished  # close() records them
@@ -280,19 +404,19 @@ class Deliverer:
                     self._finished_ready.set()
                 await asyncio.sleep(FAILURE_BACKOFF_S)
 
-    async def _record(self, batch: list[_Finished]) -> None:
+    async def _record_batch(self, conn: events.Conn, batch: list[_Finished]) -> None:
         health: dict[str, tuple[bool, bool]] = {}
         for f in batch:
             if f.record.state == "canceled":
                 continue
             ok, gone = health.get(f.record.endpoint_id, (False, False))
             health[f.record.endpoint_id] = (ok or f.ok, gone or f.gone)
-        async with self._pool.acquire() as conn, conn.transaction():
-            disabled = await events.record(
-                conn, [f.record for f in batch], health, self._disable_after_s
-            )
+        disabled = await events.record(
+            conn, [f.record for f in batch], health, self._disable_after_s
+        )
         disabled_ids = {row["id"] for row in disabled}
         for row in disabled:
+            self.forget_endpoint(row["id"])
             reason = "gone" if row["gone"] else "failing"
             metrics.webhook_endpoint_disabled(reason)
             log.warning("webhook endpoint %s disabled (%s)", row["id"], reason)

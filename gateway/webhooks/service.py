@@ -41,14 +41,18 @@ class WebhookService:
         box: SecretBox,
         idempotency: IdempotencyStore,
         settings: Settings,
-        deliveries_written: Callable[[], None] = lambda: None,
+        deliveries_due: Callable[[], None] = lambda: None,
+        endpoint_changed: Callable[[str], None] = lambda endpoint_id: None,
     ) -> None:
         self._pool = pool
         self._box = box
         self._idempotency = idempotency
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
         self._allow_private = settings.webhook_allow_private
-        self.deliveries_written = deliveries_written
+        # After a commit: deliveries due now (a retry), for this process's deliverer to
+        # claim at once; an endpoint changed, for it to read again before its next send.
+        self._deliveries_due = deliveries_due
+        self._endpoint_changed = endpoint_changed
 
     def _acquire(self) -> Any:
         return self._pool.acquire(timeout=self._acquire_timeout_s)
@@ -167,6 +171,7 @@ class WebhookService:
                 answer = Answer.of_json(200, render_webhook_endpoint(row))
                 await self._idempotency.complete(conn, claim, answer)
         self._idempotency.remember(claim, answer)
+        self._endpoint_changed(endpoint_id)
         return answer
 
     async def delete_endpoint(self, merchant_id: str, endpoint_id: str) -> dict[str, Any]:
@@ -174,6 +179,7 @@ class WebhookService:
         async with self._acquire() as conn, conn.transaction():
             if not await events.delete_endpoint(conn, endpoint_id, merchant_id):
                 raise resource_missing("webhook_endpoint", endpoint_id)
+        self._endpoint_changed(endpoint_id)
         return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}
 
     # --- events ---------------------------------------------------------------------------
@@ -248,7 +254,7 @@ class WebhookService:
                 await self._idempotency.complete(conn, claim, answer)
         self._idempotency.remember(claim, answer)
         if endpoint_ids:
-            self.deliveries_written()
+            self._deliveries_due()
         return answer
 
 
