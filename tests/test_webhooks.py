@@ -630,6 +630,53 @@ async def test_worker_killed_mid_delivery_delivers_again_after_the_lease(
     await server.wait_workers(2)
 
 
+async def test_a_graceful_stop_hands_its_unfinished_deliveries_to_the_next_process(
+    database_url, tmp_path, merchant, receiver, db
+):
+    """A stopping process does not sit on its leases: the delivery cut off mid-attempt and
+    the one handed to it but not started (one slot per endpoint here) are due at once for
+    the next process, which sends both long before the leases (timeout + 10 s) lapse."""
+    timeout_s = 20
+    lease_s = timeout_s + 10
+    gateway = KassaServer(
+        tmp_path,
+        database_url,
+        workers=1,
+        env=subprocess_variables(
+            KASSA_WEBHOOK_ALLOW_PRIVATE="1",
+            KASSA_WEBHOOK_TIMEOUT_S=str(timeout_s),
+            KASSA_WEBHOOK_ENDPOINT_CONCURRENCY="1",
+        ),
+    )
+    receiver.plans["/slow"] = [hang(timeout_s - 1)]  # the first attempt hangs; then 200s
+    gateway.start()
+    try:
+        await gateway.wait_ready_async(60)
+        async with aiohttp.ClientSession(base_url=gateway.url) as api:
+            endpoint = await create_endpoint(
+                api, merchant, receiver.url("/slow"), ["payment.authorized"]
+            )
+            await authorize(api, merchant)
+            (cut_off,) = await receiver.wait("/slow", 1)
+            await authorize(api, merchant)  # waits for the endpoint's one slot
+        await asyncio.sleep(0.3)
+        assert len(receiver.at("/slow")) == 1
+        assert (await asyncio.to_thread(gateway.stop)).exit_code == 0
+        stopped_at = time.monotonic()
+        gateway.start()
+        await gateway.wait_ready_async(60)
+        arrivals = await receiver.wait("/slow", 3, timeout_s=lease_s)
+        assert time.monotonic() - stopped_at < lease_s / 2, "waited for the leases to lapse"
+        ids = [a.webhook_id for a in arrivals]
+        assert ids[0] == cut_off.webhook_id and cut_off.webhook_id in ids[1:]
+        assert len(set(ids)) == 2  # the cut-off one again, and the one never started
+        for arrival in arrivals:
+            verify_all(endpoint["secret"], arrival)
+        await wait_until(lambda: _states_are(db, endpoint["id"], ["delivered", "delivered"]))
+    finally:
+        gateway.stop()
+
+
 async def _states_are(db, endpoint_id: str, states: list[str]) -> bool:
     return await delivery_states(db, endpoint_id) == states
 

@@ -127,7 +127,7 @@ class Deliverer:
         self._finished: list[_Finished] = []
         self._finished_ready = asyncio.Event()
         self._by_endpoint: dict[str, int] = {}
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], _Due] = {}  # attempts in flight
         self._loops: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -174,24 +174,27 @@ class Deliverer:
         ]
 
     async def close(self) -> None:
-        """Stop: attempts in flight get CLOSE_DRAIN_S to finish; those finished are
-        recorded; handed deliveries not yet sent are made due for the other processes (a
-        delivery cut off mid-attempt goes again when its lease lapses)."""
+        """Stop: attempts in flight get CLOSE_DRAIN_S to finish, and those finished are
+        recorded; the deliveries this process holds but did not finish (handed and not
+        started, or cut off mid-attempt) are made due at once for the other processes,
+        instead of waiting for their leases to lapse."""
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._sending:
             await asyncio.wait(self._sending, timeout=CLOSE_DRAIN_S)
-        for task in self._sending:
+        unfinished = [(d.event_id, d.endpoint_id) for d in self._sending.values()]
+        unfinished += [(d.event_id, d.endpoint_id) for q in self._handed.values() for d in q]
+        self._handed.clear()
+        for task in list(self._sending):
             task.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)
         with contextlib.suppress(Exception):
             async with self._pool.acquire() as conn:
                 if self._finished:
                     await self._record_batch(conn, self._finished)
-                unsent = [(d.event_id, d.endpoint_id) for q in self._handed.values() for d in q]
-                if unsent:
-                    await events.release(conn, unsent)
+                if unfinished:
+                    await events.release(conn, unfinished)
         if self._session is not None:
             await self._session.close()
 
@@ -283,11 +286,11 @@ class Deliverer:
     def _start(self, due: _Due) -> None:
         self._by_endpoint[due.endpoint_id] = self._by_endpoint.get(due.endpoint_id, 0) + 1
         task = asyncio.create_task(self._deliver(due))
-        self._sending.add(task)
+        self._sending[task] = due
         task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)  # a slot is free: a handed delivery takes it at once,
+        self._sending.pop(task, None)  # a slot is free: a handed delivery takes it at once,
         self._start_handed()
         if self._claim_now:  # or, with a backlog in the table, the next claim
             self._wakeup.set()
