@@ -240,6 +240,7 @@ def expire(
     requires_payment_method | requires_confirmation -> expired (never confirmed), moving
     nothing."""
     if status in PRE_PROCESSOR:
+        _check_invariants(amount, amount_capturable, amount_captured, amount_refunded)
         return _unmoved(
             EXPIRE_UNCONFIRMED,
             EXPIRED,
@@ -259,7 +260,7 @@ def _unmoved(
     event: str, new_status: str, operation: str, status, amount, capturable, captured, refunded
 ):
     # A move between states that hold no money: the amounts stay zero, nothing is posted.
-    _check_invariants(amount, capturable, captured, refunded)
+    # The caller checked the invariants first (their errors outrank the state's).
     _check_source(status, capturable, captured, refunded)
     if amount < 1:
         raise LedgerImbalance(f"a payment of amount {amount} cannot {operation}")
