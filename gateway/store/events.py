@@ -413,7 +413,11 @@ WITH r AS (
                                   duration_ms, next_attempt_at)
     SELECT event_id, endpoint_id, attempt, status_code, error, duration_ms,
            CASE WHEN state = 'pending' THEN now() + make_interval(secs => delay_s) END
-      FROM r WHERE state <> 'canceled'
+      FROM r
+     WHERE state <> 'canceled'
+       -- An event pruned while its attempt was in flight: nothing left to log it against,
+       -- and one such attempt must not fail the batch it shares.
+       AND EXISTS (SELECT 1 FROM events e WHERE e.id = r.event_id)
 ), h AS (
     SELECT * FROM unnest($9::text[], $10::boolean[], $11::boolean[]) AS h (id, ok, gone)
 )
