@@ -1,0 +1,222 @@
+"""The /stripe/v1 tree over HTTP, in process: form bodies in, Stripe's shapes, errors and
+headers out, and no card number in any answer (API.md "Card data"). The official SDK
+drives a live server in tests/test_stripe_sdk.py; these are the wire-level checks."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+CARD = "4242424242424242"
+
+
+async def send(client, method, path, merchant=None, form=None, key=None, headers=None):
+    sent = dict(FORM if form is not None else {})
+    if merchant is not None:
+        sent.update(merchant.headers)
+    if key is not None:
+        sent["Idempotency-Key"] = key
+    sent.update(headers or {})
+    data = None if form is None else (form if isinstance(form, str) else urlencode(form))
+    async with client.request(method, "/stripe" + path, data=data, headers=sent) as answer:
+        return answer.status, await answer.json(), answer.headers
+
+
+async def test_a_confirmed_intent_is_a_payment_in_stripes_shape(client, merchant):
+    status, intent, headers = await send(
+        client,
+        "POST",
+        "/v1/payment_intents",
+        merchant,
+        {"amount": "1999", "currency": "eur", "confirm": "true", "payment_method": "pm_card_visa"},
+        key="k1",
+    )
+    assert status == 200, intent
+    assert intent["object"] == "payment_intent" and intent["status"] == "succeeded"
+    assert intent["currency"] == "eur" and intent["amount_received"] == 1999
+    assert headers["Request-Id"] == headers["X-Request-Id"]
+    native = intent["id"].replace("pi_", "pay_")
+    async with client.get(f"/v1/payments/{native}", headers=merchant.headers) as answer:
+        assert (await answer.json())["status"] == "captured"
+
+
+async def test_errors_are_stripes_with_a_request_id(client, merchant):
+    status, error, headers = await send(client, "GET", "/v1/payment_intents")
+    assert status == 401 and error["error"]["type"] == "authentication_error"
+    assert set(error["error"]) <= {"type", "code", "message", "param"}
+    assert headers["Request-Id"]
+    status, error, headers = await send(
+        client,
+        "POST",
+        "/v1/payment_intents",
+        merchant,
+        {"amount": "1", "currency": "eur", "x": "1"},
+    )
+    assert (status, error["error"]["code"], error["error"]["param"]) == (
+        400,
+        "parameter_unknown",
+        "x",
+    )
+    assert headers["Request-Id"]
+    # Stripe's SDK reads any 4xx but 401/402/403/404/429 as a 400: a 405 is answered so.
+    status, error, _ = await send(client, "DELETE", "/v1/payment_intents", merchant)
+    assert status == 400 and error["error"]["type"] == "invalid_request_error"
+    status, error, _ = await send(client, "GET", "/v1/nothing_here", merchant)
+    assert (status, error["error"]["code"]) == (404, "resource_missing")
+    async with client.post(
+        "/stripe/v1/payment_intents",
+        json={"amount": 100, "currency": "eur"},
+        headers=merchant.headers,
+    ) as answer:
+        # A JSON body is refused (a 400 here: the SDK has no class for a 415).
+        assert answer.status == 400 and "Request-Id" in answer.headers
+        assert "form-encoded" in (await answer.json())["error"]["message"]
+
+
+async def test_stripe_version_is_accepted(client, merchant):
+    status, listed, _ = await send(
+        client, "GET", "/v1/payment_intents", merchant, headers={"Stripe-Version": "2024-06-20"}
+    )
+    assert status == 200 and listed == {
+        "object": "list",
+        "data": [],
+        "has_more": False,
+        "url": "/v1/payment_intents",
+    }
+
+
+async def test_one_idempotency_store_for_both_trees(client, merchant):
+    async with client.post(
+        "/v1/payments",
+        json={
+            "amount": 500,
+            "currency": "eur",
+            "payment_method": {"type": "token", "token": "tok_" + "0" * 32},
+        },
+        headers={**merchant.headers, "Idempotency-Key": "shared"},
+    ) as answer:
+        assert answer.status == 404  # not stored: a retry runs again
+    form = {"amount": "500", "currency": "eur", "confirm": "true", "payment_method": "pm_card_visa"}
+    status, first, _ = await send(client, "POST", "/v1/payment_intents", merchant, form, key="k")
+    assert status == 200
+    async with client.post(
+        "/v1/payments",
+        json={"amount": 501, "currency": "eur"},
+        headers={**merchant.headers, "Idempotency-Key": "k"},
+    ) as answer:  # the key the Stripe request used, with another body: refused natively
+        assert answer.status == 422
+    status, again, headers = await send(
+        client, "POST", "/v1/payment_intents", merchant, form, key="k"
+    )
+    assert (status, again["id"], headers["Idempotent-Replayed"]) == (200, first["id"], "true")
+
+
+# --- no card number in any answer --------------------------------------------------------
+
+SPELLINGS = (CARD, "4242 4242 4242 4242", "4242-4242-4242-4242")
+
+
+def assert_no_card_number(body: object) -> None:
+    import orjson
+
+    import core_ext
+
+    text = orjson.dumps(body).decode()
+    assert not core_ext.validation.contains_card_number(text), text
+    assert CARD not in text.replace(" ", "").replace("-", ""), text
+
+
+@pytest.mark.parametrize("number", SPELLINGS)
+async def test_a_card_number_as_a_parameter_name_is_not_echoed(client, merchant, number):
+    for path, form in (
+        ("/v1/payment_intents", {number: "1", "amount": "1", "currency": "eur"}),
+        ("/v1/payment_methods", {"type": "card", f"card[{number}]": "1"}),
+        ("/v1/payment_intents", {"amount": "1", "currency": "eur", f"metadata[{number}]": "x"}),
+    ):
+        status, error, _ = await send(client, "POST", path, merchant, form)
+        assert 400 <= status < 500, error
+        assert_no_card_number(error)
+    status, error, _ = await send(client, "GET", f"/v1/payment_intents?{number}=1", merchant)
+    assert (status, error["error"]["code"]) == (400, "parameter_unknown")
+    assert_no_card_number(error)
+
+
+async def test_a_card_number_in_the_path_or_a_value_is_not_echoed(client, merchant):
+    for path in (f"/v1/payment_intents/{CARD}", f"/v1/payment_methods/{CARD}", f"/v1/{CARD}"):
+        status, error, _ = await send(client, "GET", path, merchant)
+        assert status == 404, error
+        assert_no_card_number(error)
+    for form in (
+        {"amount": "1", "currency": "eur", "payment_method": CARD},
+        {"amount": "1", "currency": "eur", "description": f"card {CARD}"},
+        {"amount": "1", "currency": "eur", "metadata[note]": CARD},
+        {"amount": CARD, "currency": "eur"},
+    ):
+        status, error, _ = await send(client, "POST", "/v1/payment_intents", merchant, form)
+        assert 400 <= status < 500, error
+        assert_no_card_number(error)
+
+
+async def test_a_payment_method_shows_the_last4_never_the_number_or_cvc(client, merchant):
+    form = {
+        "type": "card",
+        "card[number]": CARD,
+        "card[exp_month]": "12",
+        "card[exp_year]": "2035",
+        "card[cvc]": "987",
+    }
+    status, method, _ = await send(client, "POST", "/v1/payment_methods", merchant, form)
+    assert status == 200 and method["card"]["last4"] == "4242"
+    assert_no_card_number(method)
+    assert "987" not in str(method)
+    status, read, _ = await send(client, "GET", f"/v1/payment_methods/{method['id']}", merchant)
+    assert status == 200 and read["card"] == method["card"]
+    bad = {**form, "card[number]": "4242424242424241"}  # not Luhn-valid: a card error
+    status, error, _ = await send(client, "POST", "/v1/payment_methods", merchant, bad)
+    assert (status, error["error"]["type"]) == (402, "card_error")
+    assert "4242424242424241" not in str(error) and "987" not in str(error)
+
+
+# --- the conformance matrix ----------------------------------------------------------------
+
+
+def test_the_conformance_matrix_is_what_the_router_serves(client):
+    from gateway.stripe import routes
+
+    served = {
+        (r.method, r.resource.canonical)
+        for r in client.app.router.routes()
+        if r.resource is not None
+        and r.resource.canonical.startswith(routes.PREFIX + "/")
+        and r.method != "HEAD"
+    }
+    assert served == {(e.method, routes.PREFIX + e.path) for e in routes.ENDPOINTS}
+    matrix = routes.conformance_markdown()
+    for e in routes.ENDPOINTS:
+        assert f"`{e.method} {e.path}`" in matrix
+        for p in e.params:
+            assert f"`{p.name}`" in matrix
+
+
+def test_the_repository_carries_the_generated_matrix():
+    """docs/stripe-conformance.md and the README's copy are generated from ENDPOINTS; the
+    run rewrites them when they differ (so `git diff` shows what changed) and fails."""
+    from pathlib import Path
+
+    from gateway.stripe import routes
+
+    root = Path(__file__).resolve().parent.parent
+    docs, readme = root / routes.DOCS_PATH, root / routes.README_PATH
+    stale = []
+    wanted_docs = routes.conformance_document()
+    if not docs.exists() or docs.read_text() != wanted_docs:
+        docs.write_text(wanted_docs)
+        stale.append(routes.DOCS_PATH)
+    text = readme.read_text()
+    wanted_readme = routes.readme_with_matrix(text)
+    if text != wanted_readme:
+        readme.write_text(wanted_readme)
+        stale.append(routes.README_PATH)
+    assert not stale, f"regenerated {stale} from gateway/stripe/routes.py: commit them"
