@@ -12,6 +12,11 @@ that is what the open-loop sweep is for.
 The request is API.md's authorization (benchmarks/wrk/authorize.lua: fresh Idempotency-Key
 per request, the merchant's key); the framework gets the same bytes (baseline.lua).
 
+``kassa-stripe`` is the same Kassa under what stripe-python sends for a confirmed
+PaymentIntent create (benchmarks/wrk/stripe.lua: form-encoded, ``pm_card_visa``, the SDK's
+headers) to ``/stripe/v1/payment_intents``: the same authorization through the
+Stripe-compatible tree, run right after ``kassa`` so the ratio compares like with like.
+
 ``kassa-webhooks`` is the same Kassa with one endpoint subscribed to ``*`` at a receiver on
 loopback (benchmarks/webhook_receiver.py): every authorization also writes its event and a
 delivery, and the deliverer POSTs it. Besides the wrk figures it reports the
@@ -168,14 +173,21 @@ def wrk_executable() -> str:
     return found
 
 
+# What the SDK sends to the Stripe-compatible tree (the kassa-stripe target).
+STRIPE_SCRIPT = "stripe.lua"
+
+
 def wrk_command(
     url: str,
     secret_key: str | None,
     seconds: float,
     connections: int = CONNECTIONS,
     threads: int = THREADS,
+    script_name: str | None = None,
 ) -> list[str]:
-    script = WRK_SCRIPTS / ("authorize.lua" if secret_key else "baseline.lua")
+    """``script_name`` (in benchmarks/wrk): authorize.lua with a key, baseline.lua without."""
+    default = "authorize.lua" if secret_key else "baseline.lua"
+    script = WRK_SCRIPTS / (script_name or default)
     command = [
         wrk_executable(),
         f"-t{threads}",
@@ -196,8 +208,9 @@ def run_wrk(
     seconds: float,
     connections: int = CONNECTIONS,
     threads: int = THREADS,
+    script_name: str | None = None,
 ) -> WrkResult:
-    command = wrk_command(url, secret_key, seconds, connections, threads)
+    command = wrk_command(url, secret_key, seconds, connections, threads, script_name)
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + WRK_SLACK_S, check=False
     )
@@ -206,11 +219,16 @@ def run_wrk(
     return parse_wrk_output(done.stdout)
 
 
-def measure(target, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS) -> WrkResult:
+def measure(
+    target,
+    seconds: float = SECONDS,
+    warmup_s: float = WARMUP_SECONDS,
+    script_name: str | None = None,
+) -> WrkResult:
     """Warm up (not counted), then one closed-loop run against ``target`` (a Target)."""
     if warmup_s > 0:
-        run_wrk(target.url, target.secret_key, warmup_s)
-    return run_wrk(target.url, target.secret_key, seconds)
+        run_wrk(target.url, target.secret_key, warmup_s, script_name=script_name)
+    return run_wrk(target.url, target.secret_key, seconds, script_name=script_name)
 
 
 DRAIN_TIMEOUT_S = 120.0  # after the window, for the pending deliveries to go out
