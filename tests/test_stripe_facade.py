@@ -220,3 +220,22 @@ def test_the_repository_carries_the_generated_matrix():
         readme.write_text(wanted_readme)
         stale.append(routes.README_PATH)
     assert not stale, f"regenerated {stale} from gateway/stripe/routes.py: commit them"
+
+
+async def test_load_shedding_is_a_503_the_sdk_does_not_retry(app_factory, merchant, db):
+    import asyncio
+
+    client = await app_factory(pipeline_inflight_max=2, commit_wait_ms=50)
+    form = {"amount": "100", "currency": "eur", "confirm": "true", "payment_method": "pm_card_visa"}
+    answers = await asyncio.gather(
+        *[
+            send(client, "POST", "/v1/payment_intents", merchant, form, key=f"k{n}")
+            for n in range(12)
+        ]
+    )
+    shed = [(body, headers) for status, body, headers in answers if status == 503]
+    assert shed and any(status == 200 for status, _, _ in answers)
+    for body, headers in shed:
+        assert body["error"]["type"] == "api_error"
+        assert headers["Stripe-Should-Retry"] == "false" and headers["Retry-After"] == "1"
+        assert headers["Request-Id"]

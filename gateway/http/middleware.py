@@ -1,8 +1,10 @@
 """The middleware every request passes, outermost first:
 
 1. ``observability``: request id, RED metrics, idempotency counts, one JSON access line;
-2. ``errors``: every failure becomes an API.md error body; nothing else reaches a client;
-3. ``auth``: /v1 needs a merchant's key, and each key is held to its rate limit (429).
+2. ``errors``: every failure becomes an API.md error body (Stripe's under /stripe/);
+   nothing else reaches a client;
+3. ``auth``: /v1 and /stripe/v1 need a merchant's key, and each key is held to its rate
+   limit (429).
 
 Also the answer to HTTP that aiohttp cannot parse, which no middleware sees.
 
@@ -303,7 +305,8 @@ def _bearer(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/v1 needs a merchant's key, and each key is held to its rate limit (429)."""
+    """/v1 and /stripe/v1 need a merchant's key, and each key is held to its rate limit
+    (429). The Stripe SDKs send the key as ``Authorization: Bearer``, as Kassa's own do."""
     if not request.path.startswith(AUTHENTICATED_PREFIXES):
         return await handler(request)
     secret = _bearer(request)
