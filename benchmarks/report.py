@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 STRIPE_RATIO_GOAL = 0.80  # issue 15: /stripe/v1 at least 80 % of native /v1 throughput
 
 
