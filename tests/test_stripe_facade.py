@@ -7,6 +7,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
+from prometheus_client import REGISTRY
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 CARD = "4242424242424242"
@@ -111,6 +112,24 @@ async def test_one_idempotency_store_for_both_trees(client, merchant):
         client, "POST", "/v1/payment_intents", merchant, form, key="k"
     )
     assert (status, again["id"], headers["Idempotent-Replayed"]) == (200, first["id"], "true")
+    # The same key with other parameters: Stripe's 400 idempotency_error, counted as the
+    # native 422 is.
+    counted = (
+        REGISTRY.get_sample_value(
+            "kassa_idempotency_conflicts_total", {"code": "idempotency_key_reused"}
+        )
+        or 0.0
+    )
+    status, error, _ = await send(
+        client, "POST", "/v1/payment_intents", merchant, {**form, "amount": "501"}, key="k"
+    )
+    assert (status, error["error"]["type"]) == (400, "idempotency_error")
+    assert (
+        REGISTRY.get_sample_value(
+            "kassa_idempotency_conflicts_total", {"code": "idempotency_key_reused"}
+        )
+        == counted + 1
+    )
 
 
 # --- no card number in any answer --------------------------------------------------------
@@ -220,6 +239,37 @@ def test_the_repository_carries_the_generated_matrix():
         readme.write_text(wanted_readme)
         stale.append(routes.README_PATH)
     assert not stale, f"regenerated {stale} from gateway/stripe/routes.py: commit them"
+
+
+async def test_cancel_before_the_processor_and_confirm_with_the_kept_method(client, merchant):
+    status, waiting, _ = await send(
+        client, "POST", "/v1/payment_intents", merchant, {"amount": "300", "currency": "eur"}
+    )
+    assert (status, waiting["status"]) == (200, "requires_payment_method")
+    status, canceled, _ = await send(
+        client, "POST", f"/v1/payment_intents/{waiting['id']}/cancel", merchant, {}
+    )
+    assert (status, canceled["status"], canceled["latest_charge"]) == (200, "canceled", None)
+    charge = "ch_" + waiting["id"].removeprefix("pi_")
+    status, error, _ = await send(client, "GET", f"/v1/charges/{charge}", merchant)
+    assert (status, error["error"]["code"]) == (404, "resource_missing")
+    form = {"amount": "300", "currency": "eur", "payment_method": "pm_card_visa"}
+    status, kept, _ = await send(client, "POST", "/v1/payment_intents", merchant, form)
+    assert (status, kept["status"]) == (200, "requires_confirmation")
+    status, confirmed, _ = await send(
+        client, "POST", f"/v1/payment_intents/{kept['id']}/confirm", merchant, {}
+    )
+    assert (status, confirmed["status"]) == (200, "succeeded")
+    assert confirmed["payment_method"].startswith("pm_")  # the card kept as a PaymentMethod
+    status, method, _ = await send(
+        client, "GET", f"/v1/payment_methods/{confirmed['payment_method']}", merchant
+    )
+    assert (status, method["card"]["last4"]) == (200, "4242")
+    status, error, _ = await send(
+        client, "POST", f"/v1/payment_intents/{kept['id']}/cancel", merchant, {}
+    )
+    assert (status, error["error"]["code"]) == (400, "payment_intent_unexpected_state")
+    assert error["error"]["payment_intent"]["status"] == "succeeded"
 
 
 async def test_load_shedding_is_a_503_the_sdk_does_not_retry(app_factory, merchant, db):

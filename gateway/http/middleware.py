@@ -55,6 +55,10 @@ STRIPE_PREFIX = "/stripe/"
 STRIPE_REQUEST_ID_HEADER = "Request-Id"
 AUTHENTICATED_PREFIXES = ("/v1/", "/stripe/v1/")
 IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use", "idempotency_key_reused"})
+# The answers that may be an idempotency refusal: native 409 and 422, and the Stripe
+# tree's 400 idempotency_error (a key reused; the SDK raises IdempotencyError from a 400).
+IDEMPOTENCY_STATUSES = (400, 409, 422)
+STRIPE_IDEMPOTENCY_TYPE = "idempotency_error"
 UNMATCHED_ROUTE = "unmatched"
 
 # The database is down, restarting, refusing connections, or too slow: the request did not
@@ -152,11 +156,15 @@ def _count_idempotency(response: web.StreamResponse) -> None:
     if response.headers.get(REPLAYED_HEADER) == "true":
         metrics.IDEMPOTENT_REPLAYS.inc()
         return
-    if response.status not in (409, 422) or not isinstance(response, web.Response):
+    status = response.status
+    if status not in IDEMPOTENCY_STATUSES or not isinstance(response, web.Response):
         return
-    try:  # only these two statuses' small error bodies are ever read
-        code = orjson.loads(response.body)["error"]["code"]
-    except (TypeError, KeyError, orjson.JSONDecodeError):
+    try:  # only these statuses' small error bodies are ever read
+        error = orjson.loads(response.body)["error"]
+        code = error.get("code")
+        if status == 400 and error["type"] == STRIPE_IDEMPOTENCY_TYPE:
+            code = "idempotency_key_reused"  # the Stripe tree's 400 has no code
+    except (TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
         return
     if code in IDEMPOTENCY_CODES:
         metrics.IDEMPOTENCY_CONFLICTS.labels(code).inc()

@@ -730,7 +730,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param("payment_method_types", "`[card]` only"),
             Param("description", f"up to {DESCRIPTION_CHARS_MAX} characters"),
             Param("metadata", "up to 20 keys"),
-            Param("receipt_email", "kept as the payment's customer email; no receipt is sent"),
+            Param(
+                "receipt_email",
+                "kept as the payment's customer email (no receipt is sent; reads back null)",
+            ),
         ),
         (
             "no `customer`, `setup_future_usage`, `off_session`, `return_url`, "
