@@ -170,9 +170,10 @@ async def _params(request: web.Request) -> Form:
     return decoded
 
 
-def _check(params: Form, spec: tuple[Param, ...]) -> None:
-    """Refuse a parameter the endpoint's row does not list, at the top and one level in."""
-    forms.reject_unknown(params, tuple(p.name for p in spec))
+def _check(params: Form, spec: tuple[Param, ...], names: tuple[str, ...]) -> None:
+    """Refuse a parameter the endpoint's row does not list (``names``: its parameters'),
+    at the top and one level in."""
+    forms.reject_unknown(params, names)
     for p in spec:
         if p.fields and p.name in params:
             value = forms.object_(params[p.name], p.name)
@@ -224,10 +225,12 @@ async def _from_answer(
 
 
 def _serve(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
+    names = endpoint.names  # once, not per request
+
     async def serve(request: web.Request) -> web.Response:
         try:
             params = await _params(request)
-            _check(params, endpoint.params)
+            _check(params, endpoint.params, names)
             return await endpoint.handler(request, params)
         except StripeFailure as exc:
             return exc.answer.response()
@@ -260,8 +263,9 @@ def _same(prefix: str) -> Callable[[object], str | None]:
     """Ids Stripe and Kassa share (``re_``, ``we_``, ``evt_``): the id itself, if ours."""
 
     def native(given: object) -> str | None:
-        ok = isinstance(given, str) and validation.object_id_valid(given, prefix)
-        return given if ok else None  # type: ignore[return-value]
+        if isinstance(given, str) and validation.object_id_valid(given, prefix):
+            return given
+        return None
 
     return native
 
@@ -501,8 +505,9 @@ def _refunded_payment(params: Form) -> str:
         of_charge = shapes.payment_id_from_charge(charge)
         if of_charge is None or (payment_id is not None and of_charge != payment_id):
             raise StripeFailure(errors.no_such("charge", charge, "charge"))
-        payment_id = of_charge
-    assert payment_id is not None  # one of the two was given and mapped
+        return of_charge
+    if payment_id is None:  # cannot be: without a charge, the intent was given and mapped
+        raise RuntimeError("no payment for a refund with neither intent nor charge")
     return payment_id
 
 
