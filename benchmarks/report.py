@@ -54,9 +54,12 @@ def closed_loop_lines(results: dict) -> list[str]:
     stripe_ratio = closed.get("stripe_over_kassa")
     if stripe_ratio:
         verdict = "meets" if stripe_ratio >= STRIPE_RATIO_GOAL else "does NOT meet"
+        native = closed.get("stripe_native") or {}
         lines.append(
-            f"- Stripe-compatible tree / native (kassa-stripe / kassa: the authorization as "
-            f"stripe-python sends it to /stripe/v1), closed loop: "
+            f"- Stripe-compatible tree / native (the authorization as stripe-python sends it "
+            f"to /stripe/v1, alternating with the native one on the kassa-stripe server: "
+            f"{closed['targets']['kassa-stripe']['rps']:.0f}/s against "
+            f"{native.get('rps', 0):.0f}/s), closed loop: "
             f"**{times('stripe_over_kassa')}** ({verdict} the {STRIPE_RATIO_GOAL:.2f}x goal)"
         )
     hooks = closed.get("webhooks")

@@ -159,12 +159,12 @@ def closed_loop(workdir: Path, args) -> dict:
     starts = {
         "framework": lambda: targets.framework_baseline(workdir, workers),
         "kassa": kassa("kassa-closed", workers),
-        # Right after kassa: the same authorization through /stripe/v1 (stripe.lua).
+        # Right after kassa: the same authorization through /stripe/v1 (stripe.lua),
+        # alternating with the native one on its own server (measured below).
         "kassa-stripe": kassa("kassa-stripe-closed", workers),
         "kassa-webhooks": None,  # measured in its own way, below
         "kassa-nobatch": kassa("kassa-nobatch-closed", workers, group_commit=False),
     }
-    scripts = {"kassa-stripe": closedloop.STRIPE_SCRIPT}
     scaling = workers > 1 and not args.closed_loop_no_scaling
     if scaling:
         starts["framework-1w"] = lambda: targets.framework_baseline(workdir, 1)
@@ -172,6 +172,7 @@ def closed_loop(workdir: Path, args) -> dict:
     if args.closed_loop_targets:
         starts = {n: s for n, s in starts.items() if n in args.closed_loop_targets}
     measured, webhooks = {}, None
+    stripe_native: dict | None = None  # the native runs alternating with kassa-stripe's
     for name, start in starts.items():
         if start is None:
             with targets.kassa_with_webhooks(
@@ -182,11 +183,17 @@ def closed_loop(workdir: Path, args) -> dict:
                 )
             print(closedloop.describe(name, result), flush=True)
             print(closedloop.describe_webhooks(webhooks), flush=True)
+        elif name == "kassa-stripe":
+            with start() as target:
+                native, result = closedloop.measure_interleaved(
+                    target, closedloop.STRIPE_SCRIPT, args.closed_loop_seconds
+                )
+            print(closedloop.describe("kassa (alt.)", native), flush=True)
+            print(closedloop.describe(name, result), flush=True)
+            stripe_native = native.as_dict()
         else:
             with start() as target:
-                result = closedloop.measure(
-                    target, args.closed_loop_seconds, script_name=scripts.get(name)
-                )
+                result = closedloop.measure(target, args.closed_loop_seconds)
             print(closedloop.describe(name, result), flush=True)
         measured[name] = result.as_dict()
     rps = {name: m["rps"] for name, m in measured.items()}
@@ -203,7 +210,13 @@ def closed_loop(workdir: Path, args) -> dict:
         "kassa_over_framework": ratio("kassa", "framework"),
         "group_commit_on_over_off": ratio("kassa", "kassa-nobatch"),
         "webhooks_over_kassa": ratio("kassa-webhooks", "kassa"),
-        "stripe_over_kassa": ratio("kassa-stripe", "kassa"),
+        # kassa-stripe over the native authorization on the same server, alternating.
+        "stripe_over_kassa": (
+            round(rps["kassa-stripe"] / stripe_native["rps"], 3)
+            if stripe_native and stripe_native["rps"] and rps.get("kassa-stripe")
+            else None
+        ),
+        "stripe_native": stripe_native,
         "webhooks": webhooks,
         "kassa_over_framework_1w": ratio("kassa-1w", "framework-1w") if scaling else None,
         "kassa_scaling": ratio("kassa", "kassa-1w") if scaling else None,
