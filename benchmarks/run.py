@@ -12,7 +12,8 @@ Open loop (benchmarks/loadgen.py, SLO headline) and closed loop (wrk -t1 -c64, t
 ceiling of framework and kassa, benchmarks/closedloop.py), reported side by side. The
 closed loop also measures kassa-webhooks (Kassa with one endpoint subscribed to * at a
 receiver on loopback) right after kassa: its cost, and the commit-to-delivery latency;
-and kassa-stripe (the same authorization as the SDK sends it to /stripe/v1).
+and kassa-stripe (the same authorization as the SDK sends it to /stripe/v1, alternating
+with the native one on its own server).
 Writes benchmarks/results/<timestamp>/{results.json,summary.md,latency.png}.
 """
 

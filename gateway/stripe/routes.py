@@ -15,7 +15,6 @@ README's "Switching from Stripe") from it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -450,13 +449,16 @@ async def create_payment_method(request: web.Request, params: Form) -> web.Respo
         name = forms.string(billing.get("name"), "billing_details[name]", HOLDER_NAME_CHARS_MAX)
         if name is not None:
             native_card["holder_name"] = name
-    answer = await request.app[SERVICE].create_token(
-        request[MERCHANT_ID], {"card": native_card}, key_from(request)
-    )
-    created = int(time.time())
-    return await _from_answer(
-        request, answer, lambda t: shapes.payment_method(t, created=created), METHOD_RENAMES
-    )
+    service = request.app[SERVICE]
+    merchant_id = request[MERCHANT_ID]
+    answer = await service.create_token(merchant_id, {"card": native_card}, key_from(request))
+    if answer.status >= 300:
+        return await _from_answer(request, answer, dict, METHOD_RENAMES)
+    # The token's own creation time (the native answer does not carry it), so a replay
+    # and a later retrieve show the same PaymentMethod.
+    token, created = await service.get_token(merchant_id, orjson.loads(answer.body)["id"])
+    replayed = answer.headers.get(REPLAYED_HEADER) == "true"
+    return _ok(shapes.payment_method(token, created=created), replayed)
 
 
 async def retrieve_payment_method(request: web.Request, params: Form) -> web.Response:
