@@ -289,3 +289,84 @@ async def test_load_shedding_is_a_503_the_sdk_does_not_retry(app_factory, mercha
         assert body["error"]["type"] == "api_error"
         assert headers["Stripe-Should-Retry"] == "false" and headers["Retry-After"] == "1"
         assert headers["Request-Id"]
+
+
+# --- random forms never break the tree ---------------------------------------------------------
+
+FUZZ_REQUESTS = 400
+FUZZ_SEED = 15  # the number: the same run every time
+FUZZ_VALUES = (
+    "",
+    "0",
+    "1",
+    "-1",
+    "true",
+    "false",
+    "eur",
+    "card",
+    "x" * 300,
+    CARD,
+    "pm_card_visa",
+    "tok_visa",
+    "pi_" + "0" * 32,
+    "manual",
+    "\u00e9",
+    "%",
+    "a[b]",
+    "99999999999999999999",
+)
+
+
+def fuzz_form(rng, endpoint) -> str:
+    from urllib.parse import quote
+
+    names = [p.name for p in endpoint.params] + ["zebra", "metadata", "expand"]
+    pairs = []
+    for _ in range(rng.randrange(0, 6)):
+        name = rng.choice(names)
+        param = next((p for p in endpoint.params if p.name == name), None)
+        if param is not None and param.fields and rng.random() < 0.7:
+            name += f"[{rng.choice(param.fields)}]"
+        elif rng.random() < 0.2:
+            name += rng.choice(("[0]", "[]", "[k]", "[", "]", "[a][b]"))
+        pairs.append(f"{quote(name)}={quote(rng.choice(FUZZ_VALUES))}")
+    return "&".join(pairs)
+
+
+async def test_random_forms_get_a_2xx_or_a_stripe_error(client, merchant):
+    import random
+
+    from gateway.stripe import routes
+
+    rng = random.Random(FUZZ_SEED)
+    status, intent, _ = await send(
+        client,
+        "POST",
+        "/v1/payment_intents",
+        merchant,
+        {"amount": "100", "currency": "eur", "confirm": "true", "payment_method": "pm_card_visa"},
+    )
+    ids = {
+        "intent": intent["id"],
+        "method": "pm_card_visa",
+        "refund": "re_" + "0" * 32,
+        "charge": intent["latest_charge"],
+        "endpoint": "we_" + "0" * 32,
+        "event": "evt_" + "0" * 32,
+    }
+    seen = set()
+    for _ in range(FUZZ_REQUESTS):
+        endpoint = rng.choice(routes.ENDPOINTS)
+        path = endpoint.path.format(**ids)
+        form = fuzz_form(rng, endpoint)
+        if endpoint.method == "POST":
+            status, body, headers = await send(client, "POST", path, merchant, form)
+        else:
+            status, body, headers = await send(client, endpoint.method, f"{path}?{form}", merchant)
+        seen.add((endpoint.method, endpoint.path, status // 100))
+        assert status < 500, (endpoint.path, form, body)
+        assert headers["Request-Id"]
+        if status >= 400:
+            assert set(body) == {"error"} and body["error"]["type"], body
+        assert_no_card_number(body)
+    assert {kind for _, _, kind in seen} >= {2, 4}
