@@ -898,8 +898,8 @@ KNOWN_DIFFERENCES = (
     "A key still in flight answers `409 idempotency_key_in_use`, which the SDK retries "
     "(`max_network_retries`); state errors, load shedding (503) and processor timeouts "
     "(504) carry `Stripe-Should-Retry: false`.",
-    "Under `/stripe/v1` an Idempotency-Key is shared with the native tree: the same key on "
-    "a native and a Stripe request for the same change replays, as they are one store.",
+    "Idempotency-Keys are one store with the native `/v1` tree: a key used on one tree is "
+    "taken on the other too (another request with it is refused as a reuse).",
     "Events keep Kassa's ids (`evt_`); `payment.authorized` is "
     "`payment_intent.amount_capturable_updated`, `payment.captured` "
     "`payment_intent.succeeded`, `refund.succeeded` `refund.created`.",
