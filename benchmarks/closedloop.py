@@ -12,6 +12,12 @@ that is what the open-loop sweep is for.
 The request is API.md's authorization (benchmarks/wrk/authorize.lua: fresh Idempotency-Key
 per request, the merchant's key); the framework gets the same bytes (baseline.lua).
 
+``kassa-stripe`` is one Kassa under what stripe-python sends for a confirmed PaymentIntent
+create (benchmarks/wrk/stripe.lua: form-encoded, ``pm_card_visa``, the SDK's headers) to
+``/stripe/v1/payment_intents``, alternating with the native authorization on the same
+server (``measure_interleaved``): the same authorization through both trees, so their
+ratio is the facade's own cost, not the machine's drift between two servers.
+
 ``kassa-webhooks`` is the same Kassa with one endpoint subscribed to ``*`` at a receiver on
 loopback (benchmarks/webhook_receiver.py): every authorization also writes its event and a
 delivery, and the deliverer POSTs it. Besides the wrk figures it reports the
@@ -168,14 +174,21 @@ def wrk_executable() -> str:
     return found
 
 
+# What the SDK sends to the Stripe-compatible tree (the kassa-stripe target).
+STRIPE_SCRIPT = "stripe.lua"
+
+
 def wrk_command(
     url: str,
     secret_key: str | None,
     seconds: float,
     connections: int = CONNECTIONS,
     threads: int = THREADS,
+    script_name: str | None = None,
 ) -> list[str]:
-    script = WRK_SCRIPTS / ("authorize.lua" if secret_key else "baseline.lua")
+    """``script_name`` (in benchmarks/wrk): authorize.lua with a key, baseline.lua without."""
+    default = "authorize.lua" if secret_key else "baseline.lua"
+    script = WRK_SCRIPTS / (script_name or default)
     command = [
         wrk_executable(),
         f"-t{threads}",
@@ -196,8 +209,9 @@ def run_wrk(
     seconds: float,
     connections: int = CONNECTIONS,
     threads: int = THREADS,
+    script_name: str | None = None,
 ) -> WrkResult:
-    command = wrk_command(url, secret_key, seconds, connections, threads)
+    command = wrk_command(url, secret_key, seconds, connections, threads, script_name)
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + WRK_SLACK_S, check=False
     )
@@ -206,11 +220,71 @@ def run_wrk(
     return parse_wrk_output(done.stdout)
 
 
-def measure(target, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS) -> WrkResult:
+def measure(
+    target,
+    seconds: float = SECONDS,
+    warmup_s: float = WARMUP_SECONDS,
+    script_name: str | None = None,
+) -> WrkResult:
     """Warm up (not counted), then one closed-loop run against ``target`` (a Target)."""
     if warmup_s > 0:
-        run_wrk(target.url, target.secret_key, warmup_s)
-    return run_wrk(target.url, target.secret_key, seconds)
+        run_wrk(target.url, target.secret_key, warmup_s, script_name=script_name)
+    return run_wrk(target.url, target.secret_key, seconds, script_name=script_name)
+
+
+INTERLEAVED_ROUNDS = 2  # native, Stripe, native, Stripe: each half the measured seconds
+
+
+def combined(runs: list[WrkResult]) -> WrkResult:
+    """Several wrk runs as one: counts summed, rate over their summed time, each latency
+    percentile the mean of the runs' (an approximation: wrk gives no histogram)."""
+    seconds = sum(r.seconds for r in runs)
+    requests = sum(r.requests for r in runs)
+    statuses: dict[int, int] = {}
+    socket_errors: dict[str, int] = {}
+    for r in runs:
+        for code, count in r.statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
+        for kind, count in r.socket_errors.items():
+            socket_errors[kind] = socket_errors.get(kind, 0) + count
+    return WrkResult(
+        requests=requests,
+        seconds=round(seconds, 3),
+        rps=requests / seconds if seconds else 0.0,
+        latency_ms={
+            p: sum(r.latency_ms[p] for r in runs) / len(runs)
+            for p in runs[0].latency_ms
+            if all(p in r.latency_ms for r in runs)
+        },
+        non2xx=sum(r.non2xx for r in runs),
+        replayed=sum(r.replayed for r in runs),
+        statuses=statuses,
+        socket_errors=socket_errors,
+    )
+
+
+def measure_interleaved(
+    target,
+    script_name: str,
+    seconds: float = SECONDS,
+    warmup_s: float = WARMUP_SECONDS,
+    rounds: int = INTERLEAVED_ROUNDS,
+) -> tuple[WrkResult, WrkResult]:
+    """The native authorization and ``script_name``'s on one server, alternating (native
+    first) for ``rounds`` rounds of ``seconds / 2`` each: (native, scripted). On a shared
+    machine whose load drifts, alternating on one server compares the two requests'
+    costs far better than two servers measured one after the other."""
+    if warmup_s > 0:
+        run_wrk(target.url, target.secret_key, warmup_s / 2)
+        run_wrk(target.url, target.secret_key, warmup_s / 2, script_name=script_name)
+    native: list[WrkResult] = []
+    scripted: list[WrkResult] = []
+    for _ in range(rounds):
+        native.append(run_wrk(target.url, target.secret_key, seconds / 2))
+        scripted.append(
+            run_wrk(target.url, target.secret_key, seconds / 2, script_name=script_name)
+        )
+    return combined(native), combined(scripted)
 
 
 DRAIN_TIMEOUT_S = 120.0  # after the window, for the pending deliveries to go out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+STRIPE_RATIO_GOAL = 0.80  # issue 15: /stripe/v1 at least 80 % of native /v1 throughput
+
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
@@ -48,6 +50,17 @@ def closed_loop_lines(results: dict) -> list[str]:
         lines.append(
             f"- Group commit on / off (kassa / kassa-nobatch), closed loop: "
             f"**{times('group_commit_on_over_off')}**"
+        )
+    stripe_ratio = closed.get("stripe_over_kassa")
+    if stripe_ratio:
+        verdict = "meets" if stripe_ratio >= STRIPE_RATIO_GOAL else "does NOT meet"
+        native = closed.get("stripe_native") or {}
+        lines.append(
+            f"- Stripe-compatible tree / native (the authorization as stripe-python sends it "
+            f"to /stripe/v1, alternating with the native one on the kassa-stripe server: "
+            f"{closed['targets']['kassa-stripe']['rps']:.0f}/s against "
+            f"{native.get('rps', 0):.0f}/s), closed loop: "
+            f"**{times('stripe_over_kassa')}** ({verdict} the {STRIPE_RATIO_GOAL:.2f}x goal)"
         )
     hooks = closed.get("webhooks")
     if hooks:

@@ -11,7 +11,9 @@ Targets, all on this machine in one run so their ratios survive its noise:
 Open loop (benchmarks/loadgen.py, SLO headline) and closed loop (wrk -t1 -c64, the
 ceiling of framework and kassa, benchmarks/closedloop.py), reported side by side. The
 closed loop also measures kassa-webhooks (Kassa with one endpoint subscribed to * at a
-receiver on loopback) right after kassa: its cost, and the commit-to-delivery latency.
+receiver on loopback) right after kassa: its cost, and the commit-to-delivery latency;
+and kassa-stripe (the same authorization as the SDK sends it to /stripe/v1, alternating
+with the native one on its own server).
 Writes benchmarks/results/<timestamp>/{results.json,summary.md,latency.png}.
 """
 
@@ -37,6 +39,15 @@ SWEEP_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 1.2)
 PROBE_START_RPS = 400
 PROBE_STEPS_MAX = 7
 REQUESTS_PER_OPERATION = {"checkout": 2, "refunds": 2}
+CLOSED_LOOP_TARGETS = (
+    "framework",
+    "kassa",
+    "kassa-stripe",
+    "kassa-webhooks",
+    "kassa-nobatch",
+    "framework-1w",
+    "kassa-1w",
+)
 
 
 def probe_capacity(target, scenario: str, seconds: float, processes: int) -> float:
@@ -149,6 +160,9 @@ def closed_loop(workdir: Path, args) -> dict:
     starts = {
         "framework": lambda: targets.framework_baseline(workdir, workers),
         "kassa": kassa("kassa-closed", workers),
+        # Right after kassa: the same authorization through /stripe/v1 (stripe.lua),
+        # alternating with the native one on its own server (measured below).
+        "kassa-stripe": kassa("kassa-stripe-closed", workers),
         "kassa-webhooks": None,  # measured in its own way, below
         "kassa-nobatch": kassa("kassa-nobatch-closed", workers, group_commit=False),
     }
@@ -156,7 +170,10 @@ def closed_loop(workdir: Path, args) -> dict:
     if scaling:
         starts["framework-1w"] = lambda: targets.framework_baseline(workdir, 1)
         starts["kassa-1w"] = kassa("kassa-1w-closed", 1)
+    if args.closed_loop_targets:
+        starts = {n: s for n, s in starts.items() if n in args.closed_loop_targets}
     measured, webhooks = {}, None
+    stripe_native: dict | None = None  # the native runs alternating with kassa-stripe's
     for name, start in starts.items():
         if start is None:
             with targets.kassa_with_webhooks(
@@ -167,6 +184,14 @@ def closed_loop(workdir: Path, args) -> dict:
                 )
             print(closedloop.describe(name, result), flush=True)
             print(closedloop.describe_webhooks(webhooks), flush=True)
+        elif name == "kassa-stripe":
+            with start() as target:
+                native, result = closedloop.measure_interleaved(
+                    target, closedloop.STRIPE_SCRIPT, args.closed_loop_seconds
+                )
+            print(closedloop.describe("kassa (alt.)", native), flush=True)
+            print(closedloop.describe(name, result), flush=True)
+            stripe_native = native.as_dict()
         else:
             with start() as target:
                 result = closedloop.measure(target, args.closed_loop_seconds)
@@ -186,6 +211,13 @@ def closed_loop(workdir: Path, args) -> dict:
         "kassa_over_framework": ratio("kassa", "framework"),
         "group_commit_on_over_off": ratio("kassa", "kassa-nobatch"),
         "webhooks_over_kassa": ratio("kassa-webhooks", "kassa"),
+        # kassa-stripe over the native authorization on the same server, alternating.
+        "stripe_over_kassa": (
+            round(rps["kassa-stripe"] / stripe_native["rps"], 3)
+            if stripe_native and stripe_native["rps"] and rps.get("kassa-stripe")
+            else None
+        ),
+        "stripe_native": stripe_native,
         "webhooks": webhooks,
         "kassa_over_framework_1w": ratio("kassa-1w", "framework-1w") if scaling else None,
         "kassa_scaling": ratio("kassa", "kassa-1w") if scaling else None,
@@ -280,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         "--closed-loop-no-scaling",
         action="store_true",
         help="skip the closed-loop runs at one worker",
+    )
+    parser.add_argument(
+        "--closed-loop-targets",
+        nargs="*",
+        choices=CLOSED_LOOP_TARGETS,
+        help="only these closed-loop targets (default: all), e.g. kassa kassa-stripe",
     )
     parser.add_argument(
         "--closed-loop-seconds",

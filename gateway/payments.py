@@ -803,9 +803,25 @@ class PaymentService:
         return row
 
     async def get_payment(self, merchant_id: str, payment_id: str) -> dict:
-        return render_payment(await self._owned("payment", payment_id, merchant_id))
+        return render_payment(await self.payment_row(merchant_id, payment_id))
+
+    async def payment_row(self, merchant_id: str, payment_id: str) -> asyncpg.Record:
+        """The merchant's payment row, or 404: for views that show more than
+        ``render_payment`` does (the Stripe tree names the payment's token)."""
+        return await self._owned("payment", payment_id, merchant_id)
 
     async def list_payments(self, merchant_id: str, query: object) -> dict:
+        rows, has_more = await self.list_payment_rows(merchant_id, query)
+        return {
+            "object": "list",
+            "data": [render_payment(row) for row in rows],
+            "has_more": has_more,
+        }
+
+    async def list_payment_rows(
+        self, merchant_id: str, query: object
+    ) -> tuple[list[asyncpg.Record], bool]:
+        """One page of payment rows for a native list query, and whether more follow."""
         limit, starting_after, status = core_ext.validation.validate_list_query(query)
         cursor = None
         if starting_after is not None:
@@ -814,14 +830,40 @@ class PaymentService:
             )
         async with self._acquire() as conn:
             rows = await payments.list_page(conn, merchant_id, status, cursor, limit + 1)
-        return {
-            "object": "list",
-            "data": [render_payment(row) for row in rows[:limit]],
-            "has_more": len(rows) > limit,
-        }
+        return rows[:limit], len(rows) > limit
 
     async def get_refund(self, merchant_id: str, refund_id: str) -> dict:
         return render_refund(await self._owned("refund", refund_id, merchant_id))
+
+    async def list_refunds(
+        self, merchant_id: str, payment_id: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[dict], bool]:
+        """One page of the merchant's refunds (of one payment, if given), newest first, and
+        whether more follow. ``limit`` is the caller's, already checked."""
+        if payment_id is not None:
+            await self._owned("payment", payment_id, merchant_id)
+        cursor = None
+        if starting_after is not None:
+            cursor = await self._owned("refund", starting_after, merchant_id, "starting_after")
+        async with self._acquire() as conn:
+            rows = await payments.refunds_page(conn, merchant_id, payment_id, cursor, limit + 1)
+        return [render_refund(row) for row in rows[:limit]], len(rows) > limit
+
+    async def get_token(self, merchant_id: str, token_id: str) -> tuple[dict, datetime]:
+        """The merchant's token as rendered, and when it was made; 404 if not theirs."""
+        row = await self._owned("token", token_id, merchant_id)
+        card = {
+            "brand": row["brand"],
+            "last4": row["last4"],
+            "exp_month": row["exp_month"],
+            "exp_year": row["exp_year"],
+            "fingerprint": row["fingerprint"],
+        }
+        return render_token(row["id"], card), row["created_at"]
+
+    def fingerprint(self, merchant_id: str, number: str) -> str:
+        """The card's fingerprint for this merchant, as a payment with it would show."""
+        return self._vault.fingerprint(merchant_id, number)
 
     async def balance(self, merchant_id: str) -> dict:
         async with self._acquire() as conn:

@@ -357,6 +357,45 @@ def test_summary_reports_the_webhook_cost_and_commit_to_delivery():
     assert "Webhooks on / off" not in summary(results)
 
 
+def test_summary_reports_the_stripe_tree_against_native():
+    from benchmarks.report import summary
+
+    results = _results(36604.0)
+    closed = results["closed_loop"]
+    closed["targets"]["kassa-stripe"] = _closed(3000.0)
+    closed["stripe_native"] = _closed(3300.0)
+    closed["stripe_over_kassa"] = round(3000.0 / 3300.0, 3)
+    text = summary(results)
+    assert "| kassa-stripe | - | - | 3000 | 1.5 | 9.0 | 0 |" in text
+    assert "kassa-stripe server: 3000/s against 3300/s), closed loop: **0.91x** (meets" in text
+    closed["stripe_over_kassa"] = 0.7
+    assert "**0.70x** (does NOT meet the 0.80x goal)" in summary(results)
+    del closed["stripe_over_kassa"]
+    assert "Stripe-compatible tree" not in summary(results)
+
+
+def test_interleaved_runs_combine_into_one_figure():
+    from benchmarks.closedloop import WrkResult, combined
+
+    def run(requests: int, p50: float) -> WrkResult:
+        return WrkResult(requests, 5.0, requests / 5.0, {"50": p50, "99": 2 * p50}, 1, 0, {200: 1})
+
+    both = combined([run(1000, 1.0), run(2000, 3.0)])
+    assert (both.requests, both.seconds, both.rps) == (3000, 10.0, 300.0)
+    assert both.latency_ms == {"50": 2.0, "99": 4.0}
+    assert (both.non2xx, both.statuses) == (2, {200: 2})
+
+
+def test_the_stripe_script_is_what_the_kassa_stripe_target_runs():
+    from benchmarks.closedloop import STRIPE_SCRIPT, WRK_SCRIPTS, wrk_command
+
+    command = wrk_command("http://h", "sk_x", 1.0, script_name=STRIPE_SCRIPT)
+    assert str(WRK_SCRIPTS / STRIPE_SCRIPT) in command and command[-2:] == ["--", "sk_x"]
+    script = (WRK_SCRIPTS / STRIPE_SCRIPT).read_text()
+    assert '"POST", "/stripe/v1/payment_intents"' in script
+    assert "payment_method=pm_card_visa" in script and "confirm=true" in script
+
+
 def test_delivery_latency_from_the_first_arrival_of_each_event():
     created = {"evt_a": 100.0, "evt_b": 100.5, "evt_c": 101.0}
     arrivals = [

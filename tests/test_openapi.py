@@ -20,6 +20,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from gateway.http.openapi import DOCUMENT, ERROR_CODES
+from gateway.stripe.routes import PREFIX as STRIPE_PREFIX
 from tests.payments_helpers import APPROVED_VISA, ERROR_CARD, TIMEOUT_CARD, card, payment_body
 
 DOC_URI = "urn:kassa:openapi"
@@ -252,6 +253,11 @@ async def test_every_route_is_documented_and_every_documented_route_exists(clien
     routed = set()
     for route in client.app.router.routes():
         if route.method == "HEAD":
+            continue
+        # The Stripe-compatible tree's contract is Stripe's API reference, not this
+        # document: its routes and parameters are listed by gateway/stripe/routes.py's
+        # ENDPOINTS, published as docs/stripe-conformance.md (tests/test_stripe_facade.py).
+        if route.resource.canonical.startswith(STRIPE_PREFIX):
             continue
         routed.add((route.resource.canonical, route.method.lower()))
     documented = {(path, method) for path, method, _ in operations()}

@@ -619,6 +619,7 @@ def _metadata_entry_ok(key: str, item):
     return (
         1 <= len(key) <= _METADATA_KEY_CHARS_MAX
         and _storable(key)
+        and _next_card_run(key, 0, False) is None
         and isinstance(item, str)
         and len(item) <= _METADATA_VALUE_CHARS_MAX
         and _storable(item)
@@ -643,6 +644,10 @@ def _metadata(value):
                 "metadata",
                 f"metadata keys are 1 to {METADATA_KEY_CHARS_MAX} characters, without NUL",
             )
+        if _next_card_run(key, 0, False) is not None:
+            # A key is echoed in every answer that shows the payment: never a card number
+            # (API.md "Conventions"), and the error names only "metadata", not the key.
+            raise _invalid("metadata", "metadata keys must not contain a card number")
         item = metadata[key]
         if not isinstance(item, str) or len(item) > METADATA_VALUE_CHARS_MAX or not _storable(item):
             raise _invalid(

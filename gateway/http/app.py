@@ -28,6 +28,7 @@ from gateway.payments import PaymentService, batch_settings
 from gateway.processors.instrumented import InstrumentedConnector
 from gateway.processors.sandbox import SandboxConnector
 from gateway.store import database
+from gateway.stripe import routes as stripe_routes
 from gateway.webhooks.deliverer import Deliverer
 from gateway.webhooks.secrets import SecretBox
 from gateway.webhooks.service import WebhookService
@@ -117,4 +118,5 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app.on_response_prepare.append(drop_server_header)
     app.cleanup_ctx.append(_services_ctx(dsn))
     routes.setup(app)
+    stripe_routes.setup(app)  # /stripe/v1: Stripe's wire protocol over the same services
     return app

@@ -1,8 +1,10 @@
 """The middleware every request passes, outermost first:
 
 1. ``observability``: request id, RED metrics, idempotency counts, one JSON access line;
-2. ``errors``: every failure becomes an API.md error body; nothing else reaches a client;
-3. ``auth``: /v1 needs a merchant's key, and each key is held to its rate limit (429).
+2. ``errors``: every failure becomes an API.md error body (Stripe's under /stripe/);
+   nothing else reaches a client;
+3. ``auth``: /v1 and /stripe/v1 need a merchant's key, and each key is held to its rate
+   limit (429).
 
 Also the answer to HTTP that aiohttp cannot parse, which no middleware sees.
 
@@ -36,6 +38,7 @@ from gateway.http.answers import (
 from gateway.http.appkeys import CALLER, KEYS, LIMITER, MERCHANT_ID, POOL
 from gateway.ids import whole
 from gateway.store.pipeline import Overloaded
+from gateway.stripe.errors import stripe_error
 
 log = logging.getLogger("kassa.http")
 access_log = logging.getLogger("kassa.access")
@@ -46,7 +49,16 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 200  # a longer or unprintable client id is replaced, never truncated
 REQUEST_ID_BYTES = 16  # a generated id: 32 hex characters
 REQUEST_ID = web.RequestKey("request_id", str)
+# The Stripe-compatible tree (gateway/stripe/routes.py): its answers carry the request id
+# also as Stripe's ``Request-Id`` and its errors in Stripe's shape.
+STRIPE_PREFIX = "/stripe/"
+STRIPE_REQUEST_ID_HEADER = "Request-Id"
+AUTHENTICATED_PREFIXES = ("/v1/", "/stripe/v1/")
 IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use", "idempotency_key_reused"})
+# The answers that may be an idempotency refusal: native 409 and 422, and the Stripe
+# tree's 400 idempotency_error (a key reused; the SDK raises IdempotencyError from a 400).
+IDEMPOTENCY_STATUSES = (400, 409, 422)
+STRIPE_IDEMPOTENCY_TYPE = "idempotency_error"
 UNMATCHED_ROUTE = "unmatched"
 
 # The database is down, restarting, refusing connections, or too slow: the request did not
@@ -100,12 +112,16 @@ async def observability_middleware(request: web.Request, handler: Handler) -> we
     except web.HTTPException as exc:  # aiohttp's own exceptions are responses too
         status = exc.status
         exc.headers[REQUEST_ID_HEADER] = request_id
+        if request.path.startswith(STRIPE_PREFIX):
+            exc.headers[STRIPE_REQUEST_ID_HEADER] = request_id
         raise
     finally:
         elapsed = time.perf_counter() - started
         _record(request, response, status, elapsed, request_id)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
+        if request.path.startswith(STRIPE_PREFIX):
+            response.headers[STRIPE_REQUEST_ID_HEADER] = request_id  # where the SDK reads it
     return response
 
 
@@ -140,11 +156,15 @@ def _count_idempotency(response: web.StreamResponse) -> None:
     if response.headers.get(REPLAYED_HEADER) == "true":
         metrics.IDEMPOTENT_REPLAYS.inc()
         return
-    if response.status not in (409, 422) or not isinstance(response, web.Response):
+    status = response.status
+    if status not in IDEMPOTENCY_STATUSES or not isinstance(response, web.Response):
         return
-    try:  # only these two statuses' small error bodies are ever read
-        code = orjson.loads(response.body)["error"]["code"]
-    except (TypeError, KeyError, orjson.JSONDecodeError):
+    try:  # only these statuses' small error bodies are ever read
+        error = orjson.loads(response.body)["error"]
+        code = error.get("code")
+        if status == 400 and error["type"] == STRIPE_IDEMPOTENCY_TYPE:
+            code = "idempotency_key_reused"  # the Stripe tree's 400 has no code
+    except (TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
         return
     if code in IDEMPOTENCY_CODES:
         metrics.IDEMPOTENCY_CONFLICTS.labels(code).inc()
@@ -155,56 +175,69 @@ def _count_idempotency(response: web.StreamResponse) -> None:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into an API.md error body; nothing else reaches a client."""
+    """Turn every failure into an API.md error body (under /stripe/, Stripe's); nothing
+    else reaches a client."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except CoreError as exc:
-        return ApiError.from_core(exc).response()
-    except Overloaded:
+    except Exception as exc:  # every failure is answered (_error_of)
+        return _answer(request, _error_of(request, exc))
+
+
+def _answer(request: web.Request, error: ApiError) -> web.Response:
+    if request.path.startswith(STRIPE_PREFIX):
+        return stripe_error(error).response()
+    return error.response()
+
+
+def _error_of(request: web.Request, exc: Exception) -> ApiError:
+    """The API.md error for a failure that escaped a handler."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, CoreError):
+        return ApiError.from_core(exc)
+    if isinstance(exc, Overloaded):
         return api_error(
             503,
             "gateway_overloaded",
             "the gateway is at capacity; retry with the same Idempotency-Key",
             headers={"Retry-After": "1"},
-        ).response()
-    except web.HTTPRequestEntityTooLarge:
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return invalid_request(
             "request_too_large", f"request body exceeds {BODY_BYTES_MAX} bytes", status=413
-        ).response()
-    except web.HTTPNotFound:
+        )
+    if isinstance(exc, web.HTTPNotFound):
         return invalid_request(
             "resource_missing",
             f"unrecognized request URL ({request.method} {untrusted(request.path)})",
             status=404,
-        ).response()
-    except web.HTTPMethodNotAllowed as exc:
+        )
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         error = invalid_request(
             "method_not_allowed",
             f"{request.method} is not allowed on {untrusted(request.path)}",
             status=405,
         )
         error.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110 15.5.6
-        return error.response()
-    except web.HTTPException as exc:
-        return invalid_request("request_invalid", exc.reason, status=exc.status).response()
-    except DATABASE_UNAVAILABLE as exc:
+        return error
+    if isinstance(exc, web.HTTPException):
+        return invalid_request("request_invalid", exc.reason, status=exc.status)
+    if isinstance(exc, DATABASE_UNAVAILABLE):
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         return api_error(
             503,
             "database_unavailable",
             "the database is unavailable; retry with the same Idempotency-Key",
             headers={"Retry-After": "1"},
-        ).response()
-    except Exception:
-        log.exception(
-            "unhandled error on %s %s",
-            request.method,
-            request.path,
-            extra={"kassa": {"request_id": request.get(REQUEST_ID)}},
         )
-        return api_error(500, "internal_error", "an internal error occurred").response()
+    log.exception(
+        "unhandled error on %s %s",
+        request.method,
+        request.path,
+        exc_info=exc,
+        extra={"kassa": {"request_id": request.get(REQUEST_ID)}},
+    )
+    return api_error(500, "internal_error", "an internal error occurred")
 
 
 def _protocol_error_as_api_error(
@@ -280,8 +313,9 @@ def _bearer(request: web.Request) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/v1 needs a merchant's key, and each key is held to its rate limit (429)."""
-    if not request.path.startswith("/v1/"):
+    """/v1 and /stripe/v1 need a merchant's key, and each key is held to its rate limit
+    (429). The Stripe SDKs send the key as ``Authorization: Bearer``, as Kassa's own do."""
+    if not request.path.startswith(AUTHENTICATED_PREFIXES):
         return await handler(request)
     secret = _bearer(request)
     if secret is None:

@@ -52,21 +52,25 @@ def _check_json_media_type(request: web.Request) -> None:
         )
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, within the body-read timeout (408 past it)."""
+    if request.content.is_eof():  # the body came with the headers, as a small one does
+        return await request.read()
+    timeout_s = request.app[SETTINGS].body_read_timeout_ms / 1000
+    try:
+        async with asyncio.timeout(timeout_s):  # a client stalling mid-body holds nothing
+            return await request.read()
+    except TimeoutError:
+        raise invalid_request(
+            "request_timeout",
+            f"the request body did not arrive within {timeout_s:g} s",
+            status=408,
+        ) from None
+
+
 async def _json_body(request: web.Request, required: bool = True) -> object:
     _check_json_media_type(request)
-    if request.content.is_eof():  # the body came with the headers, as a small one does
-        raw = await request.read()
-    else:
-        timeout_s = request.app[SETTINGS].body_read_timeout_ms / 1000
-        try:
-            async with asyncio.timeout(timeout_s):  # a client stalling mid-body holds nothing
-                raw = await request.read()
-        except TimeoutError:
-            raise invalid_request(
-                "request_timeout",
-                f"the request body did not arrive within {timeout_s:g} s",
-                status=408,
-            ) from None
+    raw = await read_body(request)
     if not raw:  # no bytes is no body; whitespace is not JSON (invalid_json below)
         if required:
             raise invalid_request("invalid_json", "request body must be a JSON object")

@@ -166,6 +166,17 @@ SELECT id, payload, created_at FROM events
 """
 
 
+# The same page, of any of several types (a Stripe event type stands for several of ours).
+EVENTS_OF_TYPES_PAGE_SQL = """
+SELECT id, payload, created_at FROM events
+ WHERE merchant_id = $1
+   AND ($2::text[] IS NULL OR type = any($2::text[]))
+   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $5
+"""
+
+
 async def event(conn: Conn, event_id: str, merchant_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT * FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id
@@ -184,6 +195,24 @@ async def events_page(
         EVENTS_PAGE_SQL,
         merchant_id,
         event_type,
+        cursor["created_at"] if cursor else None,
+        cursor["id"] if cursor else None,
+        rows_max,
+    )
+
+
+async def events_of_types_page(
+    conn: Conn,
+    merchant_id: str,
+    event_types: Sequence[str] | None,
+    cursor: asyncpg.Record | None,
+    rows_max: int,
+) -> list[asyncpg.Record]:
+    """As ``events_page``, of any of ``event_types`` (None: every type)."""
+    return await conn.fetch(
+        EVENTS_OF_TYPES_PAGE_SQL,
+        merchant_id,
+        None if event_types is None else list(event_types),
         cursor["created_at"] if cursor else None,
         cursor["id"] if cursor else None,
         rows_max,

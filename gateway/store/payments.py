@@ -137,6 +137,15 @@ SELECT * FROM payments
  LIMIT $5
 """
 
+REFUNDS_PAGE_SQL = """
+SELECT * FROM refunds
+ WHERE merchant_id = $1
+   AND ($2::text IS NULL OR payment_id = $2)
+   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $5
+"""
+
 PROCESSING_DUE_SQL = """
 SELECT *, extract(epoch FROM now() - updated_at)::float8 AS age_s FROM payments
  WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
@@ -345,6 +354,25 @@ async def list_page(
         LIST_SQL,
         merchant_id,
         status,
+        cursor["created_at"] if cursor else None,
+        cursor["id"] if cursor else None,
+        rows_max,
+    )
+
+
+async def refunds_page(
+    conn: asyncpg.Connection,
+    merchant_id: str,
+    payment_id: str | None,
+    cursor: asyncpg.Record | None,
+    rows_max: int,
+) -> list[asyncpg.Record]:
+    """The merchant's refunds (of one payment, if given), newest first, after ``cursor``
+    (a refund row) if given."""
+    return await conn.fetch(
+        REFUNDS_PAGE_SQL,
+        merchant_id,
+        payment_id,
         cursor["created_at"] if cursor else None,
         cursor["id"] if cursor else None,
         rows_max,

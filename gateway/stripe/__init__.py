@@ -7,5 +7,9 @@ translations between Kassa's native objects and errors and Stripe's wire shapes.
 - ``errors``: a native ``ApiError`` -> Stripe's status, body and headers, chosen for the
   exception class the official SDK raises.
 
-No I/O here: the routes read and write through the native services, then translate.
+- ``routes``: the ``/stripe/v1`` routes themselves, thin handlers over the native
+  services, and their table (``ENDPOINTS``), from which the conformance matrix is made.
+
+``shapes`` and ``errors`` do no I/O: the routes read and write through the native
+services, then translate.
 """

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from gateway.http.answers import ApiError
 from gateway.logs import scrub
@@ -102,6 +103,15 @@ class StripeError:
     def encoded(self) -> bytes:
         """The body as the bytes to send."""
         return orjson.dumps(self.body)
+
+    def response(self) -> web.Response:
+        """The answer as aiohttp sends it (building it is no I/O)."""
+        return web.Response(
+            status=self.status,
+            body=self.encoded(),
+            content_type="application/json",
+            headers=self.headers,
+        )
 
 
 def stripe_param(native: str | None, renames: Mapping[str, str] | None = None) -> str | None:

@@ -215,6 +215,26 @@ class WebhookService:
             rows = await events.events_page(conn, merchant_id, event_type, cursor, limit + 1)
         return events_list([row["payload"] for row in rows[:limit]], len(rows) > limit)
 
+    async def list_events_of_types(
+        self,
+        merchant_id: str,
+        event_types: tuple[str, ...] | None,
+        limit: int,
+        starting_after: str | None,
+    ) -> tuple[list[str], bool]:
+        """One page of the merchant's events (their stored JSON) of any of ``event_types``
+        (None: all), newest first, and whether more follow; ``limit`` already checked."""
+        if starting_after is not None:
+            _require_id("event", starting_after, "evt_")
+        async with self._acquire() as conn:
+            cursor = None
+            if starting_after is not None:
+                cursor = await self._event(conn, merchant_id, starting_after, "starting_after")
+            rows = await events.events_of_types_page(
+                conn, merchant_id, event_types, cursor, limit + 1
+            )
+        return [str(row["payload"]) for row in rows[:limit]], len(rows) > limit
+
     async def list_attempts(
         self, merchant_id: str, event_id: str, query: Mapping[str, str]
     ) -> dict[str, Any]:

@@ -159,6 +159,9 @@ def test_spaces_in_the_number_are_allowed(core):
         ({"metadata": {"k" * 41: "v"}}, "parameter_invalid", "metadata"),
         ({"metadata": {"k": "v" * 501}}, "parameter_invalid", "metadata.k"),
         ({"metadata": {"k": 1}}, "parameter_invalid", "metadata.k"),
+        # A key is echoed wherever the payment is shown: never a card number, and the
+        # error names only "metadata".
+        ({"metadata": {"4242 4242 4242 4242": "v"}}, "parameter_invalid", "metadata"),
         ({"customer": {"email": "no-at-sign"}}, "parameter_invalid", "customer.email"),
         ({"customer": {"ip": "300.1.1.1"}}, "parameter_invalid", "customer.ip"),
         ({"customer": {"phone": "1"}}, "parameter_unknown", "customer.phone"),
