@@ -11,10 +11,12 @@ from aiohttp import web
 import core_ext
 from gateway import metrics, observability, recovery
 from gateway.cards import CardVault, load_master_key
+from gateway.checkout import handlers as checkout_pages
+from gateway.checkout.service import CheckoutService, CsrfTokens
 from gateway.config import Settings
 from gateway.http import routes
 from gateway.http.answers import BODY_BYTES_MAX
-from gateway.http.appkeys import KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
+from gateway.http.appkeys import CHECKOUT, KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.http.middleware import (
     auth_middleware,
     drop_server_header,
@@ -81,9 +83,12 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         deliverer = Deliverer(pool, secrets, settings)
         app[SERVICE].deliveries_written = deliverer.wake
         app[WEBHOOKS] = WebhookService(pool, secrets, idempotency, settings, deliverer.wake)
+        app[CHECKOUT] = CheckoutService(
+            pool, app[SERVICE], idempotency, settings, CsrfTokens(master_key)
+        )
         await deliverer.start()
         background = asyncio.create_task(
-            recovery.run_forever(pool, app[SERVICE], connector, settings)
+            recovery.run_forever(pool, app[SERVICE], connector, settings, app[CHECKOUT])
         )
         sampler = asyncio.create_task(observability.sample_forever(app))
         yield
@@ -115,4 +120,5 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app.on_response_prepare.append(drop_server_header)
     app.cleanup_ctx.append(_services_ctx(dsn))
     routes.setup(app)
+    checkout_pages.setup(app)
     return app
