@@ -110,7 +110,13 @@
     if (submitted) { event.preventDefault(); return; }
     var checks = [[number, checkNumber()], [expiry, checkExpiry()], [cvc, checkCvc()]];
     for (var i = 0; i < checks.length; i++) {
-      if (!checks[i][1]) { event.preventDefault(); checks[i][0].focus(); return; }
+      if (!checks[i][1]) {
+        event.preventDefault();
+        var first = checks[i][0];
+        // After the click's own focus change: the buyer lands on the first bad field.
+        window.setTimeout(function () { first.focus(); }, 0);
+        return;
+      }
     }
     submitted = true;
     button.disabled = true;
