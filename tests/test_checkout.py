@@ -117,6 +117,16 @@ async def test_a_session_opens_around_a_payment_waiting_for_its_card(client, mer
     assert status == 200 and read == session
 
 
+async def test_urls_name_the_public_origin_when_it_is_set(app_factory, merchant):
+    client = await app_factory(public_url="https://pay.example.com/")
+    session = await open_session(client, merchant)
+    assert session["url"] == f"https://pay.example.com/checkout/{session['id']}"
+    status, link, _ = await post(
+        client, "/v1/payment_links", merchant, {"amount": 500, "currency": "EUR"}
+    )
+    assert status == 201 and link["url"] == f"https://pay.example.com/pay/{link['id']}"
+
+
 async def test_another_merchants_session_and_link_are_unknown(client, merchant, other_merchant):
     session = await open_session(client, merchant)
     status, body = await get(client, f"/v1/checkout/sessions/{session['id']}", other_merchant)
@@ -341,6 +351,23 @@ async def test_attempts_per_session_are_limited(client, merchant, db):
     )
     assert exhausted.status == 429
     assert await processor_attempts(db, session["payment_id"]) == ATTEMPTS_PER_SESSION_MAX
+
+
+async def test_the_merchants_card_testing_rules_hold_on_the_page(client, merchant, db):
+    from gateway.store.merchants import set_limits
+
+    async with db.acquire() as conn:
+        await set_limits(conn, merchant.id, {"velocity_card_declines_max": 1})
+    session = await open_session(client, merchant)
+    hidden = await page_form(client, session)
+    first = await pay(client, session, card_form(hidden, DECLINED_CARD))
+    assert "Your card was declined" in await first.text()
+    retry = card_form({**hidden, "attempt": "2"}, DECLINED_CARD)
+    refused = await pay(client, session, retry)
+    assert "Too many attempts with this card" in await refused.text()
+    _, payment = await get(client, f"/v1/payments/{session['payment_id']}", merchant)
+    assert payment["decline_code"] == "card_velocity_exceeded"
+    assert await processor_attempts(db, session["payment_id"]) == 1  # refused before it
 
 
 async def test_a_timeout_shows_a_waiting_page_until_recovery_settles(app_factory, merchant, db):

@@ -523,9 +523,9 @@ def check_url(value: object, param: str) -> str | None:
 
 def session_fields(body: object) -> SessionFields:
     """POST /v1/checkout/sessions, checked in API.md's order of its fields."""
-    fields = _object(body)
     if not isinstance(body, dict):
         raise invalid_request("parameter_invalid", "request body must be a JSON object")
+    fields: dict[str, Any] = body
     _check_unknown(fields, SESSION_FIELDS)
     email = fields.get("customer_email")
     if email is not None and not isinstance(email, str):
