@@ -251,6 +251,19 @@ async def test_a_payment_link_opens_a_fresh_session_per_visit_until_retired(clie
     assert status == 400 and body["error"]["param"] == "active"
 
 
+async def test_a_link_visit_never_takes_the_visitors_host_for_the_session_url(client, merchant, db):
+    status, link, _ = await post(
+        client, "/v1/payment_links", merchant, {"amount": 900, "currency": "EUR"}
+    )
+    assert status == 201
+    visit = await client.get(
+        urlsplit(link["url"]).path, headers={"Host": "evil.example"}, allow_redirects=False
+    )
+    assert visit.status == 303
+    url = await db.fetchval("SELECT url FROM checkout_sessions")
+    assert url.startswith(f"http://{client.host}:{client.port}/checkout/cs_")
+
+
 # --- the page over plain HTTP (JavaScript off) ----------------------------------------------
 
 

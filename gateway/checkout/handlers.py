@@ -16,7 +16,10 @@ decline is the next attempt, a new key.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -38,6 +41,10 @@ from gateway.checkout.page import (
 from gateway.checkout.service import PAID_STATUSES, CheckoutService
 from gateway.http.answers import ApiError
 from gateway.http.appkeys import CHECKOUT, SETTINGS
+from gateway.http.middleware import DATABASE_UNAVAILABLE
+from gateway.store.pipeline import Overloaded
+
+log = logging.getLogger("kassa.checkout")
 
 states = core_ext.states
 
@@ -45,6 +52,7 @@ ATTEMPTS_PER_SESSION_MAX = 5  # processor attempts one session may make (card te
 PAY_BODY_BYTES_MAX = 4 * 1024  # the form is five short fields; anything larger is not it
 PAY_FIELDS_MAX = 10
 WAITING_REFRESH_S = 2  # the waiting page asks again this often (meta refresh, no script)
+UNAVAILABLE_RETRY_AFTER_S = 5
 STATIC_CACHE = "public, max-age=31536000, immutable"  # names carry their content's hash
 FORM_TYPE = "application/x-www-form-urlencoded"
 EXPIRY = re.compile(r"\s*([0-9]{1,2})\s*/?\s*([0-9]{2}|[0-9]{4})\s*")
@@ -162,6 +170,35 @@ class Page:
         )
 
 
+def _buyer_page(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A buyer's page answers HTML whatever fails: the database or the pipeline down is
+    a page in the buyer's language saying nothing was charged (the write-ahead makes that
+    true: a confirm interrupted here is settled by recovery), never an API error body."""
+
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except (*DATABASE_UNAVAILABLE, Overloaded) as exc:
+            log.warning("checkout page unavailable: %s", type(exc).__name__)
+            status = 503
+        except Exception:
+            log.exception("checkout page failed on %s", request.match_info.route.resource)
+            status = 500
+        lang = locales.choose("auto", request.headers.get("Accept-Language"))
+        messages = locales.messages(lang)
+        response = _html(
+            notice_page(lang, messages["unavailable_title"], messages["unavailable_body"]),
+            status,
+        )
+        response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+        return response
+
+    return answer
+
+
 def _missing(request: web.Request, status: int = 404) -> web.Response:
     lang = locales.choose("auto", request.headers.get("Accept-Language"))
     messages = locales.messages(lang)
@@ -227,6 +264,7 @@ def _state_after(page: Page) -> FormState:
     return state
 
 
+@_buyer_page
 async def session_page(request: web.Request) -> web.Response:
     service = request.app[CHECKOUT]
     row = await service.page_session(request.match_info["id"])
@@ -303,6 +341,7 @@ def _field_error(state: FormState, page: Page, error: CoreError) -> None:
     state.errors[name] = page.messages[key]
 
 
+@_buyer_page
 async def pay(request: web.Request) -> web.Response:
     service = request.app[CHECKOUT]
     session_id = request.match_info["id"]
@@ -368,10 +407,10 @@ async def pay(request: web.Request) -> web.Response:
     return fresh_page.form(service, next_state, 200)
 
 
+@_buyer_page
 async def payment_link(request: web.Request) -> web.Response:
     service = request.app[CHECKOUT]
-    origin = f"{request.scheme}://{request.host}"
-    row = await service.open_from_link(request.match_info["id"], origin)
+    row = await service.open_from_link(request.match_info["id"])
     if row is None:
         return _missing(request)
     if "active" in row:  # the link itself: it is retired

@@ -338,9 +338,11 @@ class CheckoutService:
         async with self._acquire() as conn:
             return await store.session(conn, session_id)
 
-    async def open_from_link(self, link_id: str, origin: str) -> asyncpg.Record | None:
+    async def open_from_link(self, link_id: str) -> asyncpg.Record | None:
         """A fresh session for one visit of an active link; the link's row if it is
-        retired (no session), None if there is no such link."""
+        retired (no session), None if there is no such link. The session's URL is on the
+        link's own origin (fixed by the merchant's create), never on the Host a visitor
+        sent."""
         if not validation.object_id_valid(link_id, "plink_"):
             return None
         async with self._acquire() as conn, conn.transaction():
@@ -360,6 +362,7 @@ class CheckoutService:
             fields = SessionFields(
                 request, link["success_url"], None, None, "auto", EXPIRES_IN_S_DEFAULT
             )
+            origin = _origin_of(link["url"])
             return await self._insert_session(conn, link["merchant_id"], fields, link_id, origin)
 
     async def complete_if_paid(self, session_id: str) -> asyncpg.Record | None:
@@ -447,6 +450,11 @@ async def _expire_locked(
         raise RuntimeError(f"session {row['id']} vanished while locked")
     new_events.append(_session_event(updated, EXPIRED_EVENT))
     return updated, new_events
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _session_event(row: asyncpg.Record, event_type: str) -> events.NewEvent:

@@ -41,4 +41,6 @@ MESSAGES = {
     "retired_body": "The shop has retired this link. Contact the shop for a new one.",
     "missing_title": "Page not found",
     "missing_body": "There is no payment page at this address.",
+    "unavailable_title": "Payment page temporarily unavailable",
+    "unavailable_body": "Nothing was charged. Try again in a moment.",
 }

@@ -41,4 +41,6 @@ MESSAGES = {
     "retired_body": "Kauppa on poistanut linkin käytöstä. Pyydä kaupalta uusi.",
     "missing_title": "Sivua ei löydy",
     "missing_body": "Tässä osoitteessa ei ole maksusivua.",
+    "unavailable_title": "Maksusivu on tilapäisesti poissa käytöstä",
+    "unavailable_body": "Mitään ei veloitettu. Yritä hetken kuluttua uudelleen.",
 }

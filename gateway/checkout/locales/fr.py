@@ -42,4 +42,6 @@ MESSAGES = {
     "retired_body": "La boutique a désactivé ce lien. Demandez-en un nouveau à la boutique.",
     "missing_title": "Page introuvable",
     "missing_body": "Il n'y a pas de page de paiement à cette adresse.",
+    "unavailable_title": "Page de paiement momentanément indisponible",
+    "unavailable_body": "Rien n'a été débité. Réessayez dans un instant.",
 }

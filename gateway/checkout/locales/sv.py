@@ -41,4 +41,6 @@ MESSAGES = {
     "retired_body": "Butiken har avslutat länken. Be butiken om en ny.",
     "missing_title": "Sidan hittades inte",
     "missing_body": "Det finns ingen betalsida på den här adressen.",
+    "unavailable_title": "Betalsidan är tillfälligt otillgänglig",
+    "unavailable_body": "Inget har dragits. Försök igen om en stund.",
 }
