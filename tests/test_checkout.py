@@ -219,6 +219,29 @@ async def test_the_background_pass_expires_a_session_past_its_deadline(client, m
     assert "This checkout has expired" in await response.text()
 
 
+async def test_the_recovery_loop_itself_expires_sessions_and_cancels_their_payment(
+    app_factory, merchant, db
+):
+    client = await app_factory(recovery_interval_s=1)
+    session = await open_session(client, merchant, expires_in=1800)
+    await db.execute(
+        "UPDATE checkout_sessions SET created_at = now() - interval '2 hours', "
+        "expires_at = now() - interval '1 second' WHERE id = $1",
+        session["id"],
+    )
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    read: dict = {}
+    while time.monotonic() < deadline:
+        _, read = await get(client, f"/v1/checkout/sessions/{session['id']}", merchant)
+        if read["status"] != "open":
+            break
+        await asyncio.sleep(0.3)
+    assert read["status"] == "expired"
+    _, payment = await get(client, f"/v1/payments/{session['payment_id']}", merchant)
+    assert payment["status"] == "canceled"
+    assert await event_types(db, session["id"]) == ["checkout.session.expired"]
+
+
 # --- payment links over the API ------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -34,6 +35,18 @@ SERIOUS_IMPACTS = ("serious", "critical")
 # Never skipped: scripts/test installs both first, so a missing one is a broken setup.
 if not CHROMIUM.exists() or not AXE.exists():
     raise RuntimeError("tests/test_checkout_page.py needs scripts/install-browser to have run")
+
+
+def test_install_browser_finds_everything_installed():
+    """scripts/install-browser (scripts/test runs it first) has nothing left to install."""
+    checked = subprocess.run(
+        [str(ROOT / "scripts" / "install-browser"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (checked.returncode, checked.stderr) == (0, "")
 
 
 @pytest.fixture(scope="module")

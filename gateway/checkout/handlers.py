@@ -88,6 +88,7 @@ def _protect(response: web.StreamResponse, *urls: str | None) -> None:
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Vary"] = "Accept-Language"  # the language can follow the buyer's
 
 
 def _see_other(location: str, *urls: str | None) -> web.Response:
