@@ -390,11 +390,14 @@ async def pay(request: web.Request) -> web.Response:
         if exc.status in (409, 504):  # busy or timed out: the page shows it settle
             return _see_other(f"/checkout/{session_id}", *page.urls)
         raise
-    if 200 <= answer.status < 300 or answer.status in (409, 422):
-        # Paid (complete and off to success_url), or the same attempt still running or
-        # already answered: the page, read afresh, says which.
-        if 200 <= answer.status < 300:
-            await service.complete_if_paid(session_id)
+    if 200 <= answer.status < 300:
+        done = await service.complete_if_paid(session_id)
+        if done is not None and done["status"] == "complete" and done["success_url"]:
+            return _see_other(with_session_id(done["success_url"], session_id), *page.urls)
+        return _see_other(f"/checkout/{session_id}", *page.urls)  # the receipt
+    if answer.status in (409, 422):
+        # The same attempt still running, or already answered with another card: the
+        # page, read afresh, says which.
         return _see_other(f"/checkout/{session_id}", *page.urls)
     fresh = await service.page_session(session_id) or row
     fresh_page = Page(request, fresh)
