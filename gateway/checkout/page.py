@@ -84,7 +84,7 @@ def _document(lang: str, title: str, body: str, refresh_s: int | None = None) ->
     )
 
 
-def _summary(messages: dict[str, str], merchant: str, amount: str, description: str | None) -> str:
+def summary(messages: dict[str, str], merchant: str, amount: str, description: str | None) -> str:
     described = f'<p class="description">{escape(description)}</p>' if description else ""
     return (
         f'<section class="summary" aria-label="{escape(messages["amount_due"])}">'
@@ -159,7 +159,7 @@ def form_page(
     )
     title = messages["title"].format(merchant=merchant)
     body = (
-        _summary(messages, merchant, amount, description)
+        summary(messages, merchant, amount, description)
         + f'<section class="panel"><h1 class="title">{escape(title)}</h1>{alert}'
         f'<form id="pay-form" method="post" action="/checkout/{session_id}/pay" '
         f"novalidate{data}>"
@@ -211,18 +211,14 @@ def notice_page(
     lang: str,
     title: str,
     text: str,
-    summary: str = "",
+    summary_html: str = "",
     reference: str | None = None,
     refresh_s: int | None = None,
 ) -> str:
     """A page that says one thing (complete, expired, waiting, retired, missing)."""
     shown = f'<p class="reference">{escape(reference)}</p>' if reference else ""
     body = (
-        summary + f'<section class="panel notice" aria-live="polite"><h1>{escape(title)}</h1>'
+        summary_html + f'<section class="panel notice" aria-live="polite"><h1>{escape(title)}</h1>'
         f"<p>{escape(text)}</p>{shown}</section>"
     )
     return _document(lang, title, body, refresh_s)
-
-
-def summary(messages: dict[str, str], merchant: str, amount: str, description: str | None) -> str:
-    return _summary(messages, merchant, amount, description)
