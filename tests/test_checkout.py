@@ -14,7 +14,11 @@ import asyncpg
 import pytest
 
 from gateway.checkout import locales
-from gateway.checkout.handlers import ATTEMPTS_PER_SESSION_MAX, with_session_id
+from gateway.checkout.handlers import (
+    ATTEMPTS_PER_SESSION_MAX,
+    LINK_VISITS_BURST,
+    with_session_id,
+)
 from gateway.http.appkeys import CHECKOUT
 from tests.payments_helpers import APPROVED_VISA, future_expiry, get, post
 
@@ -272,6 +276,20 @@ async def test_a_payment_link_opens_a_fresh_session_per_visit_until_retired(clie
         client, f"/v1/payment_links/{link['id']}", merchant, {"active": "no"}
     )
     assert status == 400 and body["error"]["param"] == "active"
+
+
+async def test_link_visits_are_held_to_a_rate_per_link(client, merchant, db):
+    status, link, _ = await post(
+        client, "/v1/payment_links", merchant, {"amount": 900, "currency": "EUR"}
+    )
+    assert status == 201
+    path = urlsplit(link["url"]).path
+    statuses = [
+        (await client.get(path, allow_redirects=False)).status for _ in range(LINK_VISITS_BURST + 1)
+    ]
+    assert statuses[:LINK_VISITS_BURST] == [303] * LINK_VISITS_BURST
+    assert statuses[-1] == 429
+    assert await db.fetchval("SELECT count(*) FROM checkout_sessions") == LINK_VISITS_BURST
 
 
 async def test_a_link_visit_never_takes_the_visitors_host_for_the_session_url(client, merchant, db):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -53,6 +55,11 @@ PAY_BODY_BYTES_MAX = 4 * 1024  # the form is five short fields; anything larger 
 PAY_FIELDS_MAX = 10
 WAITING_REFRESH_S = 2  # the waiting page asks again this often (meta refresh, no script)
 UNAVAILABLE_RETRY_AFTER_S = 5
+# Each visit of a payment link writes a session and a payment: a crawler or a script
+# looping on a link is held to this per link and worker process (a token bucket), so it
+# cannot fill the database; a shared invoice link sees far fewer visits than this.
+LINK_VISITS_PER_S = 5
+LINK_VISITS_BURST = 50
 STATIC_CACHE = "public, max-age=31536000, immutable"  # names carry their content's hash
 FORM_TYPE = "application/x-www-form-urlencoded"
 EXPIRY = re.compile(r"\s*([0-9]{1,2})\s*/?\s*([0-9]{2}|[0-9]{4})\s*")
@@ -414,7 +421,19 @@ async def pay(request: web.Request) -> web.Response:
 @_buyer_page
 async def payment_link(request: web.Request) -> web.Response:
     service = request.app[CHECKOUT]
-    row = await service.open_from_link(request.match_info["id"])
+    link_id = request.match_info["id"]
+    wait_s = service.link_visits.take(
+        link_id, LINK_VISITS_PER_S, LINK_VISITS_BURST, time.monotonic()
+    )
+    if wait_s > 0:
+        lang = locales.choose("auto", request.headers.get("Accept-Language"))
+        messages = locales.messages(lang)
+        busy = _html(
+            notice_page(lang, messages["unavailable_title"], messages["unavailable_body"]), 429
+        )
+        busy.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+        return busy
+    row = await service.open_from_link(link_id)
     if row is None:
         return _missing(request)
     if "active" in row:  # the link itself: it is retired

@@ -123,6 +123,8 @@ class CheckoutService:
         self._public_url = settings.public_url
         self._limits = LimitDefaults.from_settings(settings)
         self.tokens = tokens
+        # Visits per payment link (gateway/checkout/handlers.py holds them to a rate).
+        self.link_visits = core_ext.risk.RateLimiter()
 
     def _acquire(self) -> Any:
         return self._pool.acquire(timeout=self._acquire_timeout_s)

@@ -46,6 +46,8 @@ CHECKOUT_EXPIRES_IN_S_DEFAULT = checkout_service.EXPIRES_IN_S_DEFAULT
 CHECKOUT_URL_CHARS_MAX = checkout_service.URL_CHARS_MAX
 CHECKOUT_ATTEMPTS_MAX = checkout_pages.ATTEMPTS_PER_SESSION_MAX
 CHECKOUT_PAY_BODY_BYTES_MAX = checkout_pages.PAY_BODY_BYTES_MAX
+CHECKOUT_LINK_VISITS_PER_S = checkout_pages.LINK_VISITS_PER_S
+CHECKOUT_LINK_VISITS_BURST = checkout_pages.LINK_VISITS_BURST
 
 PAYMENT_STATUSES = states.STATUSES
 CAPTURE_METHODS = validation.CAPTURE_METHODS
@@ -1478,6 +1480,10 @@ def page_paths() -> dict:
                     "303": {"description": "To the new session's page."},
                     "404": _html("No such link."),
                     "410": _html("The link is retired."),
+                    "429": _html(
+                        f"More than {CHECKOUT_LINK_VISITS_PER_S} visits a second (bursts of "
+                        f"{CHECKOUT_LINK_VISITS_BURST}) of this link; see Retry-After."
+                    ),
                 },
             }
         },
