@@ -51,6 +51,15 @@ def _database_url(text: str) -> str | None:
     return text
 
 
+def _public_url(text: str) -> str:
+    """An http(s) origin, kept without a trailing slash (checkout URLs append paths)."""
+    if not text:
+        return ""
+    if not text.startswith(("http://", "https://")) or any(c.isspace() for c in text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.lower() not in options:
@@ -87,6 +96,12 @@ class Field:
 FIELDS: dict[str, Field] = {
     "host": Field("KASSA_HOST", _text, "127.0.0.1", "address to listen on"),
     "port": Field("KASSA_PORT", _integer(1, 65535), "8080", "TCP port to listen on"),
+    "public_url": Field(
+        "KASSA_PUBLIC_URL",
+        _public_url,
+        "",
+        "origin buyers reach checkout pages at; empty: the origin each API request came to",
+    ),
     "workers": Field("KASSA_WORKERS", _integer(1, 64), "1", "worker processes sharing the port"),
     "database_url": Field(
         "DATABASE_URL", _database_url, "", "PostgreSQL URL; empty starts the embedded server"
@@ -264,6 +279,7 @@ SECRET_FIELDS = frozenset({"master_key", "database_url", "metrics_token"})
 class Settings:
     host: str
     port: int
+    public_url: str
     workers: int
     database_url: str | None
     data_dir: Path

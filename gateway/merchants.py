@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -87,16 +89,33 @@ class KeyCache:
 
     def _caller(self, row: asyncpg.Record) -> Caller:
         limits = _effective(row, self._defaults)
-        risk = core_ext.risk.RiskLimits(
-            float(self._defaults.velocity_window_s),
-            limits["velocity_merchant_attempts_max"],
-            limits["velocity_card_attempts_max"],
-            limits["velocity_card_declines_max"],
-        )
         return Caller(
             row["merchant_id"],
             row["id"],
             limits["rate_limit_per_s"],
             limits["rate_limit_burst"],
-            risk,
+            risk_limits(row, self._defaults),
         )
+
+
+VELOCITY_COLUMNS = (
+    "velocity_merchant_attempts_max",
+    "velocity_card_attempts_max",
+    "velocity_card_declines_max",
+)
+
+
+def risk_limits(row: Mapping[str, Any] | asyncpg.Record, defaults: LimitDefaults) -> object:
+    """The merchant's card-testing limits (core_ext.risk.RiskLimits) from a row holding
+    its velocity override columns: what an API key's caller carries, and what the hosted
+    page confirms with, so the same rules hold on both."""
+    chosen = {
+        name: getattr(defaults, name) if row[name] is None else row[name]
+        for name in VELOCITY_COLUMNS
+    }
+    return core_ext.risk.RiskLimits(
+        float(defaults.velocity_window_s),
+        chosen["velocity_merchant_attempts_max"],
+        chosen["velocity_card_attempts_max"],
+        chosen["velocity_card_declines_max"],
+    )

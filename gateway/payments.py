@@ -151,6 +151,11 @@ class PaymentService:
         await self._settlements.close()
 
     @property
+    def processor_name(self) -> str:
+        """The processor new payments are sent to (a payment row's ``processor``)."""
+        return str(self._connector.name)
+
+    @property
     def pipeline_depth(self) -> int:
         return self._intents.depth + self._settlements.depth
 

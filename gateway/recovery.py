@@ -6,6 +6,8 @@
   with the settled answer.
 - Expiry: authorizations not captured within ``authorization_ttl_s`` expire, and so do
   payments still waiting before the processor after ``unconfirmed_payment_ttl_s``.
+- Checkout: open sessions whose payment succeeded are completed, and those past their
+  deadline expire (their payment canceled with them), each with its event.
 - Sweep: idempotency keys past retention are deleted in bounded batches, and so are
   events (with their deliveries and attempts) past retention.
 """
@@ -24,6 +26,7 @@ import orjson
 
 import core_ext
 from gateway import metrics, observability
+from gateway.checkout.service import CheckoutService
 from gateway.config import Settings
 from gateway.http.render import render_payment
 from gateway.payments import PaymentService, attempt_number
@@ -49,6 +52,7 @@ class PassResult:
     operations: int = 0  # captures, voids and refunds settled
     expired: int = 0
     unconfirmed_expired: int = 0  # payments that never reached the processor
+    sessions: int = 0  # checkout sessions completed or expired
     swept: int = 0
     pruned: int = 0  # old events deleted (with their deliveries and attempts)
 
@@ -210,7 +214,11 @@ async def prune_webhooks(pool: asyncpg.Pool) -> int:
 
 
 async def run_once(
-    pool: asyncpg.Pool, service: PaymentService, connector: Connector, settings: Settings
+    pool: asyncpg.Pool,
+    service: PaymentService,
+    connector: Connector,
+    settings: Settings,
+    checkout: CheckoutService | None = None,
 ) -> PassResult:
     result = PassResult()
     result.recovered = await recover_processing(
@@ -224,6 +232,8 @@ async def run_once(
     result.unconfirmed_expired = await expire_unconfirmed(
         pool, settings.unconfirmed_payment_ttl_s, service.outbox
     )
+    if checkout is not None:  # after recovery: a session whose payment it settled completes
+        result.sessions = await checkout.run_due()
     await observability.refresh_stuck_payments(pool, settings.recovery_after_s)
     result.swept = await sweep_expired(pool, settings.idempotency_retention_s)
     result.pruned = await prune_webhooks(pool)
@@ -231,12 +241,16 @@ async def run_once(
 
 
 async def run_forever(
-    pool: asyncpg.Pool, service: PaymentService, connector: Connector, settings: Settings
+    pool: asyncpg.Pool,
+    service: PaymentService,
+    connector: Connector,
+    settings: Settings,
+    checkout: CheckoutService | None = None,
 ) -> None:
     ledger_check_due = 0.0
     while True:
         try:
-            await run_once(pool, service, connector, settings)
+            await run_once(pool, service, connector, settings, checkout)
             if time.monotonic() >= ledger_check_due:
                 ledger_check_due = time.monotonic() + LEDGER_CHECK_INTERVAL_S
                 await observability.check_ledger(pool)

@@ -262,6 +262,13 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         client, f"/v1/payments/{payment['id']}/refunds", merchant, {"amount": 100}
     )
     _, token, _ = await post(client, "/v1/tokens", merchant, {"card": card()})
+    _, session, _ = await post(
+        client, "/v1/checkout/sessions", merchant, {"amount": 700, "currency": "EUR"}
+    )
+    _, link, _ = await post(
+        client, "/v1/payment_links", merchant, {"amount": 700, "currency": "EUR"}
+    )
+    cs, plink = session["id"], link["id"]
     pid, today = payment["id"], date.today().isoformat()
     events = (await get(client, "/v1/events", merchant))[1]["data"]
     assert events, "the payment wrote events"
@@ -313,6 +320,18 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         ("POST", "/v1/events/{id}/retry"): lambda: post(
             client, f"/v1/events/{eid}/retry", other_merchant
         ),
+        ("GET", "/v1/checkout/sessions/{id}"): lambda: get(
+            client, f"/v1/checkout/sessions/{cs}", other_merchant
+        ),
+        ("POST", "/v1/checkout/sessions/{id}/expire"): lambda: post(
+            client, f"/v1/checkout/sessions/{cs}/expire", other_merchant
+        ),
+        ("GET", "/v1/payment_links/{id}"): lambda: get(
+            client, f"/v1/payment_links/{plink}", other_merchant
+        ),
+        ("POST", "/v1/payment_links/{id}"): lambda: post(
+            client, f"/v1/payment_links/{plink}", other_merchant, {"active": False}
+        ),
     }
     for check in refused.values():
         status, body = (await check())[:2]
@@ -349,14 +368,25 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         )
     )[:2]
     assert status == 201 and own_endpoint["id"] != we
+    # Sessions and links are created, never listed: a POST makes the other merchant's own.
+    for path in ("/v1/checkout/sessions", "/v1/payment_links"):
+        status, created = (
+            await post(client, path, other_merchant, {"amount": 5, "currency": "EUR"})
+        )[:2]
+        assert status == 201 and created["id"] not in (cs, plink)
     assert routes == set(refused) | set(empty) | {
         ("POST", "/v1/tokens"),
         ("POST", "/v1/webhook_endpoints"),
+        ("POST", "/v1/checkout/sessions"),
+        ("POST", "/v1/payment_links"),
     }
     _, unchanged = await get(client, f"/v1/payments/{pid}", merchant)
     assert unchanged["amount_refunded"] == 100
     _, still = await get(client, f"/v1/webhook_endpoints/{we}", merchant)
     assert still["status"] == "enabled"  # the other merchant's disable and delete did nothing
+    _, open_still = await get(client, f"/v1/checkout/sessions/{cs}", merchant)
+    _, active_still = await get(client, f"/v1/payment_links/{plink}", merchant)
+    assert (open_still["status"], active_still["active"]) == ("open", True)
 
 
 # ---- text the database cannot hold, and echoes -------------------------------------------

@@ -35,6 +35,8 @@ EVENT_TYPES = (
     "payment.canceled",
     "payment.expired",
     "refund.succeeded",
+    "checkout.session.completed",
+    "checkout.session.expired",
 )
 WILDCARD = "*"  # enabled_events ["*"]: every event type
 

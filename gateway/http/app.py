@@ -11,10 +11,12 @@ from aiohttp import web
 import core_ext
 from gateway import metrics, observability, recovery
 from gateway.cards import CardVault, load_master_key
+from gateway.checkout import handlers as checkout_pages
+from gateway.checkout.service import CheckoutService, CsrfTokens
 from gateway.config import Settings
 from gateway.http import routes
 from gateway.http.answers import BODY_BYTES_MAX
-from gateway.http.appkeys import KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
+from gateway.http.appkeys import CHECKOUT, KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.http.middleware import (
     auth_middleware,
     drop_server_header,
@@ -77,16 +79,18 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         )
         app[POOL] = pool
         app[SERVICE] = PaymentService(pool, connector, vault, idempotency, settings)
-        # Every process delivers: woken in process after a commit that wrote deliveries,
-        # polling for the ones other processes wrote.
+        # Every process delivers: handed the deliveries it committed, claiming the rest.
         deliverer = Deliverer(pool, secrets, settings)
         app[SERVICE].outbox.connect(deliverer.lease_s, deliverer.handoff)
         app[WEBHOOKS] = WebhookService(
             pool, secrets, idempotency, settings, deliverer.wake, deliverer.forget_endpoint
         )
+        app[CHECKOUT] = CheckoutService(
+            pool, app[SERVICE], idempotency, settings, CsrfTokens(master_key)
+        )
         await deliverer.start()
         background = asyncio.create_task(
-            recovery.run_forever(pool, app[SERVICE], connector, settings)
+            recovery.run_forever(pool, app[SERVICE], connector, settings, app[CHECKOUT])
         )
         sampler = asyncio.create_task(observability.sample_forever(app))
         yield
@@ -119,4 +123,5 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app.cleanup_ctx.append(_services_ctx(dsn))
     routes.setup(app)
     stripe_routes.setup(app)  # /stripe/v1: Stripe's wire protocol over the same services
+    checkout_pages.setup(app)
     return app

@@ -11,6 +11,8 @@ import orjson
 
 import core_ext
 from core_ext import states, validation
+from gateway.checkout import handlers as checkout_pages
+from gateway.checkout import service as checkout_service
 from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
 from gateway.webhooks import service as webhook_service
 
@@ -36,6 +38,16 @@ WEBHOOK_URL_CHARS_MAX = 2048
 WEBHOOK_DESCRIPTION_CHARS_MAX = webhook_service.DESCRIPTION_CHARS_MAX
 WEBHOOK_EVENT_TYPES_MAX = webhook_service.EVENT_TYPES_MAX
 WEBHOOK_ATTEMPTS_SHOWN_MAX = webhook_service.ATTEMPTS_SHOWN_MAX
+
+CHECKOUT_LOCALES = checkout_service.LOCALES
+CHECKOUT_EXPIRES_IN_S_MIN = checkout_service.EXPIRES_IN_S_MIN
+CHECKOUT_EXPIRES_IN_S_MAX = checkout_service.EXPIRES_IN_S_MAX
+CHECKOUT_EXPIRES_IN_S_DEFAULT = checkout_service.EXPIRES_IN_S_DEFAULT
+CHECKOUT_URL_CHARS_MAX = checkout_service.URL_CHARS_MAX
+CHECKOUT_ATTEMPTS_MAX = checkout_pages.ATTEMPTS_PER_SESSION_MAX
+CHECKOUT_PAY_BODY_BYTES_MAX = checkout_pages.PAY_BODY_BYTES_MAX
+CHECKOUT_LINK_VISITS_PER_S = checkout_pages.LINK_VISITS_PER_S
+CHECKOUT_LINK_VISITS_BURST = checkout_pages.LINK_VISITS_BURST
 
 PAYMENT_STATUSES = states.STATUSES
 CAPTURE_METHODS = validation.CAPTURE_METHODS
@@ -90,7 +102,8 @@ Kassa authorizes, captures, voids and refunds card payments.
 * **Amounts are integers in the currency's minor unit** (cents for EUR, yen for JPY, fils for
   BHD: ISO 4217 exponents), `{AMOUNT_MIN} <= amount <= {AMOUNT_MAX}`. Never a decimal, never a float.
 * `currency` is an ISO 4217 alphabetic code, accepted in any case, returned upper-case.
-* IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`, `evt_`, `we_`.
+* IDs are opaque strings with a type prefix: `pay_`, `re_`, `tok_`, `evt_`, `we_`, `cs_`,
+  `plink_`.
 * Timestamps are RFC 3339 UTC strings.
 * Requests and answers are JSON. Unknown fields are rejected (`400 parameter_unknown`);
   bodies over {BODY_BYTES_MAX // 1024} KiB answer `413`; a body whose `Content-Type` is not
@@ -148,7 +161,129 @@ MINOR_UNITS = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX}
 
 
 def schemas() -> dict:
-    return {**core_schemas(), **webhook_schemas()}
+    return {**core_schemas(), **webhook_schemas(), **checkout_schemas()}
+
+
+def checkout_schemas() -> dict:
+    url = {
+        "type": "string",
+        "maxLength": CHECKOUT_URL_CHARS_MAX,
+        "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s]+$",
+        "description": "An absolute http or https URL.",
+    }
+    description = {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}
+    session = {
+        "id": prefixed_id("cs"),
+        "object": {"const": "checkout_session"},
+        "url": {
+            "type": "string",
+            "description": "The hosted page (KASSA_PUBLIC_URL, or the origin the create "
+            "was sent to, + `/checkout/{id}`): send the buyer there. Its id is unguessable.",
+        },
+        "status": ref("CheckoutSessionStatus"),
+        "payment_id": prefixed_id("pay"),
+        "payment_link": nullable(
+            {**prefixed_id("plink"), "description": "The link that opened it, if any."}
+        ),
+        "amount": ref("Amount"),
+        "currency": ref("CurrencyCode"),
+        "capture": ref("CaptureMethod"),
+        "success_url": nullable({"type": "string"}),
+        "cancel_url": nullable({"type": "string"}),
+        "reference": nullable({"type": "string"}),
+        "description": nullable({"type": "string"}),
+        "customer_email": nullable({"type": "string"}),
+        "locale": ref("CheckoutLocale"),
+        "expires_at": TIMESTAMP,
+        "completed": nullable({**TIMESTAMP, "description": "When its payment succeeded."}),
+        "created": TIMESTAMP,
+        "updated": TIMESTAMP,
+    }
+    link = {
+        "id": prefixed_id("plink"),
+        "object": {"const": "payment_link"},
+        "url": {
+            "type": "string",
+            "description": "Reusable: each visit opens a fresh checkout session (`GET "
+            "/pay/{id}`, 303 to its page); `410` once retired.",
+        },
+        "active": {"type": "boolean"},
+        "amount": ref("Amount"),
+        "currency": ref("CurrencyCode"),
+        "capture": ref("CaptureMethod"),
+        "description": nullable({"type": "string"}),
+        "success_url": nullable({"type": "string"}),
+        "created": TIMESTAMP,
+        "updated": TIMESTAMP,
+    }
+    return {
+        "CheckoutSessionStatus": enum(
+            ("open", "complete", "expired"),
+            description="open -> complete (its payment authorized) | expired (`expire`, or "
+            "`expires_at` passed: its payment, holding no money, is canceled with it).",
+        ),
+        "CheckoutLocale": enum(
+            CHECKOUT_LOCALES,
+            description="The page's language; `auto` follows the buyer's Accept-Language "
+            "(English when none matches).",
+        ),
+        "CheckoutSessionCreate": closed_object(
+            {
+                "amount": ref("Amount"),
+                "currency": ref("Currency"),
+                "capture": {**ref("CaptureMethod"), "default": "automatic"},
+                "success_url": {
+                    **url,
+                    "description": "Where a paid buyer is sent (303), with "
+                    "`session_id=cs_...` added to its query. Without it Kassa shows its own "
+                    "receipt page.",
+                },
+                "cancel_url": {
+                    **url,
+                    "description": "The page's Cancel link; without it the page has none.",
+                },
+                "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
+                "description": description,
+                "customer_email": {
+                    "type": "string",
+                    "format": "email",
+                    "maxLength": EMAIL_CHARS_MAX,
+                },
+                "locale": {**ref("CheckoutLocale"), "default": "auto"},
+                "expires_in": {
+                    "type": "integer",
+                    "minimum": CHECKOUT_EXPIRES_IN_S_MIN,
+                    "maximum": CHECKOUT_EXPIRES_IN_S_MAX,
+                    "default": CHECKOUT_EXPIRES_IN_S_DEFAULT,
+                    "description": "Seconds until the session expires.",
+                },
+            },
+            ("amount", "currency"),
+            description="A hosted payment page around a new payment that waits in "
+            "`requires_payment_method`.",
+        ),
+        "CheckoutSessionExpire": closed_object({}, description="Expire takes no parameters."),
+        "CheckoutSession": record(session, description="A checkout session."),
+        "PaymentLinkCreate": closed_object(
+            {
+                "amount": ref("Amount"),
+                "currency": ref("Currency"),
+                "description": description,
+                "capture": {**ref("CaptureMethod"), "default": "automatic"},
+                "success_url": {
+                    **url,
+                    "description": "Where each paid buyer is sent; without it Kassa's "
+                    "own receipt page.",
+                },
+            },
+            ("amount", "currency"),
+        ),
+        "PaymentLinkUpdate": closed_object(
+            {"active": {"type": "boolean", "description": "false retires the link."}},
+            ("active",),
+        ),
+        "PaymentLink": record(link, description="A reusable payment link."),
+    }
 
 
 def webhook_schemas() -> dict:
@@ -235,7 +370,7 @@ def webhook_schemas() -> dict:
                 "data": record(
                     {
                         "object": {
-                            "oneOf": [ref("Payment"), ref("Refund")],
+                            "oneOf": [ref("Payment"), ref("Refund"), ref("CheckoutSession")],
                             "description": "The object as GET returned it right after the change.",
                         }
                     }
@@ -778,6 +913,8 @@ def parameters() -> dict:
         },
         "EventId": path_id("evt", "An event id."),
         "WebhookEndpointId": path_id("we", "A webhook endpoint id."),
+        "CheckoutSessionId": path_id("cs", "A checkout session id."),
+        "PaymentLinkId": path_id("plink", "A payment link id."),
         "EventsStartingAfter": {
             "name": "starting_after",
             "in": "query",
@@ -1193,6 +1330,192 @@ def webhook_paths() -> dict:
     }
 
 
+def checkout_paths() -> dict:
+    return {
+        "/v1/checkout/sessions": {
+            "post": v1_post(
+                "createCheckoutSession",
+                "Open a hosted payment page: a session around a payment that waits in "
+                "requires_payment_method.",
+                "checkout",
+                "CheckoutSessionCreate",
+                201,
+                ok(201, "The open session; send the buyer to its `url`.", "CheckoutSession", True),
+                body_required=True,
+            )
+        },
+        "/v1/checkout/sessions/{id}": {
+            "get": v1_get(
+                "getCheckoutSession",
+                "Read a checkout session.",
+                "checkout",
+                ok(200, "The session.", "CheckoutSession"),
+                params=("CheckoutSessionId",),
+                errors=(404,),
+            )
+        },
+        "/v1/checkout/sessions/{id}/expire": {
+            "post": v1_post(
+                "expireCheckoutSession",
+                "Expire an open session (else 409 payment_state_invalid); its payment, "
+                "holding no money, is canceled with it.",
+                "checkout",
+                "CheckoutSessionExpire",
+                200,
+                ok(200, "The expired session.", "CheckoutSession", True),
+                body_required=False,
+                params=("CheckoutSessionId",),
+                errors=(404,),
+            )
+        },
+        "/v1/payment_links": {
+            "post": v1_post(
+                "createPaymentLink",
+                "Create a reusable payment link.",
+                "checkout",
+                "PaymentLinkCreate",
+                201,
+                ok(201, "The link.", "PaymentLink", True),
+                body_required=True,
+            )
+        },
+        "/v1/payment_links/{id}": {
+            "get": v1_get(
+                "getPaymentLink",
+                "Read a payment link.",
+                "checkout",
+                ok(200, "The link.", "PaymentLink"),
+                params=("PaymentLinkId",),
+                errors=(404,),
+            ),
+            "post": v1_post(
+                "updatePaymentLink",
+                "Retire (`active: false`) or reactivate a payment link.",
+                "checkout",
+                "PaymentLinkUpdate",
+                200,
+                ok(200, "The link.", "PaymentLink", True),
+                body_required=True,
+                params=("PaymentLinkId",),
+                errors=(404,),
+            ),
+        },
+    }
+
+
+def _html(description: str) -> dict:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def page_paths() -> dict:
+    """The buyer's pages: HTML, no API key, the session id as the secret."""
+    session_id = path_id("cs", "A checkout session id.")
+    policy = (
+        "Every page answers with `Content-Security-Policy: default-src 'self'; script-src "
+        "'self'; style-src 'self'; img-src 'self'; font-src 'self'; connect-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'` plus the session's success and cancel "
+        "origins."
+    )
+    return {
+        "/checkout/{id}": {
+            "get": {
+                "operationId": "checkoutPage",
+                "summary": "The hosted payment page (HTML), in the session's language.",
+                "description": policy,
+                "tags": ["pages"],
+                "parameters": [session_id],
+                "responses": {
+                    "200": _html("The card form, or the receipt once paid without success_url."),
+                    "202": _html(
+                        "The payment's outcome is not known yet (a processor timeout): a "
+                        "waiting page that refreshes itself until recovery settles it."
+                    ),
+                    "303": {"description": "Paid: to success_url with session_id added."},
+                    "404": _html("No such session."),
+                    "410": _html("The session expired, or its payment was canceled."),
+                    "429": _html(f"Its {CHECKOUT_ATTEMPTS_MAX} attempts are spent."),
+                },
+            }
+        },
+        "/checkout/{id}/pay": {
+            "post": {
+                "operationId": "checkoutPay",
+                "summary": "Pay: the page's form (application/x-www-form-urlencoded: "
+                "csrf_token, attempt, number, expiry, cvc, name).",
+                "description": "Confirms the session's payment as `POST "
+                "/v1/payments/{id}/confirm` does, with an Idempotency-Key made of the "
+                "session and the form's attempt: posting one form twice authorizes once. "
+                f"At most {CHECKOUT_ATTEMPTS_MAX} attempts per session; bodies over "
+                f"{CHECKOUT_PAY_BODY_BYTES_MAX} bytes are refused. " + policy,
+                "tags": ["pages"],
+                "parameters": [session_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}}
+                    },
+                },
+                "responses": {
+                    "200": _html("Declined or failed: the reason, and the form for another card."),
+                    "303": {
+                        "description": "Paid (to success_url or the receipt), or its outcome "
+                        "pending (to the page, which waits)."
+                    },
+                    "400": _html("A field is invalid (tied to its input); nothing was sent."),
+                    "403": _html("The form's CSRF token is wrong; nothing was sent."),
+                    "404": _html("No such session."),
+                    "409": _html("The form is out of date (its attempt); nothing was sent."),
+                    "410": _html("The session expired: it takes no payment."),
+                    "429": _html(f"Its {CHECKOUT_ATTEMPTS_MAX} attempts are spent."),
+                },
+            }
+        },
+        "/pay/{id}": {
+            "get": {
+                "operationId": "paymentLinkVisit",
+                "summary": "A payment link: opens a fresh checkout session per visit.",
+                "tags": ["pages"],
+                "parameters": [path_id("plink", "A payment link id.")],
+                "responses": {
+                    "303": {"description": "To the new session's page."},
+                    "404": _html("No such link."),
+                    "410": _html("The link is retired."),
+                    "429": _html(
+                        f"More than {CHECKOUT_LINK_VISITS_PER_S} visits a second (bursts of "
+                        f"{CHECKOUT_LINK_VISITS_BURST}) of this link; see Retry-After."
+                    ),
+                },
+            }
+        },
+        "/checkout/static/{name}": {
+            "get": {
+                "operationId": "checkoutAsset",
+                "summary": "The page's own CSS and JS, named by their content's hash.",
+                "tags": ["pages"],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The asset, `Cache-Control: public, "
+                        "max-age=31536000, immutable`.",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": _html("No such asset."),
+                },
+            }
+        },
+    }
+
+
 def document() -> dict:
     return {
         "openapi": "3.1.0",
@@ -1207,10 +1530,12 @@ def document() -> dict:
                 "reports",
                 "webhooks",
                 "events",
+                "checkout",
+                "pages",
                 "operations",
             )
         ],
-        "paths": {**paths(), **webhook_paths()},
+        "paths": {**paths(), **webhook_paths(), **checkout_paths(), **page_paths()},
         "components": {
             "schemas": schemas(),
             "parameters": parameters(),

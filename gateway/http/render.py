@@ -211,3 +211,49 @@ def render_webhook_attempt(row: Row) -> dict:
         "next_attempt": None if next_attempt is None else rfc3339(next_attempt),
         "created": rfc3339(row["created_at"]),
     }
+
+
+# --- checkout sessions and payment links ---------------------------------------------------
+
+
+def render_checkout_session(row: Row) -> dict:
+    """A session as API.md shows it, from its row joined with its payment
+    (gateway/store/checkout.py SESSION_SELECT): the money is the payment's."""
+    completed = row["completed_at"]
+    return {
+        "id": row["id"],
+        "object": "checkout_session",
+        "url": row["url"],
+        "status": row["status"],
+        "payment_id": row["payment_id"],
+        "payment_link": row["payment_link_id"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "capture": row["capture_method"],
+        "success_url": row["success_url"],
+        "cancel_url": row["cancel_url"],
+        "reference": row["reference"],
+        "description": row["description"],
+        "customer_email": row["customer_email"],
+        "locale": row["locale"],
+        "expires_at": rfc3339(row["expires_at"]),
+        "completed": None if completed is None else rfc3339(completed),
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
+def render_payment_link(row: Row) -> dict:
+    return {
+        "id": row["id"],
+        "object": "payment_link",
+        "url": row["url"],
+        "active": row["active"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "capture": row["capture_method"],
+        "description": row["description"],
+        "success_url": row["success_url"],
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }

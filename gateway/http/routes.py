@@ -23,7 +23,7 @@ from gateway.http.answers import (
     invalid_request,
     json_response,
 )
-from gateway.http.appkeys import CALLER, MERCHANT_ID, POOL, SERVICE, SETTINGS, WEBHOOKS
+from gateway.http.appkeys import CALLER, CHECKOUT, MERCHANT_ID, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.observability import sample_gauges
 from gateway.store import database
 
@@ -211,6 +211,55 @@ async def delete_webhook_endpoint(request: web.Request) -> web.Response:
     )
 
 
+def _origin(request: web.Request) -> str:
+    """The origin this request came to: checkout URLs use it without KASSA_PUBLIC_URL."""
+    return f"{request.scheme}://{request.host}"
+
+
+async def create_checkout_session(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[CHECKOUT].create_session(
+        request[MERCHANT_ID], body, key_from(request), _origin(request)
+    )
+    return answer.response()
+
+
+async def get_checkout_session(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[CHECKOUT].get_session(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def expire_checkout_session(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[CHECKOUT].expire_session(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def create_payment_link(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[CHECKOUT].create_link(
+        request[MERCHANT_ID], body, key_from(request), _origin(request)
+    )
+    return answer.response()
+
+
+async def get_payment_link(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[CHECKOUT].get_link(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def update_payment_link(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[CHECKOUT].update_link(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
 def _raw_json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=JSON)
 
@@ -365,3 +414,9 @@ def setup(app: web.Application) -> None:
     router.add_get("/v1/events/{id}/deliveries", list_event_deliveries)
     router.add_post("/v1/events/{id}/retry", retry_event)
     router.add_get("/v1/reports/settlement", get_settlement_report)
+    router.add_post("/v1/checkout/sessions", create_checkout_session)
+    router.add_get("/v1/checkout/sessions/{id}", get_checkout_session)
+    router.add_post("/v1/checkout/sessions/{id}/expire", expire_checkout_session)
+    router.add_post("/v1/payment_links", create_payment_link)
+    router.add_get("/v1/payment_links/{id}", get_payment_link)
+    router.add_post("/v1/payment_links/{id}", update_payment_link)
