@@ -339,6 +339,11 @@ async def test_a_real_delivery_verifies_with_construct_event(sdk, receiver):
         arrival.body.decode(), arrival.headers["stripe-signature"], endpoint.secret
     )
     assert event.id == arrival.webhook_id
+    # Stripe's Event, as a handler written for Stripe reads it: type and PaymentIntent.
+    assert event.type == "payment_intent.succeeded" and event.object == "event"
+    assert event.data.object.object == "payment_intent" and event.data.object.id == intent.id
+    assert (event.data.object.amount, event.data.object.currency) == (1200, "eur")
+    assert event.data.object.status == "succeeded" and isinstance(event.created, int)
     with pytest.raises(stripe.SignatureVerificationError):
         stripe.Webhook.construct_event(
             arrival.body.decode().replace("1200", "1201"),

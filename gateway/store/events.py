@@ -254,8 +254,8 @@ async def retry(conn: Conn, event_id: str) -> list[str]:
 
 INSERT_ENDPOINT_SQL = """
 INSERT INTO webhook_endpoints (id, merchant_id, url, enabled_events, description, status,
-                               secret_ciphertext)
-VALUES ($1, $2, $3, $4, $5, 'enabled', $6)
+                               secret_ciphertext, event_format)
+VALUES ($1, $2, $3, $4, $5, 'enabled', $6, $7)
 RETURNING *
 """
 
@@ -303,7 +303,9 @@ async def insert_endpoint(
     enabled_events: Sequence[str],
     description: str | None,
     secret_ciphertext: bytes,
+    event_format: str = "kassa",
 ) -> asyncpg.Record:
+    """A new endpoint; ``event_format`` is ``stripe`` for one sent Stripe Events."""
     row: asyncpg.Record | None = await conn.fetchrow(
         INSERT_ENDPOINT_SQL,
         endpoint_id,
@@ -312,6 +314,7 @@ async def insert_endpoint(
         list(enabled_events),
         description,
         secret_ciphertext,
+        event_format,
     )
     if row is None:  # INSERT ... RETURNING always answers one row
         raise RuntimeError(f"no endpoint written for {endpoint_id}")
@@ -475,7 +478,8 @@ UPDATE webhook_deliveries d SET next_attempt_at = now()
 """
 
 ENDPOINTS_SQL = """
-SELECT id, url, status, secret_ciphertext FROM webhook_endpoints WHERE id = any($1::text[])
+SELECT id, url, status, secret_ciphertext, event_format FROM webhook_endpoints
+ WHERE id = any($1::text[])
 """
 
 

@@ -604,8 +604,9 @@ def _endpoint_fields(params: Form, creating: bool) -> dict[str, Any]:
 
 
 async def create_webhook_endpoint(request: web.Request, params: Form) -> web.Response:
+    # Sent Stripe Events, so a shop's handlers written for Stripe read them as they are.
     answer = await request.app[WEBHOOKS].create_endpoint(
-        request[MERCHANT_ID], _endpoint_fields(params, True), key_from(request)
+        request[MERCHANT_ID], _endpoint_fields(params, True), key_from(request), "stripe"
     )
     return await _from_answer(request, answer, shapes.webhook_endpoint, None)
 
@@ -833,9 +834,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param("description", ""),
         ),
         (
-            "deliveries carry Kassa's native event JSON (`payment.captured`, ...), signed with "
-            "`Stripe-Signature` so `stripe.Webhook.construct_event` verifies them; "
-            "`GET /v1/events` shows the Stripe shape",
+            "deliveries are Stripe Events (`payment_intent.succeeded` with the PaymentIntent "
+            "in `data.object`), signed with `Stripe-Signature` (and Standard Webhooks) so "
+            "`stripe.Webhook.construct_event` verifies them; an endpoint made through the "
+            "native `/v1` gets Kassa's own event JSON",
             "no `api_version`, `metadata`, `connect`",
         ),
     ),

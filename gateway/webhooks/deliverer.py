@@ -39,11 +39,13 @@ from datetime import datetime
 
 import aiohttp
 import asyncpg
+import orjson
 
 import core_ext
 from gateway import metrics
 from gateway.config import Settings
 from gateway.store import events
+from gateway.stripe import shapes as stripe_shapes
 from gateway.webhooks.addresses import AddressRefused, guarded_connector
 from gateway.webhooks.secrets import SecretBox
 
@@ -98,6 +100,7 @@ class _Endpoint:
     url: str
     secret: str | None  # opened; None unless enabled
     read_at: float  # monotonic
+    stripe: bool  # sent Stripe Events (made through /stripe/v1), else Kassa's own
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,17 @@ class _Finished:
     status_class: str
     created_at: datetime  # the event's, for the latency
     answered_at: float  # unix time the attempt ended (the latency's end)
+
+
+def _body_for(endpoint: _Endpoint | None, payload: str) -> bytes | None:
+    """What is POSTed: the stored event, or for a Stripe endpoint the same event as a
+    Stripe Event (None for a type Stripe has no name for)."""
+    if endpoint is None or not endpoint.stripe:
+        return payload.encode()
+    try:
+        return orjson.dumps(stripe_shapes.event(orjson.loads(payload)))
+    except ValueError:
+        return None
 
 
 class Deliverer:
@@ -315,7 +329,9 @@ class Deliverer:
         for row in rows:
             enabled = row["status"] == "enabled" and row["secret_ciphertext"] is not None
             secret = self._box.open(bytes(row["secret_ciphertext"]), row["id"]) if enabled else None
-            self._endpoints[row["id"]] = _Endpoint(row["url"], secret, now)
+            self._endpoints[row["id"]] = _Endpoint(
+                row["url"], secret, now, row["event_format"] == "stripe"
+            )
 
     # --- sending --------------------------------------------------------------------------
 
@@ -337,8 +353,10 @@ class Deliverer:
         retry_after: str | None = None
         started = time.monotonic()
         endpoint = self._endpoints.get(due.endpoint_id)
-        if endpoint is None or endpoint.secret is None:
-            # Disabled or deleted since the delivery was written or claimed: not sent.
+        body = _body_for(endpoint, due.payload)
+        if endpoint is None or endpoint.secret is None or body is None:
+            # Disabled or deleted since the delivery was written or claimed, or an event
+            # Stripe has no type for, to a Stripe endpoint: not sent.
             return _Finished(
                 events.AttemptRecord(
                     due.event_id, due.endpoint_id, due.attempts, None, None, 0, "canceled", 0.0
@@ -350,7 +368,7 @@ class Deliverer:
                 time.time(),
             )
         try:
-            status, retry_after = await self._post(endpoint.url, endpoint.secret, due)
+            status, retry_after = await self._post(endpoint.url, endpoint.secret, due, body)
         except TimeoutError:
             error = f"timeout: no answer within {self._timeout_s:g} s"
         except AddressRefused as exc:
@@ -394,10 +412,9 @@ class Deliverer:
             time.time(),
         )
 
-    async def _post(self, url: str, secret: str, due: _Due) -> tuple[int, str | None]:
+    async def _post(self, url: str, secret: str, due: _Due, body: bytes) -> tuple[int, str | None]:
         if self._session is None:
             raise RuntimeError("the deliverer was not started")
-        body = due.payload.encode()
         headers = webhooks.signature_headers(secret, due.event_id, int(time.time()), body)
         headers["Content-Type"] = "application/json"
         async with self._session.post(

@@ -59,7 +59,11 @@ class WebhookService:
 
     # --- endpoints ------------------------------------------------------------------------
 
-    async def create_endpoint(self, merchant_id: str, body: object, key: str | None) -> Answer:
+    async def create_endpoint(
+        self, merchant_id: str, body: object, key: str | None, event_format: str = "kassa"
+    ) -> Answer:
+        """A new endpoint, sent Kassa's events or (``event_format="stripe"``, an endpoint
+        made through the Stripe-compatible tree) the same events as Stripe Events."""
         fields = _endpoint_fields(body, ENDPOINT_FIELDS, creating=True)
         claim, known = self._idempotency.prepare(
             merchant_id, key, "POST", "/v1/webhook_endpoints", body
@@ -81,6 +85,7 @@ class WebhookService:
                     fields["enabled_events"],
                     fields.get("description"),
                     self._box.seal(secret, endpoint_id),
+                    event_format,
                 )
                 rendered = render_webhook_endpoint(row, secret="")
                 rendered["secret"] = None
