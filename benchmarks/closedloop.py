@@ -18,9 +18,11 @@ create (benchmarks/wrk/stripe.lua: form-encoded, ``pm_card_visa``, the SDK's hea
 server (``measure_interleaved``): the same authorization through both trees, so their
 ratio is the facade's own cost, not the machine's drift between two servers.
 
-``kassa-webhooks`` is the same Kassa with one endpoint subscribed to ``*`` at a receiver on
-loopback (benchmarks/webhook_receiver.py): every authorization also writes its event and a
-delivery, and the deliverer POSTs it. Besides the wrk figures it reports the
+``kassa-webhooks`` is one Kassa with one endpoint subscribed to ``*`` at a receiver on
+loopback (benchmarks/webhook_receiver.py), disabled and enabled in turn
+(``measure_with_webhooks``): enabled, every authorization also writes its event's delivery
+and the deliverer POSTs it; disabled, the outbox writes no delivery, as with no endpoint.
+Besides the wrk figures of both it reports the
 commit-to-delivery latency of the window's events (the receiver's arrival time of each
 ``webhook-id`` minus the event's ``created_at`` in the database, both this machine's wall
 clock; ``created_at`` is taken just before the statement that commits the event, so the
@@ -345,37 +347,88 @@ def receiver_arrivals(receiver_url: str) -> list[tuple[str, float]]:
         return [(webhook_id, at) for webhook_id, at in orjson.loads(answer.read())]
 
 
+def set_endpoint_status(target, endpoint_id: str, status: str) -> None:
+    """POST /v1/webhook_endpoints/{id} {"status": ...}, as a merchant would (a fresh key)."""
+    request = urllib.request.Request(
+        f"{target.url}/v1/webhook_endpoints/{endpoint_id}",
+        data=orjson.dumps({"status": status}),
+        headers={
+            "Authorization": f"Bearer {target.secret_key}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"bench-{status}-{time.monotonic_ns()}",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
+
+
+def _drain(dsn: str, since: float) -> tuple[int, int, float]:
+    """Deliveries pending now, pending after waiting (bounded) for none, seconds waited."""
+    at_end = asyncio.run(_pending_deliveries(dsn))
+    pending = at_end
+    while pending and time.time() - since < DRAIN_TIMEOUT_S:
+        time.sleep(DRAIN_POLL_S)
+        pending = asyncio.run(_pending_deliveries(dsn))
+    return at_end, pending, (time.time() - since if at_end else 0.0)
+
+
+WEBHOOK_ROUNDS = 2  # off, on, off, on: each a quarter of the measured seconds
+
+
 def measure_with_webhooks(
-    target, webhooks, seconds: float = SECONDS, warmup_s: float = WARMUP_SECONDS
-) -> tuple[WrkResult, dict]:
-    """:func:`measure`, then the webhook figures of the measured window (``webhooks``: a
-    benchmarks.targets.Webhooks): deliveries pending when it ended, the drain, and the
-    commit-to-delivery latency of the events written in it."""
+    target,
+    webhooks,
+    seconds: float = SECONDS,
+    warmup_s: float = WARMUP_SECONDS,
+    rounds: int = WEBHOOK_ROUNDS,
+) -> tuple[WrkResult, WrkResult, dict]:
+    """The authorization on one server with its endpoint (``webhooks``: a
+    benchmarks.targets.Webhooks) disabled and enabled in turn, ``rounds`` times, each window
+    ``seconds / (2 * rounds)``: (off, on, figures). A disabled endpoint is no endpoint to
+    the outbox (no delivery rows), so off is the same gateway with no subscriber, and
+    alternating on one server compares the two far better than two servers measured one
+    after the other on a machine whose load drifts. Each on-window's deliveries drain
+    before the next off-window starts, so neither is charged with the other's work. The
+    figures are those of the on-windows: deliveries pending when each ended (the most) and
+    the longest drain, and the commit-to-delivery latency of the events written in them."""
+    window_s = seconds / (2 * rounds)
     if warmup_s > 0:
         run_wrk(target.url, target.secret_key, warmup_s)
-    window_start = time.time()
-    result = run_wrk(target.url, target.secret_key, seconds)
-    window_end = time.time()
-    pending_at_end = asyncio.run(_pending_deliveries(webhooks.dsn))
-    pending = pending_at_end
-    while pending and time.time() - window_end < DRAIN_TIMEOUT_S:
-        time.sleep(DRAIN_POLL_S)
-        pending = asyncio.run(_pending_deliveries(webhooks.dsn))
-    drain_s = time.time() - window_end if pending_at_end else 0.0
-    created = asyncio.run(_events_created(webhooks.dsn, window_start, window_end))
+    off: list[WrkResult] = []
+    on: list[WrkResult] = []
+    created: dict[str, float] = {}
+    pending_at_end = pending_left = 0
+    drain_s = 0.0
+    for _ in range(rounds):
+        set_endpoint_status(target, webhooks.endpoint_id, "disabled")
+        off.append(run_wrk(target.url, target.secret_key, window_s))
+        set_endpoint_status(target, webhooks.endpoint_id, "enabled")
+        window_start = time.time()
+        on.append(run_wrk(target.url, target.secret_key, window_s))
+        window_end = time.time()
+        at_end, left, waited = _drain(webhooks.dsn, window_end)
+        pending_at_end, pending_left = max(pending_at_end, at_end), max(pending_left, left)
+        drain_s = max(drain_s, waited)
+        created.update(asyncio.run(_events_created(webhooks.dsn, window_start, window_end)))
     latencies, undelivered = delivery_latencies(created, receiver_arrivals(webhooks.receiver_url))
-    return result, {
-        "latency_source": "receiver arrival - events.created_at",
-        "events": len(created),
-        "delivered": len(latencies),
-        "undelivered": undelivered,
-        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
-        "max_ms": round((latencies[-1] if latencies else 0.0) * 1000, 1),
-        "pending_at_end": pending_at_end,
-        "pending_left": pending,
-        "drain_s": round(drain_s, 2),
-    }
+    return (
+        combined(off),
+        combined(on),
+        {
+            "latency_source": "receiver arrival - events.created_at",
+            "windows": rounds,
+            "events": len(created),
+            "delivered": len(latencies),
+            "undelivered": undelivered,
+            "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+            "max_ms": round((latencies[-1] if latencies else 0.0) * 1000, 1),
+            "pending_at_end": pending_at_end,
+            "pending_left": pending_left,
+            "drain_s": round(drain_s, 2),
+        },
+    )
 
 
 def describe_webhooks(figures: dict) -> str:

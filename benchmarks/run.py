@@ -172,18 +172,21 @@ def closed_loop(workdir: Path, args) -> dict:
         starts["kassa-1w"] = kassa("kassa-1w-closed", 1)
     if args.closed_loop_targets:
         starts = {n: s for n, s in starts.items() if n in args.closed_loop_targets}
-    measured, webhooks = {}, None
+    measured: dict = {}
+    webhooks: dict | None = None
     stripe_native: dict | None = None  # the native runs alternating with kassa-stripe's
     for name, start in starts.items():
         if start is None:
             with targets.kassa_with_webhooks(
                 "kassa-webhooks-closed", workdir, workers, args.database_url
             ) as (_, target, hooks):
-                result, webhooks = closedloop.measure_with_webhooks(
+                webhooks_off, result, webhooks = closedloop.measure_with_webhooks(
                     target, hooks, args.closed_loop_seconds
                 )
+            print(closedloop.describe("kassa (no sub.)", webhooks_off), flush=True)
             print(closedloop.describe(name, result), flush=True)
             print(closedloop.describe_webhooks(webhooks), flush=True)
+            webhooks["off"] = webhooks_off.as_dict()
         elif name == "kassa-stripe":
             with start() as target:
                 native, result = closedloop.measure_interleaved(
@@ -210,7 +213,12 @@ def closed_loop(workdir: Path, args) -> dict:
         "targets": measured,
         "kassa_over_framework": ratio("kassa", "framework"),
         "group_commit_on_over_off": ratio("kassa", "kassa-nobatch"),
-        "webhooks_over_kassa": ratio("kassa-webhooks", "kassa"),
+        # kassa-webhooks over the same server with its endpoint disabled, alternating.
+        "webhooks_over_kassa": (
+            round(rps["kassa-webhooks"] / webhooks["off"]["rps"], 3)
+            if webhooks and webhooks["off"]["rps"] and rps.get("kassa-webhooks")
+            else None
+        ),
         # kassa-stripe over the native authorization on the same server, alternating.
         "stripe_over_kassa": (
             round(rps["kassa-stripe"] / stripe_native["rps"], 3)

@@ -61,6 +61,7 @@ LEASE_MARGIN_S = 5.0  # past the timeout: recording the attempt fits in the leas
 HANDOFF_WAIT_S = 5.0
 HANDOFF_QUEUE_MAX = 10_000  # handed deliveries waiting for a slot; past it, claimed later
 ENDPOINT_CACHE_S = 1.0  # how stale an endpoint another process changed may be when sent to
+DISABLED_ENDPOINT_CACHE_S = 0.1  # and one found not enabled, before its deliveries are canceled
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of an answer (its body is never used)
 # aiohttp's defaults ask for any type and compressed answers: the answer is never read.
 UNSENT_AUTO_HEADERS = ("Accept", "Accept-Encoding")
@@ -111,6 +112,17 @@ class _Finished:
     status_class: str
     created_at: datetime  # the event's, for the latency
     answered_at: float  # unix time the attempt ended (the latency's end)
+
+
+def _fresh(endpoint: _Endpoint | None, now: float) -> bool:
+    """Whether a cached endpoint can be sent to (or found not enabled) without a read. One
+    cached as not enabled is trusted only for DISABLED_ENDPOINT_CACHE_S: deliveries exist
+    only for an endpoint enabled when they were written, so it may have been enabled again
+    since, and a delivery canceled on a stale read would be lost."""
+    if endpoint is None:
+        return False
+    ttl_s = ENDPOINT_CACHE_S if endpoint.secret is not None else DISABLED_ENDPOINT_CACHE_S
+    return now - endpoint.read_at <= ttl_s
 
 
 def _body_for(endpoint: _Endpoint | None, payload: str) -> bytes | None:
@@ -267,7 +279,7 @@ class Deliverer:
                 self._handed_count -= 1
                 metrics.WEBHOOK_HANDOFFS_DROPPED.inc()
             endpoint = self._endpoints.get(endpoint_id)
-            if queue and (endpoint is None or now - endpoint.read_at > ENDPOINT_CACHE_S):
+            if queue and not _fresh(endpoint, now):
                 self._wakeup.set()  # the loop reads it, then starts these
                 continue
             while queue and self._has_slot(endpoint_id):
@@ -317,11 +329,7 @@ class Deliverer:
     async def _read_endpoints(self, endpoint_ids: set[str]) -> None:
         """Make sure the cache holds these endpoints, fresh enough."""
         now = time.monotonic()
-        stale = [
-            e
-            for e in endpoint_ids
-            if e not in self._endpoints or now - self._endpoints[e].read_at > ENDPOINT_CACHE_S
-        ]
+        stale = [e for e in endpoint_ids if not _fresh(self._endpoints.get(e), now)]
         if not stale:
             return
         async with self._pool.acquire() as conn:
