@@ -376,6 +376,30 @@ def _drain(dsn: str, since: float) -> tuple[int, int, float]:
 WEBHOOK_ROUNDS = 2  # off, on, off, on: each a quarter of the measured seconds
 
 
+def _cpu_s(processes) -> dict[int, tuple[int, int]]:
+    """CPU ticks so far of each process ``processes()`` names: {pid: (start time, ticks)}."""
+    from benchmarks.anatomy import read_pid_cpu
+
+    taken = {}
+    for pid in processes():
+        cpu = read_pid_cpu(pid)
+        if cpu is not None:
+            taken[pid] = (cpu.starttime, cpu.ticks)
+    return taken
+
+
+def _cpu_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """CPU seconds the processes spent between two ``_cpu_s`` readings (one started in
+    between counts from zero)."""
+    from benchmarks.anatomy import CLOCK_TICKS_PER_S
+
+    ticks = 0
+    for pid, (start, end) in after.items():
+        earlier = before.get(pid)
+        ticks += end - (earlier[1] if earlier and earlier[0] == start else 0)
+    return ticks / CLOCK_TICKS_PER_S
+
+
 def measure_with_webhooks(
     target,
     webhooks,
@@ -391,7 +415,10 @@ def measure_with_webhooks(
     after the other on a machine whose load drifts. Each on-window's deliveries drain
     before the next off-window starts, so neither is charged with the other's work. The
     figures are those of the on-windows: deliveries pending when each ended (the most) and
-    the longest drain, and the commit-to-delivery latency of the events written in them."""
+    the longest drain, the commit-to-delivery latency of the events written in them, and the
+    CPU per authorization of both kinds of window (``webhooks.processes``: the gateway,
+    PostgreSQL and the receiver), an on-window's counted until its deliveries drained: a
+    backlog sent after the window is charged to it, which its rate alone would not show."""
     window_s = seconds / (2 * rounds)
     if warmup_s > 0:
         run_wrk(target.url, target.secret_key, warmup_s)
@@ -400,22 +427,35 @@ def measure_with_webhooks(
     created: dict[str, float] = {}
     pending_at_end = pending_left = 0
     drain_s = 0.0
+    cpu_off_s = cpu_on_s = 0.0
     for _ in range(rounds):
         set_endpoint_status(target, webhooks.endpoint_id, "disabled")
+        before = _cpu_s(webhooks.processes)
         off.append(run_wrk(target.url, target.secret_key, window_s))
+        cpu_off_s += _cpu_between(before, _cpu_s(webhooks.processes))
         set_endpoint_status(target, webhooks.endpoint_id, "enabled")
         window_start = time.time()
+        before = _cpu_s(webhooks.processes)
         on.append(run_wrk(target.url, target.secret_key, window_s))
         window_end = time.time()
         at_end, left, waited = _drain(webhooks.dsn, window_end)
+        cpu_on_s += _cpu_between(before, _cpu_s(webhooks.processes))
         pending_at_end, pending_left = max(pending_at_end, at_end), max(pending_left, left)
         drain_s = max(drain_s, waited)
         created.update(asyncio.run(_events_created(webhooks.dsn, window_start, window_end)))
     latencies, undelivered = delivery_latencies(created, receiver_arrivals(webhooks.receiver_url))
+    off_run, on_run = combined(off), combined(on)
+    cpu_off_us = cpu_off_s * 1e6 / off_run.ok if off_run.ok else 0.0
+    cpu_on_us = cpu_on_s * 1e6 / on_run.ok if on_run.ok else 0.0
     return (
-        combined(off),
-        combined(on),
+        off_run,
+        on_run,
         {
+            "cpu_us_per_authorization_off": round(cpu_off_us, 1),
+            "cpu_us_per_authorization_on": round(cpu_on_us, 1),
+            # What the rate would be if CPU binds (it does here): off's CPU per
+            # authorization over on's, the backlog's drain included.
+            "cpu_ratio": round(cpu_off_us / cpu_on_us, 3) if cpu_on_us else None,
             "latency_source": "receiver arrival - events.created_at",
             "windows": rounds,
             "events": len(created),
@@ -433,7 +473,10 @@ def measure_with_webhooks(
 
 def describe_webhooks(figures: dict) -> str:
     return (
-        f"  webhooks: {figures['delivered']} of {figures['events']} window events delivered, "
+        f"  webhooks: CPU per authorization {figures['cpu_us_per_authorization_off']:.0f} us "
+        f"without, {figures['cpu_us_per_authorization_on']:.0f} us with deliveries (drain "
+        f"included): {figures['cpu_ratio']}x; "
+        f"{figures['delivered']} of {figures['events']} window events delivered, "
         f"commit-to-delivery p50 {figures['p50_ms']:.1f} p99 {figures['p99_ms']:.1f} "
         f"max {figures['max_ms']:.1f} ms; {figures['pending_at_end']} pending at the end, "
         f"drained in {figures['drain_s']:.1f} s"

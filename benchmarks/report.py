@@ -78,6 +78,14 @@ def closed_loop_lines(results: dict) -> list[str]:
             f"receiver on loopback; {against}), closed loop: "
             f"**{times('webhooks_over_kassa')}** ({verdict} the 10 % goal)"
         )
+        if hooks.get("cpu_ratio"):
+            lines.append(
+                f"- Webhooks' CPU (the gateway, PostgreSQL and the receiver, per "
+                f"authorization, an on-window counted until its deliveries drained): "
+                f"{hooks['cpu_us_per_authorization_off']:.0f} us without, "
+                f"{hooks['cpu_us_per_authorization_on']:.0f} us with: "
+                f"**{hooks['cpu_ratio']:.2f}x** as a rate where CPU binds"
+            )
         lines.append(
             f"- Commit-to-delivery ({hooks['latency_source']}), the {hooks['events']} events "
             f"of the kassa-webhooks windows: p50 **{hooks['p50_ms']:.1f} ms**, p99 "

@@ -6,7 +6,7 @@ import contextlib
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +94,9 @@ class Webhooks:
     endpoint_id: str
     dsn: str  # where the events and deliveries are read
     receiver_pid: int  # its CPU shares the machine (benchmarks/anatomy.py --webhooks)
+    # Every process whose CPU a delivery costs: the gateway's, the embedded PostgreSQL's
+    # (none of a given database_url's: not ours to measure) and the receiver's, as now.
+    processes: Callable[[], set[int]]
 
 
 @contextlib.contextmanager
@@ -133,6 +136,26 @@ def create_endpoint(target: Target, url: str, enabled_events: list[str]) -> str:
     return endpoint["id"]
 
 
+def postmaster_pid(server: KassaServer) -> int | None:
+    """The embedded PostgreSQL's postmaster, from its data directory."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(server.data_dir / "postgres")
+    return info.pid if info is not None else None
+
+
+def process_tree(pid: int | None) -> list[int]:
+    """A process and all its descendants, as they are now."""
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def database_dsn(server: KassaServer, database_url: str | None) -> str:
     """The database a Kassa target runs on: ``database_url``, or its embedded server's."""
     if database_url:
@@ -164,10 +187,21 @@ def kassa_with_webhooks(
         ) as (server, target),
     ):
         endpoint_id = create_endpoint(target, receiver_url + "/hook", ["*"])
+        postmaster = None if database_url else postmaster_pid(server)
+
+        def processes() -> set[int]:
+            return {*process_tree(server.process.pid), *process_tree(postmaster), receiver_pid}
+
         yield (
             server,
             target,
-            Webhooks(receiver_url, endpoint_id, database_dsn(server, database_url), receiver_pid),
+            Webhooks(
+                receiver_url,
+                endpoint_id,
+                database_dsn(server, database_url),
+                receiver_pid,
+                processes,
+            ),
         )
 
 
