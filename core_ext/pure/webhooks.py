@@ -35,6 +35,13 @@ EVENT_TYPES = (
     "payment.canceled",
     "payment.expired",
     "refund.succeeded",
+    # Customers and recurring billing (gateway/billing).
+    "customer.created",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_failed",
 )
 WILDCARD = "*"  # enabled_events ["*"]: every event type
 
