@@ -119,7 +119,8 @@ def _moved(anchor: int, steps: int, interval: str) -> int:
     year = total // _MONTHS_PER_YEAR
     month = total - year * _MONTHS_PER_YEAR + 1
     day = min(d, _days_in_month(year, month))
-    return _days_from_civil(year, month, day) * SECONDS_PER_DAY + time_of_day
+    boundary: int = _days_from_civil(year, month, day) * SECONDS_PER_DAY + time_of_day
+    return boundary
 
 
 def period_end(anchor: int, index: int, interval: str, interval_count: int) -> int:
@@ -135,7 +136,7 @@ def period_end(anchor: int, index: int, interval: str, interval_count: int) -> i
     return boundary
 
 
-def period_bounds(anchor: int, index: int, interval: str, interval_count: int) -> tuple:
+def period_bounds(anchor: int, index: int, interval: str, interval_count: int) -> tuple[int, int]:
     """(start, end) of period ``index``."""
     return (
         period_end(anchor, index, interval, interval_count),
