@@ -10,11 +10,13 @@ from aiohttp import web
 
 import core_ext
 from gateway import metrics, observability, recovery
+from gateway.billing.scheduler import Scheduler
+from gateway.billing.service import BillingService
 from gateway.cards import CardVault, load_master_key
 from gateway.config import Settings
 from gateway.http import routes
 from gateway.http.answers import BODY_BYTES_MAX
-from gateway.http.appkeys import KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
+from gateway.http.appkeys import BILLING, KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.http.middleware import (
     auth_middleware,
     drop_server_header,
@@ -82,6 +84,11 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         app[SERVICE].deliveries_written = deliverer.wake
         app[WEBHOOKS] = WebhookService(pool, secrets, idempotency, settings, deliverer.wake)
         await deliverer.start()
+        # Every process schedules renewals too: claims with SKIP LOCKED share the work,
+        # and a commit that makes work due wakes this process's scheduler at once.
+        scheduler = Scheduler(pool, app[SERVICE], settings, deliverer.wake)
+        app[BILLING] = BillingService(pool, idempotency, settings, deliverer.wake, scheduler.wake)
+        await scheduler.start()
         background = asyncio.create_task(
             recovery.run_forever(pool, app[SERVICE], connector, settings)
         )
@@ -90,6 +97,7 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         background.cancel()
         sampler.cancel()
         await asyncio.gather(background, sampler, return_exceptions=True)
+        await scheduler.close()
         await deliverer.close()
         await app[SERVICE].close()
         await connector.close()
