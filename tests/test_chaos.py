@@ -75,8 +75,16 @@ def test_short_chaos_run_loses_duplicates_and_unbalances_nothing(tmp_path):
         "deliveries_lost",
         "deliveries_bad",
         "deliveries_unwanted",
+        "billing_wrong_periods",
+        "billing_double_charged",
+        "billing_unresolved",
     ):
         assert summary[count] == 0, f"{count}: {summary[count]}\n{tail}"
+    # The billing proof ran: a year of renewals under kills, every good card paid monthly.
+    assert summary["billing_kills"] >= chaos.SHORT["billing_kills"], tail
+    good = summary["billing_subscriptions"] - summary["billing_declining"]
+    assert summary["billing_paid"] == good * chaos.BILLING_PERIODS, tail
+    assert summary["billing_captured"] == summary["billing_paid"], tail
     # The webhook proof ran: events, deliveries to each endpoint, a 410 disable.
     assert summary["events"] > 0 and summary["events_quiet"] > 0, tail
     assert summary["deliveries_acknowledged"] > 0, tail

@@ -2,7 +2,7 @@
 
 It claims due subscriptions (on the real clock, and on test clocks at or before their
 frozen time) with FOR UPDATE SKIP LOCKED, in batches of CLAIM_BATCH_MAX, leased for
-LEASE_S, and for each one does the one thing due:
+KASSA_BILLING_LEASE_S, and for each one does the one thing due:
 
   a period ended        -> the next period and its invoice (UNIQUE per period), charged;
                            at the end of a trial, the subscription becomes active;
@@ -54,7 +54,6 @@ calendar = core_ext.billing
 CLAIM_BATCH_MAX = 500  # subscriptions one claim takes
 BATCHES_IN_FLIGHT_MAX = 4  # claimed batches a process works on at once
 CHARGES_CONCURRENT_MAX = 512  # charges of one process in the payment path at once
-LEASE_S = 30.0  # a claimed subscription is left alone this long (a crash's delay)
 POLL_INTERVAL_S = 1.0  # how often an idle scheduler looks for due work
 ERROR_BACKOFF_S = 1.0  # after a failed round (the database away, say)
 RISK_CACHE_TTL_S = 5.0  # merchants' risk limits, as gateway/merchants.py AUTH_CACHE_TTL_S
@@ -101,6 +100,7 @@ class Scheduler:
         self._pool = pool
         self._payments = payments
         self._acquire_timeout_s = settings.db_acquire_timeout_ms / 1000
+        self._lease_s = float(settings.billing_lease_s)
         self._window_s = float(settings.velocity_window_s)
         self._risk_defaults = (
             settings.velocity_merchant_attempts_max,
@@ -156,9 +156,9 @@ class Scheduler:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
             return True
         async with self._acquire() as conn:
-            rows = await store.claim(conn, True, CLAIM_BATCH_MAX, LEASE_S)
+            rows = await store.claim(conn, True, CLAIM_BATCH_MAX, self._lease_s)
             if not rows:
-                rows = await store.claim(conn, False, CLAIM_BATCH_MAX, LEASE_S)
+                rows = await store.claim(conn, False, CLAIM_BATCH_MAX, self._lease_s)
             if not rows:
                 if not self._batches:
                     await store.clocks_ready(conn)
