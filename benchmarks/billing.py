@@ -81,12 +81,13 @@ async def insert_subscriptions(
                 await conn.execute(
                     """INSERT INTO tokens (id, merchant_id, brand, last4, exp_month, exp_year,
                                            fingerprint, number_ciphertext)
-                       SELECT id, $2, 'visa', '4242', 12, 2099, $3, ct
+                       SELECT id, $2, 'visa', '4242', 12, $5, $3, ct
                          FROM unnest($1::text[], $4::bytea[]) AS t (id, ct)""",
                     tokens,
                     merchant_id,
                     fingerprint,
                     [vault.encrypt_number(CARD_NUMBER, t) for t in tokens],
+                    datetime.now(UTC).year + 4,
                 )
                 await conn.execute(
                     """INSERT INTO customers (id, merchant_id, email, test_clock_id)

@@ -1804,7 +1804,8 @@ async def billing_setup(
                 f"customer-{n}",
             )
             number = DECLINE_CARD if declining[n] else APPROVE_CARD
-            card = {"number": number, "exp_month": 12, "exp_year": 2099, "cvc": "123"}
+            expiry_year = datetime.now(UTC).year + 4  # valid whenever the run is
+            card = {"number": number, "exp_month": 12, "exp_year": expiry_year, "cvc": "123"}
             token = await billing_call(
                 session, url, secret, "/v1/tokens", {"card": card}, f"token-{n}"
             )

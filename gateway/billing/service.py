@@ -232,11 +232,9 @@ class BillingService:
                     "this token is saved to another customer: a card belongs to one customer",
                     "token",
                 )
-            row = next(
-                r
-                for r in await store.payment_methods(conn, customer_id, PAYMENT_METHODS_SHOWN_MAX)
-                if r["id"] == token_id
-            )
+            row = await store.payment_method(conn, customer_id, token_id)
+            if row is None:  # saved just above, in this transaction
+                raise RuntimeError(f"{token_id} not saved to {customer_id}")
             return Answer.of_json(200, render_customer_payment_method(row)), []
 
         path = f"/v1/customers/{customer_id}/payment_methods"

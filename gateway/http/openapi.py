@@ -11,8 +11,8 @@ import orjson
 
 import core_ext
 from core_ext import states, validation
-from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
 from gateway.billing import service as billing_service
+from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
 from gateway.webhooks import service as webhook_service
 
 # One fact stated once: every limit and enum below is the core's (or the HTTP layer's)

@@ -159,6 +159,12 @@ SELECT pm.customer_id, pm.is_default, pm.created_at AS saved_at, t.*
  LIMIT $2
 """
 
+PAYMENT_METHOD_SQL = """
+SELECT pm.customer_id, pm.is_default, pm.created_at AS saved_at, t.*
+  FROM customer_payment_methods pm JOIN tokens t ON t.id = pm.token_id
+ WHERE pm.customer_id = $1 AND pm.token_id = $2
+"""
+
 DETACH_SQL = """
 DELETE FROM customer_payment_methods WHERE customer_id = $1 AND token_id = $2 RETURNING token_id
 """
@@ -186,6 +192,10 @@ async def attach(
 
 async def payment_methods(conn: Conn, customer_id: str, rows_max: int) -> list[asyncpg.Record]:
     return await conn.fetch(PAYMENT_METHODS_SQL, customer_id, rows_max)
+
+
+async def payment_method(conn: Conn, customer_id: str, token_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(PAYMENT_METHOD_SQL, customer_id, token_id)
 
 
 async def detach(conn: Conn, customer_id: str, token_id: str) -> bool:
