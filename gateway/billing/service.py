@@ -164,6 +164,12 @@ class BillingService:
     async def list_customers(self, merchant_id: str, query: Mapping[str, str]) -> dict[str, Any]:
         limit, starting_after = _page_query(query, ("email",), "cus_")
         email = query.get("email")
+        if email is not None and (len(email) > validation.EMAIL_CHARS_MAX or "\x00" in email):
+            raise invalid_request(
+                "parameter_invalid",
+                f"email must be at most {validation.EMAIL_CHARS_MAX} characters, without NUL",
+                "email",
+            )
         async with self._acquire() as conn:
             cursor = None
             if starting_after is not None:
@@ -406,6 +412,8 @@ class BillingService:
     ) -> dict[str, Any]:
         limit, starting_after = _page_query(query, ("customer",), "sub_")
         customer_id = query.get("customer")
+        if customer_id is not None and not validation.object_id_valid(customer_id, "cus_"):
+            raise invalid_request("parameter_invalid", "customer must be a cus_ id", "customer")
         async with self._acquire() as conn:
             cursor = None
             if starting_after is not None:
