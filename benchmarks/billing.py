@@ -2,6 +2,7 @@
 
     python -m benchmarks.billing                      # 10,000 subscriptions, 2 workers
     python -m benchmarks.billing --subscriptions 2000 # smaller
+    python -m benchmarks.billing --subscriptions 1000 --months 12   # a year of renewals
 
 One run, one machine, one fresh embedded PostgreSQL, one `kassa serve`:
   1. authorizations/s: wrk's closed loop (benchmarks/closedloop.py, -c64) of
@@ -26,12 +27,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import orjson
 
+import core_ext
 from benchmarks import closedloop
 from benchmarks.scenarios import Target
 from benchmarks.targets import ABUSE_LIMITS_NEVER_HIT, READY_TIMEOUT_S, STOP_TIMEOUT_S
@@ -41,9 +43,7 @@ from gateway.ids import new_id
 from gateway.store.database import EmbeddedPostgres
 
 CLOCK_START = datetime(2027, 1, 31, 10, 0, tzinfo=UTC)  # month ends clamp on renewal
-CLOCK_ADVANCED = "2027-02-28T12:00:00Z"  # past every subscription's first period end
-PERIOD_END = datetime(2027, 2, 28, 10, 0, tzinfo=UTC)  # core_ext.billing from the 31st
-NEXT_PERIOD_END = datetime(2027, 3, 31, 10, 0, tzinfo=UTC)
+ADVANCE_PAST_BOUNDARY_S = 7200  # the clock stops this long after the last renewal due
 CARD_NUMBER = "4242424242424242"
 AMOUNT = 1500
 READY_POLL_S = 0.05
@@ -62,6 +62,12 @@ def http(url: str, secret: str, method: str, path: str, body: object = None) -> 
     with urllib.request.urlopen(request, timeout=30) as answer:
         parsed: dict = orjson.loads(answer.read())
         return parsed
+
+
+def boundary(index: int) -> datetime:
+    """Boundary ``index`` of the monthly periods from CLOCK_START, as the core computes it."""
+    seconds = core_ext.billing.period_end(int(CLOCK_START.timestamp()), index, "month", 1)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 async def insert_subscriptions(
@@ -113,14 +119,14 @@ async def insert_subscriptions(
                     merchant_id,
                     price_id,
                     CLOCK_START,
-                    PERIOD_END,
+                    boundary(1),
                     clock_id,
                 )
     finally:
         await conn.close()
 
 
-async def check(dsn: str, merchant_id: str, count: int) -> dict:
+async def check(dsn: str, merchant_id: str, count: int, months: int) -> dict:
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
@@ -133,15 +139,16 @@ async def check(dsn: str, merchant_id: str, count: int) -> dict:
                  FROM invoices i LEFT JOIN payments p ON p.id = i.payment_id
                 WHERE i.merchant_id = $1""",
             merchant_id,
-            NEXT_PERIOD_END,
+            boundary(months + 1),
         )
     finally:
         await conn.close()
     figures = dict(row)
-    if not figures["invoices"] == figures["paid_captured"] == figures["payments"] == count:
+    renewals = count * months
+    if not figures["invoices"] == figures["paid_captured"] == figures["payments"] == renewals:
         raise RuntimeError(f"not one paid invoice and captured payment each: {figures}")
     if figures["renewed"] != count:
-        raise RuntimeError(f"not every subscription moved to its second period: {figures}")
+        raise RuntimeError(f"not every subscription moved {months} periods on: {figures}")
     return figures
 
 
@@ -196,13 +203,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             flush=True,
         )
 
+        advanced_to = (boundary(args.months) + timedelta(seconds=ADVANCE_PAST_BOUNDARY_S)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
         started = time.monotonic()
         http(
             server.url,
             secret,
             "POST",
             f"/v1/test_clocks/{clock['id']}/advance",
-            {"frozen_time": CLOCK_ADVANCED},
+            {"frozen_time": advanced_to},
         )
         while True:
             status = http(server.url, secret, "GET", f"/v1/test_clocks/{clock['id']}")["status"]
@@ -212,16 +222,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 raise RuntimeError(f"the clock was not ready within {ADVANCE_TIMEOUT_S:g} s")
             time.sleep(READY_POLL_S)
         advance_s = time.monotonic() - started
-        figures = asyncio.run(check(dsn, merchant_id, args.subscriptions))
+        figures = asyncio.run(check(dsn, merchant_id, args.subscriptions, args.months))
         verified = server.cli("ledger", "verify")
         if verified.returncode != 0:
             raise RuntimeError(f"kassa ledger verify failed:\n{verified.stdout}{verified.stderr}")
     finally:
         server.stop(STOP_TIMEOUT_S)
         embedded.stop()
-    renewals_s = args.subscriptions / advance_s
+    renewals_s = args.subscriptions * args.months / advance_s
     return {
         "subscriptions": args.subscriptions,
+        "months": args.months,
         "workers": args.workers,
         "authorizations_per_s": round(wrk.rps, 1),
         "advance_s": round(advance_s, 2),
@@ -234,6 +245,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.billing", description=__doc__)
     parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--months", type=int, default=1, help="how far the clock advances")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--auth-seconds", type=float, default=5.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print(
-        f"billing: {result['subscriptions']} renewals in {result['advance_s']:.2f} s = "
+        f"billing: {result['subscriptions']} x {result['months']} renewals in {result['advance_s']:.2f} s = "
         f"{result['renewals_per_s']:.0f} renewals/s; authorizations {result['authorizations_per_s']:.0f}/s; "
         f"ratio {result['ratio']:.2f} (target >= 0.5)",
         flush=True,
