@@ -493,3 +493,76 @@ async def test_many_subscriptions_on_one_clock_get_exactly_one_invoice_per_perio
         "SELECT count(*) FROM payments WHERE status = 'captured' AND off_session"
     )
     assert captured == 30 * 7
+
+
+async def test_the_database_refuses_a_second_invoice_for_a_period_and_a_second_success(
+    api, merchant, db
+):
+    """The promises are constraints, not code: whatever a scheduler does, a period has one
+    invoice and an invoice one successful attempt."""
+    import asyncpg
+
+    clock = await new_clock(api, merchant)
+    ada = await new_customer(api, merchant, clock)
+    saved = await save_card(api, merchant, ada)
+    subscription = await subscribe(api, merchant, ada, await new_price(api, merchant))
+    [invoice] = await settled_invoices(api, merchant, subscription, 1)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(
+            "INSERT INTO invoices (id, merchant_id, subscription_id, customer_id, period_index,"
+            " period_start, period_end, amount, currency, status, next_attempt_at)"
+            " SELECT 'in_twin', merchant_id, subscription_id, customer_id, period_index,"
+            " period_start, period_end, amount, currency, 'open', now()"
+            " FROM invoices WHERE id = $1",
+            invoice["id"],
+        )
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(
+            "INSERT INTO invoice_attempts (invoice_id, attempt, token_id, idempotency_key,"
+            " outcome) VALUES ($1, 2, $2, 'another', 'succeeded')",
+            invoice["id"],
+            saved["id"],
+        )
+
+
+async def test_a_renewal_charged_before_a_crash_is_the_same_request_when_retried(api, merchant, db):
+    """A scheduler that charged an attempt and died before recording it: its successor
+    sends the same request (same Idempotency-Key, same body), the payment path answers it
+    from its record, and the invoice is paid by that one payment, not a second one."""
+    clock = await new_clock(api, merchant, "2027-05-01T08:00:00Z")
+    ada = await new_customer(api, merchant, clock)
+    await save_card(api, merchant, ada, DECLINED_CARD)
+    subscription = await subscribe(api, merchant, ada, await new_price(api, merchant, 2500))
+    [invoice] = await settled_invoices(api, merchant, subscription, 1)
+    assert invoice["attempt_count"] == 1
+    good = await save_card(api, merchant, ada, APPROVED_VISA, default=True)
+    # What the dead scheduler wrote ahead, and the charge it sent, with the same key.
+    key = f"kassa-invoice-{invoice['id']}-attempt-2"
+    await db.execute(
+        "INSERT INTO invoice_attempts (invoice_id, attempt, token_id, idempotency_key)"
+        " VALUES ($1, 2, $2, $3)",
+        invoice["id"],
+        good["id"],
+        key,
+    )
+    body = {
+        "amount": 2500,
+        "currency": "EUR",
+        "customer": ada["id"],
+        "payment_method": {"type": "token", "token": good["id"]},
+        "off_session": True,
+        "description": f"subscription {subscription['id']}, period 0",
+        "metadata": {"invoice": invoice["id"], "subscription": subscription["id"]},
+    }
+    status, charged, _ = await post(api, "/v1/payments", merchant, body, key=key)
+    assert status == 201 and charged["status"] == "captured"
+
+    await advance(api, merchant, clock, "2027-05-02T09:00:00Z")
+    [invoice] = await invoices_of(api, merchant, subscription)
+    assert (invoice["status"], invoice["attempt_count"]) == ("paid", 2)
+    assert invoice["payment_id"] == charged["id"]
+    captured = await db.fetchval(
+        "SELECT count(*) FROM payments WHERE status = 'captured' AND metadata->>'invoice' = $1",
+        invoice["id"],
+    )
+    assert captured == 1

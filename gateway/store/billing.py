@@ -561,7 +561,9 @@ RETURNING s.id
 # The outcomes of a batch of charges. Per attempt: its outcome and payment; per invoice:
 # paid, or its next attempt's time, or uncollectible; per subscription: its status and
 # next action. Only attempts still pending change, so a late second record of the same
-# attempt changes nothing.
+# attempt changes nothing. An invoice made uncollectible while its charge was in flight
+# (the subscription canceled now through the API) is paid all the same if the charge
+# succeeded: the money was taken, and the books say so.
 RECORD_ATTEMPTS_SQL = """
 UPDATE invoice_attempts a
    SET outcome = o.outcome, payment_id = o.payment_id, decline_code = o.decline_code,
@@ -580,7 +582,8 @@ UPDATE invoices i
   FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::timestamptz[],
               $6::timestamptz[])
        AS o (id, attempt, status, payment_id, failed_at, next_attempt_at)
- WHERE i.id = o.id AND i.status = 'open' AND i.attempt_count = o.attempt - 1
+ WHERE i.id = o.id AND i.attempt_count = o.attempt - 1
+   AND (i.status = 'open' OR (i.status = 'uncollectible' AND o.status = 'paid'))
 RETURNING i.*
 """
 
