@@ -1700,7 +1700,7 @@ async def run_chaos(
                 session, gateway, billing_secret, args, rng
             )
         print("checking the subscriptions' invoices and payments", flush=True)
-        await check_billing(cluster.dsn, billing_id, subscriptions, billing)
+        check_billing(await read_billing_books(cluster.dsn, billing_id), subscriptions, billing)
         print("settling and checking the webhook deliveries", flush=True)
         hooks = await check_webhooks(cluster.dsn, merchant_id, quiet_id, endpoints, receiver)
         print("checking the books", flush=True)
@@ -1885,13 +1885,17 @@ async def billing_phase(
     return found, subscriptions
 
 
-async def check_billing(
-    dsn: str, merchant_id: str, subscriptions: list[tuple[str, bool]], found: BillingFindings
-) -> None:
-    """In one snapshot: exactly one invoice per period (13 paid for a good card, one
-    uncollectible and a canceled subscription for a declining one), at most one captured
-    payment per invoice (counted from the payments' own metadata, so even a charge no
-    invoice records is seen), no invoice or attempt left unresolved."""
+@dataclass
+class BillingBooks:
+    """What the billing checks read, in one snapshot."""
+
+    invoices: list[dict]  # subscription_id, period_index, status, payment_id; in order
+    statuses: dict[str, str]  # subscription id -> status
+    captures: dict[str, int]  # invoice id (the payments' metadata) -> captured payments
+    pending: list[tuple[str, int]]  # (invoice id, attempt) still pending
+
+
+async def read_billing_books(dsn: str, merchant_id: str) -> BillingBooks:
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -1900,11 +1904,11 @@ async def check_billing(
                 " WHERE merchant_id = $1 ORDER BY subscription_id, period_index",
                 merchant_id,
             )
-            statuses = dict(
-                await conn.fetch(
-                    "SELECT id, status FROM subscriptions WHERE merchant_id = $1", merchant_id
-                )
+            statuses = await conn.fetch(
+                "SELECT id, status FROM subscriptions WHERE merchant_id = $1", merchant_id
             )
+            # Counted from the payments' own metadata, so even a charge no invoice records
+            # (a second one for an invoice, say) is seen.
             captures = await conn.fetch(
                 "SELECT metadata->>'invoice' AS invoice, count(*) AS n FROM payments"
                 " WHERE merchant_id = $1 AND status = 'captured' AND metadata ? 'invoice'"
@@ -1919,13 +1923,27 @@ async def check_billing(
             )
     finally:
         await conn.close()
-    by_subscription: dict[str, list[asyncpg.Record]] = {}
-    for row in invoices:
+    return BillingBooks(
+        [dict(row) for row in invoices],
+        {row["id"]: row["status"] for row in statuses},
+        {row["invoice"]: row["n"] for row in captures},
+        [(row["invoice_id"], row["attempt"]) for row in pending],
+    )
+
+
+def check_billing(
+    books: BillingBooks, subscriptions: list[tuple[str, bool]], found: BillingFindings
+) -> None:
+    """Exactly one invoice per period (BILLING_PERIODS paid for a good card; one
+    uncollectible and a canceled subscription for a declining one), at most one captured
+    payment per invoice, no invoice or attempt left unresolved."""
+    by_subscription: dict[str, list[dict]] = {}
+    for row in books.invoices:
         by_subscription.setdefault(row["subscription_id"], []).append(row)
-    found.invoices = len(invoices)
-    found.paid = sum(1 for row in invoices if row["status"] == "paid")
-    found.uncollectible = sum(1 for row in invoices if row["status"] == "uncollectible")
-    found.captured = sum(row["n"] for row in captures)
+    found.invoices = len(books.invoices)
+    found.paid = sum(1 for row in books.invoices if row["status"] == "paid")
+    found.uncollectible = sum(1 for row in books.invoices if row["status"] == "uncollectible")
+    found.captured = sum(books.captures.values())
     for subscription_id, declining in subscriptions:
         rows = by_subscription.get(subscription_id, [])
         periods = [row["period_index"] for row in rows]
@@ -1936,13 +1954,17 @@ async def check_billing(
         unsettled = [row["period_index"] for row in rows if row["status"] != want_status]
         if unsettled:
             found.unresolved.append(f"{subscription_id}: periods {unsettled} not {want_status}")
-        if declining and statuses.get(subscription_id) != "canceled":
-            found.unresolved.append(f"{subscription_id}: {statuses.get(subscription_id)}")
-    found.double_charged = [f"{r['invoice']}: {r['n']} captures" for r in captures if r["n"] > 1]
-    paid_by = {row["payment_id"] for row in invoices if row["payment_id"] is not None}
-    if len(paid_by) != found.paid:
-        found.double_charged.append(f"{found.paid} paid invoices but {len(paid_by)} payments")
-    found.unresolved += [f"{r['invoice_id']} attempt {r['attempt']} pending" for r in pending]
+        if declining and books.statuses.get(subscription_id) != "canceled":
+            found.unresolved.append(f"{subscription_id}: {books.statuses.get(subscription_id)}")
+    found.double_charged = [
+        f"{invoice}: {n} captures" for invoice, n in sorted(books.captures.items()) if n > 1
+    ]
+    paid_by = [row["payment_id"] for row in books.invoices if row["status"] == "paid"]
+    if len(set(paid_by)) != len(paid_by):
+        found.double_charged.append(f"{len(paid_by)} paid invoices, {len(set(paid_by))} payments")
+    found.unresolved += [
+        f"{invoice} attempt {attempt} pending" for invoice, attempt in books.pending
+    ]
     if not found.ready:
         found.unresolved.append("the test clock was not ready in time")
 
