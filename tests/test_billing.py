@@ -370,6 +370,11 @@ async def test_a_declined_renewal_is_retried_after_1_3_5_days_then_uncollectible
     canceled = await subscription_of(api, merchant, subscription)
     assert canceled["status"] == "canceled" and canceled["ended_at"] == "2027-05-06T08:00:00Z"
 
+    # The schedulers count what they did, in every worker's samples together.
+    response = await api.get("/metrics")
+    exposition = await response.text()
+    assert 'kassa_billing_charges_total{outcome="declined"}' in exposition
+    assert 'kassa_billing_subscriptions_ended_total{reason="dunning"}' in exposition
     failed = await events_of(api, merchant, "invoice.payment_failed")
     assert [e["data"]["object"]["attempt_count"] for e in failed] == [4, 3, 2, 1]
     deleted = await events_of(api, merchant, "customer.subscription.deleted")

@@ -40,6 +40,7 @@ import asyncpg
 import orjson
 
 import core_ext
+from gateway import metrics
 from gateway.config import Settings
 from gateway.http.answers import Answer, ApiError
 from gateway.http.render import render_invoice, render_subscription
@@ -211,6 +212,9 @@ class Scheduler:
         await asyncio.gather(*(self._charge(charge) for charge in charges))
         charged = time.monotonic()
         await self._record(charges)
+        for charge in charges:
+            metrics.billing_charge(charge.outcome)
+        metrics.billing_batch(time.monotonic() - started)
         log.debug(
             "billing batch of %d: write-ahead %.3f s, %d charges %.3f s, record %.3f s",
             len(rows),
@@ -279,6 +283,7 @@ class Scheduler:
                         [row["current_period_end"] for row in ends],
                     )
                 )
+                metrics.billing_subscriptions_ended("period_end", len(ended))
                 for row in ends:
                     if row["id"] in ended:
                         row.update(
@@ -404,7 +409,7 @@ class Scheduler:
             ):
                 column.append(value)
             plans[c.invoice_id] = (c, status, row["status"])
-        deliveries = 0
+        deliveries = dunning_ended = 0
         async with self._acquire() as conn, conn.transaction():
             pending = await store.record_attempts(
                 conn,
@@ -445,6 +450,7 @@ class Scheduler:
                 )
                 if status != before:
                     kind = "deleted" if status == "canceled" else "updated"
+                    dunning_ended += status == "canceled"
                     subscription = changed[charge.row["id"]]
                     new_events.append(
                         events.NewEvent.of(
@@ -456,6 +462,7 @@ class Scheduler:
                         )
                     )
             deliveries = await events.write(conn, new_events, now)
+        metrics.billing_subscriptions_ended("dunning", dunning_ended)
         if deliveries:
             self._deliveries_written()
 
