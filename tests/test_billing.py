@@ -451,6 +451,11 @@ async def test_a_subscription_needs_a_card_unless_it_starts_with_a_trial(api, me
     assert status == 404 and answer["error"]["param"] == "price", answer
     trialing = await subscribe(api, merchant, ada, price, trial_days=7)
     assert trialing["status"] == "trialing" and trialing["test_clock"] is None
+    # On the real clock, with a card: the first period is charged now.
+    await save_card(api, merchant, ada)
+    active = await subscribe(api, merchant, ada, price)
+    [invoice] = await settled_invoices(api, merchant, active, 1)
+    assert (invoice["status"], invoice["period_start"]) == ("paid", active["current_period_start"])
 
 
 async def test_clock_moves_only_forward_and_every_post_is_idempotent(api, merchant):
