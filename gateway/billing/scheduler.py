@@ -212,6 +212,11 @@ class Scheduler:
         await asyncio.gather(*(self._charge(charge) for charge in charges))
         charged = time.monotonic()
         await self._record(charges)
+        if any(record["test_clock_id"] for record in rows):
+            # A clock whose last work this was is ready now, not when this process next
+            # runs out of work (another clock's long advance may keep it busy).
+            async with self._acquire() as conn:
+                await store.clocks_ready(conn)
         for charge in charges:
             metrics.billing_charge(charge.outcome)
         metrics.billing_batch(time.monotonic() - started)
