@@ -384,7 +384,8 @@ class Scheduler:
         now = datetime.now(UTC)
         invoice_columns: list[list[Any]] = [[], [], [], [], [], []]
         subscription_columns: list[list[Any]] = [[], [], [], []]
-        plans: dict[str, tuple[Charge, str, str]] = {}  # invoice -> (charge, sub status, event)
+        # invoice -> (its charge, the subscription's status after it, and before)
+        plans: dict[str, tuple[Charge, str, str]] = {}
         for c in known:
             row = c.row
             outcome: tuple[Any, ...]  # the invoice's status, payment, failed at, next attempt
