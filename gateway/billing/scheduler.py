@@ -29,6 +29,7 @@ year out in order, period by period, whatever real time it takes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -145,13 +146,25 @@ class Scheduler:
                 continue
             if claimed:
                 continue
-            self._wakeup.clear()
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wakeup.wait())]
-            waiters.extend(self._batches)  # a finished batch may have made more work due
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Until woken, a batch of this process finishes (it may have made more work due),
+        or POLL_INTERVAL_S passes."""
+        self._wakeup.clear()
+        waiter = asyncio.ensure_future(self._wakeup.wait())
+        try:
             await asyncio.wait(
-                waiters, timeout=POLL_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
+                {waiter, *self._batches},
+                timeout=POLL_INTERVAL_S,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            waiters[0].cancel()
+        finally:
+            # Never left pending: also when this task is canceled (the app shutting down).
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
 
     async def _claim_round(self) -> bool:
         """Claim one batch (test clocks first: someone is waiting on them) if a slot is
