@@ -535,10 +535,15 @@ async def test_the_database_refuses_a_second_invoice_for_a_period_and_a_second_s
         )
 
 
-async def test_a_renewal_charged_before_a_crash_is_the_same_request_when_retried(api, merchant, db):
+@pytest.mark.parametrize("key_swept", [False, True], ids=["key-kept", "key-swept"])
+async def test_a_renewal_charged_before_a_crash_is_the_same_request_when_retried(
+    server, api, merchant, db, key_swept
+):
     """A scheduler that charged an attempt and died before recording it: its successor
     sends the same request (same Idempotency-Key, same body), the payment path answers it
-    from its record, and the invoice is paid by that one payment, not a second one."""
+    from its record, and the invoice is paid by that one payment, not a second one. Also
+    once the key's record is swept (no scheduler ran for its retention): the payment is
+    found by its own key column, and not made again."""
     clock = await new_clock(api, merchant, "2027-05-01T08:00:00Z")
     ada = await new_customer(api, merchant, clock)
     await save_card(api, merchant, ada, DECLINED_CARD)
@@ -566,6 +571,14 @@ async def test_a_renewal_charged_before_a_crash_is_the_same_request_when_retried
     }
     status, charged, _ = await post(api, "/v1/payments", merchant, body, key=key)
     assert status == 201 and charged["status"] == "captured"
+    if key_swept:
+        await db.execute(
+            "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2", merchant.id, key
+        )
+        # New worker processes: no in-process table remembers the key either.
+        server.stop()
+        server.start()
+        await server.wait_ready_async(60, all_workers=True)
 
     await advance(api, merchant, clock, "2027-05-02T09:00:00Z")
     [invoice] = await invoices_of(api, merchant, subscription)

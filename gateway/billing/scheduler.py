@@ -93,6 +93,7 @@ class Charge:
     outcome: str | None = None  # SUCCEEDED, DECLINED, FAILED; None: unknown (retried later)
     payment_id: str | None = None
     decline_code: str | None = None
+    sent_before: asyncpg.Record | None = None  # the payment an earlier run made, if any
 
 
 class Scheduler:
@@ -249,6 +250,7 @@ class Scheduler:
         charge's attempt row, and their events. The charges to make."""
         now = datetime.now(UTC)
         new_events: list[events.NewEvent] = []
+        rows_before = {(c.invoice_id, c.attempt) for c in charges if c.row["pending_attempt"]}
         planned = {}
         for row in renewals:
             index = row["current_period_index"] + 1
@@ -331,7 +333,23 @@ class Scheduler:
         for charge in charges:  # an attempt written before keeps its card and key
             written = stored[(charge.invoice_id, charge.attempt)]
             charge.token_id, charge.key = written["token_id"], written["idempotency_key"]
+        await self._find_sent(charges, rows_before)
         return charges
+
+    async def _find_sent(self, charges: list[Charge], rows_before: set[tuple[str, int]]) -> None:
+        """Attempts written before this run (a scheduler crashed after writing them): the
+        payment they made, if they made one. Sending the attempt again is answered from
+        its Idempotency-Key's record while that is kept; this finds the payment also once
+        the record is swept, so a charge is never made twice, however late the retry."""
+        again = [c for c in charges if (c.invoice_id, c.attempt) in rows_before]
+        if not again:
+            return
+        async with self._acquire() as conn:
+            found = await store.payments_by_keys(
+                conn, [c.row["merchant_id"] for c in again], [c.key for c in again]
+            )
+        for charge in again:
+            charge.sent_before = found.get(charge.key)
 
     async def _risk(self, merchant_id: str) -> object:
         """The merchant's card-testing limits, as an API key of it would have them: read
@@ -362,6 +380,9 @@ class Scheduler:
         """One charge through the payment path; its outcome set on ``charge`` (None when
         it is unknown: the attempt stays pending and is sent again after the lease)."""
         row = charge.row
+        if charge.sent_before is not None:
+            _settle_from_payment(charge, charge.sent_before)
+            return
         if charge.token_id is None:  # no saved card to charge: a failed attempt
             charge.outcome = FAILED
             return
@@ -498,6 +519,25 @@ def _settle(charge: Charge, answer: Answer) -> None:
         charge.outcome = DECLINED if answer.status == 402 else FAILED
         charge.payment_id, charge.decline_code = error.get("payment_id"), error.get("decline_code")
     # Anything else (a replayed 409 about the key, say): unknown, the same attempt later.
+
+
+# The statuses of a payment that took the money (an automatic capture: captured, or held
+# when the processor refused the capture, as a 201 answer says too; refunded later or not).
+CHARGED_STATUSES = frozenset(("authorized", "captured", "partially_refunded", "refunded"))
+
+
+def _settle_from_payment(charge: Charge, payment: asyncpg.Record) -> None:
+    """The outcome of an attempt whose payment exists already: its status decides."""
+    status = payment["status"]
+    if status == "processing":
+        return  # recovery has not settled it yet: unknown, the same attempt later
+    charge.payment_id = payment["id"]
+    if status in CHARGED_STATUSES:
+        charge.outcome = SUCCEEDED
+    elif status == "declined":
+        charge.outcome, charge.decline_code = DECLINED, payment["decline_code"]
+    else:  # failed, voided, expired, canceled: no money taken
+        charge.outcome = FAILED
 
 
 def _subscription_event(row: dict[str, Any], event_type: str, now: datetime) -> events.NewEvent:

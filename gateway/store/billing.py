@@ -599,6 +599,16 @@ UPDATE subscriptions s
 RETURNING s.id
 """
 
+# The off-session payments made under these keys (an attempt's, found pending after a
+# crash), with what they came to.
+PAYMENTS_BY_KEYS_SQL = """
+SELECT p.idempotency_key, p.id, p.status, p.decline_code
+  FROM payments p
+  JOIN unnest($1::text[], $2::text[]) AS k (merchant_id, key)
+    ON p.merchant_id = k.merchant_id AND p.idempotency_key = k.key
+ WHERE p.off_session
+"""
+
 RELEASE_SQL = """
 UPDATE subscriptions SET leased_until = NULL WHERE id = any($1::text[])
 """
@@ -658,6 +668,13 @@ async def record_invoices(conn: Conn, columns: Sequence[Sequence[Any]]) -> list[
 async def record_subscriptions(conn: Conn, columns: Sequence[Sequence[Any]]) -> set[str]:
     """``columns``: ids, statuses, next action at, ended at."""
     return {row["id"] for row in await conn.fetch(RECORD_SUBSCRIPTIONS_SQL, *columns)}
+
+
+async def payments_by_keys(
+    conn: Conn, merchant_ids: Sequence[str], keys: Sequence[str]
+) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(PAYMENTS_BY_KEYS_SQL, list(merchant_ids), list(keys))
+    return {row["idempotency_key"]: row for row in rows}
 
 
 async def release(conn: Conn, ids: Sequence[str]) -> None:

@@ -149,12 +149,17 @@ CREATE UNIQUE INDEX invoice_attempts_one_success ON invoice_attempts (invoice_id
     WHERE outcome = 'succeeded';
 
 -- A payment for a saved customer names it; an off-session one (the buyer absent: a
--- renewal, a merchant-initiated charge) says so.
+-- renewal, a merchant-initiated charge) says so. An attempt found pending after a crash is
+-- looked up by its key among the off-session payments before it is sent again: the
+-- Idempotency-Key's record may have been swept (after KASSA_IDEMPOTENCY_RETENTION_S) while
+-- no scheduler ran, and the payment's own key column is kept for ever.
 ALTER TABLE payments
     ADD COLUMN customer_id text,
     ADD COLUMN off_session boolean NOT NULL DEFAULT false,
     ADD CONSTRAINT payment_off_session_has_customer
         CHECK (NOT off_session OR customer_id IS NOT NULL);
+CREATE INDEX payments_off_session_key ON payments (merchant_id, idempotency_key)
+    WHERE off_session;
 
 -- A subscription's periods are billed in order: the next one opens only once the open
 -- invoice is paid or uncollectible, so at most one is open at a time.
