@@ -237,6 +237,10 @@ class PaymentService:
         token): another customer's card, or one never saved, is refused."""
         async with self._acquire() as conn:
             row = await billing_store.saved_card(conn, merchant_id, customer_id, token)
+        return self._saved_card_of(row, customer_id)
+
+    def _saved_card_of(self, row: asyncpg.Record | None, customer_id: str) -> ResolvedCard:
+        """The card of a SAVED_CARD_SQL row (gateway/store/billing.py), or the error."""
         if row is None or row["customer_id"] is None:
             raise resource_missing("customer", customer_id, param="customer")
         if row["id"] is None:
@@ -259,9 +263,17 @@ class PaymentService:
     # --- authorization ----------------------------------------------------------------
 
     async def authorize(
-        self, merchant_id: str, body: object, key: str | None, risk: object
+        self,
+        merchant_id: str,
+        body: object,
+        key: str | None,
+        risk: object,
+        saved_card: asyncpg.Record | None = None,
     ) -> Answer:
-        """``risk``: the merchant's core_ext.risk.RiskLimits (gateway.merchants.Caller)."""
+        """``risk``: the merchant's core_ext.risk.RiskLimits (gateway.merchants.Caller).
+        ``saved_card``: the body's customer's card as its SAVED_CARD_SQL row, when the
+        caller read it already (the billing scheduler reads a batch's cards in one query);
+        used only if it is exactly that customer's and that token's."""
         today = datetime.now(timezone.utc)
         request = core_ext.validation.validate_payment(body, today.year, today.month)
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/payments", body)
@@ -269,9 +281,18 @@ class PaymentService:
             return known
         if not request.confirm or (request.card is None and request.token is None):
             return await self._create_unconfirmed(merchant_id, request, claim)
-        card = await self._resolve_card(
-            merchant_id, request.card, request.token, request.customer_id
-        )
+        if (
+            saved_card is not None
+            and request.customer_id is not None
+            and saved_card["customer_id"] == request.customer_id
+            and saved_card["id"] == request.token
+            and saved_card["merchant_id"] == merchant_id
+        ):
+            card = self._saved_card_of(saved_card, request.customer_id)
+        else:
+            card = await self._resolve_card(
+                merchant_id, request.card, request.token, request.customer_id
+            )
         with self._idempotency.guard(claim):
             answer = await self._authorize(merchant_id, request, card, claim, risk)
         self._idempotency.remember(claim, answer)

@@ -94,6 +94,7 @@ class Charge:
     payment_id: str | None = None
     decline_code: str | None = None
     sent_before: asyncpg.Record | None = None  # the payment an earlier run made, if any
+    card: asyncpg.Record | None = None  # the token's row, if it is saved to the customer
 
 
 class Scheduler:
@@ -324,6 +325,13 @@ class Scheduler:
                     [c.token_id for c in charges],
                     [c.key for c in charges],
                 )
+            with_card = [c for c in charges if c.token_id is not None]
+            cards = await store.saved_cards(
+                conn,
+                [c.row["merchant_id"] for c in with_card],
+                [c.row["customer_id"] for c in with_card],
+                [c.token_id for c in with_card],  # type: ignore[misc]
+            )
             stale = [r["id"] for r in renewals if r["id"] not in renewed]
             if stale:
                 await store.release(conn, stale)
@@ -333,6 +341,7 @@ class Scheduler:
         for charge in charges:  # an attempt written before keeps its card and key
             written = stored[(charge.invoice_id, charge.attempt)]
             charge.token_id, charge.key = written["token_id"], written["idempotency_key"]
+            charge.card = cards.get((charge.row["customer_id"], charge.token_id))
         await self._find_sent(charges, rows_before)
         return charges
 
@@ -398,7 +407,9 @@ class Scheduler:
         risk = await self._risk(row["merchant_id"])
         async with self._charges:
             try:
-                answer = await self._payments.authorize(row["merchant_id"], body, charge.key, risk)
+                answer = await self._payments.authorize(
+                    row["merchant_id"], body, charge.key, risk, charge.card
+                )
             except ApiError as exc:
                 if exc.status in (409, 429) or exc.status >= 500:
                     return  # in flight, overloaded or unknown: the same attempt later

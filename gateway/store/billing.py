@@ -132,6 +132,16 @@ SELECT c.id AS customer_id, t.*
  WHERE c.id = $2 AND c.merchant_id = $1 AND NOT c.deleted
 """
 
+# The same for many (merchant, customer, token) at once: the rows of the cards that are
+# saved to their customer (a batch of renewals reads its cards in one round trip).
+SAVED_CARDS_SQL = """
+SELECT c.id AS customer_id, t.*
+  FROM unnest($1::text[], $2::text[], $3::text[]) AS k (merchant_id, customer_id, token_id)
+  JOIN customers c ON c.id = k.customer_id AND c.merchant_id = k.merchant_id AND NOT c.deleted
+  JOIN customer_payment_methods pm ON pm.customer_id = c.id AND pm.token_id = k.token_id
+  JOIN tokens t ON t.id = pm.token_id AND t.merchant_id = c.merchant_id
+"""
+
 # Saves a token to a customer. A token saved to another customer conflicts on the
 # UNIQUE token_id and is not saved (the caller tells which from the empty answer).
 ATTACH_SQL = """
@@ -176,6 +186,20 @@ async def saved_card(
     """None: no such customer. Else a row whose ``id`` is the token's if it is saved to
     this customer (with the token's columns), None if not."""
     return await conn.fetchrow(SAVED_CARD_SQL, merchant_id, customer_id, token_id)
+
+
+async def saved_cards(
+    conn: Conn,
+    merchant_ids: Sequence[str],
+    customer_ids: Sequence[str],
+    token_ids: Sequence[str],
+) -> dict[tuple[str, str], asyncpg.Record]:
+    """{(customer id, token id): its SAVED_CARD_SQL row} of the cards saved to their
+    customer; the others are missing."""
+    rows = await conn.fetch(
+        SAVED_CARDS_SQL, list(merchant_ids), list(customer_ids), list(token_ids)
+    )
+    return {(row["customer_id"], row["id"]): row for row in rows}
 
 
 async def attach(

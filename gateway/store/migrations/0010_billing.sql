@@ -125,7 +125,8 @@ CREATE TABLE invoices (
     CONSTRAINT invoice_paid_has_payment CHECK ((status = 'paid') = (payment_id IS NOT NULL)),
     CONSTRAINT invoice_open_is_due CHECK ((status = 'open') = (next_attempt_at IS NOT NULL))
 );
-CREATE INDEX invoices_subscription_list ON invoices (subscription_id, period_index DESC);
+-- A subscription's invoices are found through UNIQUE (subscription_id, period_index): a
+-- second index on the same columns would only cost every renewal another insert.
 CREATE INDEX invoices_merchant_list ON invoices (merchant_id, created_at DESC, id DESC);
 
 -- Each charge of an invoice, written before the payment path is asked (the attempt's
