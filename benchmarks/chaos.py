@@ -110,6 +110,8 @@ GATEWAY_ENV = {
     "KASSA_WEBHOOK_ALLOW_PRIVATE": "1",
     "KASSA_WEBHOOK_TIMEOUT_S": "2",
     "KASSA_WEBHOOK_RETRY_SCHEDULE_S": "1,1,2,2,3,5,5,5,5,5",
+    # A killed worker's claimed renewals are taken up again this much later.
+    "KASSA_BILLING_LEASE_S": "5",
 }
 WEBHOOK_TIMEOUT_S = float(GATEWAY_ENV["KASSA_WEBHOOK_TIMEOUT_S"])
 RECOVERED = re.compile(r"recovered payment \S+ as (\w+)")
@@ -1393,6 +1395,19 @@ class Summary:
     deliveries_lost: int
     deliveries_bad: int  # unverified, webhook-id not the event's, body changed
     deliveries_unwanted: int  # for nobody subscribed (the merchant without endpoints)
+    # Recurring billing (phase 3)
+    billing_subscriptions: int
+    billing_declining: int  # of them, paying with a declined card (dunning to the end)
+    billing_invoices: int
+    billing_paid: int
+    billing_uncollectible: int
+    billing_captured: int  # captured payments naming an invoice
+    billing_kills: int
+    billing_kills_asked: int
+    billing_advance_s: float  # the advance, until the clock was ready again
+    billing_wrong_periods: int  # subscriptions without exactly one invoice per period
+    billing_double_charged: int  # invoices with more than one captured payment
+    billing_unresolved: int  # invoices or attempts left open or pending
     gateway_exit: int | None
     gateway_stop_s: float
     elapsed_s: float
@@ -1431,9 +1446,16 @@ def failures_of(summary: Summary) -> list[str]:
             ("deliveries lost", summary.deliveries_lost),
             ("bad deliveries", summary.deliveries_bad),
             ("unwanted deliveries", summary.deliveries_unwanted),
+            ("billing periods wrong", summary.billing_wrong_periods),
+            ("billing invoices charged twice", summary.billing_double_charged),
+            ("billing unresolved", summary.billing_unresolved),
         )
         if value
     ]
+    if summary.billing_kills < summary.billing_kills_asked:
+        failures.append(
+            f"only {summary.billing_kills} of {summary.billing_kills_asked} billing kills"
+        )
     if not summary.endpoints_disabled:
         failures.append("no endpoint was disabled by its 410")
     if summary.kills < summary.kills_asked:
@@ -1452,6 +1474,7 @@ def summarize(
     stats: Stats,
     findings: Findings,
     hooks: WebhookFindings,
+    billing: BillingFindings,
     records: list[FlowRecord],
     gateway_exit: int | None,
     gateway_stop_s: float,
@@ -1475,6 +1498,9 @@ def summarize(
             ("delivery lost", hooks.deliveries_lost),
             ("bad delivery", hooks.deliveries_bad),
             ("unwanted delivery", hooks.deliveries_unwanted),
+            ("billing period", billing.wrong_periods),
+            ("billing double charge", billing.double_charged),
+            ("billing unresolved", billing.unresolved),
         )
         for line in lines[:PROBLEMS_SHOWN_MAX]
     ]
@@ -1523,6 +1549,18 @@ def summarize(
         deliveries_lost=len(hooks.deliveries_lost),
         deliveries_bad=len(hooks.deliveries_bad),
         deliveries_unwanted=len(hooks.deliveries_unwanted),
+        billing_subscriptions=billing.subscriptions,
+        billing_declining=billing.declining,
+        billing_invoices=billing.invoices,
+        billing_paid=billing.paid,
+        billing_uncollectible=billing.uncollectible,
+        billing_captured=billing.captured,
+        billing_kills=billing.kills,
+        billing_kills_asked=args.billing_kills,
+        billing_advance_s=billing.advance_s,
+        billing_wrong_periods=len(billing.wrong_periods),
+        billing_double_charged=len(billing.double_charged),
+        billing_unresolved=len(billing.unresolved),
         gateway_exit=gateway_exit,
         gateway_stop_s=round(gateway_stop_s, 2),
         elapsed_s=round(elapsed_s, 1),
@@ -1595,6 +1633,19 @@ def print_summary(summary: Summary, short: bool) -> None:
             f"  unwanted           {summary.deliveries_unwanted} (deliveries nobody subscribed "
             "to: to the merchant without endpoints, after a disable)"
         ),
+        (
+            f"  billing            {summary.billing_subscriptions} subscriptions "
+            f"({summary.billing_declining} declining), a year advanced in "
+            f"{summary.billing_advance_s:.1f} s under {summary.billing_kills} kills: "
+            f"{summary.billing_invoices} invoices ({summary.billing_paid} paid, "
+            f"{summary.billing_uncollectible} uncollectible), {summary.billing_captured} "
+            "captured payments"
+        ),
+        (
+            f"  billing checks     {summary.billing_wrong_periods} subscriptions without one "
+            f"invoice per period, {summary.billing_double_charged} invoices charged twice, "
+            f"{summary.billing_unresolved} unresolved"
+        ),
         f"  gateway stop       exit {summary.gateway_exit} in {summary.gateway_stop_s:.1f} s",
         f"  elapsed            {summary.elapsed_s:.1f} s",
         f"  verdict            {verdict}",
@@ -1615,6 +1666,7 @@ async def run_chaos(
     cluster.start()
     merchant_id, secret = gateway.create_merchant("chaos")
     quiet_id, quiet_secret = gateway.create_merchant("chaos-without-endpoints")
+    billing_id, billing_secret = gateway.create_merchant("chaos-billing")
     receiver = WebhookReceiver(args.seed)
     await receiver.start()
     gateway.start()
@@ -1652,11 +1704,17 @@ async def run_chaos(
                     cluster, client, args.restarts, args.seed, rng, stats, records
                 )
                 await asyncio.sleep(RESTART_UP_S)
+            await gateway.wait_workers(args.workers)
+            billing, subscriptions = await billing_phase(
+                session, gateway, billing_secret, args, rng
+            )
+        print("checking the subscriptions' invoices and payments", flush=True)
+        check_billing(await read_billing_books(cluster.dsn, billing_id), subscriptions, billing)
         print("settling and checking the webhook deliveries", flush=True)
         hooks = await check_webhooks(cluster.dsn, merchant_id, quiet_id, endpoints, receiver)
         print("checking the books", flush=True)
         findings = await check_books(
-            cluster.dsn, [merchant_id, quiet_id], records, args.seed, gateway
+            cluster.dsn, [merchant_id, quiet_id, billing_id], records, args.seed, gateway
         )
         gateway_exit, stop_s = gateway.stop(GATEWAY_STOP_GRACE_S)
     finally:
@@ -1666,6 +1724,7 @@ async def run_chaos(
         stats,
         findings,
         hooks,
+        billing,
         records,
         gateway_exit,
         stop_s,
@@ -1674,13 +1733,272 @@ async def run_chaos(
     )
 
 
+# =========================================================================================
+# Phase 3: recurring billing on a test clock while workers die
+# =========================================================================================
+
+BILLING_CLOCK_START = "2027-01-31T10:00:00Z"  # the 31st: every short month clamps
+BILLING_CLOCK_END = "2028-01-31T12:00:00Z"  # a year on: boundaries 0..12 have passed
+BILLING_PERIODS = 13  # invoices of a subscription whose every renewal is paid
+BILLING_DECLINE_SHARE = 0.05  # of the subscriptions pay with a declined card: dunning
+BILLING_SETUP_CONCURRENCY = 16
+BILLING_KILL_INTERVAL_S = (0.3, 0.8)  # between two kills during the advance
+BILLING_READY_TIMEOUT_S = 180.0  # the clock ready again after the advance, kills and all
+BILLING_AMOUNT = 1200
+
+
+@dataclass
+class BillingFindings:
+    subscriptions: int = 0
+    declining: int = 0
+    invoices: int = 0
+    paid: int = 0
+    uncollectible: int = 0
+    captured: int = 0
+    kills: int = 0
+    advance_s: float = 0.0
+    ready: bool = False
+    wrong_periods: list[str] = field(default_factory=list)  # not one invoice per period
+    double_charged: list[str] = field(default_factory=list)  # two captures for an invoice
+    unresolved: list[str] = field(default_factory=list)  # open, pending, or not ended
+
+
+async def billing_call(
+    session: aiohttp.ClientSession, url: str, secret: str, path: str, body: dict, key: str
+) -> dict:
+    """One POST, retried with its key until a 2xx (a worker may die under it)."""
+    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": key}
+    for attempt in range(STEP_ATTEMPTS_MAX):
+        try:
+            async with session.post(url + path, json=body, headers=headers) as response:
+                answer = await response.json(content_type=None)
+                if response.status < 300:
+                    return answer
+                if response.status < 500 and response.status not in (409, 429):
+                    raise RuntimeError(f"POST {path}: {response.status} {answer}")
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        await asyncio.sleep(min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_MAX_S))
+    raise RuntimeError(f"POST {path}: no answer after {STEP_ATTEMPTS_MAX} attempts")
+
+
+async def billing_setup(
+    session: aiohttp.ClientSession, url: str, secret: str, count: int, seed: int
+) -> tuple[dict, list[tuple[str, bool]]]:
+    """A test clock and ``count`` monthly subscriptions on it, each its own customer and
+    card; (the clock, [(subscription id, declining)])."""
+    rng = random.Random(seed)
+    clock = await billing_call(
+        session, url, secret, "/v1/test_clocks", {"frozen_time": BILLING_CLOCK_START}, "clock"
+    )
+    price = await billing_call(
+        session,
+        url,
+        secret,
+        "/v1/prices",
+        {"amount": BILLING_AMOUNT, "currency": CURRENCY, "recurring": {"interval": "month"}},
+        "price",
+    )
+    declining = [rng.random() < BILLING_DECLINE_SHARE for _ in range(count)]
+    gate = asyncio.Semaphore(BILLING_SETUP_CONCURRENCY)
+
+    async def one(n: int) -> tuple[str, bool]:
+        async with gate:
+            customer = await billing_call(
+                session,
+                url,
+                secret,
+                "/v1/customers",
+                {"email": f"sub{n}@example.com", "test_clock": clock["id"]},
+                f"customer-{n}",
+            )
+            number = DECLINE_CARD if declining[n] else APPROVE_CARD
+            expiry_year = datetime.now(UTC).year + 4  # valid whenever the run is
+            card = {"number": number, "exp_month": 12, "exp_year": expiry_year, "cvc": "123"}
+            token = await billing_call(
+                session, url, secret, "/v1/tokens", {"card": card}, f"token-{n}"
+            )
+            await billing_call(
+                session,
+                url,
+                secret,
+                f"/v1/customers/{customer['id']}/payment_methods",
+                {"token": token["id"]},
+                f"card-{n}",
+            )
+            subscription = await billing_call(
+                session,
+                url,
+                secret,
+                "/v1/subscriptions",
+                {"customer": customer["id"], "price": price["id"]},
+                f"subscription-{n}",
+            )
+            return subscription["id"], declining[n]
+
+    return clock, list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def billing_phase(
+    session: aiohttp.ClientSession,
+    gateway: KassaServer,
+    secret: str,
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> tuple[BillingFindings, list[tuple[str, bool]]]:
+    """Subscriptions on one clock, advanced a year while workers are SIGKILLed."""
+    found = BillingFindings()
+    clock, subscriptions = await billing_setup(
+        session, gateway.url, secret, args.subscriptions, args.seed
+    )
+    found.subscriptions = len(subscriptions)
+    found.declining = sum(1 for _, declining in subscriptions if declining)
+    print(
+        f"phase 3: {found.subscriptions} subscriptions ({found.declining} declining) on "
+        f"{clock['id']}, advanced {BILLING_CLOCK_START} -> {BILLING_CLOCK_END} under "
+        f"{args.billing_kills} worker kills",
+        flush=True,
+    )
+    started = time.monotonic()
+    await billing_call(
+        session,
+        gateway.url,
+        secret,
+        f"/v1/test_clocks/{clock['id']}/advance",
+        {"frozen_time": BILLING_CLOCK_END},
+        "advance",
+    )
+    headers = {"Authorization": f"Bearer {secret}"}
+    deadline = time.monotonic() + BILLING_READY_TIMEOUT_S
+    next_kill = time.monotonic() + rng.uniform(*BILLING_KILL_INTERVAL_S)
+    while time.monotonic() < deadline:
+        if found.kills < args.billing_kills and time.monotonic() >= next_kill:
+            victim = rng.choice(await gateway.wait_workers(1))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+                found.kills += 1
+            print(f"  billing kill {found.kills}: worker pid {victim}", flush=True)
+            next_kill = time.monotonic() + rng.uniform(*BILLING_KILL_INTERVAL_S)
+        try:
+            async with session.get(
+                f"{gateway.url}/v1/test_clocks/{clock['id']}", headers=headers
+            ) as response:
+                status = (await response.json(content_type=None)).get("status")
+        except (TimeoutError, aiohttp.ClientError):
+            status = None
+        if status == "ready" and found.kills >= args.billing_kills:
+            found.ready = True
+            break
+        await asyncio.sleep(0.1)
+    found.advance_s = round(time.monotonic() - started, 1)
+    return found, subscriptions
+
+
+@dataclass
+class BillingBooks:
+    """What the billing checks read, in one snapshot."""
+
+    invoices: list[dict]  # subscription_id, period_index, status, payment_id; in order
+    statuses: dict[str, str]  # subscription id -> status
+    captures: dict[str, int]  # invoice id (the payments' metadata) -> captured payments
+    pending: list[tuple[str, int]]  # (invoice id, attempt) still pending
+
+
+async def read_billing_books(dsn: str, merchant_id: str) -> BillingBooks:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            invoices = await conn.fetch(
+                "SELECT subscription_id, period_index, status, payment_id FROM invoices"
+                " WHERE merchant_id = $1 ORDER BY subscription_id, period_index",
+                merchant_id,
+            )
+            statuses = await conn.fetch(
+                "SELECT id, status FROM subscriptions WHERE merchant_id = $1", merchant_id
+            )
+            # Counted from the payments' own metadata, so even a charge no invoice records
+            # (a second one for an invoice, say) is seen.
+            captures = await conn.fetch(
+                "SELECT metadata->>'invoice' AS invoice, count(*) AS n FROM payments"
+                " WHERE merchant_id = $1 AND status = 'captured' AND metadata ? 'invoice'"
+                " GROUP BY 1",
+                merchant_id,
+            )
+            pending = await conn.fetch(
+                "SELECT a.invoice_id, a.attempt FROM invoice_attempts a"
+                " JOIN invoices i ON i.id = a.invoice_id"
+                " WHERE i.merchant_id = $1 AND a.outcome = 'pending'",
+                merchant_id,
+            )
+    finally:
+        await conn.close()
+    return BillingBooks(
+        [dict(row) for row in invoices],
+        {row["id"]: row["status"] for row in statuses},
+        {row["invoice"]: row["n"] for row in captures},
+        [(row["invoice_id"], row["attempt"]) for row in pending],
+    )
+
+
+def check_billing(
+    books: BillingBooks, subscriptions: list[tuple[str, bool]], found: BillingFindings
+) -> None:
+    """Exactly one invoice per period (BILLING_PERIODS paid for a good card; one
+    uncollectible and a canceled subscription for a declining one), at most one captured
+    payment per invoice, no invoice or attempt left unresolved."""
+    by_subscription: dict[str, list[dict]] = {}
+    for row in books.invoices:
+        by_subscription.setdefault(row["subscription_id"], []).append(row)
+    found.invoices = len(books.invoices)
+    found.paid = sum(1 for row in books.invoices if row["status"] == "paid")
+    found.uncollectible = sum(1 for row in books.invoices if row["status"] == "uncollectible")
+    found.captured = sum(books.captures.values())
+    for subscription_id, declining in subscriptions:
+        rows = by_subscription.get(subscription_id, [])
+        periods = [row["period_index"] for row in rows]
+        want = [0] if declining else list(range(BILLING_PERIODS))
+        if periods != want:
+            found.wrong_periods.append(f"{subscription_id}: periods {periods}, want {want}")
+        want_status = "uncollectible" if declining else "paid"
+        unsettled = [row["period_index"] for row in rows if row["status"] != want_status]
+        if unsettled:
+            found.unresolved.append(f"{subscription_id}: periods {unsettled} not {want_status}")
+        if declining and books.statuses.get(subscription_id) != "canceled":
+            found.unresolved.append(f"{subscription_id}: {books.statuses.get(subscription_id)}")
+    found.double_charged = [
+        f"{invoice}: {n} captures" for invoice, n in sorted(books.captures.items()) if n > 1
+    ]
+    paid_by = [row["payment_id"] for row in books.invoices if row["status"] == "paid"]
+    if len(set(paid_by)) != len(paid_by):
+        found.double_charged.append(f"{len(paid_by)} paid invoices, {len(set(paid_by))} payments")
+    found.unresolved += [
+        f"{invoice} attempt {attempt} pending" for invoice, attempt in books.pending
+    ]
+    if not found.ready:
+        found.unresolved.append("the test clock was not ready in time")
+
+
 def quiet_clients(clients: int) -> int:
     """How many of the concurrent clients pay for the merchant without endpoints."""
     return max(1, round(clients * QUIET_CLIENTS_SHARE)) if clients > 1 else 0
 
 
-SHORT = {"kills": 20, "restarts": 3, "clients": 8, "deadline": 150.0}
-FULL = {"kills": 30, "restarts": 5, "clients": 16, "deadline": 300.0}
+SHORT = {
+    "kills": 20,
+    "restarts": 3,
+    "clients": 8,
+    "deadline": 150.0,
+    "subscriptions": 100,
+    "billing_kills": 4,
+}
+FULL = {
+    "kills": 30,
+    "restarts": 5,
+    "clients": 16,
+    "deadline": 300.0,
+    "subscriptions": 400,
+    "billing_kills": 8,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1706,6 +2024,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--clients", type=int, help=f"concurrent checkouts (full: {FULL['clients']})"
+    )
+    parser.add_argument(
+        "--subscriptions",
+        type=int,
+        help=f"subscriptions advanced a year in phase 3 (full: {FULL['subscriptions']})",
+    )
+    parser.add_argument(
+        "--billing-kills",
+        type=int,
+        help=f"worker SIGKILLs during the clock advance (full: {FULL['billing_kills']})",
     )
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     parser.add_argument(

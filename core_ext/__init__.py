@@ -16,7 +16,17 @@ import os
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-MODULES = ("validation", "states", "ledger", "idempotency", "risk", "table", "webhooks", "forms")
+MODULES = (
+    "validation",
+    "states",
+    "ledger",
+    "idempotency",
+    "risk",
+    "table",
+    "webhooks",
+    "forms",
+    "billing",
+)
 
 
 class CoreNotCompiled(ImportError):
@@ -50,7 +60,17 @@ COMPILED: bool = _impl.kind == "compiled"
 if TYPE_CHECKING:
     # The compiled modules have no stubs: type checkers read the one source both builds
     # are made from.
-    from core_ext.pure import forms, idempotency, ledger, risk, states, table, validation, webhooks
+    from core_ext.pure import (
+        billing,
+        forms,
+        idempotency,
+        ledger,
+        risk,
+        states,
+        table,
+        validation,
+        webhooks,
+    )
 else:
     validation = _impl.validation
     states = _impl.states
@@ -60,6 +80,7 @@ else:
     table = _impl.table
     webhooks = _impl.webhooks
     forms = _impl.forms
+    billing = _impl.billing
 
 BUILD = (
     f"core_ext: compiled ({', '.join(MODULES)})"

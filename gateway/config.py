@@ -239,6 +239,13 @@ FIELDS: dict[str, Field] = {
         ",".join(map(str, webhooks.DEFAULT_RETRY_SCHEDULE_S)),
         "seconds before each retry of a failed webhook delivery; then it is failed",
     ),
+    "billing_lease_s": Field(
+        "KASSA_BILLING_LEASE_S",
+        _integer(2, 3_600),
+        "30",
+        "a subscription a scheduler claimed is left to it this long (after a crash, its "
+        "renewal is taken up again this much later); longer than a batch of charges takes",
+    ),
     "webhook_timeout_s": Field(
         "KASSA_WEBHOOK_TIMEOUT_S",
         _integer(1, 300),
@@ -311,6 +318,7 @@ class Settings:
     body_read_timeout_ms: int
     webhook_allow_private: bool
     webhook_retry_schedule_s: tuple[int, ...]
+    billing_lease_s: int
     webhook_timeout_s: int
     webhook_concurrency: int
     webhook_endpoint_concurrency: int

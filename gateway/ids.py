@@ -8,7 +8,7 @@ from gateway.logs import scrub
 
 ID_RANDOM_BYTES = 16  # 128 random bits: collisions are not a practical concern
 # Exactly what new_id and keyed_id issue: a lower-case prefix, "_", the hex digits.
-ISSUED_ID = re.compile(rf"[a-z]{{2,3}}_[0-9a-f]{{{2 * ID_RANDOM_BYTES}}}")
+ISSUED_ID = re.compile(rf"[a-z]{{2,5}}_[0-9a-f]{{{2 * ID_RANDOM_BYTES}}}")
 
 
 def whole(text: str) -> bool:

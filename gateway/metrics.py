@@ -183,6 +183,32 @@ WEBHOOK_ENDPOINTS_DISABLED = Counter(
     ["reason"],
 )
 
+# --- recurring billing ----------------------------------------------------------------------
+
+# A scheduler's charge of an invoice: succeeded (paid), declined, failed (processor error, or
+# no card to charge), unknown (no answer yet: the same attempt is sent again after the lease).
+BILLING_CHARGE_OUTCOMES = ("succeeded", "declined", "failed", "unknown")
+BILLING_END_REASONS = ("period_end", "dunning")  # canceled at its period's end; retries spent
+BILLING_BATCH_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+BILLING_CHARGES = Counter(
+    "kassa_billing_charges",
+    "Invoice charges the billing schedulers made, by outcome (succeeded, declined, failed, "
+    "unknown: sent again after the lease).",
+    ["outcome"],
+)
+BILLING_SUBSCRIPTIONS_ENDED = Counter(
+    "kassa_billing_subscriptions_ended",
+    "Subscriptions the schedulers canceled, by reason: period_end (canceled at the period's "
+    "end), dunning (the last retry of an invoice was declined).",
+    ["reason"],
+)
+BILLING_BATCH_DURATION = Histogram(
+    "kassa_billing_batch_duration_seconds",
+    "One claimed batch of due subscriptions, from its write-ahead to its record.",
+    buckets=BILLING_BATCH_BUCKETS_S,
+)
+
 # --- processor client ---------------------------------------------------------------------
 
 PROCESSOR_DURATION = Histogram(
@@ -356,6 +382,23 @@ def webhook_delivered(latency_s: float, attempts: int) -> None:
 def webhook_failed(attempts: int) -> None:
     """A delivery exhausted its schedule after ``attempts`` attempts."""
     WEBHOOK_DELIVERY_ATTEMPTS.observe(attempts)
+
+
+def billing_charge(outcome: str | None) -> None:
+    """One charge of an invoice ended; None: its outcome is unknown."""
+    label = "unknown" if outcome is None else outcome
+    BILLING_CHARGES.labels(label if label in BILLING_CHARGE_OUTCOMES else "other").inc()
+
+
+def billing_subscriptions_ended(reason: str, count: int) -> None:
+    if count:
+        BILLING_SUBSCRIPTIONS_ENDED.labels(
+            reason if reason in BILLING_END_REASONS else "other"
+        ).inc(count)
+
+
+def billing_batch(seconds: float) -> None:
+    BILLING_BATCH_DURATION.observe(seconds)
 
 
 def webhook_endpoint_disabled(reason: str) -> None:

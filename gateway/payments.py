@@ -49,6 +49,7 @@ from gateway.processors.base import (
     ProcessorError,
     attempt_reference,
 )
+from gateway.store import billing as billing_store
 from gateway.store import events, ledger, operations, payments
 from gateway.store import idempotency as idempotency_keys
 from gateway.store.authorizations import AuthorizationWrites, Intent, LostClaim, Settlement
@@ -208,8 +209,10 @@ class PaymentService:
         return answer
 
     async def _resolve_card(
-        self, merchant_id: str, card: object, token: str | None
+        self, merchant_id: str, card: object, token: str | None, customer_id: str | None = None
     ) -> ResolvedCard:
+        if customer_id is not None:
+            return await self._saved_card(merchant_id, customer_id, token)
         if card is not None:
             return ResolvedCard(
                 card.number,
@@ -232,12 +235,50 @@ class PaymentService:
             row["id"],
         )
 
+    async def _saved_card(
+        self, merchant_id: str, customer_id: str, token: str | None
+    ) -> ResolvedCard:
+        """A saved customer's own card (the core lets a saved customer pay only with a
+        token): another customer's card, or one never saved, is refused."""
+        async with self._acquire() as conn:
+            row = await billing_store.saved_card(conn, merchant_id, customer_id, token)
+        return self._saved_card_of(row, customer_id)
+
+    def _saved_card_of(self, row: asyncpg.Record | None, customer_id: str) -> ResolvedCard:
+        """The card of a SAVED_CARD_SQL row (gateway/store/billing.py), or the error."""
+        if row is None or row["customer_id"] is None:
+            raise resource_missing("customer", customer_id, param="customer")
+        if row["id"] is None:
+            raise invalid_request(
+                "parameter_invalid",
+                f"payment_method.token is not a saved card of customer {customer_id}",
+                "payment_method.token",
+            )
+        number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
+        return ResolvedCard(
+            number,
+            row["brand"],
+            row["last4"],
+            row["exp_month"],
+            row["exp_year"],
+            row["fingerprint"],
+            row["id"],
+        )
+
     # --- authorization ----------------------------------------------------------------
 
     async def authorize(
-        self, merchant_id: str, body: object, key: str | None, risk: object
+        self,
+        merchant_id: str,
+        body: object,
+        key: str | None,
+        risk: object,
+        saved_card: asyncpg.Record | None = None,
     ) -> Answer:
-        """``risk``: the merchant's core_ext.risk.RiskLimits (gateway.merchants.Caller)."""
+        """``risk``: the merchant's core_ext.risk.RiskLimits (gateway.merchants.Caller).
+        ``saved_card``: the body's customer's card as its SAVED_CARD_SQL row, when the
+        caller read it already (the billing scheduler reads a batch's cards in one query);
+        used only if it is exactly that customer's and that token's."""
         today = datetime.now(timezone.utc)
         request = core_ext.validation.validate_payment(body, today.year, today.month)
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", "/v1/payments", body)
@@ -245,7 +286,18 @@ class PaymentService:
             return known
         if not request.confirm or (request.card is None and request.token is None):
             return await self._create_unconfirmed(merchant_id, request, claim)
-        card = await self._resolve_card(merchant_id, request.card, request.token)
+        if (
+            saved_card is not None
+            and request.customer_id is not None
+            and saved_card["customer_id"] == request.customer_id
+            and saved_card["id"] == request.token
+            and saved_card["merchant_id"] == merchant_id
+        ):
+            card = self._saved_card_of(saved_card, request.customer_id)
+        else:
+            card = await self._resolve_card(
+                merchant_id, request.card, request.token, request.customer_id
+            )
         with self._idempotency.guard(claim):
             answer = await self._authorize(merchant_id, request, card, claim, risk)
         self._idempotency.remember(claim, answer)
@@ -277,6 +329,8 @@ class PaymentService:
             request.description,
             orjson.dumps(request.metadata).decode(),
             orjson.dumps(request.customer).decode() if request.customer else None,
+            request.customer_id,
+            request.off_session,
         )
         written = await self._intents.submit(intent)
         if isinstance(written, LostClaim):  # the key was claimed by an earlier request
@@ -335,7 +389,9 @@ class PaymentService:
         confirm can send its number). Nothing is posted and no processor is called."""
         card = None
         if request.card is not None or request.token is not None:
-            card = await self._resolve_card(merchant_id, request.card, request.token)
+            card = await self._resolve_card(
+                merchant_id, request.card, request.token, request.customer_id
+            )
         payment_id = new_id("pay")
         kept_card = card is not None and card.token_id is None
         token_id = new_id("tok") if kept_card else card.token_id if card else None
@@ -376,6 +432,7 @@ class PaymentService:
                         orjson.dumps(request.metadata).decode(),
                         orjson.dumps(request.customer).decode() if request.customer else None,
                         claim.key if claim is not None else None,
+                        request.customer_id,
                     ),
                 )
                 answer = Answer.of_json(201, render_payment(row))
@@ -402,7 +459,9 @@ class PaymentService:
         card: ResolvedCard | None = None
         sources: tuple[str, ...] = ()
         if given_card is not None or given_token is not None:
-            card = await self._resolve_card(merchant_id, given_card, given_token)
+            card = await self._resolve_card(
+                merchant_id, given_card, given_token, row["customer_id"]
+            )
             sources = CONFIRMABLE_WITH_METHOD
         elif row["status"] in CONFIRMABLE_AS_IS and row["token_id"] is not None:
             card = await self._resolve_card(merchant_id, None, row["token_id"])

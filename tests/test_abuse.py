@@ -279,6 +279,36 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         return response.status, await response.json()
 
     token_body = {**payment_body(), "payment_method": {"type": "token", "token": token["id"]}}
+    # Billing objects: a clock, a customer on it with a saved card, a price, a
+    # subscription and its first invoice.
+    clock = (
+        await post(client, "/v1/test_clocks", merchant, {"frozen_time": "2027-01-31T10:00:00Z"})
+    )[1]
+    cus = (await post(client, "/v1/customers", merchant, {"test_clock": clock["id"]}))[1]["id"]
+    saved_token = (await post(client, "/v1/tokens", merchant, {"card": card()}))[1]["id"]
+    status, _, _ = await post(
+        client, f"/v1/customers/{cus}/payment_methods", merchant, {"token": saved_token}
+    )
+    assert status == 200
+    price = (
+        await post(
+            client,
+            "/v1/prices",
+            merchant,
+            {"amount": 500, "currency": "eur", "recurring": {"interval": "month"}},
+        )
+    )[1]["id"]
+    sub = (await post(client, "/v1/subscriptions", merchant, {"customer": cus, "price": price}))[1][
+        "id"
+    ]
+    invoice = (await get(client, f"/v1/invoices?subscription={sub}", merchant))[1]["data"][0]["id"]
+    off_session_body = {
+        "amount": 100,
+        "currency": "eur",
+        "customer": cus,
+        "payment_method": {"type": "token", "token": saved_token},
+        "off_session": True,
+    }
     # Per route template: what the other merchant does, and what it must get.
     refused = {  # another merchant's id: 404, exactly as for an unknown one
         ("GET", "/v1/payments/{id}"): lambda: get(client, f"/v1/payments/{pid}", other_merchant),
@@ -332,7 +362,49 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         ("POST", "/v1/payment_links/{id}"): lambda: post(
             client, f"/v1/payment_links/{plink}", other_merchant, {"active": False}
         ),
+        ("POST", "/v1/customers"): lambda: post(
+            client, "/v1/customers", other_merchant, {"test_clock": clock["id"]}
+        ),
+        ("GET", "/v1/customers/{id}"): lambda: get(client, f"/v1/customers/{cus}", other_merchant),
+        ("POST", "/v1/customers/{id}"): lambda: post(
+            client, f"/v1/customers/{cus}", other_merchant, {"name": "Mallory"}
+        ),
+        ("DELETE", "/v1/customers/{id}"): lambda: delete(f"/v1/customers/{cus}", other_merchant),
+        ("POST", "/v1/customers/{id}/payment_methods"): lambda: post(
+            client, f"/v1/customers/{cus}/payment_methods", other_merchant, {"token": token["id"]}
+        ),
+        ("GET", "/v1/customers/{id}/payment_methods"): lambda: get(
+            client, f"/v1/customers/{cus}/payment_methods", other_merchant
+        ),
+        ("DELETE", "/v1/customers/{id}/payment_methods/{token}"): lambda: delete(
+            f"/v1/customers/{cus}/payment_methods/{saved_token}", other_merchant
+        ),
+        ("GET", "/v1/prices/{id}"): lambda: get(client, f"/v1/prices/{price}", other_merchant),
+        ("POST", "/v1/subscriptions"): lambda: post(
+            client, "/v1/subscriptions", other_merchant, {"customer": cus, "price": price}
+        ),
+        ("GET", "/v1/subscriptions/{id}"): lambda: get(
+            client, f"/v1/subscriptions/{sub}", other_merchant
+        ),
+        ("POST", "/v1/subscriptions/{id}/cancel"): lambda: post(
+            client, f"/v1/subscriptions/{sub}/cancel", other_merchant, {}
+        ),
+        ("GET", "/v1/invoices/{id}"): lambda: get(
+            client, f"/v1/invoices/{invoice}", other_merchant
+        ),
+        ("GET", "/v1/test_clocks/{id}"): lambda: get(
+            client, f"/v1/test_clocks/{clock['id']}", other_merchant
+        ),
+        ("POST", "/v1/test_clocks/{id}/advance"): lambda: post(
+            client,
+            f"/v1/test_clocks/{clock['id']}/advance",
+            other_merchant,
+            {"frozen_time": "2027-03-01T00:00:00Z"},
+        ),
     }
+    # A saved customer of the first merchant cannot be charged by the other one either.
+    status, body, _ = await post(client, "/v1/payments", other_merchant, off_session_body)
+    assert (status, body["error"]["code"]) == (404, "resource_missing"), body
     for check in refused.values():
         status, body = (await check())[:2]
         assert (status, body["error"]["code"]) == (404, "resource_missing"), body
@@ -345,6 +417,9 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
         ),
         ("GET", "/v1/webhook_endpoints"): ("/v1/webhook_endpoints", lambda b: b["data"] == []),
         ("GET", "/v1/events"): ("/v1/events?limit=100", lambda b: b["data"] == []),
+        ("GET", "/v1/customers"): ("/v1/customers?limit=100", lambda b: b["data"] == []),
+        ("GET", "/v1/subscriptions"): ("/v1/subscriptions?limit=100", lambda b: b["data"] == []),
+        ("GET", "/v1/invoices"): (f"/v1/invoices?subscription={sub}", lambda b: b["data"] == []),
     }
     for path, is_empty in empty.values():
         status, body = await get(client, path, other_merchant)
@@ -374,11 +449,29 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
             await post(client, path, other_merchant, {"amount": 5, "currency": "EUR"})
         )[:2]
         assert status == 201 and created["id"] not in (cs, plink)
+    # A price and a test clock are the other merchant's own, as a token is.
+    status, own_price = (
+        await post(
+            client,
+            "/v1/prices",
+            other_merchant,
+            {"amount": 500, "currency": "eur", "recurring": {"interval": "month"}},
+        )
+    )[:2]
+    assert status == 201 and own_price["id"] != price
+    status, own_clock = (
+        await post(
+            client, "/v1/test_clocks", other_merchant, {"frozen_time": "2027-01-31T10:00:00Z"}
+        )
+    )[:2]
+    assert status == 201 and own_clock["id"] != clock["id"]
     assert routes == set(refused) | set(empty) | {
         ("POST", "/v1/tokens"),
         ("POST", "/v1/webhook_endpoints"),
         ("POST", "/v1/checkout/sessions"),
         ("POST", "/v1/payment_links"),
+        ("POST", "/v1/prices"),
+        ("POST", "/v1/test_clocks"),
     }
     _, unchanged = await get(client, f"/v1/payments/{pid}", merchant)
     assert unchanged["amount_refunded"] == 100
@@ -387,6 +480,10 @@ async def test_every_v1_route_keeps_merchants_apart(app_factory, merchant, other
     _, open_still = await get(client, f"/v1/checkout/sessions/{cs}", merchant)
     _, active_still = await get(client, f"/v1/payment_links/{plink}", merchant)
     assert (open_still["status"], active_still["active"]) == ("open", True)
+    _, kept = await get(client, f"/v1/subscriptions/{sub}", merchant)
+    assert kept["status"] != "canceled"  # nor its cancel
+    status, _ = await get(client, f"/v1/customers/{cus}", merchant)
+    assert status == 200  # nor its delete
 
 
 # ---- text the database cannot hold, and echoes -------------------------------------------

@@ -75,8 +75,16 @@ def test_short_chaos_run_loses_duplicates_and_unbalances_nothing(tmp_path):
         "deliveries_lost",
         "deliveries_bad",
         "deliveries_unwanted",
+        "billing_wrong_periods",
+        "billing_double_charged",
+        "billing_unresolved",
     ):
         assert summary[count] == 0, f"{count}: {summary[count]}\n{tail}"
+    # The billing proof ran: a year of renewals under kills, every good card paid monthly.
+    assert summary["billing_kills"] >= chaos.SHORT["billing_kills"], tail
+    good = summary["billing_subscriptions"] - summary["billing_declining"]
+    assert summary["billing_paid"] == good * chaos.BILLING_PERIODS, tail
+    assert summary["billing_captured"] == summary["billing_paid"], tail
     # The webhook proof ran: events, deliveries to each endpoint, a 410 disable.
     assert summary["events"] > 0 and summary["events_quiet"] > 0, tail
     assert summary["deliveries_acknowledged"] > 0, tail
@@ -441,3 +449,74 @@ def test_a_410_that_did_not_disable_the_endpoint_is_bad():
     found = chaos.WebhookFindings()
     chaos.check_deliveries(arrivals, ENDPOINTS, hooks, MERCHANT, found)
     assert found.deliveries_bad == ["/gone is enabled, its receiver answered 410: yes"]
+
+
+# --- the billing checks, on made-up books -----------------------------------------------
+
+
+def billing_books() -> chaos.BillingBooks:
+    """Two subscriptions as a good run leaves them: sub_good paid every period by its own
+    payment, sub_bad's one invoice uncollectible and the subscription canceled."""
+    invoices = [
+        {
+            "subscription_id": "sub_good",
+            "period_index": n,
+            "status": "paid",
+            "payment_id": f"pay_{n}",
+        }
+        for n in range(chaos.BILLING_PERIODS)
+    ]
+    invoices.append(
+        {
+            "subscription_id": "sub_bad",
+            "period_index": 0,
+            "status": "uncollectible",
+            "payment_id": None,
+        }
+    )
+    return chaos.BillingBooks(
+        invoices,
+        {"sub_good": "active", "sub_bad": "canceled"},
+        {f"in_{n}": 1 for n in range(chaos.BILLING_PERIODS)},
+        [],
+    )
+
+
+SUBSCRIPTIONS = [("sub_good", False), ("sub_bad", True)]
+
+
+def billing_found(books: chaos.BillingBooks) -> chaos.BillingFindings:
+    found = chaos.BillingFindings(ready=True)
+    chaos.check_billing(books, SUBSCRIPTIONS, found)
+    return found
+
+
+def test_good_billing_books_pass():
+    found = billing_found(billing_books())
+    assert (found.wrong_periods, found.double_charged, found.unresolved) == ([], [], [])
+    assert (found.invoices, found.paid, found.uncollectible) == (14, 13, 1)
+    assert found.captured == chaos.BILLING_PERIODS
+
+
+def test_a_missing_period_a_second_capture_and_a_pending_attempt_are_found():
+    books = billing_books()
+    del books.invoices[5]  # period 5 never billed
+    books.captures["in_3"] = 2  # charged twice
+    books.pending.append(("in_7", 2))
+    books.statuses["sub_bad"] = "past_due"
+    found = billing_found(books)
+    assert found.wrong_periods == [
+        f"sub_good: periods {[n for n in range(chaos.BILLING_PERIODS) if n != 5]}, "
+        f"want {list(range(chaos.BILLING_PERIODS))}"
+    ]
+    assert found.double_charged == ["in_3: 2 captures"]
+    assert found.unresolved == ["sub_bad: past_due", "in_7 attempt 2 pending"]
+
+
+def test_two_invoices_paid_by_one_payment_and_an_unready_clock_are_found():
+    books = billing_books()
+    books.invoices[1]["payment_id"] = "pay_0"
+    found = chaos.BillingFindings(ready=False)
+    chaos.check_billing(books, SUBSCRIPTIONS, found)
+    assert found.double_charged == ["13 paid invoices, 12 payments"]
+    assert found.unresolved == ["the test clock was not ready in time"]

@@ -928,3 +928,124 @@ async def test_settlement_report_contract(api, merchant):
             "get", "/v1/reports/settlement", merchant, params=params, request_valid=False
         )
         assert (status, error["error"]["code"]) == (400, code), (params, error)
+
+
+async def test_billing_contract(api, merchant):
+    """Every billing route, both sides held to the document, with the in-process
+    scheduler renewing on a test clock and its events' objects documented too."""
+    import asyncio
+
+    call = api.call
+    status, clock, _ = await call(
+        "post", "/v1/test_clocks", merchant, body={"frozen_time": "2027-01-31T10:00:00Z"}
+    )
+    assert status == 201 and clock["status"] == "ready"
+    status, customer, _ = await call(
+        "post",
+        "/v1/customers",
+        merchant,
+        body={"email": "ada@example.com", "name": "Ada", "test_clock": clock["id"]},
+    )
+    assert status == 201
+    status, token, _ = await call("post", "/v1/tokens", merchant, body={"card": card()})
+    assert status == 201
+    status, saved, _ = await call(
+        "post",
+        "/v1/customers/{id}/payment_methods",
+        merchant,
+        body={"token": token["id"], "default": True},
+        id=customer["id"],
+    )
+    assert status == 200 and saved["default"] is True
+    status, _, _ = await call(
+        "get", "/v1/customers/{id}/payment_methods", merchant, id=customer["id"]
+    )
+    assert status == 200
+    status, _, _ = await call(
+        "post", "/v1/customers/{id}", merchant, body={"name": "Ada L."}, id=customer["id"]
+    )
+    assert status == 200
+    status, listed, _ = await call(
+        "get", "/v1/customers", merchant, params={"email": "ada@example.com"}
+    )
+    assert status == 200 and [c["id"] for c in listed["data"]] == [customer["id"]]
+    status, _, _ = await call("get", "/v1/customers/{id}", merchant, id=customer["id"])
+    assert status == 200
+    status, payment, _ = await call(
+        "post",
+        "/v1/payments",
+        merchant,
+        body={
+            "amount": 100,
+            "currency": "eur",
+            "customer": customer["id"],
+            "payment_method": {"type": "token", "token": token["id"]},
+            "off_session": True,
+        },
+    )
+    assert status == 201 and payment["off_session"] is True
+    status, price, _ = await call(
+        "post",
+        "/v1/prices",
+        merchant,
+        body={"amount": 1500, "currency": "eur", "recurring": {"interval": "month"}},
+    )
+    assert status == 201
+    status, _, _ = await call("get", "/v1/prices/{id}", merchant, id=price["id"])
+    assert status == 200
+    status, subscription, _ = await call(
+        "post",
+        "/v1/subscriptions",
+        merchant,
+        body={"customer": customer["id"], "price": price["id"]},
+    )
+    assert status == 201 and subscription["status"] == "active"
+    status, clock, _ = await call(
+        "post",
+        "/v1/test_clocks/{id}/advance",
+        merchant,
+        body={"frozen_time": "2027-04-01T00:00:00Z"},
+        id=clock["id"],
+    )
+    assert status == 200
+    for _ in range(400):
+        status, clock, _ = await call("get", "/v1/test_clocks/{id}", merchant, id=clock["id"])
+        if clock["status"] == "ready":
+            break
+        await asyncio.sleep(0.05)
+    assert clock["status"] == "ready"
+    status, invoices, _ = await call(
+        "get", "/v1/invoices", merchant, params={"subscription": subscription["id"]}
+    )
+    assert status == 200 and [i["status"] for i in invoices["data"]] == ["paid"] * 3
+    status, _, _ = await call("get", "/v1/invoices/{id}", merchant, id=invoices["data"][0]["id"])
+    assert status == 200
+    status, _, _ = await call(
+        "get", "/v1/subscriptions", merchant, params={"customer": customer["id"]}
+    )
+    assert status == 200
+    status, _, _ = await call("get", "/v1/subscriptions/{id}", merchant, id=subscription["id"])
+    assert status == 200
+    status, canceled, _ = await call(
+        "post",
+        "/v1/subscriptions/{id}/cancel",
+        merchant,
+        body={"at_period_end": False},
+        id=subscription["id"],
+    )
+    assert status == 200 and canceled["status"] == "canceled"
+    status, events, _ = await call("get", "/v1/events", merchant, params={"limit": "100"})
+    assert status == 200
+    assert {"customer.created", "invoice.paid", "customer.subscription.deleted"} <= {
+        e["type"] for e in events["data"]
+    }
+    status, _, _ = await call(
+        "delete",
+        "/v1/customers/{id}/payment_methods/{token}",
+        merchant,
+        id=customer["id"],
+        token=token["id"],
+    )
+    assert status == 200
+    status, _, _ = await call("delete", "/v1/customers/{id}", merchant, id=customer["id"])
+    assert status == 200

@@ -65,6 +65,8 @@ cdef class PaymentRequest:
     cdef readonly dict metadata
     cdef readonly object customer       # {"email", "ip"} or None
     cdef readonly bint confirm          # false: stop before the processor
+    cdef readonly object customer_id    # a saved customer's cus_ id or None
+    cdef readonly bint off_session      # the buyer is absent (a renewal, say)
 
 cdef str _currency_code(object code)                      # upper-cased, or CoreError
 cdef str _currency(object value)
@@ -72,6 +74,7 @@ cdef tuple _payment_method(object value, object today_year, object today_month)
 cdef bint _metadata_entry_ok(str key, object item) except -1
 cdef dict _metadata(object value)
 cdef object _customer(object value)
+cdef tuple _saved_customer(dict b, object card, object token, bint confirm)
 cdef bint _email_shaped(str text) noexcept                # exactly one "@", not at an end
 cdef bint _ipv4_valid(str text) noexcept
 cpdef bint _ip_valid(str text) except -1

@@ -85,7 +85,9 @@ PAYMENT_FIELDS = (
     "description",
     "metadata",
     "customer",
+    "off_session",
 )
+CUSTOMER_ID_PREFIX = "cus_"  # "customer": "cus_..." names a saved customer
 CARD_FIELDS = ("number", "exp_month", "exp_year", "cvc", "holder_name")
 CUSTOMER_FIELDS = ("email", "ip")
 CAPTURE_METHODS = ("automatic", "manual")
@@ -526,6 +528,8 @@ class PaymentRequest:
         metadata,
         customer,
         confirm=True,
+        customer_id=None,
+        off_session=False,
     ):
         self.amount = amount
         self.currency = currency
@@ -537,6 +541,8 @@ class PaymentRequest:
         self.metadata = metadata
         self.customer = customer
         self.confirm = confirm
+        self.customer_id = customer_id
+        self.off_session = off_session
 
     def as_dict(self) -> dict:
         return {
@@ -550,6 +556,8 @@ class PaymentRequest:
             "description": self.description,
             "metadata": self.metadata,
             "customer": self.customer,
+            "customer_id": self.customer_id,
+            "off_session": self.off_session,
         }
 
 
@@ -751,7 +759,8 @@ def validate_payment(body: object, today_year: int, today_month: int) -> Payment
     reference = _optional_string(b, "reference", "", REFERENCE_CHARS_MAX, 1, True)
     description = _optional_string(b, "description", "", DESCRIPTION_CHARS_MAX, 0, True)
     metadata = _metadata(b.get("metadata"))
-    customer = _customer(b.get("customer"))
+    customer_id, off_session = _saved_customer(b, card, token, confirm)
+    customer = None if customer_id is not None else _customer(b.get("customer"))
     r = PaymentRequest.__new__(PaymentRequest)  # skips __init__'s argument parsing
     r.amount = amount
     r.currency = currency
@@ -763,7 +772,45 @@ def validate_payment(body: object, today_year: int, today_month: int) -> Payment
     r.metadata = metadata
     r.customer = customer
     r.confirm = confirm
+    r.customer_id = customer_id
+    r.off_session = off_session
     return r
+
+
+def _saved_customer(b, card, token, confirm):
+    """(customer_id, off_session): "customer" as a string names a saved customer (the
+    object form keeps its meaning: buyer details). A saved customer pays with one of its
+    saved cards, a token; off_session (the buyer absent) needs one, confirmed at once."""
+    value = b.get("customer")
+    customer_id = None
+    if isinstance(value, str):
+        if not object_id_valid(value, CUSTOMER_ID_PREFIX):
+            raise _invalid("customer", "customer must be a cus_ id or an object of buyer details")
+        customer_id = value
+    off_session = b.get("off_session", False)
+    if off_session is not True and off_session is not False:
+        raise _invalid("off_session", "off_session must be true or false")
+    if customer_id is not None and card is not None:
+        raise _invalid(
+            "payment_method",
+            'a saved customer pays with one of its saved cards: {"type": "token", "token": ...}',
+        )
+    if off_session:
+        if customer_id is None:
+            raise _invalid(
+                "customer",
+                'an off_session payment charges a saved customer: "customer": "cus_..."',
+                "parameter_missing",
+            )
+        if token is None:
+            raise _invalid(
+                "payment_method",
+                "an off_session payment needs one of the customer's saved cards",
+                "parameter_missing",
+            )
+        if not confirm:
+            raise _invalid("confirm", "an off_session payment is confirmed at once")
+    return customer_id, off_session
 
 
 def validate_confirm(body: object, today_year: int, today_month: int) -> tuple:
@@ -836,3 +883,143 @@ def validate_list_query(query: object) -> tuple:
     if status is not None and status not in STATUSES:
         raise _invalid("status", "status must be one of " + ", ".join(STATUSES))
     return limit, starting_after, status
+
+
+# --- customers, saved cards and recurring billing ------------------------------------------
+
+CUSTOMER_OBJECT_FIELDS = ("email", "name", "metadata", "test_clock")
+CUSTOMER_UPDATE_FIELDS = ("email", "name", "metadata")
+CUSTOMER_NAME_CHARS_MAX = 256
+PAYMENT_METHOD_FIELDS = ("token", "default")
+PRICE_FIELDS = ("amount", "currency", "recurring", "description")
+RECURRING_FIELDS = ("interval", "interval_count")
+PRICE_INTERVALS = ("day", "week", "month", "year")
+PRICE_INTERVAL_COUNT_MAX = 365  # core_ext.billing.INTERVAL_COUNT_MAX
+SUBSCRIPTION_FIELDS = ("customer", "price", "trial_days")
+SUBSCRIPTION_TRIAL_DAYS_MAX = 730  # core_ext.billing.TRIAL_DAYS_MAX
+SUBSCRIPTION_CANCEL_FIELDS = ("at_period_end",)
+TEST_CLOCK_FIELDS = ("frozen_time", "name")
+TEST_CLOCK_ADVANCE_FIELDS = ("frozen_time",)
+TEST_CLOCK_NAME_CHARS_MAX = 300
+
+
+def _customer_email(body):
+    email = body.get("email")
+    if email is None:
+        return None
+    if (
+        not isinstance(email, str)
+        or len(email) > _EMAIL_CHARS_MAX
+        or not _storable(email)
+        or not _email_shaped(email)
+    ):
+        raise _invalid("email", "email must be an email address")
+    _no_card_number(email, "email")
+    return email
+
+
+def _required_id(body, name: str, prefix: str):
+    value = body.get(name)
+    if value is None:
+        raise _invalid(name, f"{name} is required", "parameter_missing")
+    if not object_id_valid(value, prefix):
+        raise _invalid(name, f"{name} must be a {prefix} id")
+    return value
+
+
+def validate_customer(body: object, creating: bool) -> dict:
+    """POST /v1/customers (``creating``) or /v1/customers/{id}: the fields given, checked
+    (email, name, metadata; test_clock on create). Absent fields are not in the result;
+    null clears email or name."""
+    b = _no_params(body)
+    _check_unknown(b, CUSTOMER_OBJECT_FIELDS if creating else CUSTOMER_UPDATE_FIELDS, "")
+    fields = {}
+    if "email" in b:
+        fields["email"] = _customer_email(b)
+    if "name" in b:
+        fields["name"] = _optional_string(b, "name", "", CUSTOMER_NAME_CHARS_MAX, 0, True)
+    if "metadata" in b or creating:
+        fields["metadata"] = _metadata(b.get("metadata"))
+    if creating:
+        clock = b.get("test_clock")
+        if clock is not None and not object_id_valid(clock, "clock_"):
+            raise _invalid("test_clock", "test_clock must be a clock_ id")
+        fields["test_clock"] = clock
+    return fields
+
+
+def validate_payment_method_attach(body: object) -> tuple:
+    """POST /v1/customers/{id}/payment_methods: (token id, default)."""
+    b = _no_params(body)
+    _check_unknown(b, PAYMENT_METHOD_FIELDS, "")
+    token = _required_id(b, "token", "tok_")
+    default = b.get("default", False)
+    if default is not True and default is not False:
+        raise _invalid("default", "default must be true or false")
+    return token, default
+
+
+def validate_price(body: object) -> tuple:
+    """POST /v1/prices: (amount, currency, interval, interval_count, description)."""
+    b = _object(body, None)
+    _check_unknown(b, PRICE_FIELDS, "")
+    amount = _amount(b.get("amount"), "amount")
+    currency = _currency(b.get("currency"))
+    recurring = b.get("recurring")
+    if recurring is None:
+        raise _invalid("recurring", "recurring is required", "parameter_missing")
+    recurring = _object(recurring, "recurring")
+    _check_unknown(recurring, RECURRING_FIELDS, "recurring.")
+    interval = recurring.get("interval")
+    if interval is None:
+        raise _invalid("recurring.interval", "recurring.interval is required", "parameter_missing")
+    if interval not in PRICE_INTERVALS:
+        raise _invalid("recurring.interval", "recurring.interval must be day, week, month or year")
+    count = recurring.get("interval_count", 1)
+    if not _is_int(count) or not 1 <= count <= PRICE_INTERVAL_COUNT_MAX:
+        raise _invalid(
+            "recurring.interval_count",
+            f"recurring.interval_count must be an integer from 1 to {PRICE_INTERVAL_COUNT_MAX}",
+        )
+    description = _optional_string(b, "description", "", DESCRIPTION_CHARS_MAX, 0, True)
+    return amount, currency, interval, count, description
+
+
+def validate_subscription(body: object) -> tuple:
+    """POST /v1/subscriptions: (customer id, price id, trial days)."""
+    b = _object(body, None)
+    _check_unknown(b, SUBSCRIPTION_FIELDS, "")
+    customer = _required_id(b, "customer", "cus_")
+    price = _required_id(b, "price", "price_")
+    trial_days = b.get("trial_days", 0)
+    if trial_days is None:
+        trial_days = 0
+    if not _is_int(trial_days) or not 0 <= trial_days <= SUBSCRIPTION_TRIAL_DAYS_MAX:
+        raise _invalid(
+            "trial_days", f"trial_days must be an integer from 0 to {SUBSCRIPTION_TRIAL_DAYS_MAX}"
+        )
+    return customer, price, trial_days
+
+
+def validate_subscription_cancel(body: object) -> bool:
+    """POST /v1/subscriptions/{id}/cancel: at_period_end (default false: now)."""
+    b = _no_params(body)
+    _check_unknown(b, SUBSCRIPTION_CANCEL_FIELDS, "")
+    at_period_end = b.get("at_period_end", False)
+    if at_period_end is not True and at_period_end is not False:
+        raise _invalid("at_period_end", "at_period_end must be true or false")
+    return at_period_end
+
+
+def validate_test_clock(body: object, creating: bool) -> tuple:
+    """POST /v1/test_clocks (``creating``) or .../advance: (frozen_time as the client's
+    RFC 3339 text, name). The gateway parses the time."""
+    b = _object(body, None)
+    _check_unknown(b, TEST_CLOCK_FIELDS if creating else TEST_CLOCK_ADVANCE_FIELDS, "")
+    frozen = b.get("frozen_time")
+    if frozen is None:
+        raise _invalid("frozen_time", "frozen_time is required", "parameter_missing")
+    if not isinstance(frozen, str) or len(frozen) > 64:
+        raise _invalid("frozen_time", "frozen_time must be an RFC 3339 timestamp")
+    name = _optional_string(b, "name", "", TEST_CLOCK_NAME_CHARS_MAX, 0, True)
+    return frozen, name

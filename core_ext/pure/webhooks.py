@@ -37,6 +37,13 @@ EVENT_TYPES = (
     "refund.succeeded",
     "checkout.session.completed",
     "checkout.session.expired",
+    # Customers and recurring billing (gateway/billing).
+    "customer.created",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_failed",
 )
 WILDCARD = "*"  # enabled_events ["*"]: every event type
 

@@ -192,7 +192,8 @@ class CheckoutService:
                 request.description,
                 "{}",
                 None if customer is None else orjson.dumps(customer).decode(),
-                None,
+                None,  # idempotency_key: the session's create has its own
+                None,  # customer_id: a buyer on the page is no saved customer
             ),
         )
         await store.insert_session(

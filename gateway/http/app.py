@@ -10,13 +10,15 @@ from aiohttp import web
 
 import core_ext
 from gateway import metrics, observability, recovery
+from gateway.billing.scheduler import Scheduler
+from gateway.billing.service import BillingService
 from gateway.cards import CardVault, load_master_key
 from gateway.checkout import handlers as checkout_pages
 from gateway.checkout.service import CheckoutService, CsrfTokens
 from gateway.config import Settings
 from gateway.http import routes
 from gateway.http.answers import BODY_BYTES_MAX
-from gateway.http.appkeys import CHECKOUT, KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
+from gateway.http.appkeys import BILLING, CHECKOUT, KEYS, LIMITER, POOL, SERVICE, SETTINGS, WEBHOOKS
 from gateway.http.middleware import (
     auth_middleware,
     drop_server_header,
@@ -89,6 +91,13 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
             pool, app[SERVICE], idempotency, settings, CsrfTokens(master_key)
         )
         await deliverer.start()
+        # Every process schedules renewals too: claims with SKIP LOCKED share the work,
+        # and a commit that makes work due wakes this process's scheduler at once.
+        scheduler = Scheduler(pool, app[SERVICE], settings)
+        app[BILLING] = BillingService(
+            pool, idempotency, settings, app[SERVICE].outbox, scheduler.wake
+        )
+        await scheduler.start()
         background = asyncio.create_task(
             recovery.run_forever(pool, app[SERVICE], connector, settings, app[CHECKOUT])
         )
@@ -97,6 +106,7 @@ def _services_ctx(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
         background.cancel()
         sampler.cancel()
         await asyncio.gather(background, sampler, return_exceptions=True)
+        await scheduler.close()
         await deliverer.close()
         await app[SERVICE].close()
         await connector.close()

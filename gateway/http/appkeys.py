@@ -4,6 +4,7 @@ import asyncpg
 from aiohttp import web
 
 import core_ext
+from gateway.billing.service import BillingService
 from gateway.checkout.service import CheckoutService
 from gateway.config import Settings
 from gateway.merchants import Caller, KeyCache
@@ -16,6 +17,7 @@ KEYS = web.AppKey("keys", KeyCache)
 SERVICE = web.AppKey("payment_service", PaymentService)
 WEBHOOKS = web.AppKey("webhook_service", WebhookService)
 CHECKOUT = web.AppKey("checkout_service", CheckoutService)
+BILLING = web.AppKey("billing_service", BillingService)
 LIMITER = web.AppKey("rate_limiter", core_ext.risk.RateLimiter)
 MERCHANT_ID = web.RequestKey("merchant_id", str)  # set by the auth middleware
 CALLER = web.RequestKey("caller", Caller)  # set by the auth middleware

@@ -11,6 +11,7 @@ import orjson
 
 import core_ext
 from core_ext import states, validation
+from gateway.billing import service as billing_service
 from gateway.checkout import handlers as checkout_pages
 from gateway.checkout import service as checkout_service
 from gateway.http.answers import BODY_BYTES_MAX, KEY_CHARS_MAX
@@ -38,6 +39,14 @@ WEBHOOK_URL_CHARS_MAX = 2048
 WEBHOOK_DESCRIPTION_CHARS_MAX = webhook_service.DESCRIPTION_CHARS_MAX
 WEBHOOK_EVENT_TYPES_MAX = webhook_service.EVENT_TYPES_MAX
 WEBHOOK_ATTEMPTS_SHOWN_MAX = webhook_service.ATTEMPTS_SHOWN_MAX
+PRICE_INTERVALS = validation.PRICE_INTERVALS
+INTERVAL_COUNT_MAX = validation.PRICE_INTERVAL_COUNT_MAX
+TRIAL_DAYS_MAX = validation.SUBSCRIPTION_TRIAL_DAYS_MAX
+CUSTOMER_NAME_CHARS_MAX = validation.CUSTOMER_NAME_CHARS_MAX
+TEST_CLOCK_NAME_CHARS_MAX = validation.TEST_CLOCK_NAME_CHARS_MAX
+DUNNING_RETRY_DAYS = core_ext.billing.DUNNING_RETRY_DAYS
+SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "canceled")
+TEST_CLOCK_ADVANCE_DAYS_MAX = billing_service.TEST_CLOCK_ADVANCE_S_MAX // 86_400
 
 CHECKOUT_LOCALES = checkout_service.LOCALES
 CHECKOUT_EXPIRES_IN_S_MIN = checkout_service.EXPIRES_IN_S_MIN
@@ -80,6 +89,8 @@ ERROR_CODES = (
     "resource_missing",
     "method_not_allowed",
     "payment_state_invalid",
+    "subscription_state_invalid",
+    "test_clock_not_ready",
     "card_declined",
     "idempotency_key_in_use",
     "idempotency_key_reused",
@@ -161,7 +172,7 @@ MINOR_UNITS = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX}
 
 
 def schemas() -> dict:
-    return {**core_schemas(), **webhook_schemas(), **checkout_schemas()}
+    return {**core_schemas(), **webhook_schemas(), **checkout_schemas(), **billing_schemas()}
 
 
 def checkout_schemas() -> dict:
@@ -286,6 +297,240 @@ def checkout_schemas() -> dict:
     }
 
 
+def list_of(item: str) -> dict:
+    return record(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref(item), "maxItems": LIST_LIMIT_MAX},
+            "has_more": {"type": "boolean"},
+        },
+        description="Newest first.",
+    )
+
+
+def deleted(prefix: str, kind: str) -> dict:
+    return record(
+        {"id": prefixed_id(prefix), "object": {"const": kind}, "deleted": {"const": True}}
+    )
+
+
+def billing_schemas() -> dict:
+    recurring = record(
+        {
+            "interval": enum(PRICE_INTERVALS),
+            "interval_count": {"type": "integer", "minimum": 1, "maximum": INTERVAL_COUNT_MAX},
+        }
+    )
+    customer_fields = {
+        "email": nullable({"type": "string", "format": "email", "maxLength": EMAIL_CHARS_MAX}),
+        "name": nullable({"type": "string", "maxLength": CUSTOMER_NAME_CHARS_MAX}),
+        "metadata": ref("Metadata"),
+    }
+    return {
+        "CustomerCreate": closed_object(
+            {
+                **customer_fields,
+                "test_clock": {
+                    **prefixed_id("clock"),
+                    "description": "The customer and its subscriptions live at this test "
+                    "clock's time.",
+                },
+            },
+            description="A saved customer.",
+        ),
+        "CustomerUpdate": closed_object(
+            customer_fields, description="Only the fields given change; null clears."
+        ),
+        "BillingCustomer": record(
+            {
+                "id": prefixed_id("cus"),
+                "object": {"const": "customer"},
+                **customer_fields,
+                "test_clock": nullable(prefixed_id("clock")),
+                "created": TIMESTAMP,
+                "updated": TIMESTAMP,
+            },
+            description="A saved customer (not the buyer details of a payment).",
+        ),
+        "BillingCustomerList": list_of("BillingCustomer"),
+        "BillingCustomerDeleted": deleted("cus", "customer"),
+        "CustomerPaymentMethodCreate": closed_object(
+            {
+                "token": prefixed_id("tok"),
+                "default": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Make it the card renewals charge (a customer's first "
+                    "card is its default anyway).",
+                },
+            },
+            ("token",),
+        ),
+        "CustomerPaymentMethod": record(
+            {
+                "id": prefixed_id("tok"),
+                "object": {"const": "customer_payment_method"},
+                "customer": prefixed_id("cus"),
+                "default": {"type": "boolean"},
+                "card": ref("Card"),
+                "created": TIMESTAMP,
+            },
+            description="A card saved for reuse: a token of this customer's only.",
+        ),
+        "CustomerPaymentMethodList": list_of("CustomerPaymentMethod"),
+        "CustomerPaymentMethodDeleted": deleted("tok", "customer_payment_method"),
+        "PriceCreate": closed_object(
+            {
+                "amount": ref("Amount"),
+                "currency": ref("Currency"),
+                "recurring": closed_object(
+                    {
+                        "interval": enum(PRICE_INTERVALS),
+                        "interval_count": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": INTERVAL_COUNT_MAX,
+                            "default": 1,
+                        },
+                    },
+                    ("interval",),
+                ),
+                "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
+            },
+            ("amount", "currency", "recurring"),
+        ),
+        "Price": record(
+            {
+                "id": prefixed_id("price"),
+                "object": {"const": "price"},
+                "amount": ref("Amount"),
+                "currency": ref("CurrencyCode"),
+                "recurring": recurring,
+                "description": nullable({"type": "string"}),
+                "created": TIMESTAMP,
+            }
+        ),
+        "SubscriptionCreate": closed_object(
+            {
+                "customer": prefixed_id("cus"),
+                "price": prefixed_id("price"),
+                "trial_days": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": TRIAL_DAYS_MAX,
+                    "default": 0,
+                    "description": "Days before the first paid period; without a trial the "
+                    "customer needs a default card (`400 parameter_missing`, param `customer`).",
+                },
+            },
+            ("customer", "price"),
+        ),
+        "SubscriptionCancel": closed_object(
+            {
+                "at_period_end": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "true: end when the current period ends; false: now "
+                    "(an open invoice becomes uncollectible).",
+                }
+            }
+        ),
+        "SubscriptionStatus": enum(
+            SUBSCRIPTION_STATUSES,
+            description="trialing -> active at the trial's end; active -> past_due when a "
+            "renewal is declined; past_due -> active when a retry is paid, canceled after "
+            f"the last retry ({', '.join(map(str, DUNNING_RETRY_DAYS))} days after the first "
+            "failure); any -> canceled by cancel.",
+        ),
+        "Subscription": record(
+            {
+                "id": prefixed_id("sub"),
+                "object": {"const": "subscription"},
+                "customer": prefixed_id("cus"),
+                "price": prefixed_id("price"),
+                "status": ref("SubscriptionStatus"),
+                "amount": ref("Amount"),
+                "currency": ref("CurrencyCode"),
+                "recurring": recurring,
+                "billing_cycle_anchor": {
+                    **TIMESTAMP,
+                    "description": "Periods count from it (the start, or the trial's end), "
+                    "clamped to each month's length, never drifting.",
+                },
+                "current_period_start": TIMESTAMP,
+                "current_period_end": TIMESTAMP,
+                "trial_start": nullable(TIMESTAMP),
+                "trial_end": nullable(TIMESTAMP),
+                "cancel_at_period_end": {"type": "boolean"},
+                "canceled_at": nullable(TIMESTAMP),
+                "ended_at": nullable(TIMESTAMP),
+                "test_clock": nullable(prefixed_id("clock")),
+                "created": TIMESTAMP,
+                "updated": TIMESTAMP,
+            }
+        ),
+        "SubscriptionList": list_of("Subscription"),
+        "Invoice": record(
+            {
+                "id": prefixed_id("in"),
+                "object": {"const": "invoice"},
+                "subscription": prefixed_id("sub"),
+                "customer": prefixed_id("cus"),
+                "period_index": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Which period of the subscription: exactly one invoice each.",
+                },
+                "period_start": TIMESTAMP,
+                "period_end": TIMESTAMP,
+                "amount": ref("Amount"),
+                "currency": ref("CurrencyCode"),
+                "status": enum(("open", "paid", "uncollectible")),
+                "attempt_count": {"type": "integer", "minimum": 0},
+                "next_payment_attempt": nullable(TIMESTAMP),
+                "payment_id": nullable(
+                    {**prefixed_id("pay"), "description": "The payment that paid it."}
+                ),
+                "created": TIMESTAMP,
+                "updated": TIMESTAMP,
+            }
+        ),
+        "InvoiceList": list_of("Invoice"),
+        "TestClockCreate": closed_object(
+            {
+                "frozen_time": {**TIMESTAMP, "description": "RFC 3339 with an offset."},
+                "name": {"type": "string", "maxLength": TEST_CLOCK_NAME_CHARS_MAX},
+            },
+            ("frozen_time",),
+        ),
+        "TestClockAdvance": closed_object(
+            {
+                "frozen_time": {
+                    **TIMESTAMP,
+                    "description": "Later than the clock's time, by at most "
+                    f"{TEST_CLOCK_ADVANCE_DAYS_MAX} days.",
+                }
+            },
+            ("frozen_time",),
+        ),
+        "TestClock": record(
+            {
+                "id": prefixed_id("clock"),
+                "object": {"const": "test_clock"},
+                "name": nullable({"type": "string"}),
+                "frozen_time": TIMESTAMP,
+                "status": enum(
+                    ("ready", "advancing"),
+                    description="advancing from an advance until every renewal, retry "
+                    "and cancellation due up to frozen_time has run.",
+                ),
+                "created": TIMESTAMP,
+                "updated": TIMESTAMP,
+            }
+        ),
+    }
+
+
 def webhook_schemas() -> dict:
     endpoint_fields = {
         "url": {
@@ -370,7 +615,14 @@ def webhook_schemas() -> dict:
                 "data": record(
                     {
                         "object": {
-                            "oneOf": [ref("Payment"), ref("Refund"), ref("CheckoutSession")],
+                            "oneOf": [
+                                ref("Payment"),
+                                ref("Refund"),
+                                ref("CheckoutSession"),
+                                ref("BillingCustomer"),
+                                ref("Subscription"),
+                                ref("Invoice"),
+                            ],
                             "description": "The object as GET returned it right after the change.",
                         }
                     }
@@ -556,7 +808,18 @@ def core_schemas() -> dict:
                 "reference": {"type": "string", "minLength": 1, "maxLength": REFERENCE_CHARS_MAX},
                 "description": {"type": "string", "maxLength": DESCRIPTION_CHARS_MAX},
                 "metadata": ref("Metadata"),
-                "customer": ref("Customer"),
+                "customer": {
+                    "oneOf": [ref("Customer"), prefixed_id("cus")],
+                    "description": "Buyer details (an object), or a saved customer's "
+                    "`cus_` id (a string), who then pays with one of its saved cards "
+                    "(`payment_method` of type `token`; another card: `400 parameter_invalid`).",
+                },
+                "off_session": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "The buyer is absent (a renewal, a merchant-initiated "
+                    "charge): needs a saved `customer` and a token; marked on the payment.",
+                },
             },
             ("amount", "currency"),
         ),
@@ -626,6 +889,17 @@ def core_schemas() -> dict:
                 "reference": nullable({"type": "string", "maxLength": REFERENCE_CHARS_MAX}),
                 "description": nullable({"type": "string", "maxLength": DESCRIPTION_CHARS_MAX}),
                 "metadata": ref("Metadata"),
+                "customer": nullable(
+                    {
+                        **prefixed_id("cus"),
+                        "description": "The saved customer charged; null for a payment "
+                        "without one (buyer details are never shown).",
+                    }
+                ),
+                "off_session": {
+                    "type": "boolean",
+                    "description": "Charged without the buyer present.",
+                },
                 "attempts": {
                     "type": "array",
                     "items": ref("PaymentAttempt"),
@@ -801,7 +1075,8 @@ ERROR_DESCRIPTIONS = {
     409: "`payment_state_invalid` (illegal state transition, or an earlier capture, void or "
     "refund of the payment timed out and its outcome is being settled) or "
     "`idempotency_key_in_use` (the same key is still executing, or its outcome is not "
-    "settled yet).",
+    "settled yet), `subscription_state_invalid` (the subscription is canceled already) or "
+    "`test_clock_not_ready` (the clock is still advancing).",
     413: f"The request body exceeds {BODY_BYTES_MAX // 1024} KiB (`request_too_large`).",
     415: "The request has a body whose `Content-Type` is not `application/json` "
     "(`unsupported_media_type`); nothing was executed. A `charset` other than UTF-8 "
@@ -928,6 +1203,57 @@ def parameters() -> dict:
             "required": False,
             "description": "A webhook endpoint id: list the endpoints older than it.",
             "schema": {"type": "string", "pattern": "^we_", "maxLength": OBJECT_ID_CHARS_MAX},
+        },
+        "CustomerId": path_id("cus", "A customer id."),
+        "CustomerTokenId": {
+            "name": "token",
+            "in": "path",
+            "required": True,
+            "description": "A saved card's token id.",
+            "schema": {"type": "string", "examples": ["tok_..."]},
+        },
+        "PriceId": path_id("price", "A price id."),
+        "SubscriptionId": path_id("sub", "A subscription id."),
+        "InvoiceId": path_id("in", "An invoice id."),
+        "TestClockId": path_id("clock", "A test clock id."),
+        **{
+            name: {
+                "name": "starting_after",
+                "in": "query",
+                "required": False,
+                "description": f"A {prefix}_ id: list the objects older than it.",
+                "schema": {
+                    "type": "string",
+                    "pattern": f"^{prefix}_",
+                    "maxLength": OBJECT_ID_CHARS_MAX,
+                },
+            }
+            for name, prefix in (
+                ("CustomersStartingAfter", "cus"),
+                ("SubscriptionsStartingAfter", "sub"),
+                ("InvoicesStartingAfter", "in"),
+            )
+        },
+        "EmailFilter": {
+            "name": "email",
+            "in": "query",
+            "required": False,
+            "description": "Only the customers with exactly this email.",
+            "schema": {"type": "string", "maxLength": EMAIL_CHARS_MAX},
+        },
+        "CustomerFilter": {
+            "name": "customer",
+            "in": "query",
+            "required": False,
+            "description": "Only this customer's subscriptions.",
+            "schema": prefixed_id("cus"),
+        },
+        "SubscriptionFilter": {
+            "name": "subscription",
+            "in": "query",
+            "required": False,
+            "description": "Only this subscription's invoices.",
+            "schema": prefixed_id("sub"),
         },
         "EventTypeFilter": {
             "name": "type",
@@ -1516,6 +1842,214 @@ def page_paths() -> dict:
     }
 
 
+def billing_paths() -> dict:
+    post_ok = {"post": True}
+    return {
+        "/v1/customers": {
+            "post": v1_post(
+                "createCustomer",
+                "Create a saved customer (event customer.created).",
+                "billing",
+                "CustomerCreate",
+                201,
+                ok(201, "The customer.", "BillingCustomer", **post_ok),
+                body_required=False,
+                errors=(404,),
+            ),
+            "get": v1_get(
+                "listCustomers",
+                "List customers, newest first, optionally by email.",
+                "billing",
+                ok(200, "A page of customers.", "BillingCustomerList"),
+                params=("Limit", "CustomersStartingAfter", "EmailFilter"),
+                errors=(400, 404),
+            ),
+        },
+        "/v1/customers/{id}": {
+            "get": v1_get(
+                "getCustomer",
+                "Read a customer.",
+                "billing",
+                ok(200, "The customer.", "BillingCustomer"),
+                params=("CustomerId",),
+                errors=(404,),
+            ),
+            "post": v1_post(
+                "updateCustomer",
+                "Change a customer's email, name or metadata.",
+                "billing",
+                "CustomerUpdate",
+                200,
+                ok(200, "The customer.", "BillingCustomer", **post_ok),
+                body_required=False,
+                params=("CustomerId",),
+                errors=(404,),
+            ),
+            "delete": v1_get(
+                "deleteCustomer",
+                "Delete a customer: its subscriptions are canceled now.",
+                "billing",
+                ok(200, "Deleted.", "BillingCustomerDeleted"),
+                params=("CustomerId",),
+                errors=(404,),
+            ),
+        },
+        "/v1/customers/{id}/payment_methods": {
+            "post": v1_post(
+                "attachCustomerPaymentMethod",
+                "Save a token's card for reuse by this customer only.",
+                "billing",
+                "CustomerPaymentMethodCreate",
+                200,
+                ok(200, "The saved card.", "CustomerPaymentMethod", **post_ok),
+                body_required=True,
+                params=("CustomerId",),
+                errors=(404,),
+            ),
+            "get": v1_get(
+                "listCustomerPaymentMethods",
+                "List a customer's saved cards, newest first.",
+                "billing",
+                ok(200, "The saved cards.", "CustomerPaymentMethodList"),
+                params=("CustomerId",),
+                errors=(400, 404),
+            ),
+        },
+        "/v1/customers/{id}/payment_methods/{token}": {
+            "delete": v1_get(
+                "detachCustomerPaymentMethod",
+                "Remove a saved card: it no longer charges the customer.",
+                "billing",
+                ok(200, "Removed.", "CustomerPaymentMethodDeleted"),
+                params=("CustomerId", "CustomerTokenId"),
+                errors=(404,),
+            )
+        },
+        "/v1/prices": {
+            "post": v1_post(
+                "createPrice",
+                "Create a recurring price.",
+                "billing",
+                "PriceCreate",
+                201,
+                ok(201, "The price.", "Price", **post_ok),
+                body_required=True,
+            )
+        },
+        "/v1/prices/{id}": {
+            "get": v1_get(
+                "getPrice",
+                "Read a price.",
+                "billing",
+                ok(200, "The price.", "Price"),
+                params=("PriceId",),
+                errors=(404,),
+            )
+        },
+        "/v1/subscriptions": {
+            "post": v1_post(
+                "createSubscription",
+                "Subscribe a customer to a price (event customer.subscription.created). "
+                "Without a trial the first period's invoice is charged at once, off-session, "
+                "to the customer's default card.",
+                "billing",
+                "SubscriptionCreate",
+                201,
+                ok(201, "The subscription.", "Subscription", **post_ok),
+                body_required=True,
+                errors=(404,),
+            ),
+            "get": v1_get(
+                "listSubscriptions",
+                "List subscriptions, newest first, optionally a customer's.",
+                "billing",
+                ok(200, "A page of subscriptions.", "SubscriptionList"),
+                params=("Limit", "SubscriptionsStartingAfter", "CustomerFilter"),
+                errors=(400, 404),
+            ),
+        },
+        "/v1/subscriptions/{id}": {
+            "get": v1_get(
+                "getSubscription",
+                "Read a subscription.",
+                "billing",
+                ok(200, "The subscription.", "Subscription"),
+                params=("SubscriptionId",),
+                errors=(404,),
+            )
+        },
+        "/v1/subscriptions/{id}/cancel": {
+            "post": v1_post(
+                "cancelSubscription",
+                "Cancel now (customer.subscription.deleted) or at the period's end "
+                "(customer.subscription.updated, then deleted when it ends).",
+                "billing",
+                "SubscriptionCancel",
+                200,
+                ok(200, "The subscription.", "Subscription", **post_ok),
+                body_required=False,
+                params=("SubscriptionId",),
+                errors=(404,),
+            )
+        },
+        "/v1/invoices": {
+            "get": v1_get(
+                "listInvoices",
+                "List invoices, newest first, optionally a subscription's.",
+                "billing",
+                ok(200, "A page of invoices.", "InvoiceList"),
+                params=("Limit", "InvoicesStartingAfter", "SubscriptionFilter"),
+                errors=(400, 404),
+            )
+        },
+        "/v1/invoices/{id}": {
+            "get": v1_get(
+                "getInvoice",
+                "Read an invoice.",
+                "billing",
+                ok(200, "The invoice.", "Invoice"),
+                params=("InvoiceId",),
+                errors=(404,),
+            )
+        },
+        "/v1/test_clocks": {
+            "post": v1_post(
+                "createTestClock",
+                "Create a test clock: sandbox time for the customers created on it.",
+                "billing",
+                "TestClockCreate",
+                201,
+                ok(201, "The clock, ready.", "TestClock", **post_ok),
+                body_required=True,
+            )
+        },
+        "/v1/test_clocks/{id}": {
+            "get": v1_get(
+                "getTestClock",
+                "Read a test clock: ready once an advance's work has all run.",
+                "billing",
+                ok(200, "The clock.", "TestClock"),
+                params=("TestClockId",),
+                errors=(404,),
+            )
+        },
+        "/v1/test_clocks/{id}/advance": {
+            "post": v1_post(
+                "advanceTestClock",
+                "Move the clock forward: every renewal, retry and cancellation due up to "
+                "frozen_time runs, in order; the clock is advancing until then, then ready.",
+                "billing",
+                "TestClockAdvance",
+                200,
+                ok(200, "The clock, advancing.", "TestClock", **post_ok),
+                body_required=True,
+                params=("TestClockId",),
+                errors=(404,),
+            )
+        },
+    }
+
+
 def document() -> dict:
     return {
         "openapi": "3.1.0",
@@ -1532,10 +2066,17 @@ def document() -> dict:
                 "events",
                 "checkout",
                 "pages",
+                "billing",
                 "operations",
             )
         ],
-        "paths": {**paths(), **webhook_paths(), **checkout_paths(), **page_paths()},
+        "paths": {
+            **paths(),
+            **webhook_paths(),
+            **checkout_paths(),
+            **billing_paths(),
+            **page_paths(),
+        },
         "components": {
             "schemas": schemas(),
             "parameters": parameters(),

@@ -108,6 +108,8 @@ def render_payment(row: Row) -> dict:
         "reference": row["reference"],
         "description": row["description"],
         "metadata": orjson.loads(row["metadata"]),
+        "customer": row.get("customer_id"),  # a saved customer's id (buyer details: never shown)
+        "off_session": bool(row.get("off_session")),
         "attempts": render_attempts(row),
         "created": rfc3339(row["created_at"]),
         "updated": rfc3339(row["updated_at"]),
@@ -243,6 +245,81 @@ def render_checkout_session(row: Row) -> dict:
     }
 
 
+# --- customers, saved cards and recurring billing -----------------------------------------
+
+
+def _moment(value: datetime | None) -> str | None:
+    return None if value is None else rfc3339(value)
+
+
+def render_customer(row: Row) -> dict:
+    return {
+        "id": row["id"],
+        "object": "customer",
+        "email": row["email"],
+        "name": row["name"],
+        "metadata": orjson.loads(row["metadata"]),
+        "test_clock": row["test_clock_id"],
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
+def render_customer_payment_method(row: Row) -> dict:
+    """A saved card: the token (its id) saved to a customer."""
+    return {
+        "id": row["id"],
+        "object": "customer_payment_method",
+        "customer": row["customer_id"],
+        "default": row["is_default"],
+        "card": {
+            "brand": row["brand"],
+            "last4": row["last4"],
+            "exp_month": row["exp_month"],
+            "exp_year": row["exp_year"],
+            "fingerprint": row["fingerprint"],
+        },
+        "created": rfc3339(row["saved_at"]),
+    }
+
+
+def render_price(row: Row) -> dict:
+    return {
+        "id": row["id"],
+        "object": "price",
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "recurring": {"interval": row["interval"], "interval_count": row["interval_count"]},
+        "description": row["description"],
+        "created": rfc3339(row["created_at"]),
+    }
+
+
+def render_subscription(row: Row) -> dict:
+    """A subscription row joined with its price's amount, currency and interval."""
+    return {
+        "id": row["id"],
+        "object": "subscription",
+        "customer": row["customer_id"],
+        "price": row["price_id"],
+        "status": row["status"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "recurring": {"interval": row["interval"], "interval_count": row["interval_count"]},
+        "billing_cycle_anchor": rfc3339(row["billing_anchor"]),
+        "current_period_start": rfc3339(row["current_period_start"]),
+        "current_period_end": rfc3339(row["current_period_end"]),
+        "trial_start": _moment(row["trial_start"]),
+        "trial_end": _moment(row["trial_end"]),
+        "cancel_at_period_end": row["cancel_at_period_end"],
+        "canceled_at": _moment(row["canceled_at"]),
+        "ended_at": _moment(row["ended_at"]),
+        "test_clock": row["test_clock_id"],
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
 def render_payment_link(row: Row) -> dict:
     return {
         "id": row["id"],
@@ -254,6 +331,38 @@ def render_payment_link(row: Row) -> dict:
         "capture": row["capture_method"],
         "description": row["description"],
         "success_url": row["success_url"],
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
+def render_invoice(row: Row) -> dict:
+    return {
+        "id": row["id"],
+        "object": "invoice",
+        "subscription": row["subscription_id"],
+        "customer": row["customer_id"],
+        "period_index": row["period_index"],
+        "period_start": rfc3339(row["period_start"]),
+        "period_end": rfc3339(row["period_end"]),
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "status": row["status"],
+        "attempt_count": row["attempt_count"],
+        "next_payment_attempt": _moment(row["next_attempt_at"]),
+        "payment_id": row["payment_id"],
+        "created": rfc3339(row["created_at"]),
+        "updated": rfc3339(row["updated_at"]),
+    }
+
+
+def render_test_clock(row: Row) -> dict:
+    return {
+        "id": row["id"],
+        "object": "test_clock",
+        "name": row["name"],
+        "frozen_time": rfc3339(row["frozen_time"]),
+        "status": row["status"],
         "created": rfc3339(row["created_at"]),
         "updated": rfc3339(row["updated_at"]),
     }

@@ -23,7 +23,16 @@ from gateway.http.answers import (
     invalid_request,
     json_response,
 )
-from gateway.http.appkeys import CALLER, CHECKOUT, MERCHANT_ID, POOL, SERVICE, SETTINGS, WEBHOOKS
+from gateway.http.appkeys import (
+    BILLING,
+    CALLER,
+    CHECKOUT,
+    MERCHANT_ID,
+    POOL,
+    SERVICE,
+    SETTINGS,
+    WEBHOOKS,
+)
 from gateway.observability import sample_gauges
 from gateway.store import database
 
@@ -290,6 +299,141 @@ async def retry_event(request: web.Request) -> web.Response:
     return answer.response()
 
 
+# --- customers, saved cards and recurring billing -----------------------------------------
+
+
+async def create_customer(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[BILLING].create_customer(
+        request[MERCHANT_ID], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def list_customers(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].list_customers(request[MERCHANT_ID], request.query)
+    )
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].get_customer(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def update_customer(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[BILLING].update_customer(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def delete_customer(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].delete_customer(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def attach_payment_method(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[BILLING].attach_payment_method(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def list_payment_methods(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].list_payment_methods(
+            request[MERCHANT_ID], request.match_info["id"], request.query
+        )
+    )
+
+
+async def detach_payment_method(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].detach_payment_method(
+            request[MERCHANT_ID], request.match_info["id"], request.match_info["token"]
+        )
+    )
+
+
+async def create_price(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[BILLING].create_price(request[MERCHANT_ID], body, key_from(request))
+    return answer.response()
+
+
+async def get_price(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].get_price(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def create_subscription(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[BILLING].create_subscription(
+        request[MERCHANT_ID], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].list_subscriptions(request[MERCHANT_ID], request.query)
+    )
+
+
+async def get_subscription(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].get_subscription(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def cancel_subscription(request: web.Request) -> web.Response:
+    body = await _json_body(request, required=False)
+    answer = await request.app[BILLING].cancel_subscription(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def list_invoices(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].list_invoices(request[MERCHANT_ID], request.query)
+    )
+
+
+async def get_invoice(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].get_invoice(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def create_test_clock(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[BILLING].create_test_clock(
+        request[MERCHANT_ID], body, key_from(request)
+    )
+    return answer.response()
+
+
+async def get_test_clock(request: web.Request) -> web.Response:
+    return json_response(
+        await request.app[BILLING].get_test_clock(request[MERCHANT_ID], request.match_info["id"])
+    )
+
+
+async def advance_test_clock(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    answer = await request.app[BILLING].advance_test_clock(
+        request[MERCHANT_ID], request.match_info["id"], body, key_from(request)
+    )
+    return answer.response()
+
+
 async def get_balance(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].balance(request[MERCHANT_ID]))
 
@@ -420,3 +564,22 @@ def setup(app: web.Application) -> None:
     router.add_post("/v1/payment_links", create_payment_link)
     router.add_get("/v1/payment_links/{id}", get_payment_link)
     router.add_post("/v1/payment_links/{id}", update_payment_link)
+    router.add_post("/v1/customers", create_customer)
+    router.add_get("/v1/customers", list_customers)
+    router.add_get("/v1/customers/{id}", get_customer)
+    router.add_post("/v1/customers/{id}", update_customer)
+    router.add_delete("/v1/customers/{id}", delete_customer)
+    router.add_post("/v1/customers/{id}/payment_methods", attach_payment_method)
+    router.add_get("/v1/customers/{id}/payment_methods", list_payment_methods)
+    router.add_delete("/v1/customers/{id}/payment_methods/{token}", detach_payment_method)
+    router.add_post("/v1/prices", create_price)
+    router.add_get("/v1/prices/{id}", get_price)
+    router.add_post("/v1/subscriptions", create_subscription)
+    router.add_get("/v1/subscriptions", list_subscriptions)
+    router.add_get("/v1/subscriptions/{id}", get_subscription)
+    router.add_post("/v1/subscriptions/{id}/cancel", cancel_subscription)
+    router.add_get("/v1/invoices", list_invoices)
+    router.add_get("/v1/invoices/{id}", get_invoice)
+    router.add_post("/v1/test_clocks", create_test_clock)
+    router.add_get("/v1/test_clocks/{id}", get_test_clock)
+    router.add_post("/v1/test_clocks/{id}/advance", advance_test_clock)

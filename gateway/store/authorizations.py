@@ -82,6 +82,8 @@ class Intent:
     description: str | None
     metadata_json: str
     customer_json: str | None
+    customer_id: str | None = None  # a saved customer's cus_ id
+    off_session: bool = False
 
     @property
     def idempotency_key(self) -> str | None:

@@ -10,7 +10,7 @@ import asyncpg
 
 from gateway.store import idempotency as keys
 
-# Columns of an intent, in the order of INSERT_INTENTS_SQL's payment arrays ($5..$21).
+# Columns of an intent, in the order of INSERT_INTENTS_SQL's payment arrays ($5..$23).
 INTENT_COLUMNS = (
     "payment_id",
     "merchant_id",
@@ -29,6 +29,8 @@ INTENT_COLUMNS = (
     "metadata_json",
     "customer_json",
     "idempotency_key",
+    "customer_id",
+    "off_session",
 )
 
 # Claims the batch's Idempotency-Keys and inserts the 'processing' payments of the
@@ -38,16 +40,20 @@ INSERT_INTENTS_SQL = f"""
 WITH claims AS ({keys.CLAIM_MANY_CTE})
 INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
     card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
-    processor, reference, description, metadata, customer, idempotency_key)
+    processor, reference, description, metadata, customer, idempotency_key, customer_id,
+    off_session)
 SELECT id, merchant_id, 'processing', amount, currency, capture_method, card_brand,
        card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id, processor,
-       reference, description, metadata::jsonb, customer::jsonb, idempotency_key
+       reference, description, metadata::jsonb, customer::jsonb, idempotency_key,
+       customer_id, off_session
   FROM unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[],
               $11::text[], $12::smallint[], $13::smallint[], $14::text[], $15::text[],
-              $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
+              $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+              $22::text[], $23::boolean[])
        AS p (id, merchant_id, amount, currency, capture_method, card_brand, card_last4,
              card_exp_month, card_exp_year, card_fingerprint, token_id, processor,
-             reference, description, metadata, customer, idempotency_key)
+             reference, description, metadata, customer, idempotency_key, customer_id,
+             off_session)
  WHERE p.idempotency_key IS NULL OR p.id IN (SELECT payment_id FROM claims)
 RETURNING *
 """
@@ -57,9 +63,9 @@ RETURNING *
 INSERT_UNCONFIRMED_SQL = """
 INSERT INTO payments (id, merchant_id, status, amount, currency, capture_method,
     card_brand, card_last4, card_exp_month, card_exp_year, card_fingerprint, token_id,
-    processor, reference, description, metadata, customer, idempotency_key)
+    processor, reference, description, metadata, customer, idempotency_key, customer_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb,
-        $17::jsonb, $18)
+        $17::jsonb, $18, $19)
 RETURNING *
 """
 
@@ -209,7 +215,8 @@ async def insert_intents(
 async def insert_unconfirmed(
     conn: asyncpg.Connection, status: str, values: Sequence[Any]
 ) -> asyncpg.Record:
-    """Insert a payment in ``status`` from the values of INTENT_COLUMNS."""
+    """Insert a payment in ``status`` from the values of INTENT_COLUMNS but the last
+    (``off_session``: a payment that waits for its confirmation is not one)."""
     payment_id, merchant_id, *rest = values
     row: asyncpg.Record | None = await conn.fetchrow(
         INSERT_UNCONFIRMED_SQL, payment_id, merchant_id, status, *rest

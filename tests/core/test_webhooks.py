@@ -267,7 +267,7 @@ def test_retry_after_both_forms_agree(core, now, wait):
 # ---- subscriptions ------------------------------------------------------------------------
 
 
-def test_event_types_are_api_mds_payment_refund_and_checkout_events(core):
+def test_event_types_are_api_mds_payment_refund_checkout_and_billing_events(core):
     assert core.webhooks.EVENT_TYPES == (
         "payment.authorized",
         "payment.declined",
@@ -279,6 +279,12 @@ def test_event_types_are_api_mds_payment_refund_and_checkout_events(core):
         "refund.succeeded",
         "checkout.session.completed",
         "checkout.session.expired",
+        "customer.created",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "invoice.paid",
+        "invoice.payment_failed",
     )
 
 

@@ -1,0 +1,1 @@
+"""Customers, saved cards and recurring billing: the API service and the scheduler."""
