@@ -346,7 +346,12 @@ async def test_random_forms_get_a_2xx_or_a_stripe_error(client, merchant):
         merchant,
         {"amount": "100", "currency": "eur", "confirm": "true", "payment_method": "pm_card_visa"},
     )
+    status, customer, _ = await send(
+        client, "POST", "/v1/customers", merchant, {"email": "ada@shop.example"}
+    )
+    assert status == 200, customer
     ids = {
+        "customer": customer["id"],
         "intent": intent["id"],
         "method": "pm_card_visa",
         "refund": "re_" + "0" * 32,

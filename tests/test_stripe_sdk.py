@@ -314,6 +314,87 @@ async def test_the_rate_limit_is_a_rate_limit_error(clients, merchant, database_
     assert raised.value.http_status == 429 and raised.value.headers["retry-after"]
 
 
+# --- customers ---------------------------------------------------------------------------
+
+
+async def test_customers_create_retrieve_update_list_and_their_errors(sdk, clients, other_merchant):
+    ada, bob = "ada@shop.example", "bob@shop.example"
+    made = [
+        sdk.v1.customers.create(
+            {"email": ada, "name": "Ada", "metadata": {"crm": "c_1", "tier": "gold"}}
+        ),
+        sdk.v1.customers.create({"email": bob}),
+        sdk.v1.customers.create({"email": ada, "name": "Ada again"}),
+    ]
+    first = made[0]
+    assert isinstance(first, stripe.Customer) and first.id.startswith("cus_")
+    assert (first.email, first.name, first.metadata.to_dict()) == (
+        ada,
+        "Ada",
+        {"crm": "c_1", "tier": "gold"},
+    )
+    assert isinstance(first.created, int) and first.livemode is False
+    assert made[1].name is None and made[1].metadata.to_dict() == {}
+    read = sdk.v1.customers.retrieve(first.id)
+    assert (read.id, read.email, read.created) == (first.id, ada, first.created)
+
+    # Stripe's update: metadata keys merge, an empty value removes one.
+    updated = sdk.v1.customers.update(
+        first.id, {"name": "Ada L.", "metadata": {"tier": "", "vip": "yes"}}
+    )
+    assert (updated.name, updated.email) == ("Ada L.", ada)
+    assert updated.metadata.to_dict() == {"crm": "c_1", "vip": "yes"}
+    assert sdk.v1.customers.retrieve(first.id).metadata.to_dict() == {"crm": "c_1", "vip": "yes"}
+
+    page = sdk.v1.customers.list({"limit": 2})
+    assert page.has_more and page.url == "/v1/customers" and len(page.data) == 2
+    assert [c.id for c in page.auto_paging_iter()] == [c.id for c in reversed(made)]
+    adas = sdk.v1.customers.list({"email": ada, "limit": 1})
+    assert adas.has_more
+    assert [c.id for c in adas.auto_paging_iter()] == [made[2].id, first.id]
+
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.customers.create({"email": "eve@shop.example", "description": "vip"})
+    assert (raised.value.http_status, raised.value.code, raised.value.param) == (
+        400,
+        "parameter_unknown",
+        "description",
+    )
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.customers.create({"name": "4242 4242 4242 4242"})
+    assert (raised.value.http_status, raised.value.param) == (400, "name")
+    assert "4242 4242" not in str(raised.value.json_body)
+
+    other = clients(other_merchant.secret)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        other.v1.customers.retrieve(first.id)
+    assert (raised.value.http_status, raised.value.code) == (404, "resource_missing")
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        other.v1.customers.update(first.id, {"name": "Mallory"})
+    assert raised.value.http_status == 404
+    assert sdk.v1.customers.retrieve(first.id).name == "Ada L."
+    assert other.v1.customers.list().data == []
+
+    options: Any = {"idempotency_key": "customer-eve"}
+    eve = sdk.v1.customers.create({"email": "eve@shop.example"}, options)
+    replay = sdk.v1.customers.create({"email": "eve@shop.example"}, options)
+    assert replay.id == eve.id and replay.last_response.headers["idempotent-replayed"] == "true"
+    with pytest.raises(stripe.IdempotencyError) as raised:
+        sdk.v1.customers.create({"email": "mallory@shop.example"}, options)
+    assert raised.value.http_status == 400
+
+    deleted = sdk.v1.customers.delete(made[1].id)
+    assert (deleted.id, deleted.deleted) == (made[1].id, True)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.customers.retrieve(made[1].id)
+    assert raised.value.http_status == 404
+
+    events = sdk.v1.events.list({"type": "customer.created"})
+    assert [e.data.object.id for e in events.data] == [eve.id, *(c.id for c in reversed(made))]
+    assert all(isinstance(e.data.object, stripe.Customer) for e in events.data)
+    assert events.data[0].data.object.email == "eve@shop.example"
+
+
 # --- webhooks ----------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from gateway.http.answers import ApiError
 from gateway.http.render import (
     answer_for_authorization,
     event_payload,
+    render_customer,
     render_payment,
     render_refund,
     render_token,
@@ -226,6 +227,19 @@ def token_rendered() -> dict:
     return render_token("tok_" + HEX, card)
 
 
+def customer_rendered(email: str | None = "ada@shop.example", clock: str | None = None) -> dict:
+    row = {
+        "id": "cus_" + HEX,
+        "email": email,
+        "name": None if email is None else "Ada",
+        "metadata": '{"crm": "c_9"}' if email else "{}",
+        "test_clock_id": clock,
+        "created_at": CREATED,
+        "updated_at": CREATED + timedelta(minutes=5),
+    }
+    return render_customer(row)
+
+
 def endpoint_rendered(
     enabled=("payment.captured", "payment.voided", "payment.expired"), secret=None
 ):
@@ -294,6 +308,8 @@ def test_payment_method_refund_endpoint_and_list_conform():
     conforms(stripe.Refund, shapes.refund(refund_rendered(reason=None)))
     conforms(stripe.WebhookEndpoint, shapes.webhook_endpoint(endpoint_rendered()))
     conforms(stripe.WebhookEndpoint, shapes.webhook_endpoint(endpoint_rendered(["*"], "whsec_x")))
+    conforms(stripe.Customer, shapes.customer(customer_rendered()))
+    conforms(stripe.Customer, shapes.customer(customer_rendered(None, "clock_" + HEX)))
     listed = shapes.stripe_list([method], has_more=True, url="/v1/payment_methods")
     conforms(stripe.ListObject, listed)
     assert listed["object"] == "list" and listed["url"] == "/v1/payment_methods"
@@ -303,10 +319,13 @@ def test_payment_method_refund_endpoint_and_list_conform():
 
 @pytest.mark.parametrize("native_type", sorted(shapes.EVENT_TYPES))
 def test_event_conforms_with_its_object(native_type):
-    obj = refund_rendered() if native_type.startswith("refund.") else payment("captured")
+    obj, inner = payment("captured"), stripe.PaymentIntent
+    if native_type.startswith("refund."):
+        obj, inner = refund_rendered(), stripe.Refund
+    elif native_type == "customer.created":
+        obj, inner = customer_rendered(), stripe.Customer
     shaped = shapes.event(event_rendered(native_type, obj))
     conforms(stripe.Event, shaped)
-    inner = stripe.Refund if native_type.startswith("refund.") else stripe.PaymentIntent
     conforms(inner, shaped["data"]["object"])
 
 
@@ -478,6 +497,26 @@ def test_payment_method_refund_event_endpoint_values():
     }
     assert shapes.native_event_types("*") == ("*",)
     assert shapes.native_event_types("charge.dispute.created") == ()
+
+
+def test_customer_values():
+    shaped = shapes.customer(customer_rendered())
+    assert (shaped["id"], shaped["object"], shaped["created"]) == (
+        "cus_" + HEX,
+        "customer",
+        int(CREATED.timestamp()),
+    )
+    assert (shaped["email"], shaped["name"], shaped["metadata"]) == (
+        "ada@shop.example",
+        "Ada",
+        {"crm": "c_9"},
+    )
+    assert shaped["livemode"] is False and shaped["test_clock"] is None
+    bare = shapes.customer(customer_rendered(None, "clock_" + HEX))
+    assert (bare["email"], bare["name"], bare["metadata"]) == (None, None, {})
+    assert bare["test_clock"] == "clock_" + HEX
+    created = shapes.event(event_rendered("customer.created", customer_rendered()))
+    assert created["type"] == "customer.created" and created["data"]["object"] == shaped
 
 
 # --- errors, through the SDK's own handling -----------------------------------------------------

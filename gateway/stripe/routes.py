@@ -26,7 +26,7 @@ from aiohttp import web
 import core_ext
 from core_ext.errors import CoreError
 from gateway.http.answers import JSON, REPLAYED_HEADER, Answer, ApiError, invalid_request
-from gateway.http.appkeys import CALLER, MERCHANT_ID, SERVICE, WEBHOOKS
+from gateway.http.appkeys import BILLING, CALLER, MERCHANT_ID, SERVICE, WEBHOOKS
 from gateway.http.render import render_payment
 from gateway.http.routes import key_from, read_body
 from gateway.ids import ID_RANDOM_BYTES
@@ -44,6 +44,8 @@ DESCRIPTION_CHARS_MAX = validation.DESCRIPTION_CHARS_MAX
 EVENT_TYPES_GIVEN_MAX = 50  # enabled_events entries, as the native tree's bound
 CARD_FIELD_CHARS_MAX = 32  # a card number with spaces, a cvc: short by nature
 HOLDER_NAME_CHARS_MAX = validation.HOLDER_NAME_CHARS_MAX
+EMAIL_CHARS_MAX = validation.EMAIL_CHARS_MAX
+CUSTOMER_NAME_CHARS_MAX = validation.CUSTOMER_NAME_CHARS_MAX
 
 Form = dict[str, Any]
 Handler = Callable[[web.Request, Form], Awaitable[web.Response]]
@@ -563,6 +565,88 @@ async def retrieve_charge(request: web.Request, params: Form) -> web.Response:
     return _ok(shapes.charge(payment, payment_method=_pm_of(row)))
 
 
+# --- customers -------------------------------------------------------------------------------
+
+
+def _customer_path(request: web.Request) -> str:
+    return _path_id(request, "customer", "customer", _same("cus_"))
+
+
+def _customer_fields(params: Form) -> dict[str, Any]:
+    """``email`` and ``name`` as given; an empty one (``email=``) clears it, as Stripe's."""
+    native: dict[str, Any] = {}
+    if "email" in params:
+        native["email"] = forms.string(params["email"], "email", EMAIL_CHARS_MAX)
+    if "name" in params:
+        native["name"] = forms.string(params["name"], "name", CUSTOMER_NAME_CHARS_MAX)
+    return native
+
+
+async def create_customer(request: web.Request, params: Form) -> web.Response:
+    native = _customer_fields(params)
+    metadata = _metadata(params)
+    if metadata:
+        native["metadata"] = metadata
+    clock = forms.string(params.get("test_clock"), "test_clock", ID_CHARS_MAX)
+    if clock is not None:
+        native["test_clock"] = clock
+    answer = await request.app[BILLING].create_customer(
+        request[MERCHANT_ID], native, key_from(request)
+    )
+    return await _from_answer(request, answer, shapes.customer, None)
+
+
+async def retrieve_customer(request: web.Request, params: Form) -> web.Response:
+    rendered = await request.app[BILLING].get_customer(
+        request[MERCHANT_ID], _customer_path(request)
+    )
+    return _ok(shapes.customer(rendered))
+
+
+async def update_customer(request: web.Request, params: Form) -> web.Response:
+    customer_id = _customer_path(request)
+    native = _customer_fields(params)
+    billing = request.app[BILLING]
+    merchant_id = request[MERCHANT_ID]
+    if "metadata" in params:
+        given = forms.string_map(
+            params["metadata"],
+            "metadata",
+            validation.METADATA_KEYS_MAX,
+            validation.METADATA_KEY_CHARS_MAX,
+            validation.METADATA_VALUE_CHARS_MAX,
+        )
+        merged: dict[str, str] = {}
+        if given is not None:  # "metadata=" clears every key; else Stripe merges the keys
+            current = await billing.get_customer(merchant_id, customer_id)
+            merged = {**current["metadata"], **given}
+            merged = {k: v for k, v in merged.items() if v is not None}
+        native["metadata"] = merged
+    answer = await billing.update_customer(merchant_id, customer_id, native, key_from(request))
+    return await _from_answer(request, answer, shapes.customer, None)
+
+
+async def delete_customer(request: web.Request, params: Form) -> web.Response:
+    deleted = await request.app[BILLING].delete_customer(
+        request[MERCHANT_ID], _customer_path(request)
+    )
+    return _ok(deleted)  # {"id", "object": "customer", "deleted": true}: Stripe's
+
+
+async def list_customers(request: web.Request, params: Form) -> web.Response:
+    limit, after = _page(params)
+    native = {"limit": str(limit)}
+    cursor = _after(after, "customer", _same("cus_"))
+    if cursor is not None:
+        native["starting_after"] = cursor
+    email = forms.string(params.get("email"), "email", EMAIL_CHARS_MAX)
+    if email is not None:
+        native["email"] = email
+    page = await request.app[BILLING].list_customers(request[MERCHANT_ID], native)
+    data = [shapes.customer(c) for c in page["data"]]
+    return _ok(shapes.stripe_list(data, page["has_more"], "/v1/customers"))
+
+
 # --- webhook endpoints and events --------------------------------------------------------------
 
 
@@ -689,6 +773,18 @@ _PAGE = (
     Param("starting_after", "the id of the last object of the previous page"),
 )
 _LIST_DIFFERENCES = ("`ending_before` and `created` filters are not supported",)
+_CUSTOMER_PARAMS = (
+    Param("email", f"up to {EMAIL_CHARS_MAX} characters; empty clears it"),
+    Param("name", f"up to {CUSTOMER_NAME_CHARS_MAX} characters; empty clears it"),
+    Param("metadata", "up to 20 keys"),
+)
+_CUSTOMER_DIFFERENCES = (
+    "no `description`, `phone`, `address`, `shipping`, `payment_method`, "
+    "`invoice_settings`, `tax`, `balance` parameters; saved cards are Kassa's native "
+    "`/v1/customers/{id}/payment_methods`",
+    "the Customer's `address`, `description`, `phone`, `shipping` read null, `balance` 0, "
+    "`tax_exempt` `none`; it has no `delinquent` or `invoice_settings`",
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # payment methods
@@ -820,8 +916,43 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         retrieve_charge,
         differences=("one Charge per PaymentIntent, showing its latest processor attempt",),
     ),
-    # customers: built with billing (API.md "Customers, saved cards and recurring
-    # billing"); their rows go here.
+    # customers (API.md "Customers, saved cards and recurring billing")
+    Endpoint(
+        "POST",
+        "/v1/customers",
+        "Create a customer (a Kassa customer, the same `cus_` id)",
+        create_customer,
+        (*_CUSTOMER_PARAMS, Param("test_clock", "a `clock_` id: the customer lives at its time")),
+        _CUSTOMER_DIFFERENCES,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/customers",
+        "List customers, newest first",
+        list_customers,
+        (*_PAGE, Param("email", "only those with exactly this email (case-sensitive)")),
+        (*_LIST_DIFFERENCES, "no `test_clock` filter"),
+    ),
+    Endpoint("GET", "/v1/customers/{customer}", "Retrieve a customer", retrieve_customer),
+    Endpoint(
+        "POST",
+        "/v1/customers/{customer}",
+        "Update a customer",
+        update_customer,
+        _CUSTOMER_PARAMS,
+        (
+            "`metadata[k]=v` keys merge into the customer's as Stripe's (`metadata[k]=` "
+            "removes one, `metadata=` all): read, then written, so two concurrent updates of "
+            "one customer's metadata can lose a key, and a key replayed after another "
+            "change of that metadata is refused as reused",
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/customers/{customer}",
+        "Delete a customer (its subscriptions are canceled now)",
+        delete_customer,
+    ),
     # webhook endpoints and events
     Endpoint(
         "POST",
@@ -927,7 +1058,6 @@ def conformance_markdown() -> str:
             f"| `{e.method} {e.path}` | {_cell(e.summary)} | {params or '(none)'} | "
             f"{'<br>'.join(_cell(d) for d in e.differences) or '(none)'} |"
         )
-    lines.append("| `/v1/customers` | not yet: arrives with Kassa's customers (billing) | | |")
     lines += [
         "",
         "Test payment methods (Stripe's magic ids, on API.md's sandbox cards):",

@@ -3,8 +3,8 @@ renders (API.md's native JSON, as dicts) to the JSON Stripe's API answers.
 
 The objects are views, not copies: a PaymentIntent ``pi_X`` *is* the payment ``pay_X``, its
 Charge is ``ch_X`` and a PaymentMethod ``pm_Y`` is the token ``tok_Y``; the ids map by their
-prefix alone, so no lookup table exists to drift. Refunds (``re_``), events (``evt_``) and
-webhook endpoints (``we_``) keep their ids.
+prefix alone, so no lookup table exists to drift. Refunds (``re_``), events (``evt_``),
+webhook endpoints (``we_``) and customers (``cus_``) keep their ids.
 
 Conventions (Stripe's): timestamps are unix seconds, currencies lower-case, ``livemode`` is
 false (Kassa's sandbox is test mode), and every field the SDK's type annotations declare
@@ -445,6 +445,34 @@ def payment_method(token: Mapping[str, Any], *, created: int | datetime) -> JSON
     }
 
 
+def customer(rendered: Mapping[str, Any]) -> JSON:
+    """A rendered customer (``render_customer``) as a Stripe Customer: the ``cus_`` id and
+    the ``clock_`` test clock stay. What Kassa does not keep for a customer reads as Stripe
+    shows it for one that has none (no address, balance 0, no currency yet, tax
+    ``none``). ``delinquent`` and ``invoice_settings`` are absent rather than made up: the
+    default saved card and a past-due subscription are not read here."""
+    return {
+        "id": rendered["id"],
+        "object": "customer",
+        "address": None,
+        "balance": 0,
+        "created": unix(rendered["created"]),
+        "currency": None,
+        "default_source": None,
+        "description": None,
+        "discount": None,
+        "email": rendered.get("email"),
+        "livemode": LIVEMODE,
+        "metadata": dict(rendered.get("metadata") or {}),
+        "name": rendered.get("name"),
+        "phone": None,
+        "preferred_locales": [],
+        "shipping": None,
+        "tax_exempt": "none",
+        "test_clock": rendered.get("test_clock"),
+    }
+
+
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 
 
@@ -523,7 +551,9 @@ def _object_of(rendered: Mapping[str, Any]) -> Any:
         return refund(rendered)
     if kind == "webhook_endpoint":
         return webhook_endpoint(rendered)
-    return dict(rendered)  # shapes Stripe and Kassa share (checkout sessions, customers)
+    if kind == "customer":
+        return customer(rendered)
+    return dict(rendered)  # shapes Stripe and Kassa share (checkout sessions, subscriptions)
 
 
 def event(native: Mapping[str, Any]) -> JSON:
