@@ -156,7 +156,17 @@ def _new_container(next_name):
     return {}
 
 
-@cython.locals(depth=cython.Py_ssize_t, last=cython.Py_ssize_t, index=cython.Py_ssize_t)
+# node and child are explicitly objects (a dict or a list each time round) and items a
+# list: left to inference, one build of the same source typed node as the root's dict and
+# indexed the list below with PyDict_GetItem (SystemError at run time).
+@cython.locals(
+    depth=cython.Py_ssize_t,
+    last=cython.Py_ssize_t,
+    index=cython.Py_ssize_t,
+    node=object,
+    child=object,
+    items=list,
+)
 def _insert(root, names, value):
     node = root
     last = len(names) - 1
