@@ -20,6 +20,7 @@ import orjson
 import core_ext
 from gateway.config import Settings
 from gateway.http.answers import Answer, invalid_request, resource_missing
+from gateway.http.params import check_unknown, page_query, require_id
 from gateway.http.render import (
     render_customer,
     render_customer_payment_method,
@@ -152,7 +153,7 @@ class BillingService:
     async def _customer(
         self, conn: asyncpg.Connection, merchant_id: str, customer_id: str, lock: bool = False
     ) -> asyncpg.Record:
-        _require_id("customer", customer_id, "cus_")
+        require_id("customer", customer_id, "cus_")
         row = await store.customer(conn, customer_id, merchant_id, lock)
         if row is None:
             raise resource_missing("customer", customer_id)
@@ -163,7 +164,7 @@ class BillingService:
             return render_customer(await self._customer(conn, merchant_id, customer_id))
 
     async def list_customers(self, merchant_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-        limit, starting_after = _page_query(query, ("email",), "cus_")
+        limit, starting_after = page_query(query, ("email",), "cus_")
         email = query.get("email")
         if email is not None and (len(email) > validation.EMAIL_CHARS_MAX or "\x00" in email):
             raise invalid_request(
@@ -183,7 +184,7 @@ class BillingService:
     async def update_customer(
         self, merchant_id: str, customer_id: str, body: object, key: str | None
     ) -> Answer:
-        _require_id("customer", customer_id, "cus_")
+        require_id("customer", customer_id, "cus_")
         fields = validation.validate_customer(body, False)
         changes: dict[str, Any] = {k: v for k, v in fields.items() if k != "metadata"}
         if "metadata" in fields:
@@ -221,7 +222,7 @@ class BillingService:
     async def attach_payment_method(
         self, merchant_id: str, customer_id: str, body: object, key: str | None
     ) -> Answer:
-        _require_id("customer", customer_id, "cus_")
+        require_id("customer", customer_id, "cus_")
         token_id, make_default = validation.validate_payment_method_attach(body)
 
         async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
@@ -249,7 +250,7 @@ class BillingService:
     async def list_payment_methods(
         self, merchant_id: str, customer_id: str, query: Mapping[str, str]
     ) -> dict[str, Any]:
-        _check_unknown(query, ())
+        check_unknown(query, ())
         async with self._acquire() as conn:
             await self._customer(conn, merchant_id, customer_id)
             rows = await store.payment_methods(conn, customer_id, PAYMENT_METHODS_SHOWN_MAX + 1)
@@ -260,7 +261,7 @@ class BillingService:
     async def detach_payment_method(
         self, merchant_id: str, customer_id: str, token_id: str
     ) -> dict[str, Any]:
-        _require_id("token", token_id, "tok_")
+        require_id("token", token_id, "tok_")
         async with self._acquire() as conn, conn.transaction():
             await self._customer(conn, merchant_id, customer_id, lock=True)
             if not await store.detach(conn, customer_id, token_id):
@@ -281,7 +282,7 @@ class BillingService:
         return await self._idempotent(merchant_id, key, "/v1/prices", body, work)
 
     async def get_price(self, merchant_id: str, price_id: str) -> dict[str, Any]:
-        _require_id("price", price_id, "price_")
+        require_id("price", price_id, "price_")
         async with self._acquire() as conn:
             row = await store.price(conn, price_id, merchant_id)
         if row is None:
@@ -397,7 +398,7 @@ class BillingService:
     async def _subscription(
         self, conn: asyncpg.Connection, merchant_id: str, subscription_id: str
     ) -> asyncpg.Record:
-        _require_id("subscription", subscription_id, "sub_")
+        require_id("subscription", subscription_id, "sub_")
         row = await store.subscription(conn, subscription_id, merchant_id)
         if row is None:
             raise resource_missing("subscription", subscription_id)
@@ -410,7 +411,7 @@ class BillingService:
     async def list_subscriptions(
         self, merchant_id: str, query: Mapping[str, str]
     ) -> dict[str, Any]:
-        limit, starting_after = _page_query(query, ("customer",), "sub_")
+        limit, starting_after = page_query(query, ("customer",), "sub_")
         customer_id = query.get("customer")
         if customer_id is not None and not validation.object_id_valid(customer_id, "cus_"):
             raise invalid_request("parameter_invalid", "customer must be a cus_ id", "customer")
@@ -427,7 +428,7 @@ class BillingService:
         self, merchant_id: str, subscription_id: str, body: object, key: str | None
     ) -> Answer:
         """Cancel now (an open invoice becomes uncollectible), or at the period's end."""
-        _require_id("subscription", subscription_id, "sub_")
+        require_id("subscription", subscription_id, "sub_")
         at_period_end = validation.validate_subscription_cancel(body)
 
         async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
@@ -457,7 +458,7 @@ class BillingService:
     # --- invoices -------------------------------------------------------------------------
 
     async def list_invoices(self, merchant_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-        limit, starting_after = _page_query(query, ("subscription",), "in_")
+        limit, starting_after = page_query(query, ("subscription",), "in_")
         subscription_id = query.get("subscription")
         if subscription_id is not None and not validation.object_id_valid(subscription_id, "sub_"):
             raise invalid_request(
@@ -473,7 +474,7 @@ class BillingService:
         return _page([render_invoice(row) for row in rows], limit)
 
     async def get_invoice(self, merchant_id: str, invoice_id: str) -> dict[str, Any]:
-        _require_id("invoice", invoice_id, "in_")
+        require_id("invoice", invoice_id, "in_")
         async with self._acquire() as conn:
             row = await store.invoice(conn, invoice_id, merchant_id)
         if row is None:
@@ -493,7 +494,7 @@ class BillingService:
         return await self._idempotent(merchant_id, key, "/v1/test_clocks", body, work)
 
     async def get_test_clock(self, merchant_id: str, clock_id: str) -> dict[str, Any]:
-        _require_id("test_clock", clock_id, "clock_")
+        require_id("test_clock", clock_id, "clock_")
         async with self._acquire() as conn:
             row = await store.clock(conn, clock_id, merchant_id)
         if row is None:
@@ -505,7 +506,7 @@ class BillingService:
     ) -> Answer:
         """Move the clock forward: it is 'advancing' until every scheduler has run what
         became due up to its new time, then 'ready'."""
-        _require_id("test_clock", clock_id, "clock_")
+        require_id("test_clock", clock_id, "clock_")
         text, _ = validation.validate_test_clock(body, False)
         target = parse_time(text, "frozen_time")
 
@@ -542,41 +543,6 @@ class BillingService:
 
 
 # --- queries ------------------------------------------------------------------------------
-
-
-def _check_unknown(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(str(name) for name in query if name not in allowed)
-    if unknown:
-        raise invalid_request("parameter_unknown", f"unknown parameter: {unknown[0]}", unknown[0])
-
-
-def _require_id(kind: str, object_id: str, prefix: str) -> None:
-    """Not the shape of an id we issue: unknown without asking the database."""
-    if not validation.object_id_valid(object_id, prefix):
-        raise resource_missing(kind, object_id)
-
-
-def _page_query(
-    query: Mapping[str, str], extra: tuple[str, ...], prefix: str
-) -> tuple[int, str | None]:
-    _check_unknown(query, ("limit", "starting_after", *extra))
-    limit = validation.LIST_LIMIT_DEFAULT
-    text = query.get("limit")
-    if text is not None:
-        digits = text.isascii() and text.isdigit() and len(text) <= 3
-        limit = int(text) if digits else 0
-        if not 1 <= limit <= validation.LIST_LIMIT_MAX:
-            raise invalid_request(
-                "parameter_invalid",
-                f"limit must be an integer from 1 to {validation.LIST_LIMIT_MAX}",
-                "limit",
-            )
-    starting_after = query.get("starting_after")
-    if starting_after is not None and not validation.object_id_valid(starting_after, prefix):
-        raise invalid_request(
-            "parameter_invalid", f"starting_after must be a {prefix} id", "starting_after"
-        )
-    return limit, starting_after
 
 
 def _page(rendered: list[dict[str, Any]], limit: int) -> dict[str, Any]:

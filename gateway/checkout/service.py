@@ -32,6 +32,7 @@ import core_ext
 from core_ext.errors import CoreError
 from gateway.config import Settings
 from gateway.http.answers import Answer, ApiError, invalid_request, resource_missing
+from gateway.http.params import check_unknown, require_id
 from gateway.http.render import render_checkout_session, render_payment, render_payment_link
 from gateway.idempotency import IdempotencyStore
 from gateway.ids import new_id
@@ -215,7 +216,7 @@ class CheckoutService:
         return row
 
     async def get_session(self, merchant_id: str, session_id: str) -> dict[str, Any]:
-        _require_id("checkout_session", session_id, "cs_")
+        require_id("checkout_session", session_id, "cs_")
         async with self._acquire() as conn:
             row = await store.session(conn, session_id, merchant_id)
         if row is None:
@@ -225,8 +226,8 @@ class CheckoutService:
     async def expire_session(
         self, merchant_id: str, session_id: str, body: object, key: str | None
     ) -> Answer:
-        _require_id("checkout_session", session_id, "cs_")
-        _check_unknown(_object(body), ())
+        require_id("checkout_session", session_id, "cs_")
+        check_unknown(_object(body), ())
         path = f"/v1/checkout/sessions/{session_id}/expire"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
@@ -299,7 +300,7 @@ class CheckoutService:
         return answer
 
     async def get_link(self, merchant_id: str, link_id: str) -> dict[str, Any]:
-        _require_id("payment_link", link_id, "plink_")
+        require_id("payment_link", link_id, "plink_")
         async with self._acquire() as conn:
             row = await store.link(conn, link_id, merchant_id)
         if row is None:
@@ -309,9 +310,9 @@ class CheckoutService:
     async def update_link(
         self, merchant_id: str, link_id: str, body: object, key: str | None
     ) -> Answer:
-        _require_id("payment_link", link_id, "plink_")
+        require_id("payment_link", link_id, "plink_")
         fields = _object(body)
-        _check_unknown(fields, LINK_UPDATE_FIELDS)
+        check_unknown(fields, LINK_UPDATE_FIELDS)
         active = fields.get("active")
         if active is not True and active is not False:
             code = "parameter_missing" if active is None else "parameter_invalid"
@@ -482,18 +483,6 @@ def _object(body: object) -> dict[str, Any]:
     return body
 
 
-def _check_unknown(body: Mapping[str, object], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(str(name) for name in body if name not in allowed)
-    if unknown:
-        raise invalid_request("parameter_unknown", f"unknown parameter: {unknown[0]}", unknown[0])
-
-
-def _require_id(kind: str, object_id: str, prefix: str) -> None:
-    """Not the shape of an id we issue: unknown without asking the database."""
-    if not validation.object_id_valid(object_id, prefix):
-        raise resource_missing(kind, object_id)
-
-
 def _money(body: Mapping[str, Any], names: tuple[str, ...], email: object = None) -> PaymentRequest:
     """amount, currency, capture, reference and description checked by the core's own
     payment validation (the same rules and messages as POST /v1/payments)."""
@@ -538,7 +527,7 @@ def session_fields(body: object) -> SessionFields:
     if not isinstance(body, dict):
         raise invalid_request("parameter_invalid", "request body must be a JSON object")
     fields: dict[str, Any] = body
-    _check_unknown(fields, SESSION_FIELDS)
+    check_unknown(fields, SESSION_FIELDS)
     email = fields.get("customer_email")
     if email is not None and not isinstance(email, str):
         raise invalid_request(
@@ -570,6 +559,6 @@ def link_fields(body: object) -> tuple[PaymentRequest, str | None]:
     """POST /v1/payment_links: the money (as a payment's) and the success_url."""
     if not isinstance(body, dict):
         raise invalid_request("parameter_invalid", "request body must be a JSON object")
-    _check_unknown(body, LINK_FIELDS)
+    check_unknown(body, LINK_FIELDS)
     request = _money(body, ("amount", "currency", "capture", "description"))
     return request, check_url(body.get("success_url"), "success_url")

@@ -17,6 +17,7 @@ import orjson
 import core_ext
 from gateway.config import Settings
 from gateway.http.answers import Answer, invalid_request, resource_missing
+from gateway.http.params import check_unknown, page_query, require_id
 from gateway.http.render import events_list, render_webhook_attempt, render_webhook_endpoint
 from gateway.idempotency import IdempotencyStore
 from gateway.ids import new_id
@@ -130,7 +131,7 @@ class WebhookService:
             raise invalid_request("parameter_invalid", reason, "url")
 
     async def get_endpoint(self, merchant_id: str, endpoint_id: str) -> dict[str, Any]:
-        _require_id("webhook_endpoint", endpoint_id, "we_")
+        require_id("webhook_endpoint", endpoint_id, "we_")
         async with self._acquire() as conn:
             row = await events.endpoint(conn, endpoint_id, merchant_id)
         if row is None:
@@ -138,7 +139,7 @@ class WebhookService:
         return render_webhook_endpoint(row)
 
     async def list_endpoints(self, merchant_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-        limit, starting_after = _page_query(query, (), "we_")
+        limit, starting_after = page_query(query, (), "we_")
         async with self._acquire() as conn:
             cursor = None
             if starting_after is not None:
@@ -157,7 +158,7 @@ class WebhookService:
     async def update_endpoint(
         self, merchant_id: str, endpoint_id: str, body: object, key: str | None
     ) -> Answer:
-        _require_id("webhook_endpoint", endpoint_id, "we_")
+        require_id("webhook_endpoint", endpoint_id, "we_")
         changes = _endpoint_fields(body, UPDATE_FIELDS, creating=False)
         path = f"/v1/webhook_endpoints/{endpoint_id}"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
@@ -180,7 +181,7 @@ class WebhookService:
         return answer
 
     async def delete_endpoint(self, merchant_id: str, endpoint_id: str) -> dict[str, Any]:
-        _require_id("webhook_endpoint", endpoint_id, "we_")
+        require_id("webhook_endpoint", endpoint_id, "we_")
         async with self._acquire() as conn, conn.transaction():
             if not await events.delete_endpoint(conn, endpoint_id, merchant_id):
                 raise resource_missing("webhook_endpoint", endpoint_id)
@@ -199,13 +200,13 @@ class WebhookService:
 
     async def get_event(self, merchant_id: str, event_id: str) -> bytes:
         """The event's JSON, exactly as delivered."""
-        _require_id("event", event_id, "evt_")
+        require_id("event", event_id, "evt_")
         async with self._acquire() as conn:
             row = await self._event(conn, merchant_id, event_id)
         return str(row["payload"]).encode()
 
     async def list_events(self, merchant_id: str, query: Mapping[str, str]) -> bytes:
-        limit, starting_after = _page_query(query, ("type",), "evt_")
+        limit, starting_after = page_query(query, ("type",), "evt_")
         event_type = query.get("type")
         if event_type is not None and event_type not in core_ext.webhooks.EVENT_TYPES:
             raise invalid_request(
@@ -230,7 +231,7 @@ class WebhookService:
         """One page of the merchant's events (their stored JSON) of any of ``event_types``
         (None: all), newest first, and whether more follow; ``limit`` already checked."""
         if starting_after is not None:
-            _require_id("event", starting_after, "evt_")
+            require_id("event", starting_after, "evt_")
         async with self._acquire() as conn:
             cursor = None
             if starting_after is not None:
@@ -243,7 +244,7 @@ class WebhookService:
     async def list_attempts(
         self, merchant_id: str, event_id: str, query: Mapping[str, str]
     ) -> dict[str, Any]:
-        _require_id("event", event_id, "evt_")
+        require_id("event", event_id, "evt_")
         _no_query(query)
         async with self._acquire() as conn:
             await self._event(conn, merchant_id, event_id)
@@ -257,10 +258,10 @@ class WebhookService:
     async def retry_event(
         self, merchant_id: str, event_id: str, body: object, key: str | None
     ) -> Answer:
-        _require_id("event", event_id, "evt_")
+        require_id("event", event_id, "evt_")
         if not isinstance(body, dict):
             raise invalid_request("parameter_invalid", "request body must be a JSON object")
-        _check_unknown(body, ())
+        check_unknown(body, ())
         path = f"/v1/events/{event_id}/retry"
         claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
         if known:
@@ -286,43 +287,8 @@ class WebhookService:
 # --- validation ---------------------------------------------------------------------------
 
 
-def _check_unknown(body: Mapping[str, object], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(str(name) for name in body if name not in allowed)
-    if unknown:
-        raise invalid_request("parameter_unknown", f"unknown parameter: {unknown[0]}", unknown[0])
-
-
 def _no_query(query: Mapping[str, str]) -> None:
-    _check_unknown(query, ())
-
-
-def _require_id(kind: str, object_id: str, prefix: str) -> None:
-    """Not the shape of an id we issue: unknown without asking the database."""
-    if not validation.object_id_valid(object_id, prefix):
-        raise resource_missing(kind, object_id)
-
-
-def _page_query(
-    query: Mapping[str, str], extra: tuple[str, ...], prefix: str
-) -> tuple[int, str | None]:
-    _check_unknown(query, ("limit", "starting_after", *extra))
-    limit = validation.LIST_LIMIT_DEFAULT
-    text = query.get("limit")
-    if text is not None:
-        digits = text.isascii() and text.isdigit() and len(text) <= 3
-        limit = int(text) if digits else 0
-        if not 1 <= limit <= validation.LIST_LIMIT_MAX:
-            raise invalid_request(
-                "parameter_invalid",
-                f"limit must be an integer from 1 to {validation.LIST_LIMIT_MAX}",
-                "limit",
-            )
-    starting_after = query.get("starting_after")
-    if starting_after is not None and not validation.object_id_valid(starting_after, prefix):
-        raise invalid_request(
-            "parameter_invalid", f"starting_after must be a {prefix} id", "starting_after"
-        )
-    return limit, starting_after
+    check_unknown(query, ())
 
 
 def _endpoint_fields(body: object, allowed: tuple[str, ...], creating: bool) -> dict[str, Any]:
@@ -330,7 +296,7 @@ def _endpoint_fields(body: object, allowed: tuple[str, ...], creating: bool) -> 
     update takes only the fields given."""
     if not isinstance(body, dict):
         raise invalid_request("parameter_invalid", "request body must be a JSON object")
-    _check_unknown(body, allowed)
+    check_unknown(body, allowed)
     fields: dict[str, Any] = {}
     url = body.get("url")
     if url is None:
