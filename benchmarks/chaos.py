@@ -1402,6 +1402,7 @@ class Summary:
     billing_paid: int
     billing_uncollectible: int
     billing_captured: int  # captured payments naming an invoice
+    billing_unanswered: int  # attempts no issuer answered (cut off by a kill), tried again
     billing_kills: int
     billing_kills_asked: int
     billing_advance_s: float  # the advance, until the clock was ready again
@@ -1555,6 +1556,7 @@ def summarize(
         billing_paid=billing.paid,
         billing_uncollectible=billing.uncollectible,
         billing_captured=billing.captured,
+        billing_unanswered=billing.unanswered,
         billing_kills=billing.kills,
         billing_kills_asked=args.billing_kills,
         billing_advance_s=billing.advance_s,
@@ -1639,7 +1641,8 @@ def print_summary(summary: Summary, short: bool) -> None:
             f"{summary.billing_advance_s:.1f} s under {summary.billing_kills} kills: "
             f"{summary.billing_invoices} invoices ({summary.billing_paid} paid, "
             f"{summary.billing_uncollectible} uncollectible), {summary.billing_captured} "
-            "captured payments"
+            f"captured payments, {summary.billing_unanswered} attempts cut off by a kill "
+            "and tried again"
         ),
         (
             f"  billing checks     {summary.billing_wrong_periods} subscriptions without one "
@@ -1755,6 +1758,7 @@ class BillingFindings:
     paid: int = 0
     uncollectible: int = 0
     captured: int = 0
+    unanswered: int = 0
     kills: int = 0
     advance_s: float = 0.0
     ready: bool = False
@@ -1902,6 +1906,7 @@ class BillingBooks:
     statuses: dict[str, str]  # subscription id -> status
     captures: dict[str, int]  # invoice id (the payments' metadata) -> captured payments
     pending: list[tuple[str, int]]  # (invoice id, attempt) still pending
+    unanswered: int  # attempts whose payment failed with no issuer's answer
 
 
 async def read_billing_books(dsn: str, merchant_id: str) -> BillingBooks:
@@ -1930,6 +1935,12 @@ async def read_billing_books(dsn: str, merchant_id: str) -> BillingBooks:
                 " WHERE i.merchant_id = $1 AND a.outcome = 'pending'",
                 merchant_id,
             )
+            unanswered = await conn.fetchval(
+                "SELECT count(*) FROM invoice_attempts a JOIN invoices i ON i.id = a.invoice_id"
+                " JOIN payments p ON p.id = a.payment_id"
+                " WHERE i.merchant_id = $1 AND a.outcome = 'failed' AND p.decline_code IS NULL",
+                merchant_id,
+            )
     finally:
         await conn.close()
     return BillingBooks(
@@ -1937,6 +1948,7 @@ async def read_billing_books(dsn: str, merchant_id: str) -> BillingBooks:
         {row["id"]: row["status"] for row in statuses},
         {row["invoice"]: row["n"] for row in captures},
         [(row["invoice_id"], row["attempt"]) for row in pending],
+        unanswered,
     )
 
 
@@ -1953,6 +1965,7 @@ def check_billing(
     found.paid = sum(1 for row in books.invoices if row["status"] == "paid")
     found.uncollectible = sum(1 for row in books.invoices if row["status"] == "uncollectible")
     found.captured = sum(books.captures.values())
+    found.unanswered = books.unanswered
     for subscription_id, declining in subscriptions:
         rows = by_subscription.get(subscription_id, [])
         periods = [row["period_index"] for row in rows]

@@ -17,6 +17,7 @@ from tests.payments_helpers import APPROVED_MASTERCARD, APPROVED_VISA, card, get
 
 DECLINED_CARD = "4000000000000002"  # generic_decline
 INSUFFICIENT_FUNDS_CARD = "4000000000009995"
+PROCESSOR_ERROR_CARD = "4000000000000119"  # 502 processor_error: no issuer answers
 READY_TIMEOUT_S = 60.0  # a clock advance of these tests' size takes well under a second
 
 
@@ -410,6 +411,86 @@ async def test_a_past_due_subscription_recovers_when_a_retry_is_paid(api, mercha
         for e in await events_of(api, merchant, "customer.subscription.updated")
     ]
     assert statuses == ["active", "past_due"]  # newest first
+
+
+async def test_a_charge_no_issuer_answered_is_retried_hourly_outside_dunning(api, merchant, db):
+    """The processor erred: nothing was charged and the card is not at fault. The invoice
+    is tried again an hour later, the subscription stays active (no dunning), and after
+    ten attempts in all the invoice is uncollectible."""
+    clock = await new_clock(api, merchant, "2027-05-01T08:00:00Z")
+    ada = await new_customer(api, merchant, clock)
+    await save_card(api, merchant, ada, PROCESSOR_ERROR_CARD)
+    subscription = await subscribe(api, merchant, ada, await new_price(api, merchant, 2500))
+    [invoice] = await settled_invoices(api, merchant, subscription, 1)
+    assert (invoice["status"], invoice["attempt_count"]) == ("open", 1)
+    assert invoice["next_payment_attempt"] == "2027-05-01T09:00:00Z"
+    assert (await subscription_of(api, merchant, subscription))["status"] == "active"
+
+    await advance(api, merchant, clock, "2027-05-01T10:30:00Z")
+    [invoice] = await invoices_of(api, merchant, subscription)
+    assert (invoice["status"], invoice["attempt_count"]) == ("open", 3)
+    assert invoice["next_payment_attempt"] == "2027-05-01T11:00:00Z"
+    assert (await subscription_of(api, merchant, subscription))["status"] == "active"
+
+    await advance(api, merchant, clock, "2027-05-02T08:00:00Z")
+    [invoice] = await invoices_of(api, merchant, subscription)
+    assert (invoice["status"], invoice["attempt_count"]) == ("uncollectible", 10)
+    canceled = await subscription_of(api, merchant, subscription)
+    assert canceled["status"] == "canceled" and canceled["ended_at"] == "2027-05-01T17:00:00Z"
+    outcomes = await db.fetch(
+        "SELECT a.outcome, p.status, p.decline_code FROM invoice_attempts a"
+        " JOIN payments p ON p.id = a.payment_id WHERE invoice_id = $1 ORDER BY attempt",
+        invoice["id"],
+    )
+    assert [tuple(o) for o in outcomes] == [("failed", "failed", None)] * 10
+    updates = await events_of(api, merchant, "customer.subscription.updated")
+    assert all(e["data"]["object"]["status"] != "past_due" for e in updates)
+
+
+async def test_an_attempt_whose_charge_failed_unanswered_before_a_crash_is_retried_soon(
+    api, merchant, db
+):
+    """A scheduler died after its charge reached the payment path, and the payment was
+    settled failed with no issuer's answer (as recovery settles one the processor never
+    had). Its successor finds that payment and tries again an hour later, not on dunning's
+    next day: the crash costs the customer nothing."""
+    clock = await new_clock(api, merchant, "2027-05-01T08:00:00Z")
+    ada = await new_customer(api, merchant, clock)
+    await save_card(api, merchant, ada, DECLINED_CARD)
+    subscription = await subscribe(api, merchant, ada, await new_price(api, merchant, 2500))
+    [invoice] = await settled_invoices(api, merchant, subscription, 1)
+    assert invoice["next_payment_attempt"] == "2027-05-02T08:00:00Z"  # dunning's day 1
+    erring = await save_card(api, merchant, ada, PROCESSOR_ERROR_CARD)
+    key = f"kassa-invoice-{invoice['id']}-attempt-2"
+    # What the dead scheduler wrote ahead before it sent the charge.
+    await db.execute(
+        "INSERT INTO invoice_attempts (invoice_id, attempt, token_id, idempotency_key)"
+        " VALUES ($1, 2, $2, $3)",
+        invoice["id"],
+        erring["id"],
+        key,
+    )
+    body = {
+        "amount": 2500,
+        "currency": "EUR",
+        "customer": ada["id"],
+        "payment_method": {"type": "token", "token": erring["id"]},
+        "off_session": True,
+        "description": f"subscription {subscription['id']}, period 0",
+        "metadata": {"invoice": invoice["id"], "subscription": subscription["id"]},
+    }
+    status, failed, _ = await post(api, "/v1/payments", merchant, body, key=key)
+    assert status == 502 and failed["error"]["code"] == "processor_error"
+    await save_card(api, merchant, ada, APPROVED_VISA, default=True)
+
+    await advance(api, merchant, clock, "2027-05-02T08:30:00Z")
+    [invoice] = await invoices_of(api, merchant, subscription)
+    assert (invoice["status"], invoice["attempt_count"]) == ("open", 2)
+    assert invoice["next_payment_attempt"] == "2027-05-02T09:00:00Z"
+    await advance(api, merchant, clock, "2027-05-02T09:30:00Z")
+    [invoice] = await invoices_of(api, merchant, subscription)
+    assert (invoice["status"], invoice["attempt_count"]) == ("paid", 3)
+    assert (await subscription_of(api, merchant, subscription))["status"] == "active"
 
 
 async def test_cancel_at_period_end_ends_it_then_and_cancel_now_at_once(api, merchant):

@@ -24,6 +24,10 @@ PERIOD_INDEX_MAX = 100_000  # boundaries past this are refused: no caller needs 
 # Dunning: a declined renewal is retried this many days after its first failure; when the
 # last retry is declined too, the invoice is uncollectible and the subscription canceled.
 DUNNING_RETRY_DAYS = (1, 3, 5)
+# A charge no issuer answered is tried again this much later, outside dunning; an invoice
+# is attempted at most ATTEMPTS_MAX times in all (the invoice_attempts table's bound).
+ERROR_RETRY_S = 3_600
+ATTEMPTS_MAX = 10
 
 SECONDS_PER_DAY = 86_400
 _DAYS_PER_WEEK = 7
@@ -182,13 +186,30 @@ def trial_end(start: int, trial_days: int) -> int:
     return start + trial_days * SECONDS_PER_DAY
 
 
-def retry_at(first_failure: int, attempts_made: int) -> object:
-    """When to charge a declined invoice again, after ``attempts_made`` attempts (the
-    first at its period's start) the first of which failed at ``first_failure``; None
-    when every retry of DUNNING_RETRY_DAYS has been made: the invoice is uncollectible."""
+def retry_at(first_failure: int, declined_at: int) -> object:
+    """When to charge a declined invoice again: the first of DUNNING_RETRY_DAYS after its
+    first failure (at ``first_failure``) still ahead of this decline (at ``declined_at``);
+    None when none is: the invoice is uncollectible. Counted in time, not in attempts, so
+    an attempt that failed outside dunning (error_retry_at) moves no retry."""
     _check_instant("first_failure", first_failure)
+    _check_instant("declined_at", declined_at)
+    if declined_at < first_failure:
+        raise ValueError("declined_at must not be before first_failure")
+    for days in DUNNING_RETRY_DAYS:
+        due = first_failure + days * SECONDS_PER_DAY
+        if due > declined_at:
+            return due
+    return None
+
+
+def error_retry_at(failed_at: int, attempts_made: int) -> object:
+    """When to charge again after an attempt no card issuer answered (the processor erred,
+    or the gateway died before the processor had it: nothing was charged, and the card is
+    not at fault): ERROR_RETRY_S later, outside dunning; None once ATTEMPTS_MAX attempts
+    have been made: the invoice is uncollectible."""
+    _check_instant("failed_at", failed_at)
     if not isinstance(attempts_made, int) or isinstance(attempts_made, bool) or attempts_made < 1:
         raise ValueError("attempts_made must be an integer of at least 1")
-    if attempts_made > len(DUNNING_RETRY_DAYS):
+    if attempts_made >= ATTEMPTS_MAX:
         return None
-    return first_failure + DUNNING_RETRY_DAYS[attempts_made - 1] * SECONDS_PER_DAY
+    return failed_at + ERROR_RETRY_S

@@ -20,7 +20,10 @@ batches their writes as it batches the API's.
 
 A declined charge makes the subscription past_due and is retried DUNNING_RETRY_DAYS after
 the first failure (core_ext.billing.retry_at); after the last, the invoice is
-uncollectible and the subscription canceled. Each step writes its events in the
+uncollectible and the subscription canceled. A charge no issuer answered (the processor
+erred, or a gateway died before the processor had it, which recovery settles as failed)
+is not the card's fault: it is tried again ERROR_RETRY_S later (error_retry_at), outside
+dunning and with the subscription's status unchanged, so a crash never dunns a customer. Each step writes its events in the
 transaction that records it. Time on a test clock is the time the work fell due (a
 renewal at its period's start, a retry at its date), so an advance of a year plays the
 year out in order, period by period, whatever real time it takes.
@@ -90,6 +93,7 @@ class Charge:
     key: str
     happened: datetime  # on the subscription's clock
     outcome: str | None = None  # SUCCEEDED, DECLINED, FAILED; None: unknown (retried later)
+    unanswered: bool = False  # FAILED with no issuer's answer: retried soon, outside dunning
     payment_id: str | None = None
     decline_code: str | None = None
     sent_before: asyncpg.Record | None = None  # the payment an earlier run made, if any
@@ -433,14 +437,23 @@ class Scheduler:
             if c.outcome == SUCCEEDED:
                 outcome = ("paid", c.payment_id, None, None)
                 status, next_action, ended = "active", row["current_period_end"], None
+            elif c.unanswered:
+                again = calendar.error_retry_at(unix(c.happened), c.attempt)
+                if again is None:
+                    outcome = ("uncollectible", None, c.happened, None)
+                    status, next_action, ended = "canceled", None, c.happened
+                else:
+                    retry_at = moment(int(again))  # type: ignore[call-overload]
+                    outcome = ("open", None, None, retry_at)
+                    status, next_action, ended = row["status"], retry_at, None
             else:
                 first = (
                     row["first_failed_at"]
                     if c.attempt > 1 and row["first_failed_at"]
                     else c.happened
                 )
-                retry = calendar.retry_at(unix(first), c.attempt)
-                if retry is None:
+                retry = calendar.retry_at(unix(first), unix(c.happened))
+                if retry is None or c.attempt >= calendar.ATTEMPTS_MAX:
                     outcome = ("uncollectible", None, c.happened, None)
                     status, next_action, ended = "canceled", None, c.happened
                 else:
@@ -524,6 +537,7 @@ def _settle(charge: Charge, answer: Answer) -> None:
     elif answer.status in (402, 502):
         error = body["error"]
         charge.outcome = DECLINED if answer.status == 402 else FAILED
+        charge.unanswered = answer.status == 502  # the processor erred: no issuer answered
         charge.payment_id, charge.decline_code = error.get("payment_id"), error.get("decline_code")
     # Anything else (a replayed 409 about the key, say): unknown, the same attempt later.
 
@@ -545,6 +559,8 @@ def _settle_from_payment(charge: Charge, payment: asyncpg.Record) -> None:
         charge.outcome, charge.decline_code = DECLINED, payment["decline_code"]
     else:  # failed, voided, expired, canceled: no money taken
         charge.outcome = FAILED
+        # Failed by recovery (the processor never had it) or by a processor error.
+        charge.unanswered = status == "failed" and payment["decline_code"] is None
 
 
 def _subscription_event(row: dict[str, Any], event_type: str, now: datetime) -> events.NewEvent:
