@@ -1906,7 +1906,7 @@ class BillingBooks:
     statuses: dict[str, str]  # subscription id -> status
     captures: dict[str, int]  # invoice id (the payments' metadata) -> captured payments
     pending: list[tuple[str, int]]  # (invoice id, attempt) still pending
-    unanswered: int  # attempts whose payment failed with no issuer's answer
+    unanswered: int = 0  # attempts whose payment failed with no issuer's answer
 
 
 async def read_billing_books(dsn: str, merchant_id: str) -> BillingBooks:
