@@ -1,6 +1,6 @@
 """The webhook SSRF guard (gateway/webhooks/addresses.py): which addresses a delivery may
-reach, the URL check at create/update, and the guard inside a real aiohttp connection to
-a real server on loopback.
+reach, the URL check at create/update, and the guard inside the deliverer's own client
+(gateway/webhooks/client.py) connecting to a real server on loopback.
 
 There is no internet DNS here: names are "localhost" (resolved by the system, locally),
 numeric forms the system resolver answers itself, and ``StaticResolver``, a resolver
@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -23,10 +22,10 @@ from gateway.webhooks.addresses import (
     AddressRefused,
     GuardedResolver,
     check_url,
-    guarded_connector,
     is_public,
     refusal,
 )
+from gateway.webhooks.client import WebhookClient
 
 PROP = settings(max_examples=200, deadline=None)
 
@@ -238,58 +237,29 @@ async def loopback_server():
         await runner.cleanup()
 
 
-async def fetch(connector: aiohttp.TCPConnector, url: str) -> int:
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.post(url, data=b"{}", allow_redirects=False) as response,
-    ):
-        return response.status
+async def fetch(allow_private: bool, url: str) -> int:
+    """One POST through the deliverer's own client (gateway/webhooks/client.py)."""
+    client = WebhookClient(allow_private, "Kassa-Webhooks-test")
+    try:
+        status, _ = await client.post(url, {}, b"{}")
+        return status
+    finally:
+        await client.close()
 
 
-async def test_the_guarded_resolver_refuses_to_connect_to_loopback(loopback_server):
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]"])
+async def test_the_deliverers_client_refuses_names_and_literals(loopback_server, host):
     port, hits = loopback_server
-    resolver = GuardedResolver(False)
-    connector = aiohttp.TCPConnector(resolver=resolver)
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await fetch(connector, f"http://localhost:{port}/hook")
-    assert isinstance(info.value.os_error, AddressRefused)
+    with pytest.raises(AddressRefused) as info:
+        await fetch(False, f"http://{host}:{port}/hook")
     assert "loopback" in str(info.value)
     assert hits == []  # nothing reached the server
-    await resolver.close()
-
-
-async def test_allowing_private_addresses_reaches_the_server(loopback_server):
-    port, hits = loopback_server
-    resolver = GuardedResolver(True)
-    status = await fetch(aiohttp.TCPConnector(resolver=resolver), f"http://localhost:{port}/hook")
-    assert status == 200 and hits == ["/hook"]
-    await resolver.close()
-
-
-async def test_aiohttp_never_asks_the_resolver_about_an_ip_literal(loopback_server):
-    # Why guarded_connector also guards the sockets: a resolver alone does not see
-    # http://127.0.0.1/. (If aiohttp starts resolving literals, this test says so.)
-    port, hits = loopback_server
-    resolver = GuardedResolver(False)
-    assert await fetch(aiohttp.TCPConnector(resolver=resolver), f"http://127.0.0.1:{port}/x") == 200
-    assert hits == ["/x"]
-    await resolver.close()
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-async def test_the_guarded_connector_refuses_names_and_literals(loopback_server, host):
+async def test_the_deliverers_client_allowing_private_reaches_the_server(loopback_server, host):
     port, hits = loopback_server
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await fetch(guarded_connector(False), f"http://{host}:{port}/hook")
-    assert isinstance(info.value.os_error, AddressRefused)
-    assert "a loopback address" in str(info.value)
-    assert hits == []
-
-
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-async def test_the_guarded_connector_allowing_private_reaches_the_server(loopback_server, host):
-    port, hits = loopback_server
-    assert await fetch(guarded_connector(True), f"http://{host}:{port}/hook") == 200
+    assert await fetch(True, f"http://{host}:{port}/hook") == 200
     assert hits == ["/hook"]
 
 

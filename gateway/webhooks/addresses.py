@@ -10,11 +10,9 @@ globally reachable is refused, twice:
   (``400 parameter_invalid``, param ``url``);
 - on every connection a delivery makes, because DNS can change after the check (or answer
   differently on purpose: DNS rebinding). The address checked must be the address
-  connected to, so the check sits inside the connection itself: ``GuardedResolver``
-  filters what DNS answered before aiohttp connects, and ``guarded_socket_factory`` checks
-  the address of each socket aiohttp opens. The second matters because aiohttp's
-  ``TCPConnector`` never asks its resolver about a URL whose host is an IP literal
-  (``http://127.0.0.1/``). ``guarded_connector`` sets up both.
+  connected to: the deliverer's client (gateway/webhooks/client.py) connects only to
+  what ``GuardedResolver`` returned, and the resolver checks IP literals
+  (``http://127.0.0.1/``) as well as what DNS answered for a name.
 """
 
 from __future__ import annotations
@@ -24,10 +22,7 @@ import ipaddress
 import re
 import socket
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
 
-import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
@@ -172,34 +167,6 @@ class GuardedResolver(AbstractResolver):
     async def close(self) -> None:
         if self._inner is not None:
             await self._inner.close()
-
-
-SocketFactory = Callable[[Any], socket.socket]
-
-
-def guarded_socket_factory(allow_private: bool) -> SocketFactory:
-    """A ``TCPConnector(socket_factory=...)`` that refuses to open a socket to a refused
-    address: the one check that sees IP-literal URLs, which aiohttp never resolves."""
-
-    def factory(addr_info: Any) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        if not allow_private:
-            address = ipaddress.ip_address(sockaddr[0])
-            why = refusal(address)
-            if why is not None:
-                raise AddressRefused(f"{address} is {why}")
-        return socket.socket(family=family, type=type_, proto=proto)
-
-    return factory
-
-
-def guarded_connector(allow_private: bool, **options: Any) -> aiohttp.TCPConnector:
-    """The connector deliveries use: the guarded resolver and the guarded sockets."""
-    return aiohttp.TCPConnector(
-        resolver=GuardedResolver(allow_private),
-        socket_factory=guarded_socket_factory(allow_private),
-        **options,
-    )
 
 
 def _localhost_name(host: str) -> bool:

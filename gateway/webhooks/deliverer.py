@@ -6,7 +6,7 @@ claim and no row update before the attempt. Everything else (retries, deliveries
 another process wrote and dropped, those of a process that died, manual retries) is
 claimed by polling: due rows under ``FOR UPDATE SKIP LOCKED``, their ``next_attempt_at``
 pushed forward by a lease and committed. Either way the POST goes out after the commit and
-outside any transaction with one shared aiohttp session, and a crash before the attempt
+outside any transaction through one pooled client (gateway/webhooks/client.py), and a crash before the attempt
 is recorded lets the lease lapse: another pass (this process's successor or any other)
 sends the delivery again with the same ``webhook-id``. At least once, never lost; claimed
 by state and time, never by an id cursor (ids commit out of order).
@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import aiohttp
 import asyncpg
 import orjson
 
@@ -46,7 +45,8 @@ from gateway import metrics
 from gateway.config import Settings
 from gateway.store import events
 from gateway.stripe import shapes as stripe_shapes
-from gateway.webhooks.addresses import AddressRefused, guarded_connector
+from gateway.webhooks.addresses import AddressRefused
+from gateway.webhooks.client import WebhookClient
 from gateway.webhooks.secrets import SecretBox
 
 log = logging.getLogger("kassa.webhooks")
@@ -62,9 +62,6 @@ HANDOFF_WAIT_S = 5.0
 HANDOFF_QUEUE_MAX = 10_000  # handed deliveries waiting for a slot; past it, claimed later
 ENDPOINT_CACHE_S = 1.0  # how stale an endpoint another process changed may be when sent to
 DISABLED_ENDPOINT_CACHE_S = 0.1  # and one found not enabled, before its deliveries are canceled
-RESPONSE_BYTES_MAX = 64 * 1024  # what is read of an answer (its body is never used)
-# aiohttp's defaults ask for any type and compressed answers: the answer is never read.
-UNSENT_AUTO_HEADERS = ("Accept", "Accept-Encoding")
 GAUGE_INTERVAL_S = 5.0
 RECORD_RETRIES_MAX = 5  # then the attempts are dropped: their leases lapse, they go again
 FAILURE_BACKOFF_S = 1.0  # after a database error in a pass
@@ -160,7 +157,7 @@ class Deliverer:
         self._by_endpoint: dict[str, int] = {}
         self._sending: dict[asyncio.Task[None], _Due] = {}  # attempts in flight
         self._loops: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._client: WebhookClient | None = None
 
     def handoff(self, deliveries: Sequence[events.Handoff]) -> None:
         """Deliveries this process just committed, leased to it: send them, no claim."""
@@ -184,20 +181,9 @@ class Deliverer:
         self._endpoints.pop(endpoint_id, None)
 
     async def start(self) -> None:
-        # The SSRF guard sits in the connection: the address checked is the one connected.
-        connector = guarded_connector(
-            self._allow_private, limit=self._concurrency, limit_per_host=self._per_endpoint
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-            trust_env=False,  # no proxy from the environment sees our deliveries
-            headers={"User-Agent": USER_AGENT},
-            auto_decompress=False,
-            # A receiver's Set-Cookie must never travel to another endpoint on its host;
-            # no jar is also a fifth less of the client's CPU per request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # The SSRF guard sits in the client's resolver: the address checked is the one
+        # connected to. Attempts in flight are bounded here, overall and per endpoint.
+        self._client = WebhookClient(self._allow_private, USER_AGENT)
         self._loops = [
             asyncio.create_task(self._dispatch_forever()),
             asyncio.create_task(self._record_forever()),
@@ -226,8 +212,8 @@ class Deliverer:
                     await self._record_batch(conn, self._finished)
                 if unfinished:
                     await events.release(conn, unfinished)
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     # --- dispatching ----------------------------------------------------------------------
 
@@ -381,12 +367,7 @@ class Deliverer:
             error = f"timeout: no answer within {self._timeout_s:g} s"
         except AddressRefused as exc:
             error = f"refused_address: {exc}"
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, AddressRefused):
-                error = f"refused_address: {exc.os_error}"
-            else:
-                error = f"connection_error: {type(exc).__name__}"
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:  # refused, reset, TLS, not HTTP (client.BadResponse)
             error = f"connection_error: {type(exc).__name__}"
         duration_ms = int((time.monotonic() - started) * 1000)
         attempt = due.attempts + 1
@@ -421,19 +402,11 @@ class Deliverer:
         )
 
     async def _post(self, url: str, secret: str, due: _Due, body: bytes) -> tuple[int, str | None]:
-        if self._session is None:
+        if self._client is None:
             raise RuntimeError("the deliverer was not started")
         headers = webhooks.signature_headers(secret, due.event_id, int(time.time()), body)
-        headers["Content-Type"] = "application/json"
-        async with self._session.post(
-            url,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-            skip_auto_headers=UNSENT_AUTO_HEADERS,
-        ) as response:
-            await response.content.read(RESPONSE_BYTES_MAX)  # bounded; never parsed
-            return response.status, response.headers.get("Retry-After")
+        async with asyncio.timeout(self._timeout_s):  # connect, send and answer, in all
+            return await self._client.post(url, headers, body)
 
     # --- recording ------------------------------------------------------------------------
 

@@ -1,0 +1,260 @@
+"""The deliveries' HTTP client: one POST, one status, over kept-alive connections.
+
+A delivery needs little of HTTP: send a small signed POST, read the status line and
+``Retry-After``, drop the body. aiohttp's client session did that at about 100 us of a
+worker's CPU per delivery (``python -m benchmarks.anatomy --webhooks``: two thirds of
+what a delivery cost the workers), for cookies, redirects, tracing, proxies, multidicts
+and stream readers a delivery never uses. This client is an ``asyncio.Protocol`` per
+connection with httptools' parser (llhttp, the parser uvicorn uses) and a pool of idle
+connections per origin, which is all a delivery asks for:
+
+- HTTP/1.1 with keep-alive; a connection the receiver closed while idle is noticed when
+  reused (no answer at all) and the POST is sent once more on a fresh one. A receiver
+  may so see an attempt twice, which at-least-once delivery allows (same ``webhook-id``).
+- No redirect is ever followed (a 3xx is just a status), no proxy from the environment is
+  used, no cookie is kept, the answer's body is read up to ``RESPONSE_BYTES_MAX`` and
+  discarded: a larger answer closes the connection.
+- The SSRF guard is the resolver's (``GuardedResolver``): the address connected to is one
+  it returned, so there is no window for DNS to change in between.
+- The caller bounds the time of a whole attempt (connect, send, answer) and the number of
+  attempts in flight (overall and per endpoint), so the pool needs no bound of its own
+  beyond ``IDLE_PER_ORIGIN_MAX`` idle connections kept per origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+import httptools
+from yarl import URL
+
+from gateway.webhooks.addresses import GuardedResolver
+
+RESPONSE_BYTES_MAX = 64 * 1024  # of an answer's body, read and dropped; past it, closed
+IDLE_PER_ORIGIN_MAX = 32  # idle connections kept per origin (a deliverer's per-endpoint bound)
+# An idle connection older than this is closed rather than reused: receivers close theirs
+# after a few seconds (Node.js after 5), and reusing one they are closing costs a retry.
+IDLE_REUSE_S = 4.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class BadResponse(OSError):
+    """The receiver's answer was not HTTP, or the connection ended before one."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a URL comes to on the wire, parsed once per URL."""
+
+    origin: tuple[str, str, int]  # scheme, host, port: the pool's key
+    host: str  # to resolve (an IP literal without its brackets)
+    head: bytes  # the request line and the headers every POST to it carries
+
+
+def _target(url: str, user_agent: str) -> _Target:
+    parsed = URL(url)
+    scheme, host = parsed.scheme, parsed.raw_host or ""
+    port = parsed.explicit_port or DEFAULT_PORTS[scheme]
+    path = parsed.raw_path_qs or "/"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {parsed.raw_authority}\r\n"
+        f"User-Agent: {user_agent}\r\nContent-Type: application/json\r\n"
+    ).encode("ascii")
+    return _Target((scheme, host, port), host.strip("[]"), head)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to a receiver; one request on it at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = 0.0
+        self.open = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._answer: asyncio.Future[tuple[int, str | None]] | None = None
+        self._status = 0
+        self._retry_after: str | None = None
+        self._body_bytes = 0
+        self._answered_bytes = False  # any byte of an answer arrived on this request
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.open = True
+
+    def data_received(self, data: bytes) -> None:
+        self._answered_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("the receiver switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"not an HTTP answer: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close: half-open connections are never reused
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        answer = self._answer
+        if answer is None or answer.done():
+            return
+        if self._status:  # the answer's body ran until the close: the status is known
+            answer.set_result((self._status, self._retry_after))
+        else:
+            answer.set_exception(BadResponse("the receiver closed the connection unanswered"))
+
+    # httptools' callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"retry-after":
+            self._retry_after = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > RESPONSE_BYTES_MAX:
+            self._finish(keep=False)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._status < 200:  # an interim answer (100 Continue): the real one follows
+            self._status, self._retry_after = 0, None
+            return
+        self._finish(keep=self._parser.should_keep_alive())
+
+    # the client's side
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, str | None]]:
+        """Write one request; the future answers (status, Retry-After)."""
+        if self.transport is None:
+            raise BadResponse("not connected")
+        self._answer = asyncio.get_running_loop().create_future()
+        self._status, self._retry_after, self._body_bytes = 0, None, 0
+        self._answered_bytes = False
+        self.transport.write(request)
+        return self._answer
+
+    @property
+    def answered_bytes(self) -> bool:
+        return self._answered_bytes
+
+    def close(self) -> None:
+        self.open = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def _finish(self, keep: bool) -> None:
+        answer = self._answer
+        if not keep:
+            self.close()
+        if answer is not None and not answer.done():
+            answer.set_result((self._status, self._retry_after))
+
+    def _fail(self, exc: Exception) -> None:
+        self.close()
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(exc)
+
+
+class WebhookClient:
+    """POSTs to receivers; one per deliverer, closed with it."""
+
+    def __init__(self, allow_private: bool, user_agent: str) -> None:
+        self._resolver = GuardedResolver(allow_private)
+        self._user_agent = user_agent
+        self._targets: dict[str, _Target] = {}
+        self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, str | None]:
+        """POST ``body`` with ``headers`` (and Host, User-Agent, Content-Type and
+        Content-Length) to ``url``; (status, Retry-After). Raises AddressRefused, OSError
+        (BadResponse included); the caller bounds its time."""
+        target = self._targets.get(url)
+        if target is None:
+            if len(self._targets) > 10_000:  # endpoints come and go: never grows unbounded
+                self._targets.clear()
+            target = self._targets[url] = _target(url, self._user_agent)
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        request = b"".join(
+            (target.head, f"{lines}Content-Length: {len(body)}\r\n\r\n".encode("latin-1"), body)
+        )
+        connection = self._reuse(target.origin)
+        if connection is not None:
+            try:
+                return await self._exchange(target.origin, connection, request)
+            except BadResponse:
+                if connection.answered_bytes:
+                    raise
+                # Closed by the receiver while idle, before our request reached it: once
+                # more on a new connection (at least once allows the rare double).
+        connection = await self._connect(target)
+        return await self._exchange(target.origin, connection, request)
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        await self._resolver.close()
+
+    def _reuse(self, origin: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely closed
+            if connection.open and now - connection.idle_since < IDLE_REUSE_S:
+                return connection
+            connection.close()
+        return None
+
+    async def _exchange(
+        self, origin: tuple[str, str, int], connection: _Connection, request: bytes
+    ) -> tuple[int, str | None]:
+        try:
+            answer = await connection.send(request)
+        except BaseException:
+            connection.close()  # timed out or canceled mid-request: never reused
+            raise
+        if connection.open:
+            connection.idle_since = time.monotonic()
+            idle = self._idle.setdefault(origin, collections.deque())
+            if len(idle) < IDLE_PER_ORIGIN_MAX:
+                idle.append(connection)
+            else:
+                connection.close()
+        return answer
+
+    async def _connect(self, target: _Target) -> _Connection:
+        scheme, host, port = target.origin
+        loop = asyncio.get_running_loop()
+        tls = self._tls_context() if scheme == "https" else None
+        # Only addresses the guard let through; the first that answers.
+        addresses = await self._resolver.resolve(target.host, port, socket.AF_UNSPEC)
+        failure: OSError | None = None
+        for address in addresses:
+            connection = _Connection()
+            try:
+                await loop.create_connection(
+                    lambda connection=connection: connection,
+                    host=address["host"],
+                    port=address["port"],
+                    family=address["family"],
+                    ssl=tls,
+                    server_hostname=target.host if tls else None,
+                )
+            except OSError as exc:
+                failure = exc
+                continue
+            return connection
+        raise failure or BadResponse(f"{host} has no address")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
