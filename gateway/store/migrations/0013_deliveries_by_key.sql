@@ -1,0 +1,14 @@
+-- A delivery's attempt is recorded by its key, (event_id, endpoint_id): the primary key.
+--
+-- The partial index on endpoint_id of pending deliveries (0007) let the planner record a
+-- batch of attempts through it instead: for each attempt it walked every pending row of
+-- that endpoint, and the dead ones the record's own deletes left until vacuum, so the
+-- record grew with the backlog of its endpoint (pg_stat_statements under
+-- `benchmarks.anatomy --webhooks`: 102 us of PostgreSQL per delivery, 13 ms a batch of
+-- 130; EXPLAIN showed 64 rows filtered per attempt). Without it the record probes the
+-- primary key, and each new delivery writes one index entry fewer.
+--
+-- Its one reader, the cancellation of an endpoint's pending deliveries (disabled,
+-- deleted, 410 Gone: rare), reads the pending rows through webhook_deliveries_due, which
+-- holds exactly the pending rows.
+DROP INDEX webhook_deliveries_endpoint_pending;
