@@ -153,6 +153,34 @@ async def subscription_of(api, merchant, subscription: dict) -> dict:
     return body
 
 
+async def dead_schedulers_charge(
+    api, merchant, db, subscription: dict, invoice: dict, token: dict, attempt: int
+) -> tuple[int, dict, str]:
+    """What a scheduler that then died did for an invoice's attempt: wrote the attempt
+    ahead (its card and key) and sent the charge, exactly as the scheduler sends it.
+    (status, answer, the attempt's Idempotency-Key)."""
+    key = f"kassa-invoice-{invoice['id']}-attempt-{attempt}"
+    await db.execute(
+        "INSERT INTO invoice_attempts (invoice_id, attempt, token_id, idempotency_key)"
+        " VALUES ($1, $2, $3, $4)",
+        invoice["id"],
+        attempt,
+        token["id"],
+        key,
+    )
+    body = {
+        "amount": invoice["amount"],
+        "currency": invoice["currency"].upper(),
+        "customer": subscription["customer"],
+        "payment_method": {"type": "token", "token": token["id"]},
+        "off_session": True,
+        "description": f"subscription {subscription['id']}, period {invoice['period_index']}",
+        "metadata": {"invoice": invoice["id"], "subscription": subscription["id"]},
+    }
+    status, answer, _ = await post(api, "/v1/payments", merchant, body, key=key)
+    return status, answer, key
+
+
 # --- customers ----------------------------------------------------------------------------
 
 
@@ -461,25 +489,9 @@ async def test_an_attempt_whose_charge_failed_unanswered_before_a_crash_is_retri
     [invoice] = await settled_invoices(api, merchant, subscription, 1)
     assert invoice["next_payment_attempt"] == "2027-05-02T08:00:00Z"  # dunning's day 1
     erring = await save_card(api, merchant, ada, PROCESSOR_ERROR_CARD)
-    key = f"kassa-invoice-{invoice['id']}-attempt-2"
-    # What the dead scheduler wrote ahead before it sent the charge.
-    await db.execute(
-        "INSERT INTO invoice_attempts (invoice_id, attempt, token_id, idempotency_key)"
-        " VALUES ($1, 2, $2, $3)",
-        invoice["id"],
-        erring["id"],
-        key,
+    status, failed, _ = await dead_schedulers_charge(
+        api, merchant, db, subscription, invoice, erring, 2
     )
-    body = {
-        "amount": 2500,
-        "currency": "EUR",
-        "customer": ada["id"],
-        "payment_method": {"type": "token", "token": erring["id"]},
-        "off_session": True,
-        "description": f"subscription {subscription['id']}, period 0",
-        "metadata": {"invoice": invoice["id"], "subscription": subscription["id"]},
-    }
-    status, failed, _ = await post(api, "/v1/payments", merchant, body, key=key)
     assert status == 502 and failed["error"]["code"] == "processor_error"
     await save_card(api, merchant, ada, APPROVED_VISA, default=True)
 
@@ -632,25 +644,9 @@ async def test_a_renewal_charged_before_a_crash_is_the_same_request_when_retried
     [invoice] = await settled_invoices(api, merchant, subscription, 1)
     assert invoice["attempt_count"] == 1
     good = await save_card(api, merchant, ada, APPROVED_VISA, default=True)
-    # What the dead scheduler wrote ahead, and the charge it sent, with the same key.
-    key = f"kassa-invoice-{invoice['id']}-attempt-2"
-    await db.execute(
-        "INSERT INTO invoice_attempts (invoice_id, attempt, token_id, idempotency_key)"
-        " VALUES ($1, 2, $2, $3)",
-        invoice["id"],
-        good["id"],
-        key,
+    status, charged, key = await dead_schedulers_charge(
+        api, merchant, db, subscription, invoice, good, 2
     )
-    body = {
-        "amount": 2500,
-        "currency": "EUR",
-        "customer": ada["id"],
-        "payment_method": {"type": "token", "token": good["id"]},
-        "off_session": True,
-        "description": f"subscription {subscription['id']}, period 0",
-        "metadata": {"invoice": invoice["id"], "subscription": subscription["id"]},
-    }
-    status, charged, _ = await post(api, "/v1/payments", merchant, body, key=key)
     assert status == 201 and charged["status"] == "captured"
     if key_swept:
         await db.execute(
