@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
 import core_ext
 from gateway.http.answers import Answer, key_in_use, key_reused, replayed
+from gateway.store import events
 from gateway.store import idempotency as keys
 from gateway.store.idempotency import Claim
+
+# What a POST does inside its transaction: its answer and the events it writes.
+Work = Callable[[asyncpg.Connection], Awaitable[tuple[Answer, list[events.NewEvent]]]]
 
 
 class IdempotencyStore:
@@ -121,6 +127,42 @@ class IdempotencyStore:
         if row is None or row["state"] != "completed":
             return None
         return Answer(row["response_status"], bytes(row["response_body"]))
+
+    async def post(
+        self,
+        acquire: Callable[[], Any],
+        merchant_id: str,
+        key: str | None,
+        path: str,
+        body: object,
+        work: Work,
+        outbox: events.Outbox | None = None,
+    ) -> Answer:
+        """One POST whose whole effect is ``work`` (on a connection from ``acquire``): its
+        key claimed, the work done, its events written and its answer stored, in one
+        transaction; the deliveries written handed to ``outbox`` after the commit (a
+        work without events needs none). An ApiError raised by ``work`` rolls it all
+        back, the claim too, so a 404 is not stored."""
+        claim, known = self.prepare(merchant_id, key, "POST", path, body)
+        if known:
+            return known
+        handed: list[events.Handoff] = []
+        with self.guard(claim):
+            async with acquire() as conn, conn.transaction():
+                conflict = await self.claim(conn, claim, None)
+                if conflict:
+                    return conflict
+                answer, new_events = await work(conn)
+                if new_events:
+                    if outbox is None:
+                        raise RuntimeError(f"POST {path} wrote events with no outbox for them")
+                    now = datetime.now(UTC)
+                    handed = await events.write(conn, new_events, now, outbox.lease_s)
+                await self.complete(conn, claim, answer)
+        self.remember(claim, answer)
+        if outbox is not None:
+            outbox.written(handed)
+        return answer
 
     def remember(self, claim: Claim | None, answer: Answer) -> None:
         if claim is not None and answer.storable:

@@ -33,6 +33,7 @@ from gateway import metrics
 from gateway.cards import CardVault
 from gateway.config import Settings
 from gateway.http.answers import Answer, ApiError, api_error, invalid_request, resource_missing
+from gateway.http.params import require_id
 from gateway.http.render import (
     answer_for_authorization,
     render_payment,
@@ -961,10 +962,7 @@ async def _serialized(conn: asyncpg.Connection, payment_id: str) -> AsyncIterato
 
 
 def _require_id_shape(kind: str, object_id: str, param: str = "id") -> None:
-    """Not the shape of any id we issue (too long, a NUL, another prefix): unknown without
-    asking the database, which could not even store some of these."""
-    if not core_ext.validation.object_id_valid(object_id, ID_PREFIXES[kind]):
-        raise resource_missing(kind, object_id, param=param)
+    require_id(kind, object_id, ID_PREFIXES[kind], param)
 
 
 def attempt_number(row: asyncpg.Record) -> int:

@@ -10,7 +10,7 @@ core (core_ext.billing) in whole unix seconds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from gateway.http.render import (
     render_subscription,
     render_test_clock,
 )
-from gateway.idempotency import IdempotencyStore
+from gateway.idempotency import IdempotencyStore, Work
 from gateway.ids import new_id
 from gateway.store import billing as store
 from gateway.store import events
@@ -45,9 +45,6 @@ TIMESTAMP_YEAR_MIN, TIMESTAMP_YEAR_MAX = 1970, 9000  # a clock's time, and what 
 
 SUBSCRIPTION_STATE_INVALID = "subscription_state_invalid"
 TEST_CLOCK_NOT_READY = "test_clock_not_ready"
-
-# The work of one idempotent POST inside its transaction: the answer and the events.
-Work = Callable[[asyncpg.Connection], Awaitable[tuple[Answer, list[events.NewEvent]]]]
 
 
 def unix(moment: datetime) -> int:
@@ -103,26 +100,9 @@ class BillingService:
     async def _idempotent(
         self, merchant_id: str, key: str | None, path: str, body: object, work: Work
     ) -> Answer:
-        """One POST: claim its key, do ``work``, write its events and store its answer,
-        all in one transaction. An ApiError raised by ``work`` rolls it all back (the
-        claim too: a 404 is not stored)."""
-        claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
-        if known:
-            return known
-        handed: list[events.Handoff] = []
-        with self._idempotency.guard(claim):
-            async with self._acquire() as conn, conn.transaction():
-                conflict = await self._idempotency.claim(conn, claim, None)
-                if conflict:
-                    return conflict
-                answer, new_events = await work(conn)
-                handed = await events.write(
-                    conn, new_events, datetime.now(UTC), self._outbox.lease_s
-                )
-                await self._idempotency.complete(conn, claim, answer)
-        self._idempotency.remember(claim, answer)
-        self._outbox.written(handed)
-        return answer
+        return await self._idempotency.post(
+            self._acquire, merchant_id, key, path, body, work, self._outbox
+        )
 
     # --- customers ------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from gateway.config import Settings
 from gateway.http.answers import Answer, ApiError, invalid_request, resource_missing
 from gateway.http.params import check_unknown, require_id
 from gateway.http.render import render_checkout_session, render_payment, render_payment_link
-from gateway.idempotency import IdempotencyStore
+from gateway.idempotency import IdempotencyStore, Work
 from gateway.ids import new_id
 from gateway.merchants import LimitDefaults, risk_limits
 from gateway.payments import PaymentService
@@ -144,21 +144,19 @@ class CheckoutService:
         self, merchant_id: str, body: object, key: str | None, origin: str
     ) -> Answer:
         fields = session_fields(body)
-        claim, known = self._idempotency.prepare(
-            merchant_id, key, "POST", "/v1/checkout/sessions", body
+
+        async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
+            row = await self._insert_session(conn, merchant_id, fields, None, origin)
+            return Answer.of_json(201, render_checkout_session(row)), []
+
+        return await self._post(merchant_id, key, "/v1/checkout/sessions", body, work)
+
+    async def _post(
+        self, merchant_id: str, key: str | None, path: str, body: object, work: Work
+    ) -> Answer:
+        return await self._idempotency.post(
+            self._acquire, merchant_id, key, path, body, work, self.payments.outbox
         )
-        if known:
-            return known
-        with self._idempotency.guard(claim):
-            async with self._acquire() as conn, conn.transaction():
-                conflict = await self._idempotency.claim(conn, claim, None)
-                if conflict:
-                    return conflict
-                row = await self._insert_session(conn, merchant_id, fields, None, origin)
-                answer = Answer.of_json(201, render_checkout_session(row))
-                await self._idempotency.complete(conn, claim, answer)
-        self._idempotency.remember(claim, answer)
-        return answer
 
     async def _insert_session(
         self,
@@ -272,32 +270,23 @@ class CheckoutService:
         self, merchant_id: str, body: object, key: str | None, origin: str
     ) -> Answer:
         request, success_url = link_fields(body)
-        claim, known = self._idempotency.prepare(
-            merchant_id, key, "POST", "/v1/payment_links", body
-        )
-        if known:
-            return known
         link_id = new_id("plink")
-        with self._idempotency.guard(claim):
-            async with self._acquire() as conn, conn.transaction():
-                conflict = await self._idempotency.claim(conn, claim, None)
-                if conflict:
-                    return conflict
-                row = await store.insert_link(
-                    conn,
-                    link_id,
-                    merchant_id,
-                    self.base_url(origin) + LINK_PATH + link_id,
-                    request.amount,
-                    request.currency,
-                    request.capture,
-                    request.description,
-                    success_url,
-                )
-                answer = Answer.of_json(201, render_payment_link(row))
-                await self._idempotency.complete(conn, claim, answer)
-        self._idempotency.remember(claim, answer)
-        return answer
+
+        async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
+            row = await store.insert_link(
+                conn,
+                link_id,
+                merchant_id,
+                self.base_url(origin) + LINK_PATH + link_id,
+                request.amount,
+                request.currency,
+                request.capture,
+                request.description,
+                success_url,
+            )
+            return Answer.of_json(201, render_payment_link(row)), []
+
+        return await self._post(merchant_id, key, "/v1/payment_links", body, work)
 
     async def get_link(self, merchant_id: str, link_id: str) -> dict[str, Any]:
         require_id("payment_link", link_id, "plink_")
@@ -317,22 +306,14 @@ class CheckoutService:
         if active is not True and active is not False:
             code = "parameter_missing" if active is None else "parameter_invalid"
             raise invalid_request(code, "active must be true or false", "active")
-        path = f"/v1/payment_links/{link_id}"
-        claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
-        if known:
-            return known
-        with self._idempotency.guard(claim):
-            async with self._acquire() as conn, conn.transaction():
-                conflict = await self._idempotency.claim(conn, claim, None)
-                if conflict:
-                    return conflict
-                row = await store.set_link_active(conn, link_id, merchant_id, active)
-                if row is None:  # raised: the claim rolls back, a 404 is not stored
-                    raise resource_missing("payment_link", link_id)
-                answer = Answer.of_json(200, render_payment_link(row))
-                await self._idempotency.complete(conn, claim, answer)
-        self._idempotency.remember(claim, answer)
-        return answer
+
+        async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
+            row = await store.set_link_active(conn, link_id, merchant_id, active)
+            if row is None:  # raised: the claim rolls back, a 404 is not stored
+                raise resource_missing("payment_link", link_id)
+            return Answer.of_json(200, render_payment_link(row)), []
+
+        return await self._post(merchant_id, key, f"/v1/payment_links/{link_id}", body, work)
 
     # --- what the pages need ------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Request-parameter checks the native services share (webhooks, checkout, billing):
+"""Request-parameter checks the native services share (payments, webhooks, checkout, billing):
 unknown names, id shapes, and list pages. Each raises API.md's error, never a stack trace."""
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ def check_unknown(given: Mapping[str, object], allowed: tuple[str, ...]) -> None
         raise invalid_request("parameter_unknown", f"unknown parameter: {unknown[0]}", unknown[0])
 
 
-def require_id(kind: str, object_id: str, prefix: str) -> None:
-    """Not the shape of an id we issue: unknown without asking the database."""
+def require_id(kind: str, object_id: str, prefix: str, param: str = "id") -> None:
+    """Not the shape of an id we issue (too long, a NUL, another prefix): unknown without
+    asking the database, which could not even store some of these."""
     if not validation.object_id_valid(object_id, prefix):
-        raise resource_missing(kind, object_id)
+        raise resource_missing(kind, object_id, param=param)
 
 
 def page_query(

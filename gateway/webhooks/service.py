@@ -262,24 +262,17 @@ class WebhookService:
         if not isinstance(body, dict):
             raise invalid_request("parameter_invalid", "request body must be a JSON object")
         check_unknown(body, ())
+        queued: list[str] = []
+
+        async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
+            await self._event(conn, merchant_id, event_id)
+            queued.extend(await events.retry(conn, event_id))
+            answer = {"object": "event_retry", "event_id": event_id, "endpoints": queued}
+            return Answer.of_json(200, answer), []
+
         path = f"/v1/events/{event_id}/retry"
-        claim, known = self._idempotency.prepare(merchant_id, key, "POST", path, body)
-        if known:
-            return known
-        with self._idempotency.guard(claim):
-            async with self._acquire() as conn, conn.transaction():
-                conflict = await self._idempotency.claim(conn, claim, None)
-                if conflict:
-                    return conflict
-                await self._event(conn, merchant_id, event_id)
-                endpoint_ids = await events.retry(conn, event_id)
-                answer = Answer.of_json(
-                    200,
-                    {"object": "event_retry", "event_id": event_id, "endpoints": endpoint_ids},
-                )
-                await self._idempotency.complete(conn, claim, answer)
-        self._idempotency.remember(claim, answer)
-        if endpoint_ids:
+        answer = await self._idempotency.post(self._acquire, merchant_id, key, path, body, work)
+        if queued:  # sent now, not at the next poll (a replay queued nothing)
             self._deliveries_due()
         return answer
 
