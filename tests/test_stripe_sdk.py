@@ -163,6 +163,74 @@ async def test_card_to_manual_capture_to_partial_capture_to_refund(sdk, db, data
     assert_books_verify(database_url)
 
 
+async def test_expand_turns_ids_into_their_objects_as_stripe_does(sdk):
+    method = sdk.v1.payment_methods.create({"type": "card", "card": CARD})
+    intent = sdk.v1.payment_intents.create(
+        {
+            "amount": 1200,
+            "currency": "eur",
+            "payment_method": method.id,
+            "confirm": True,
+            "expand": ["latest_charge", "payment_method"],
+        }
+    )
+    assert isinstance(intent.latest_charge, stripe.Charge)
+    assert isinstance(intent.payment_method, stripe.PaymentMethod)
+    assert intent.latest_charge.payment_intent == intent.id  # one level: an id inside
+    assert (intent.latest_charge.amount_captured, intent.payment_method.id) == (1200, method.id)
+    assert intent.payment_method.card.last4 == "4242"
+    # The same objects as their own retrieves.
+    assert intent.latest_charge == sdk.v1.charges.retrieve(intent.latest_charge.id)
+    assert intent.payment_method == sdk.v1.payment_methods.retrieve(method.id)
+
+    read = sdk.v1.payment_intents.retrieve(intent.id, {"expand": ["latest_charge"]})
+    assert read.latest_charge.id == intent.latest_charge.id
+    assert isinstance(read.payment_method, str)  # not asked for: stays an id
+    magic = sdk.v1.payment_intents.create(
+        {
+            "amount": 300,
+            "currency": "eur",
+            "payment_method": "pm_card_mastercard",
+            "confirm": True,
+            "expand": ["payment_method"],
+        }
+    )
+    assert (magic.payment_method.id, magic.payment_method.card.brand) == (
+        "pm_card_mastercard",
+        "mastercard",
+    )
+    listed = sdk.v1.payment_intents.list({"limit": 2, "expand": ["data.latest_charge"]})
+    assert [i.latest_charge.object for i in listed.data] == ["charge", "charge"]
+
+    refund = sdk.v1.refunds.create(
+        {"payment_intent": intent.id, "amount": 200, "expand": ["charge", "payment_intent"]}
+    )
+    assert (refund.charge.id, refund.payment_intent.id) == (intent.latest_charge.id, intent.id)
+    assert refund.payment_intent.amount_received == 1200
+    charge = sdk.v1.charges.retrieve(intent.latest_charge.id, {"expand": ["payment_intent"]})
+    assert isinstance(charge.payment_intent, stripe.PaymentIntent)
+    assert charge.amount_refunded == 200
+    unsent = sdk.v1.payment_intents.create(
+        {"amount": 100, "currency": "eur", "expand": ["latest_charge"]}
+    )
+    assert unsent.latest_charge is None  # nothing to expand: null stays null
+
+    # Stripe's refusals: a field that cannot be expanded, and a list's path without data.
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_intents.retrieve(intent.id, {"expand": ["customer"]})
+    assert (raised.value.http_status, raised.value.param) == (400, "expand")
+    assert str(raised.value.user_message) == "This property cannot be expanded (customer)."
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_intents.list({"expand": ["latest_charge"]})
+    assert "You may want to try expanding 'data.latest_charge' instead." in str(
+        raised.value.user_message
+    )
+    # expand is a property of answers: not taken where there is nothing to expand.
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.customers.create({"email": "a@example.com", "expand": ["default_source"]})
+    assert (raised.value.code, raised.value.param) == ("parameter_unknown", "expand")
+
+
 async def test_auto_paging_iter_walks_every_page_newest_first(sdk):
     made = [
         sdk.v1.payment_intents.create(

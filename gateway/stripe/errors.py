@@ -250,6 +250,19 @@ def no_such(kind: str, object_id: str, param: str = "id") -> StripeError:
     )
 
 
+def not_expandable(path: str, instead: str | None = None) -> StripeError:
+    """Stripe's 400 for an ``expand[]`` path the object has no expandable field at:
+    ``This property cannot be expanded (customer).`` (and, for a list, the ``data.``
+    path that would be)."""
+    message = f"This property cannot be expanded ({path})."
+    if instead is not None:
+        message += f" You may want to try expanding '{instead}' instead."
+    return StripeError(
+        400,
+        {"error": {"type": "invalid_request_error", "message": scrub(message), "param": "expand"}},
+    )
+
+
 def _ours(object_id: str) -> bool:
     prefix, _, suffix = object_id.partition("_")
     return prefix.isalpha() and len(prefix) <= 3 and bool(shapes.OBJECT_IDS.fullmatch(suffix))

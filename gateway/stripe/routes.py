@@ -76,10 +76,27 @@ class Endpoint:
     differences: tuple[str, ...] = ()
     # Native parameter names -> the Stripe parameter they came from, for error params.
     renames: Mapping[str, str] | None = None
+    # The object it answers (``payment_intent``, ...; a list of them when ``listed``),
+    # whose expandable fields (EXPANDERS) ``expand[]`` may name; "": expand is unknown.
+    answers: str = ""
+    listed: bool = False
+
+    @property
+    def expandable(self) -> tuple[str, ...]:
+        """The ``expand[]`` paths it takes: its object's fields (``data.`` ones for a list)."""
+        prefix = "data." if self.listed else ""
+        return tuple(prefix + f for (kind, f) in EXPANDERS if kind == self.answers)
+
+    @property
+    def all_params(self) -> tuple[Param, ...]:
+        if not self.expandable:
+            return self.params
+        paths = ", ".join(f"`{path}`" for path in self.expandable)
+        return (*self.params, Param("expand", f"any of {paths}"))
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.params)
+        return tuple(p.name for p in self.all_params)
 
 
 class StripeFailure(Exception):
@@ -225,14 +242,88 @@ async def _from_answer(
     return await _failure(request, error, renames)
 
 
+# --- expand[] --------------------------------------------------------------------------------
+
+
+async def _expanded_charge(request: web.Request, charge_id: str) -> shapes.JSON:
+    payment_id = shapes.payment_id_from_charge(charge_id)
+    if payment_id is None:  # ids we shaped ourselves: cannot be
+        raise RuntimeError(f"an expandable charge id {charge_id!r} of no payment")
+    row = await request.app[SERVICE].payment_row(request[MERCHANT_ID], payment_id)
+    return shapes.charge(render_payment(row), payment_method=_pm_of(row))
+
+
+async def _expanded_intent(request: web.Request, intent_id: str) -> shapes.JSON:
+    payment_id = shapes.payment_id_from_intent(intent_id)
+    if payment_id is None:
+        raise RuntimeError(f"an expandable intent id {intent_id!r} of no payment")
+    row = await request.app[SERVICE].payment_row(request[MERCHANT_ID], payment_id)
+    return shapes.payment_intent(render_payment(row), payment_method=_pm_of(row))
+
+
+async def _expanded_payment_method(request: web.Request, method_id: str) -> shapes.JSON:
+    service = request.app[SERVICE]
+    number = magic_number(method_id)
+    if number is not None:  # a magic id, echoed as given: its card, as on retrieve
+        fingerprint = service.fingerprint(request[MERCHANT_ID], number)
+        return _magic_payment_method(method_id, number, fingerprint)
+    token_id = shapes.token_id_from_payment_method(method_id)
+    if token_id is None:
+        raise RuntimeError(f"an expandable payment method id {method_id!r} of no token")
+    token, created = await service.get_token(request[MERCHANT_ID], token_id)
+    return shapes.payment_method(token, created=created)
+
+
+# Which field of which object ``expand[]`` may turn from an id into that object, and how.
+EXPANDERS: dict[tuple[str, str], Callable[[web.Request, str], Awaitable[shapes.JSON]]] = {
+    ("payment_intent", "latest_charge"): _expanded_charge,
+    ("payment_intent", "payment_method"): _expanded_payment_method,
+    ("charge", "payment_intent"): _expanded_intent,
+    ("charge", "payment_method"): _expanded_payment_method,
+    ("refund", "charge"): _expanded_charge,
+    ("refund", "payment_intent"): _expanded_intent,
+}
+
+
+def _expansions(endpoint: Endpoint, params: Form) -> tuple[str, ...]:
+    """The endpoint's ``expand[]`` paths, each one it can expand, or Stripe's 400."""
+    if "expand" not in params:
+        return ()
+    paths = forms.expand(params["expand"])
+    allowed = endpoint.expandable
+    for path in paths:
+        if path not in allowed:
+            instead = f"data.{path}" if f"data.{path}" in allowed else None
+            raise StripeFailure(errors.not_expandable(path, instead))
+    return tuple(dict.fromkeys(paths))  # each once, in the order given
+
+
+async def _expand(request: web.Request, shaped: shapes.JSON, paths: tuple[str, ...]) -> None:
+    """Replace the ids at ``paths`` (checked: ``field`` or ``data.field``) in ``shaped``
+    by their objects; a null stays null."""
+    for path in paths:
+        listed, _, field = path.rpartition(".")
+        objects = shaped["data"] if listed else [shaped]
+        for obj in objects:
+            value = obj.get(field)
+            if isinstance(value, str):
+                obj[field] = await EXPANDERS[(obj["object"], field)](request, value)
+
+
 def _serve(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
     names = endpoint.names  # once, not per request
 
     async def serve(request: web.Request) -> web.Response:
         try:
             params = await _params(request)
-            _check(params, endpoint.params, names)
-            return await endpoint.handler(request, params)
+            _check(params, endpoint.all_params, names)
+            paths = _expansions(endpoint, params)
+            response = await endpoint.handler(request, params)
+            if paths and response.status == 200 and response.body is not None:
+                shaped = orjson.loads(response.body)  # type: ignore[arg-type]
+                await _expand(request, shaped, paths)
+                response = _ok(shaped, response.headers.get(REPLAYED_HEADER) == "true")
+            return response
         except StripeFailure as exc:
             return exc.answer.response()
         except CoreError as exc:
@@ -841,12 +932,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         (
             "no `customer`, `setup_future_usage`, `off_session`, `return_url`, "
-            "`automatic_payment_methods`, `expand` (3-D Secure and redirects do not exist here)",
+            "`automatic_payment_methods` (3-D Secure and redirects do not exist here)",
             "a magic id is echoed as given in the create answer; read back, `payment_method` "
             "names a PaymentMethod only if one was kept (`confirm=false` keeps the card as "
             "`pm_X`), else it is null",
         ),
         INTENT_RENAMES,
+        answers="payment_intent",
     ),
     Endpoint(
         "GET",
@@ -855,6 +947,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         list_intents,
         _PAGE,
         (*_LIST_DIFFERENCES, "no `customer` filter yet"),
+        answers="payment_intent",
+        listed=True,
     ),
     Endpoint(
         "GET",
@@ -862,6 +956,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Retrieve a PaymentIntent",
         retrieve_intent,
         differences=("no `client_secret`: publishable-key flows do not exist here",),
+        answers="payment_intent",
     ),
     Endpoint(
         "POST",
@@ -870,6 +965,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         confirm_intent,
         (Param("payment_method", "as on create; default: the one it has"),),
         renames=INTENT_RENAMES,
+        answers="payment_intent",
     ),
     Endpoint(
         "POST",
@@ -878,6 +974,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         capture_intent,
         (Param("amount_to_capture", "at most `amount_capturable`; default all"),),
         renames=CAPTURE_RENAMES,
+        answers="payment_intent",
     ),
     Endpoint(
         "POST",
@@ -885,6 +982,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Cancel a PaymentIntent (voids a `requires_capture` one)",
         cancel_intent,
         differences=("no `cancellation_reason` parameter; it reads null",),
+        answers="payment_intent",
     ),
     # refunds and charges
     Endpoint(
@@ -899,6 +997,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param("reason", "`duplicate`, `fraudulent`, `requested_by_customer`"),
         ),
         ("no `metadata`; refunds are never `pending`",),
+        answers="refund",
     ),
     Endpoint(
         "GET",
@@ -907,14 +1006,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         list_refunds,
         (*_PAGE, Param("payment_intent", "only this one's"), Param("charge", "only this one's")),
         _LIST_DIFFERENCES,
+        answers="refund",
+        listed=True,
     ),
-    Endpoint("GET", "/v1/refunds/{refund}", "Retrieve a refund", retrieve_refund),
+    Endpoint("GET", "/v1/refunds/{refund}", "Retrieve a refund", retrieve_refund, answers="refund"),
     Endpoint(
         "GET",
         "/v1/charges/{charge}",
         "Retrieve the Charge `ch_X` of PaymentIntent `pi_X`",
         retrieve_charge,
         differences=("one Charge per PaymentIntent, showing its latest processor attempt",),
+        answers="charge",
     ),
     # customers (API.md "Customers, saved cards and recurring billing")
     Endpoint(
@@ -1025,7 +1127,10 @@ KNOWN_DIFFERENCES = (
     "or live mode (`livemode` is false).",
     "`Stripe-Version` is accepted and ignored: objects have one shape.",
     "Cards only: no other payment method types, no 3-D Secure (`next_action` is null).",
-    "`expand[]` is not supported (`400 parameter_unknown`).",
+    "`expand[]` turns ids into their objects one level deep: a PaymentIntent's "
+    "`latest_charge` and `payment_method`, a Charge's `payment_intent` and `payment_method`, "
+    "a refund's `charge` and `payment_intent` (`data.` ones on lists); any other path is "
+    "refused (`400`, `This property cannot be expanded (...)`).",
     "A PaymentIntent's `status` `processing` also covers an automatic-capture payment "
     "between authorization and capture.",
     "A key still in flight answers `409 idempotency_key_in_use`, which the SDK retries "
@@ -1052,7 +1157,7 @@ def conformance_markdown() -> str:
     ]
     for e in ENDPOINTS:
         params = "<br>".join(
-            f"`{p.name}`" + (f": {_cell(p.meaning)}" if p.meaning else "") for p in e.params
+            f"`{p.name}`" + (f": {_cell(p.meaning)}" if p.meaning else "") for p in e.all_params
         )
         lines.append(
             f"| `{e.method} {e.path}` | {_cell(e.summary)} | {params or '(none)'} | "
