@@ -338,6 +338,92 @@ async def test_bad_requests_are_invalid_request_errors(sdk):
     assert (raised.value.http_status, raised.value.param) == (404, "payment_method")
 
 
+async def test_saved_cards_are_attached_listed_charged_off_session_and_detached(sdk, db):
+    ada = sdk.v1.customers.create({"email": "ada@example.com"})
+    method = sdk.v1.payment_methods.create({"type": "card", "card": CARD})
+    attached = sdk.v1.payment_methods.attach(method.id, {"customer": ada.id})
+    assert (attached.id, attached.customer, attached.card.last4) == (method.id, ada.id, "4242")
+    assert sdk.v1.payment_methods.retrieve(method.id).customer == ada.id
+    # A magic id attaches a new card of its number; a retry with its key, the same one.
+    options: Any = {"idempotency_key": "attach-mastercard"}
+    magic = sdk.v1.payment_methods.attach("pm_card_mastercard", {"customer": ada.id}, options)
+    again = sdk.v1.payment_methods.attach("pm_card_mastercard", {"customer": ada.id}, options)
+    assert magic.id.startswith("pm_") and magic.id != "pm_card_mastercard"
+    assert (again.id, magic.card.brand, magic.customer) == (magic.id, "mastercard", ada.id)
+    listed = sdk.v1.customers.payment_methods.list(ada.id, {"type": "card"})
+    assert [m.id for m in listed.data] == [magic.id, method.id] and not listed.has_more
+    assert all(m.customer == ada.id for m in listed.data)
+
+    # The buyer absent: the merchant charges the saved card.
+    intent = sdk.v1.payment_intents.create(
+        {
+            "amount": 990,
+            "currency": "eur",
+            "customer": ada.id,
+            "payment_method": method.id,
+            "off_session": True,
+            "confirm": True,
+            "expand": ["latest_charge"],
+        }
+    )
+    assert (intent.status, intent.customer, intent.payment_method) == (
+        "succeeded",
+        ada.id,
+        method.id,
+    )
+    assert intent.latest_charge.customer == ada.id
+    assert sdk.v1.payment_intents.retrieve(intent.id).customer == ada.id
+    row = await db.fetchrow(
+        "SELECT customer_id, off_session, token_id FROM payments WHERE id = $1",
+        native_id(intent.id),
+    )
+    assert tuple(row) == (ada.id, True, "tok_" + method.id.removeprefix("pm_"))
+
+    # Another customer's card, or no customer at all off-session: refused, nothing charged.
+    bob = sdk.v1.customers.create({"email": "bob@example.com"})
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_methods.attach(method.id, {"customer": bob.id})
+    assert (raised.value.http_status, raised.value.param) == (400, "payment_method")
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_intents.create(
+            {
+                "amount": 990,
+                "currency": "eur",
+                "customer": bob.id,
+                "payment_method": method.id,
+                "off_session": True,
+                "confirm": True,
+            }
+        )
+    assert raised.value.param == "payment_method"
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_intents.create(
+            {
+                "amount": 990,
+                "currency": "eur",
+                "payment_method": method.id,
+                "off_session": True,
+                "confirm": True,
+            }
+        )
+    assert (raised.value.code, raised.value.param) == ("parameter_missing", "customer")
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_methods.attach(method.id, {"customer": "cus_" + "0" * 32})
+    assert (raised.value.http_status, raised.value.code) == (404, "resource_missing")
+    charged = await db.fetchval(
+        "SELECT count(*) FROM payments WHERE customer_id = any($1::text[])", [ada.id, bob.id]
+    )
+    assert charged == 1
+
+    detached = sdk.v1.payment_methods.detach(method.id)
+    assert (detached.id, detached.customer) == (method.id, None)
+    assert [m.id for m in sdk.v1.customers.payment_methods.list(ada.id).data] == [magic.id]
+    assert sdk.v1.payment_methods.retrieve(method.id).customer is None
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.payment_methods.detach(method.id)
+    assert (raised.value.http_status, raised.value.param) == (400, "payment_method")
+
+
 async def test_a_key_reused_with_other_parameters_is_an_idempotency_error(sdk, db):
     options: Any = {"idempotency_key": "order-1001"}
     params: Any = {

@@ -248,6 +248,48 @@ class BillingService:
                 raise resource_missing("token", token_id)
         return {"id": token_id, "object": "customer_payment_method", "deleted": True}
 
+    async def saved_cards(
+        self, merchant_id: str, customer_id: str
+    ) -> tuple[list[tuple[dict[str, Any], datetime]], bool]:
+        """The customer's saved cards, newest saved first, at most
+        PAYMENT_METHODS_SHOWN_MAX, each as its token is rendered and when the token was
+        made (what the Stripe tree lists as PaymentMethods); and whether more are saved."""
+        async with self._acquire() as conn:
+            await self._customer(conn, merchant_id, customer_id)
+            rows = await store.payment_methods(conn, customer_id, PAYMENT_METHODS_SHOWN_MAX + 1)
+        cards = [
+            (render_customer_payment_method(row) | {"object": "token"}, row["created_at"])
+            for row in rows[:PAYMENT_METHODS_SHOWN_MAX]
+        ]
+        return cards, len(rows) > PAYMENT_METHODS_SHOWN_MAX
+
+    async def customer_of_token(self, merchant_id: str, token_id: str) -> str | None:
+        """The customer the merchant's token is saved to, or None (also for no such token)."""
+        async with self._acquire() as conn:
+            return await store.saved_to(conn, merchant_id, token_id)
+
+    async def detach_token(self, merchant_id: str, token_id: str, key: str | None) -> Answer:
+        """Remove a saved card from whichever customer it is saved to (Stripe's detach, a
+        POST: idempotent by its key); the customer it was saved to, or 400 when it is
+        saved to none."""
+        require_id("token", token_id, "tok_")
+
+        async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
+            customer_id = await store.saved_to(conn, merchant_id, token_id)
+            if customer_id is not None:
+                await self._customer(conn, merchant_id, customer_id, lock=True)
+            if customer_id is None or not await store.detach(conn, customer_id, token_id):
+                raise invalid_request(
+                    "parameter_invalid",
+                    "this card is saved to no customer, so it cannot be removed from one",
+                    "token",
+                )
+            answer = {"id": token_id, "object": "customer_payment_method", "deleted": True}
+            return Answer.of_json(200, {**answer, "customer": customer_id}), []
+
+        path = f"/v1/tokens/{token_id}/detach"
+        return await self._idempotent(merchant_id, key, path, {}, work)
+
     # --- prices ---------------------------------------------------------------------------
 
     async def create_price(self, merchant_id: str, body: object, key: str | None) -> Answer:

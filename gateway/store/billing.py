@@ -179,6 +179,12 @@ DETACH_SQL = """
 DELETE FROM customer_payment_methods WHERE customer_id = $1 AND token_id = $2 RETURNING token_id
 """
 
+# The customer a token of the merchant's is saved to, if any (a card is one customer's).
+SAVED_TO_SQL = """
+SELECT pm.customer_id FROM customer_payment_methods pm JOIN tokens t ON t.id = pm.token_id
+ WHERE pm.token_id = $1 AND t.merchant_id = $2
+"""
+
 
 async def saved_card(
     conn: Conn, merchant_id: str, customer_id: str, token_id: str | None
@@ -224,6 +230,12 @@ async def payment_method(conn: Conn, customer_id: str, token_id: str) -> asyncpg
 
 async def detach(conn: Conn, customer_id: str, token_id: str) -> bool:
     return await conn.fetchval(DETACH_SQL, customer_id, token_id) is not None
+
+
+async def saved_to(conn: Conn, merchant_id: str, token_id: str) -> str | None:
+    """The customer the merchant's token is saved to, or None."""
+    customer_id: str | None = await conn.fetchval(SAVED_TO_SQL, token_id, merchant_id)
+    return customer_id
 
 
 # --- prices -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ README's "Switching from Stripe") from it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -429,6 +430,15 @@ async def create_intent(request: web.Request, params: Form) -> web.Response:
             "payment_method",
         )
     _card_only(params)
+    customer = forms.string(params.get("customer"), "customer", ID_CHARS_MAX)
+    off_session = forms.boolean(params.get("off_session"), "off_session")
+    if customer is not None:
+        # A saved customer pays with one of its saved cards (native "customer": "cus_").
+        if not customer.startswith("cus_"):
+            raise StripeFailure(errors.no_such("customer", customer, "customer"))
+        native["customer"] = customer
+    if off_session is not None:
+        native["off_session"] = off_session
     description = forms.string(params.get("description"), "description", DESCRIPTION_CHARS_MAX)
     if description is not None:
         native["description"] = description
@@ -436,6 +446,12 @@ async def create_intent(request: web.Request, params: Form) -> web.Response:
     if metadata:
         native["metadata"] = metadata
     email = forms.string(params.get("receipt_email"), "receipt_email", validation.EMAIL_CHARS_MAX)
+    if email is not None and customer is not None:
+        raise invalid_request(
+            "parameter_invalid",
+            "receipt_email cannot go with customer here: the saved customer's email is used",
+            "receipt_email",
+        )
     if email is not None:
         native["customer"] = {"email": email}
     answer = await request.app[SERVICE].authorize(
@@ -563,7 +579,68 @@ async def retrieve_payment_method(request: web.Request, params: Form) -> web.Res
         return _ok(_magic_payment_method(given, number, fingerprint))
     token_id = _path_id(request, "method", "PaymentMethod", shapes.token_id_from_payment_method)
     token, created = await service.get_token(request[MERCHANT_ID], token_id)
-    return _ok(shapes.payment_method(token, created=created))
+    customer = await request.app[BILLING].customer_of_token(request[MERCHANT_ID], token_id)
+    return _ok(shapes.payment_method(token, created=created, customer=customer))
+
+
+ATTACH_RENAMES = {"token": "payment_method"}
+
+
+async def attach_payment_method(request: web.Request, params: Form) -> web.Response:
+    """Save a card to a customer (native ``POST /v1/customers/{id}/payment_methods``). A
+    magic id (``pm_card_visa``) attaches a new card of its number, as Stripe's test mode
+    does: its token is made under a key derived from the request's, so a retry attaches
+    the same one."""
+    customer = forms.string(params.get("customer"), "customer", ID_CHARS_MAX, True)
+    if not customer.startswith("cus_"):
+        raise StripeFailure(errors.no_such("customer", customer, "customer"))
+    service, merchant_id, key = request.app[SERVICE], request[MERCHANT_ID], key_from(request)
+    number = magic_number(request.match_info["method"])
+    if number is not None:
+        card_key = None if key is None else "stripe-attach-card:" + _digest(key)
+        made = await service.create_token(merchant_id, {"card": _magic_card(number)}, card_key)
+        if made.status >= 300:
+            return await _from_answer(request, made, dict, METHOD_RENAMES)
+        token_id = orjson.loads(made.body)["id"]
+    else:
+        token_id = _path_id(request, "method", "PaymentMethod", shapes.token_id_from_payment_method)
+    answer = await request.app[BILLING].attach_payment_method(
+        merchant_id, customer, {"token": token_id}, key
+    )
+    if answer.status >= 300:
+        return await _from_answer(request, answer, dict, ATTACH_RENAMES)
+    token, created = await service.get_token(merchant_id, token_id)
+    replayed = answer.headers.get(REPLAYED_HEADER) == "true"
+    return _ok(shapes.payment_method(token, created=created, customer=customer), replayed)
+
+
+async def detach_payment_method(request: web.Request, params: Form) -> web.Response:
+    """Remove a saved card from its customer; the PaymentMethod, now of no customer."""
+    token_id = _path_id(request, "method", "PaymentMethod", shapes.token_id_from_payment_method)
+    merchant_id = request[MERCHANT_ID]
+    answer = await request.app[BILLING].detach_token(merchant_id, token_id, key_from(request))
+    if answer.status >= 300:
+        return await _from_answer(request, answer, dict, ATTACH_RENAMES)
+    token, created = await request.app[SERVICE].get_token(merchant_id, token_id)
+    replayed = answer.headers.get(REPLAYED_HEADER) == "true"
+    return _ok(shapes.payment_method(token, created=created), replayed)
+
+
+async def list_customer_payment_methods(request: web.Request, params: Form) -> web.Response:
+    customer_id = _customer_path(request)
+    forms.enum(params.get("type"), "type", ("card",))
+    saved, more = await request.app[BILLING].saved_cards(request[MERCHANT_ID], customer_id)
+    data = [
+        shapes.payment_method(token, created=created, customer=customer_id)
+        for token, created in saved
+    ]
+    return _ok(shapes.stripe_list(data, more, f"/v1/customers/{customer_id}/payment_methods"))
+
+
+def _digest(key: str) -> str:
+    """A fixed-length name derived from an Idempotency-Key (for a second native request
+    one Stripe request makes): whatever the key's length, it fits a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _magic_payment_method(method: str, number: str, fingerprint: str) -> dict[str, Any]:
@@ -871,8 +948,8 @@ _CUSTOMER_PARAMS = (
 )
 _CUSTOMER_DIFFERENCES = (
     "no `description`, `phone`, `address`, `shipping`, `payment_method`, "
-    "`invoice_settings`, `tax`, `balance` parameters; saved cards are Kassa's native "
-    "`/v1/customers/{id}/payment_methods`",
+    "`invoice_settings`, `tax`, `balance` parameters; cards are saved by attaching "
+    "PaymentMethods (`POST /v1/payment_methods/{method}/attach`)",
     "the Customer's `address`, `description`, `phone`, `shipping` read null, `balance` 0, "
     "`tax_exempt` `none`; it has no `delinquent` or `invoice_settings`",
 )
@@ -907,6 +984,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         retrieve_payment_method,
         differences=("a magic id reads back with `created` 0",),
     ),
+    Endpoint(
+        "POST",
+        "/v1/payment_methods/{method}/attach",
+        "Save a PaymentMethod to a customer, for later payments with it (also off-session)",
+        attach_payment_method,
+        (Param("customer", "a `cus_` id"),),
+        (
+            "a magic id (`pm_card_visa`) attaches a new PaymentMethod of its card, as in "
+            "Stripe's test mode",
+            "a card is saved to one customer (another: `400`); the first saved is the "
+            "customer's default for Kassa's subscriptions (no `invoice_settings` here)",
+        ),
+        ATTACH_RENAMES,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/payment_methods/{method}/detach",
+        "Remove a PaymentMethod from its customer",
+        detach_payment_method,
+        differences=("one saved to no customer is `400 parameter_invalid`",),
+        renames=ATTACH_RENAMES,
+    ),
     # payment intents
     Endpoint(
         "POST",
@@ -929,10 +1028,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 "receipt_email",
                 "kept as the payment's customer email (no receipt is sent; reads back null)",
             ),
+            Param("customer", "a `cus_` id: pays with one of its saved cards"),
+            Param("off_session", "`true`: the buyer is absent (needs `customer`, `confirm`)"),
         ),
         (
-            "no `customer`, `setup_future_usage`, `off_session`, `return_url`, "
-            "`automatic_payment_methods` (3-D Secure and redirects do not exist here)",
+            "no `setup_future_usage`, `return_url`, `automatic_payment_methods` (3-D Secure "
+            "and redirects do not exist here)",
+            "with `customer`, `payment_method` must be a `pm_X` attached to it; "
+            "`receipt_email` cannot go with `customer`",
             "a magic id is echoed as given in the create answer; read back, `payment_method` "
             "names a PaymentMethod only if one was kept (`confirm=false` keeps the card as "
             "`pm_X`), else it is null",
@@ -1036,6 +1139,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (*_LIST_DIFFERENCES, "no `test_clock` filter"),
     ),
     Endpoint("GET", "/v1/customers/{customer}", "Retrieve a customer", retrieve_customer),
+    Endpoint(
+        "GET",
+        "/v1/customers/{customer}/payment_methods",
+        "List a customer's saved PaymentMethods, newest saved first",
+        list_customer_payment_methods,
+        (Param("type", "`card` only"),),
+        ("one page of at most 100: no `limit`, `starting_after`, `allow_redisplay`",),
+    ),
     Endpoint(
         "POST",
         "/v1/customers/{customer}",

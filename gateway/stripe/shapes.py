@@ -284,7 +284,7 @@ def payment_intent(
         "confirmation_method": "automatic",
         "created": unix(payment["created"]),
         "currency": payment["currency"].lower(),
-        "customer": customer,
+        "customer": customer or payment.get("customer"),  # a saved customer's
         "description": payment.get("description"),
         "last_payment_error": last_payment_error(payment),
         "latest_charge": charge_id(payment["id"]) if has_charge(payment) else None,
@@ -397,7 +397,7 @@ def charge(payment: Mapping[str, Any], *, payment_method: str | None = None) -> 
         "captured": int(payment["amount_captured"]) > 0,
         "created": unix(payment["created"]),
         "currency": payment["currency"].lower(),
-        "customer": None,
+        "customer": payment.get("customer"),  # a saved customer's id, if it paid
         "description": payment.get("description"),
         "disputed": False,
         "failure_code": None if failure is None else failure["code"],
@@ -426,7 +426,9 @@ def charge(payment: Mapping[str, Any], *, payment_method: str | None = None) -> 
     }
 
 
-def payment_method(token: Mapping[str, Any], *, created: int | datetime) -> JSON:
+def payment_method(
+    token: Mapping[str, Any], *, created: int | datetime, customer: str | None = None
+) -> JSON:
     """A rendered token (``render_token``) as a PaymentMethod ``pm_`` of type card.
 
     ``created`` is the token's creation time (unix seconds or a datetime), which the
@@ -438,7 +440,7 @@ def payment_method(token: Mapping[str, Any], *, created: int | datetime) -> JSON
         "billing_details": dict(_NO_BILLING_DETAILS),
         "card": _card_details(token["card"]),
         "created": created_s,
-        "customer": None,
+        "customer": customer,  # the customer it is saved to (attached), if any
         "livemode": LIVEMODE,
         "metadata": {},
         "type": "card",
