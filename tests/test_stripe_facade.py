@@ -375,3 +375,38 @@ async def test_random_forms_get_a_2xx_or_a_stripe_error(client, merchant):
             assert set(body) == {"error"} and body["error"]["type"], body
         assert_no_card_number(body)
     assert {kind for _, _, kind in seen} >= {2, 4}
+
+
+async def test_concurrent_metadata_updates_of_a_customer_lose_no_key(client, merchant):
+    """Stripe merges the metadata keys an update gives into the customer's: merged under
+    the customer's row lock, twelve updates at once, each adding its own key, keep all
+    twelve (a read-then-write merge loses some), and a replay keeps its answer."""
+    import asyncio
+
+    status, customer, _ = await send(
+        client, "POST", "/v1/customers", merchant, {"metadata[crm]": "c_1"}
+    )
+    assert status == 200, customer
+    path = f"/v1/customers/{customer['id']}"
+    answers = await asyncio.gather(
+        *(
+            send(client, "POST", path, merchant, {f"metadata[k{n}]": str(n)}, key=f"meta-{n}")
+            for n in range(12)
+        )
+    )
+    assert [status for status, _, _ in answers] == [200] * 12
+    status, read, _ = await send(client, "GET", path, merchant)
+    assert read["metadata"] == {"crm": "c_1", **{f"k{n}": str(n) for n in range(12)}}
+    # A replay after the others changed the metadata: the same answer, not a reuse error.
+    status, replayed, headers = await send(
+        client, "POST", path, merchant, {"metadata[k0]": "0"}, key="meta-0"
+    )
+    assert (status, replayed) == (200, answers[0][1])
+    # Removing a key, and the bound on the merged result.
+    status, removed, _ = await send(client, "POST", path, merchant, {"metadata[crm]": ""})
+    assert "crm" not in removed["metadata"] and len(removed["metadata"]) == 12
+    many = {f"metadata[x{n}]": "v" for n in range(9)}
+    status, refused, _ = await send(client, "POST", path, merchant, many)
+    assert (status, refused["error"]["param"]) == (400, "metadata")
+    status, read, _ = await send(client, "GET", path, merchant)
+    assert len(read["metadata"]) == 12  # the refused update changed nothing

@@ -162,8 +162,17 @@ class BillingService:
         return _page([render_customer(row) for row in rows], limit)
 
     async def update_customer(
-        self, merchant_id: str, customer_id: str, body: object, key: str | None
+        self,
+        merchant_id: str,
+        customer_id: str,
+        body: object,
+        key: str | None,
+        metadata_patch: Mapping[str, str | None] | None = None,
     ) -> Answer:
+        """Update the fields ``body`` gives. ``metadata_patch`` (Stripe's update: a key set
+        to a value, or to None to remove it) is merged into the customer's metadata inside
+        the transaction, its row locked, so two concurrent patches lose no key; the key's
+        fingerprint is the patch, not its result."""
         require_id("customer", customer_id, "cus_")
         fields = validation.validate_customer(body, False)
         changes: dict[str, Any] = {k: v for k, v in fields.items() if k != "metadata"}
@@ -171,12 +180,22 @@ class BillingService:
             changes["metadata_json"] = orjson.dumps(fields["metadata"]).decode()
 
         async def work(conn: asyncpg.Connection) -> tuple[Answer, list[events.NewEvent]]:
-            row = await store.update_customer(conn, customer_id, merchant_id, changes)
+            written = dict(changes)
+            if metadata_patch is not None:
+                current = await self._customer(conn, merchant_id, customer_id, lock=True)
+                merged = {**orjson.loads(current["metadata"]), **metadata_patch}
+                kept = {k: v for k, v in merged.items() if v is not None}
+                # The merged result within the bounds of a customer's metadata.
+                validation.validate_customer({"metadata": kept}, False)
+                written["metadata_json"] = orjson.dumps(kept).decode()
+            row = await store.update_customer(conn, customer_id, merchant_id, written)
             if row is None:
                 raise resource_missing("customer", customer_id)
             return Answer.of_json(200, render_customer(row)), []
 
-        return await self._idempotent(merchant_id, key, f"/v1/customers/{customer_id}", body, work)
+        path = f"/v1/customers/{customer_id}"
+        fingerprinted = body if metadata_patch is None else {"body": body, "patch": metadata_patch}
+        return await self._idempotent(merchant_id, key, path, fingerprinted, work)
 
     async def delete_customer(self, merchant_id: str, customer_id: str) -> dict[str, Any]:
         """Delete the customer (kept for its payments and invoices, answering 404) and

@@ -776,6 +776,7 @@ async def update_customer(request: web.Request, params: Form) -> web.Response:
     native = _customer_fields(params)
     billing = request.app[BILLING]
     merchant_id = request[MERCHANT_ID]
+    patch = None
     if "metadata" in params:
         given = forms.string_map(
             params["metadata"],
@@ -784,13 +785,13 @@ async def update_customer(request: web.Request, params: Form) -> web.Response:
             validation.METADATA_KEY_CHARS_MAX,
             validation.METADATA_VALUE_CHARS_MAX,
         )
-        merged: dict[str, str] = {}
-        if given is not None:  # "metadata=" clears every key; else Stripe merges the keys
-            current = await billing.get_customer(merchant_id, customer_id)
-            merged = {**current["metadata"], **given}
-            merged = {k: v for k, v in merged.items() if v is not None}
-        native["metadata"] = merged
-    answer = await billing.update_customer(merchant_id, customer_id, native, key_from(request))
+        if given is None:  # "metadata=" clears every key
+            native["metadata"] = {}
+        else:  # Stripe merges the keys given (None: removed), under the customer's lock
+            patch = given
+    answer = await billing.update_customer(
+        merchant_id, customer_id, native, key_from(request), metadata_patch=patch
+    )
     return await _from_answer(request, answer, shapes.customer, None)
 
 
@@ -1155,9 +1156,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         _CUSTOMER_PARAMS,
         (
             "`metadata[k]=v` keys merge into the customer's as Stripe's (`metadata[k]=` "
-            "removes one, `metadata=` all): read, then written, so two concurrent updates of "
-            "one customer's metadata can lose a key, and a key replayed after another "
-            "change of that metadata is refused as reused",
+            "removes one, `metadata=` all), under the customer's row lock: concurrent "
+            "updates lose no key",
         ),
     ),
     Endpoint(
