@@ -402,6 +402,7 @@ async def test_concurrent_metadata_updates_of_a_customer_lose_no_key(client, mer
         client, "POST", path, merchant, {"metadata[k0]": "0"}, key="meta-0"
     )
     assert (status, replayed) == (200, answers[0][1])
+    assert headers["Idempotent-Replayed"] == "true"
     # Removing a key, and the bound on the merged result.
     status, removed, _ = await send(client, "POST", path, merchant, {"metadata[crm]": ""})
     assert "crm" not in removed["metadata"] and len(removed["metadata"]) == 12

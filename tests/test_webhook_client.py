@@ -170,6 +170,22 @@ async def test_a_timeout_leaves_no_connection_to_reuse(raw, client):
     assert raw.connections == 2  # the cut-off connection was closed, not reused
 
 
+async def test_a_sweep_closes_the_idle_connections_too_old_to_reuse(raw, client, monkeypatch):
+    from gateway.webhooks import client as module
+
+    url = f"http://127.0.0.1:{raw.port}/"
+    await asyncio.gather(*(client.post(url, {}, b"{}") for _ in range(3)))
+    assert (raw.connections, client.idle_connections) == (3, 3)
+    client.sweep()
+    assert client.idle_connections == 3  # fresh: kept for reuse
+    monkeypatch.setattr(module, "IDLE_REUSE_S", 0.0)
+    client.sweep()
+    assert client.idle_connections == 0
+    await asyncio.sleep(0.05)
+    assert await client.post(url, {}, b"{}") == (200, None)
+    assert raw.connections == 4  # a new one: the swept ones were closed
+
+
 async def test_a_refused_connection_is_an_os_error(client):
     listening = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = listening.sockets[0].getsockname()[1]

@@ -196,6 +196,24 @@ class WebhookClient:
         connection = await self._connect(target)
         return await self._exchange(target.origin, connection, request)
 
+    def sweep(self) -> None:
+        """Close the idle connections too old to reuse and forget origins with none left:
+        called now and then, so endpoints no longer sent to hold no sockets."""
+        now = time.monotonic()
+        for origin, idle in list(self._idle.items()):
+            fresh = [c for c in idle if c.open and now - c.idle_since < IDLE_REUSE_S]
+            for connection in idle:
+                if connection not in fresh:
+                    connection.close()
+            if fresh:
+                self._idle[origin] = collections.deque(fresh)
+            else:
+                del self._idle[origin]
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
     async def close(self) -> None:
         for idle in self._idle.values():
             for connection in idle:

@@ -471,6 +471,8 @@ class Deliverer:
 
     async def _sample_forever(self) -> None:
         while True:
+            if self._client is not None:
+                self._client.sweep()  # idle connections to endpoints no longer sent to
             try:
                 row = await events.gauges(self._pool)
                 metrics.set_webhook_backlog(
