@@ -312,12 +312,12 @@ async def _expand(request: web.Request, shaped: shapes.JSON, paths: tuple[str, .
 
 
 def _serve(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
-    names = endpoint.names  # once, not per request
+    spec, names = endpoint.all_params, endpoint.names  # once, not per request
 
     async def serve(request: web.Request) -> web.Response:
         try:
             params = await _params(request)
-            _check(params, endpoint.all_params, names)
+            _check(params, spec, names)
             paths = _expansions(endpoint, params)
             response = await endpoint.handler(request, params)
             if paths and response.status == 200 and response.body is not None:
