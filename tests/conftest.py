@@ -7,6 +7,7 @@ empty its tables before each test. Never point it at data you want to keep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -162,6 +163,22 @@ def kassa_env(database_url: str | None, **extra: str) -> dict[str, str]:
 
 def kassa(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return testing.run_cli(*args, env=env, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_server(
+    database_url: str, workdir: Path, workers: int = 2, **env: str
+) -> Iterator[KassaServer]:
+    """``kassa serve`` of ``workers`` workers in ``workdir`` with ``env`` settings, ready
+    (/readyz answers 200), stopped afterwards even if it never became ready: a module's
+    server."""
+    served = KassaServer(workdir, database_url, workers=workers, env=subprocess_variables(**env))
+    served.start()
+    try:
+        served.wait_ready(SERVE_READY_TIMEOUT_S)
+        yield served
+    finally:
+        served.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.testing import KassaServer
-from tests.conftest import subprocess_variables
+from tests.conftest import running_server
 from tests.payments_helpers import APPROVED_MASTERCARD, APPROVED_VISA, card, get, post
 
 DECLINED_CARD = "4000000000000002"  # generic_decline
@@ -23,22 +23,15 @@ READY_TIMEOUT_S = 60.0  # a clock advance of these tests' size takes well under 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KassaServer]:
-    served = KassaServer(
-        tmp_path_factory.mktemp("billing"),
+    # The dunning tests decline one card again and again: the card-testing rules (which
+    # count per card) are the subject of other tests.
+    with running_server(
         database_url,
-        workers=2,
-        # The dunning tests decline one card again and again: the card-testing rules
-        # (which count per card) are the subject of other tests.
-        env=subprocess_variables(
-            KASSA_VELOCITY_CARD_DECLINES_MAX="0", KASSA_VELOCITY_CARD_ATTEMPTS_MAX="0"
-        ),
-    )
-    served.start()
-    try:
-        served.wait_ready(60)
+        tmp_path_factory.mktemp("billing"),
+        KASSA_VELOCITY_CARD_DECLINES_MAX="0",
+        KASSA_VELOCITY_CARD_ATTEMPTS_MAX="0",
+    ) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, Request, async_playwright, expect
 
 from gateway.testing import KassaServer, free_port
-from tests.conftest import ROOT, Merchant, subprocess_variables
+from tests.conftest import ROOT, Merchant, running_server
 from tests.payments_helpers import APPROVED_VISA, future_expiry
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,18 +51,8 @@ def test_install_browser_finds_everything_installed():
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KassaServer]:
-    served = KassaServer(
-        tmp_path_factory.mktemp("checkout-page"),
-        database_url,
-        workers=2,
-        env=subprocess_variables(),
-    )
-    served.start()
-    try:
-        served.wait_ready(60)
+    with running_server(database_url, tmp_path_factory.mktemp("checkout-page")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture(scope="module")

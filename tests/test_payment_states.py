@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.testing import KassaServer
-from tests.conftest import kassa, kassa_env, subprocess_variables
+from tests.conftest import kassa, kassa_env, running_server
 from tests.payments_helpers import (
     APPROVED_MASTERCARD,
     APPROVED_VISA,
@@ -32,18 +32,12 @@ SANDBOX_LATENCY_MS = 150  # long enough for two racing confirms to overlap
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KassaServer]:
-    served = KassaServer(
-        tmp_path_factory.mktemp("payment-states"),
+    with running_server(
         database_url,
-        workers=2,
-        env=subprocess_variables(KASSA_SANDBOX_LATENCY_MS=str(SANDBOX_LATENCY_MS)),
-    )
-    served.start()
-    try:
-        served.wait_ready(60)
+        tmp_path_factory.mktemp("payment-states"),
+        KASSA_SANDBOX_LATENCY_MS=str(SANDBOX_LATENCY_MS),
+    ) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture

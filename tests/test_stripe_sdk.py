@@ -20,7 +20,7 @@ import requests
 import stripe
 
 from gateway.testing import KassaServer
-from tests.conftest import kassa, kassa_env, subprocess_variables
+from tests.conftest import kassa, kassa_env, running_server
 from tests.webhook_helpers import Receiver
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2035, "cvc": "123"}
@@ -34,27 +34,16 @@ KILL_RECOVERY_AFTER_S = 2
 WAIT_S = 20.0  # for a state a background pass reaches (recovery, a delivery)
 
 
-def start_server(workdir, database_url: str, **env: str) -> KassaServer:
-    served = KassaServer(
-        workdir, database_url, workers=2, env=subprocess_variables(KASSA_LOG_LEVEL="info", **env)
-    )
-    served.start()
-    served.wait_ready(60)
-    return served
-
-
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KassaServer]:
-    served = start_server(
-        tmp_path_factory.mktemp("stripe-sdk"),
+    with running_server(
         database_url,
+        tmp_path_factory.mktemp("stripe-sdk"),
+        KASSA_LOG_LEVEL="info",
         KASSA_WEBHOOK_ALLOW_PRIVATE="1",
         KASSA_WEBHOOK_RETRY_SCHEDULE_S="1,1,2",
-    )
-    try:
+    ) as served:
         yield served
-    finally:
-        served.stop()
 
 
 class Clients:
@@ -604,18 +593,16 @@ async def test_a_real_delivery_verifies_with_construct_event(sdk, receiver):
 @pytest.fixture
 def kill_server(database_url: str, tmp_path) -> Iterator[KassaServer]:
     """Its own server: this test kills its workers, and its processor is slow."""
-    served = start_server(
-        tmp_path,
+    with running_server(
         database_url,
+        tmp_path,
+        KASSA_LOG_LEVEL="info",
         KASSA_SANDBOX_LATENCY_MS=str(KILL_LATENCY_MS),
         KASSA_PROCESSOR_TIMEOUT_MS=str(KILL_PROCESSOR_TIMEOUT_MS),
         KASSA_RECOVERY_AFTER_S=str(KILL_RECOVERY_AFTER_S),
         KASSA_RECOVERY_INTERVAL_S="1",
-    )
-    try:
+    ) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def worker_holding_our_connection(server: KassaServer) -> int:

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.recovery import EVENT_RETENTION_S
 from gateway.testing import KassaServer
-from tests.conftest import subprocess_variables
+from tests.conftest import running_server, subprocess_variables
 from tests.payments_helpers import (
     DECLINES,
     ERROR_CARD,
@@ -41,28 +41,19 @@ DECLINED_CARD = next(iter(DECLINES))
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KassaServer]:
     """One `kassa serve --workers 2` for the module, with a short schedule and timeout."""
-    workdir = tmp_path_factory.mktemp("webhooks")
-    served = KassaServer(
-        workdir,
+    with running_server(
         database_url,
-        workers=2,
-        env=subprocess_variables(
-            KASSA_WEBHOOK_ALLOW_PRIVATE="1",
-            KASSA_WEBHOOK_RETRY_SCHEDULE_S="1,1,2",
-            KASSA_WEBHOOK_TIMEOUT_S=str(TIMEOUT_S),
-            KASSA_WEBHOOK_DISABLE_AFTER_S=str(DISABLE_AFTER_S),
-            KASSA_PROCESSOR_TIMEOUT_MS="300",
-            KASSA_RECOVERY_AFTER_S="1",
-            KASSA_RECOVERY_INTERVAL_S="1",
-            KASSA_AUTHORIZATION_TTL_S=str(AUTHORIZATION_TTL_S),
-        ),
-    )
-    served.start()
-    try:
-        served.wait_ready(60)
+        tmp_path_factory.mktemp("webhooks"),
+        KASSA_WEBHOOK_ALLOW_PRIVATE="1",
+        KASSA_WEBHOOK_RETRY_SCHEDULE_S="1,1,2",
+        KASSA_WEBHOOK_TIMEOUT_S=str(TIMEOUT_S),
+        KASSA_WEBHOOK_DISABLE_AFTER_S=str(DISABLE_AFTER_S),
+        KASSA_PROCESSOR_TIMEOUT_MS="300",
+        KASSA_RECOVERY_AFTER_S="1",
+        KASSA_RECOVERY_INTERVAL_S="1",
+        KASSA_AUTHORIZATION_TTL_S=str(AUTHORIZATION_TTL_S),
+    ) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture
