@@ -33,6 +33,7 @@ they took to drain.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import shutil
@@ -195,7 +196,7 @@ def wrk_command(
         wrk_executable(),
         f"-t{threads}",
         f"-c{connections}",
-        f"-d{seconds:g}s",
+        f"-d{max(1, math.ceil(seconds))}s",  # wrk takes whole seconds only ("1.5s" fails)
         f"--timeout={REQUEST_TIMEOUT_S}s",
         "--latency",
         "-s",

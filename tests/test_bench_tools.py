@@ -391,6 +391,8 @@ def test_interleaved_runs_combine_into_one_figure():
 def test_the_stripe_script_is_what_the_kassa_stripe_target_runs():
     from benchmarks.closedloop import STRIPE_SCRIPT, WRK_SCRIPTS, wrk_command
 
+    # wrk takes whole seconds only: half of an odd window rounds up, never "-d1.5s".
+    assert "-d2s" in wrk_command("http://h", "sk_x", 1.5)
     command = wrk_command("http://h", "sk_x", 1.0, script_name=STRIPE_SCRIPT)
     assert str(WRK_SCRIPTS / STRIPE_SCRIPT) in command and command[-2:] == ["--", "sk_x"]
     script = (WRK_SCRIPTS / STRIPE_SCRIPT).read_text()

@@ -12,72 +12,23 @@
 -- POST), Stripe-Version, User-Agent and X-Stripe-Client-User-Agent. Non-2xx answers and
 -- replays are counted and printed as authorize.lua does, in the line closedloop.py parses.
 
-counter = 0
-prefix = nil
-secret = nil
-non2xx = 0
-replayed = 0
-answers = 0
-statuses = {}
-local threads = {}
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(here .. "counting.lua")
+key_prefix_name = "stripe-python-retry"
 
 local body = "amount=1999&currency=eur&confirm=true&capture_method=manual" ..
   "&payment_method=pm_card_visa&metadata%5Bcart%5D=c_77"
 local client_user_agent = '{"bindings_version": "16.1.0", "lang": "python", ' ..
   '"httplib": "requests", "lang_version": "3.11.2"}'
 
-local function random_hex(bytes)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local raw = f:read(bytes)
-  f:close()
-  return (raw:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
-
-function setup(thread)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  secret = args[1]
-  prefix = "stripe-python-retry-" .. random_hex(8)
-end
-
 function request()
-  counter = counter + 1
   local headers = {
     ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Authorization"] = "Bearer " .. secret,
-    ["Idempotency-Key"] = prefix .. "-" .. counter,
+    ["Idempotency-Key"] = next_key(),
     ["Stripe-Version"] = "2026-10-28.endive",
     ["User-Agent"] = "Stripe/v1 PythonBindings/16.1.0",
     ["X-Stripe-Client-User-Agent"] = client_user_agent,
   }
   return wrk.format("POST", "/stripe/v1/payment_intents", headers, body)
-end
-
-function response(status, headers, _)
-  answers = answers + 1
-  statuses[status] = (statuses[status] or 0) + 1
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
-  if headers["Idempotent-Replayed"] or headers["idempotent-replayed"] then
-    replayed = replayed + 1
-  end
-end
-
-function done(summary, latency, requests)
-  local total_answers, total_non2xx, total_replayed = 0, 0, 0
-  local merged = {}
-  for _, thread in ipairs(threads) do
-    total_answers = total_answers + thread:get("answers")
-    total_non2xx = total_non2xx + thread:get("non2xx")
-    total_replayed = total_replayed + thread:get("replayed")
-    for code, count in pairs(thread:get("statuses")) do
-      merged[code] = (merged[code] or 0) + count
-    end
-  end
-  local parts = {}
-  for code, count in pairs(merged) do table.insert(parts, code .. ":" .. count) end
-  table.sort(parts)
-  io.write(string.format("kassa-wrk: answers=%d non2xx=%d replayed=%d statuses=%s\n",
-    total_answers, total_non2xx, total_replayed, table.concat(parts, ",")))
 end
