@@ -137,6 +137,17 @@ async def test_an_answer_delimited_by_the_close_and_an_interim_100(raw, client):
     assert await client.post(url, {}, b"{}") == (202, None)
 
 
+async def test_a_chunked_answer_is_read_to_its_end_and_its_connection_reused(raw, client):
+    raw.answer = lambda n: (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    url = f"http://127.0.0.1:{raw.port}/"
+    assert await client.post(url, {}, b"{}") == (200, "7")
+    assert await client.post(url, {}, b"{}") == (200, "7")
+    assert raw.connections == 1  # the whole chunked body was consumed: the connection reused
+
+
 async def test_a_huge_answer_is_cut_off_and_its_connection_not_reused(raw, client):
     huge = RESPONSE_BYTES_MAX * 4
     raw.answer = lambda n: (
