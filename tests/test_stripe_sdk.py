@@ -352,14 +352,17 @@ async def test_saved_cards_are_attached_listed_charged_off_session_and_detached(
             "payment_method": method.id,
             "off_session": True,
             "confirm": True,
-            "expand": ["latest_charge"],
+            "expand": ["latest_charge", "payment_method"],
         }
     )
-    assert (intent.status, intent.customer, intent.payment_method) == (
+    assert (intent.status, intent.customer, intent.payment_method.id) == (
         "succeeded",
         ada.id,
         method.id,
     )
+    # Expanded, the saved card is the PaymentMethod retrieve shows: its customer named.
+    assert intent.payment_method == sdk.v1.payment_methods.retrieve(method.id)
+    assert intent.payment_method.customer == ada.id
     assert intent.latest_charge.customer == ada.id
     assert sdk.v1.payment_intents.retrieve(intent.id).customer == ada.id
     row = await db.fetchrow(

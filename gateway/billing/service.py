@@ -250,12 +250,17 @@ class BillingService:
         self, merchant_id: str, customer_id: str, query: Mapping[str, str]
     ) -> dict[str, Any]:
         check_unknown(query, ())
-        async with self._acquire() as conn:
-            await self._customer(conn, merchant_id, customer_id)
-            rows = await store.payment_methods(conn, customer_id, PAYMENT_METHODS_SHOWN_MAX + 1)
+        rows = await self._saved_rows(merchant_id, customer_id)
         return _page(
             [render_customer_payment_method(row) for row in rows], PAYMENT_METHODS_SHOWN_MAX
         )
+
+    async def _saved_rows(self, merchant_id: str, customer_id: str) -> list[asyncpg.Record]:
+        """The customer's saved cards, newest saved first: PAYMENT_METHODS_SHOWN_MAX and
+        one more, which says whether more follow."""
+        async with self._acquire() as conn:
+            await self._customer(conn, merchant_id, customer_id)
+            return await store.payment_methods(conn, customer_id, PAYMENT_METHODS_SHOWN_MAX + 1)
 
     async def detach_payment_method(
         self, merchant_id: str, customer_id: str, token_id: str
@@ -270,14 +275,12 @@ class BillingService:
     async def saved_cards(
         self, merchant_id: str, customer_id: str
     ) -> tuple[list[tuple[dict[str, Any], datetime]], bool]:
-        """The customer's saved cards, newest saved first, at most
-        PAYMENT_METHODS_SHOWN_MAX, each as its token is rendered and when the token was
-        made (what the Stripe tree lists as PaymentMethods); and whether more are saved."""
-        async with self._acquire() as conn:
-            await self._customer(conn, merchant_id, customer_id)
-            rows = await store.payment_methods(conn, customer_id, PAYMENT_METHODS_SHOWN_MAX + 1)
+        """The customer's saved cards as ``list_payment_methods`` renders them, each with
+        when its token was made (what the Stripe tree lists as PaymentMethods); and
+        whether more are saved."""
+        rows = await self._saved_rows(merchant_id, customer_id)
         cards = [
-            (render_customer_payment_method(row) | {"object": "token"}, row["created_at"])
+            (render_customer_payment_method(row), row["created_at"])
             for row in rows[:PAYMENT_METHODS_SHOWN_MAX]
         ]
         return cards, len(rows) > PAYMENT_METHODS_SHOWN_MAX

@@ -207,12 +207,17 @@ def _ok(shaped: object, replayed: bool = False) -> web.Response:
     return response
 
 
+def _intent_of(row: asyncpg.Record) -> shapes.JSON:
+    """A payment row as the PaymentIntent every route shows (its PaymentMethod named)."""
+    return shapes.payment_intent(render_payment(row), payment_method=_pm_of(row))
+
+
 async def _intent_or_none(request: web.Request, payment_id: str) -> dict[str, Any] | None:
     try:
         row = await request.app[SERVICE].payment_row(request[MERCHANT_ID], payment_id)
     except ApiError:
         return None
-    return shapes.payment_intent(render_payment(row), payment_method=_pm_of(row))
+    return _intent_of(row)
 
 
 async def _failure(
@@ -258,21 +263,14 @@ async def _expanded_intent(request: web.Request, intent_id: str) -> shapes.JSON:
     payment_id = shapes.payment_id_from_intent(intent_id)
     if payment_id is None:
         raise RuntimeError(f"an expandable intent id {intent_id!r} of no payment")
-    row = await request.app[SERVICE].payment_row(request[MERCHANT_ID], payment_id)
-    return shapes.payment_intent(render_payment(row), payment_method=_pm_of(row))
+    return _intent_of(await request.app[SERVICE].payment_row(request[MERCHANT_ID], payment_id))
 
 
 async def _expanded_payment_method(request: web.Request, method_id: str) -> shapes.JSON:
-    service = request.app[SERVICE]
-    number = magic_number(method_id)
-    if number is not None:  # a magic id, echoed as given: its card, as on retrieve
-        fingerprint = service.fingerprint(request[MERCHANT_ID], number)
-        return _magic_payment_method(method_id, number, fingerprint)
     token_id = shapes.token_id_from_payment_method(method_id)
-    if token_id is None:
+    if token_id is None and magic_number(method_id) is None:
         raise RuntimeError(f"an expandable payment method id {method_id!r} of no token")
-    token, created = await service.get_token(request[MERCHANT_ID], token_id)
-    return shapes.payment_method(token, created=created)
+    return await _payment_method_of(request, method_id, token_id)
 
 
 # Which field of which object ``expand[]`` may turn from an id into that object, and how.
@@ -369,6 +367,16 @@ def _page(params: Form) -> tuple[int, str | None]:
     )
     after = forms.string(params.get("starting_after"), "starting_after", ID_CHARS_MAX)
     return (validation.LIST_LIMIT_DEFAULT if limit is None else limit), after
+
+
+def _native_page(params: Form, kind: str, native: Callable[[object], str | None]) -> dict[str, str]:
+    """A Stripe list's ``limit`` and ``starting_after`` as a native list's query."""
+    limit, after = _page(params)
+    query = {"limit": str(limit)}
+    cursor = _after(after, kind, native)
+    if cursor is not None:
+        query["starting_after"] = cursor
+    return query
 
 
 def _after(after: str | None, kind: str, native: Callable[[object], str | None]) -> str | None:
@@ -515,17 +523,13 @@ async def cancel_intent(request: web.Request, params: Form) -> web.Response:
 async def retrieve_intent(request: web.Request, params: Form) -> web.Response:
     payment_id = _intent_path(request)
     row = await request.app[SERVICE].payment_row(request[MERCHANT_ID], payment_id)
-    return _ok(shapes.payment_intent(render_payment(row), payment_method=_pm_of(row)))
+    return _ok(_intent_of(row))
 
 
 async def list_intents(request: web.Request, params: Form) -> web.Response:
-    limit, after = _page(params)
-    native = {"limit": str(limit)}
-    cursor = _after(after, "payment_intent", shapes.payment_id_from_intent)
-    if cursor is not None:
-        native["starting_after"] = cursor
+    native = _native_page(params, "payment_intent", shapes.payment_id_from_intent)
     rows, has_more = await request.app[SERVICE].list_payment_rows(request[MERCHANT_ID], native)
-    data = [shapes.payment_intent(render_payment(r), payment_method=_pm_of(r)) for r in rows]
+    data = [_intent_of(r) for r in rows]
     return _ok(shapes.stripe_list(data, has_more, "/v1/payment_intents"))
 
 
@@ -572,15 +576,26 @@ async def create_payment_method(request: web.Request, params: Form) -> web.Respo
 
 async def retrieve_payment_method(request: web.Request, params: Form) -> web.Response:
     given = request.match_info["method"]
-    number = magic_number(given)
-    service = request.app[SERVICE]
+    token_id = None
+    if magic_number(given) is None:
+        token_id = _path_id(request, "method", "PaymentMethod", shapes.token_id_from_payment_method)
+    return _ok(await _payment_method_of(request, given, token_id))
+
+
+async def _payment_method_of(
+    request: web.Request, method_id: str, token_id: str | None
+) -> shapes.JSON:
+    """The PaymentMethod ``method_id`` as retrieve and expand[] show it: a magic id's card
+    (``token_id`` None), else token ``token_id``'s, naming the customer it is saved to."""
+    service, merchant_id = request.app[SERVICE], request[MERCHANT_ID]
+    number = magic_number(method_id)
     if number is not None:
-        fingerprint = service.fingerprint(request[MERCHANT_ID], number)
-        return _ok(_magic_payment_method(given, number, fingerprint))
-    token_id = _path_id(request, "method", "PaymentMethod", shapes.token_id_from_payment_method)
-    token, created = await service.get_token(request[MERCHANT_ID], token_id)
-    customer = await request.app[BILLING].customer_of_token(request[MERCHANT_ID], token_id)
-    return _ok(shapes.payment_method(token, created=created, customer=customer))
+        return _magic_payment_method(method_id, number, service.fingerprint(merchant_id, number))
+    if token_id is None:
+        raise RuntimeError(f"PaymentMethod {method_id!r} is neither magic nor a token's")
+    token, created = await service.get_token(merchant_id, token_id)
+    customer = await request.app[BILLING].customer_of_token(merchant_id, token_id)
+    return shapes.payment_method(token, created=created, customer=customer)
 
 
 ATTACH_RENAMES = {"token": "payment_method"}
@@ -803,11 +818,7 @@ async def delete_customer(request: web.Request, params: Form) -> web.Response:
 
 
 async def list_customers(request: web.Request, params: Form) -> web.Response:
-    limit, after = _page(params)
-    native = {"limit": str(limit)}
-    cursor = _after(after, "customer", _same("cus_"))
-    if cursor is not None:
-        native["starting_after"] = cursor
+    native = _native_page(params, "customer", _same("cus_"))
     email = forms.string(params.get("email"), "email", EMAIL_CHARS_MAX)
     if email is not None:
         native["email"] = email
@@ -895,11 +906,7 @@ async def delete_webhook_endpoint(request: web.Request, params: Form) -> web.Res
 
 
 async def list_webhook_endpoints(request: web.Request, params: Form) -> web.Response:
-    limit, after = _page(params)
-    native = {"limit": str(limit)}
-    cursor = _after(after, "webhook_endpoint", _same("we_"))
-    if cursor is not None:
-        native["starting_after"] = cursor
+    native = _native_page(params, "webhook_endpoint", _same("we_"))
     page = await request.app[WEBHOOKS].list_endpoints(request[MERCHANT_ID], native)
     data = [shapes.webhook_endpoint(e) for e in page["data"]]
     return _ok(shapes.stripe_list(data, page["has_more"], "/v1/webhook_endpoints"))

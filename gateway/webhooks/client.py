@@ -139,6 +139,10 @@ class _Connection(asyncio.Protocol):
         self.transport.write(request)
         return self._answer
 
+    def reusable(self, now: float) -> bool:
+        """Open, and idle for less than IDLE_REUSE_S (monotonic ``now``)."""
+        return self.open and now - self.idle_since < IDLE_REUSE_S
+
     @property
     def answered_bytes(self) -> bool:
         return self._answered_bytes
@@ -201,7 +205,7 @@ class WebhookClient:
         called now and then, so endpoints no longer sent to hold no sockets."""
         now = time.monotonic()
         for origin, idle in list(self._idle.items()):
-            fresh = [c for c in idle if c.open and now - c.idle_since < IDLE_REUSE_S]
+            fresh = [c for c in idle if c.reusable(now)]
             for connection in idle:
                 if connection not in fresh:
                     connection.close()
@@ -226,7 +230,7 @@ class WebhookClient:
         now = time.monotonic()
         while idle:
             connection = idle.pop()  # the most recently used: the least likely closed
-            if connection.open and now - connection.idle_since < IDLE_REUSE_S:
+            if connection.reusable(now):
                 return connection
             connection.close()
         return None
