@@ -7,9 +7,11 @@ empty its tables before each test. Never point it at data you want to keep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,19 @@ def kassa_env(database_url: str | None, **extra: str) -> dict[str, str]:
 
 def kassa(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     return testing.run_cli(*args, env=env, timeout=timeout)
+
+
+async def eventually(check, timeout_s: float, what: str = "the condition"):
+    """Poll ``check`` (an async callable) every 50 ms until it answers something true,
+    and return that; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 @contextlib.contextmanager

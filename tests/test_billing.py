@@ -4,15 +4,13 @@ share the renewals, driven by test clocks."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from gateway.testing import KassaServer
-from tests.conftest import running_server
+from tests.conftest import eventually, running_server
 from tests.payments_helpers import APPROVED_MASTERCARD, APPROVED_VISA, card, get, post
 
 DECLINED_CARD = "4000000000000002"  # generic_decline
@@ -97,17 +95,6 @@ async def invoices_of(api, merchant, subscription: dict) -> list[dict]:
     return sorted(body["data"], key=lambda invoice: invoice["period_index"])
 
 
-async def wait_for(check, what: str, timeout_s: float = READY_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = await check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def settled_invoices(api, merchant, subscription: dict, count: int) -> list[dict]:
     """The subscription's invoices once ``count`` exist and none is waiting on a charge
     due now (open with no attempt yet)."""
@@ -117,7 +104,9 @@ async def settled_invoices(api, merchant, subscription: dict, count: int) -> lis
         settled = all(i["status"] != "open" or i["attempt_count"] > 0 for i in invoices)
         return invoices if len(invoices) >= count and settled else None
 
-    return await wait_for(check, f"{count} settled invoices of {subscription['id']}")
+    return await eventually(
+        check, READY_TIMEOUT_S, f"{count} settled invoices of {subscription['id']}"
+    )
 
 
 async def advance(api, merchant, clock: dict, frozen_time: str) -> dict:
@@ -131,7 +120,7 @@ async def advance(api, merchant, clock: dict, frozen_time: str) -> dict:
         assert status == 200, body
         return body if body["status"] == "ready" else None
 
-    return await wait_for(ready, f"{clock['id']} ready at {frozen_time}")
+    return await eventually(ready, READY_TIMEOUT_S, f"{clock['id']} ready at {frozen_time}")
 
 
 async def events_of(api, merchant, event_type: str) -> list[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +19,7 @@ import requests
 import stripe
 
 from gateway.testing import KassaServer
-from tests.conftest import kassa, kassa_env, running_server
+from tests.conftest import eventually, kassa, kassa_env, running_server
 from tests.webhook_helpers import Receiver
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2035, "cvc": "123"}
@@ -645,15 +644,6 @@ async def payments_of_key(db, merchant_id: str, key: str) -> list[Any]:
     )
 
 
-async def wait_for(predicate, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 async def test_the_sdks_retries_finish_a_checkout_across_a_killed_worker(
     kill_server, clients, merchant, db, database_url
 ):
@@ -713,7 +703,7 @@ async def kill_twice(kill_server, sdk, thread: SdkThread, params, merchant, db) 
             "processing"
         ]
 
-    await wait_for(processing, 5)
+    await eventually(processing, 5, "a payment processing")
     holder.send_signal(signal.SIGKILL)
     with pytest.raises(stripe.APIError) as raised:
         await asyncio.wait_for(call, WAIT_S)
@@ -725,7 +715,7 @@ async def kill_twice(kill_server, sdk, thread: SdkThread, params, merchant, db) 
         status = await db.fetchval("SELECT status FROM payments WHERE id = $1", row["id"])
         return bool(status != "processing")
 
-    await wait_for(settled, 4 * KILL_RECOVERY_AFTER_S + 5)
+    await eventually(settled, 4 * KILL_RECOVERY_AFTER_S + 5, "recovery settling it")
     with pytest.raises(stripe.CardError) as declined:  # the settled answer, for the same key
         await thread.run(
             lambda: sdk.v1.payment_intents.create(params, {"idempotency_key": "kill-2"})

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.recovery import EVENT_RETENTION_S
 from gateway.testing import KassaServer
-from tests.conftest import running_server, subprocess_variables
+from tests.conftest import eventually, running_server, subprocess_variables
 from tests.payments_helpers import (
     DECLINES,
     ERROR_CARD,
@@ -313,7 +313,7 @@ async def test_an_endpoint_failing_past_the_disable_window_is_disabled(api, merc
     assert tried >= 3, f"{tried} attempts before the endpoint was disabled"
     # Nothing of it stays pending (what was is canceled), and a new event is not queued
     # for it at all.
-    await wait_until(lambda: _settled(db, endpoint["id"], 2))
+    await eventually(lambda: _settled(db, endpoint["id"], 2), 5)
     await authorize(api, merchant)
     await asyncio.sleep(1.5)
     assert len(await delivery_states(db, endpoint["id"])) == 2
@@ -344,8 +344,8 @@ async def test_disable_and_delete_cancel_pending_deliveries(api, merchant, recei
     await authorize(api, merchant)
     await receiver.wait("/a", 1)
     await receiver.wait("/b", 1)
-    await wait_until(lambda: _pending(db, first["id"]))
-    await wait_until(lambda: _pending(db, second["id"]))
+    await eventually(lambda: _pending(db, first["id"]), 5)
+    await eventually(lambda: _pending(db, second["id"]), 5)
 
     status_code, disabled, _ = await post(
         api, f"/v1/webhook_endpoints/{first['id']}", merchant, {"status": "disabled"}
@@ -378,15 +378,6 @@ async def test_disable_and_delete_cancel_pending_deliveries(api, merchant, recei
 
 async def _pending(db, endpoint_id: str) -> bool:
     return await delivery_states(db, endpoint_id) == ["pending"]
-
-
-async def wait_until(predicate, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 # --- subscriptions -------------------------------------------------------------------------
@@ -617,7 +608,7 @@ async def test_worker_killed_mid_delivery_delivers_again_after_the_lease(
     assert second.webhook_id == first.webhook_id and second.body == first.body
     verify_all(endpoint["secret"], second)
     assert second.at - killed_at >= 1.0  # after the lease, not at once
-    await wait_until(lambda: _states_are(db, endpoint["id"], ["delivered"]), timeout_s=5)
+    await eventually(lambda: _states_are(db, endpoint["id"], ["delivered"]), 5)
     await server.wait_workers(2)
 
 
@@ -663,7 +654,7 @@ async def test_a_graceful_stop_hands_its_unfinished_deliveries_to_the_next_proce
         assert len(set(ids)) == 2  # the cut-off one again, and the one never started
         for arrival in arrivals:
             verify_all(endpoint["secret"], arrival)
-        await wait_until(lambda: _states_are(db, endpoint["id"], ["delivered", "delivered"]))
+        await eventually(lambda: _states_are(db, endpoint["id"], ["delivered", "delivered"]), 5)
     finally:
         gateway.stop()
 
@@ -686,7 +677,7 @@ async def test_delivered_rows_go_at_once_and_events_past_retention_with_the_rest
     await create_endpoint(api, merchant, receiver.url("/kept"), ["payment.authorized"])
     gone = await create_endpoint(api, merchant, receiver.url("/gone"), ["payment.authorized"])
     await authorize(api, merchant)
-    await wait_until(lambda: _states_are(db, gone["id"], ["failed"]))  # and it is disabled
+    await eventually(lambda: _states_are(db, gone["id"], ["failed"]), 5)  # and it is disabled
     await authorize(api, merchant)
     await receiver.wait("/kept", 2)
     event_ids = [a.webhook_id for a in receiver.at("/kept")]
@@ -712,7 +703,7 @@ async def test_delivered_rows_go_at_once_and_events_past_retention_with_the_rest
     async def swept() -> bool:
         return await db.fetchval("SELECT count(*) FROM events WHERE id = $1", old_event) == 0
 
-    await wait_until(swept, timeout_s=10)  # the sweep runs every second here
+    await eventually(swept, 10, "the sweep")  # the sweep runs every second here
     # The event past retention is gone, for the API too, with its deliveries and attempts.
     assert (await get(api, f"/v1/events/{old_event}", merchant))[0] == 404
     for table in ("webhook_deliveries", "webhook_attempts"):
