@@ -225,6 +225,10 @@ class PaymentService:
                 None,
             )
         row = await self._owned("token", token, merchant_id, param="payment_method.token")
+        return self._card_of_token(row)
+
+    def _card_of_token(self, row: asyncpg.Record) -> ResolvedCard:
+        """A token's row (its columns, or SAVED_CARD_SQL's) as the card it keeps."""
         number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
         return ResolvedCard(
             number,
@@ -255,16 +259,7 @@ class PaymentService:
                 f"payment_method.token is not a saved card of customer {customer_id}",
                 "payment_method.token",
             )
-        number = self._vault.decrypt_number(row["number_ciphertext"], row["id"])
-        return ResolvedCard(
-            number,
-            row["brand"],
-            row["last4"],
-            row["exp_month"],
-            row["exp_year"],
-            row["fingerprint"],
-            row["id"],
-        )
+        return self._card_of_token(row)
 
     # --- authorization ----------------------------------------------------------------
 
