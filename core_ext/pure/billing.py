@@ -186,20 +186,29 @@ def trial_end(start: int, trial_days: int) -> int:
     return start + trial_days * SECONDS_PER_DAY
 
 
-def retry_at(first_failure: int, declined_at: int) -> object:
+def retry_at(first_failure: int, declined_at: int, attempts_made: int) -> object:
     """When to charge a declined invoice again: the first of DUNNING_RETRY_DAYS after its
     first failure (at ``first_failure``) still ahead of this decline (at ``declined_at``);
-    None when none is: the invoice is uncollectible. Counted in time, not in attempts, so
-    an attempt that failed outside dunning (error_retry_at) moves no retry."""
+    None when none is, or once ATTEMPTS_MAX attempts have been made: the invoice is
+    uncollectible. Counted in time, not in attempts, so an attempt that failed outside
+    dunning (error_retry_at) moves no retry."""
     _check_instant("first_failure", first_failure)
     _check_instant("declined_at", declined_at)
+    _check_attempts(attempts_made)
     if declined_at < first_failure:
         raise ValueError("declined_at must not be before first_failure")
+    if attempts_made >= ATTEMPTS_MAX:
+        return None
     for days in DUNNING_RETRY_DAYS:
         due = first_failure + days * SECONDS_PER_DAY
         if due > declined_at:
             return due
     return None
+
+
+def _check_attempts(attempts_made: object) -> None:
+    if not isinstance(attempts_made, int) or isinstance(attempts_made, bool) or attempts_made < 1:
+        raise ValueError("attempts_made must be an integer of at least 1")
 
 
 def error_retry_at(failed_at: int, attempts_made: int) -> object:
@@ -208,8 +217,7 @@ def error_retry_at(failed_at: int, attempts_made: int) -> object:
     not at fault): ERROR_RETRY_S later, outside dunning; None once ATTEMPTS_MAX attempts
     have been made: the invoice is uncollectible."""
     _check_instant("failed_at", failed_at)
-    if not isinstance(attempts_made, int) or isinstance(attempts_made, bool) or attempts_made < 1:
-        raise ValueError("attempts_made must be an integer of at least 1")
+    _check_attempts(attempts_made)
     if attempts_made >= ATTEMPTS_MAX:
         return None
     return failed_at + ERROR_RETRY_S

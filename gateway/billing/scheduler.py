@@ -23,8 +23,8 @@ the first failure (core_ext.billing.retry_at); after the last, the invoice is
 uncollectible and the subscription canceled. A charge no issuer answered (the processor
 erred, or a gateway died before the processor had it, which recovery settles as failed)
 is not the card's fault: it is tried again ERROR_RETRY_S later (error_retry_at), outside
-dunning and with the subscription's status unchanged, so a crash never dunns a customer. Each step writes its events in the
-transaction that records it. Time on a test clock is the time the work fell due (a
+dunning and with the subscription's status unchanged, so a crash never dunns a customer.
+Each step writes its events in the transaction that records it. Time on a test clock is the time the work fell due (a
 renewal at its period's start, a retry at its date), so an advance of a year plays the
 year out in order, period by period, whatever real time it takes.
 """
@@ -437,29 +437,25 @@ class Scheduler:
             if c.outcome == SUCCEEDED:
                 outcome = ("paid", c.payment_id, None, None)
                 status, next_action, ended = "active", row["current_period_end"], None
-            elif c.unanswered:
-                again = calendar.error_retry_at(unix(c.happened), c.attempt)
-                if again is None:
-                    outcome = ("uncollectible", None, c.happened, None)
-                    status, next_action, ended = "canceled", None, c.happened
-                else:
-                    retry_at = moment(int(again))  # type: ignore[call-overload]
-                    outcome = ("open", None, None, retry_at)
-                    status, next_action, ended = row["status"], retry_at, None
             else:
-                first = (
-                    row["first_failed_at"]
-                    if c.attempt > 1 and row["first_failed_at"]
-                    else c.happened
-                )
-                retry = calendar.retry_at(unix(first), unix(c.happened))
-                if retry is None or c.attempt >= calendar.ATTEMPTS_MAX:
+                if c.unanswered:  # no issuer answered: again soon, outside dunning
+                    retry = calendar.error_retry_at(unix(c.happened), c.attempt)
+                    failed_at, status_if_open = None, row["status"]
+                else:
+                    first = (
+                        row["first_failed_at"]
+                        if c.attempt > 1 and row["first_failed_at"]
+                        else c.happened
+                    )
+                    retry = calendar.retry_at(unix(first), unix(c.happened), c.attempt)
+                    failed_at, status_if_open = c.happened, "past_due"
+                if retry is None:
                     outcome = ("uncollectible", None, c.happened, None)
                     status, next_action, ended = "canceled", None, c.happened
                 else:
                     retry_at = moment(int(retry))  # type: ignore[call-overload]
-                    outcome = ("open", None, c.happened, retry_at)
-                    status, next_action, ended = "past_due", retry_at, None
+                    outcome = ("open", None, failed_at, retry_at)
+                    status, next_action, ended = status_if_open, retry_at, None
             for column, value in zip(
                 invoice_columns, (c.invoice_id, c.attempt, *outcome), strict=True
             ):

@@ -6,9 +6,9 @@ claim and no row update before the attempt. Everything else (retries, deliveries
 another process wrote and dropped, those of a process that died, manual retries) is
 claimed by polling: due rows under ``FOR UPDATE SKIP LOCKED``, their ``next_attempt_at``
 pushed forward by a lease and committed. Either way the POST goes out after the commit and
-outside any transaction through one pooled client (gateway/webhooks/client.py), and a crash before the attempt
-is recorded lets the lease lapse: another pass (this process's successor or any other)
-sends the delivery again with the same ``webhook-id``. At least once, never lost; claimed
+outside any transaction through one pooled client (gateway/webhooks/client.py), and a
+crash before the attempt is recorded lets the lease lapse: another pass (this process's
+successor or any other) sends the delivery again with the same ``webhook-id``. At least once, never lost; claimed
 by state and time, never by an id cursor (ids commit out of order).
 
 Concurrency is bounded overall and per endpoint, for both ways in: a handed delivery waits

@@ -127,15 +127,20 @@ def test_dunning_retries_after_1_3_and_5_days_then_gives_up(core):
     failed = unix(2027, 5, 1, 12)
     day = 86_400
     assert core.billing.DUNNING_RETRY_DAYS == (1, 3, 5)
-    assert core.billing.retry_at(failed, failed) == failed + day
-    assert core.billing.retry_at(failed, failed + day) == failed + 3 * day
-    assert core.billing.retry_at(failed, failed + 3 * day) == failed + 5 * day
-    assert core.billing.retry_at(failed, failed + 5 * day) is None
+    assert core.billing.retry_at(failed, failed, 1) == failed + day
+    assert core.billing.retry_at(failed, failed + day, 2) == failed + 3 * day
+    assert core.billing.retry_at(failed, failed + 3 * day, 3) == failed + 5 * day
+    assert core.billing.retry_at(failed, failed + 5 * day, 4) is None
     # Counted in time: a retry run late, or after attempts outside dunning, moves nothing.
-    assert core.billing.retry_at(failed, failed + day + 3_600) == failed + 3 * day
-    assert core.billing.retry_at(failed, failed + 4 * day) == failed + 5 * day
+    assert core.billing.retry_at(failed, failed + day + 3_600, 3) == failed + 3 * day
+    assert core.billing.retry_at(failed, failed + 4 * day, 2) == failed + 5 * day
+    # And never past ATTEMPTS_MAX attempts in all.
+    assert core.billing.retry_at(failed, failed, core.billing.ATTEMPTS_MAX) is None
     with pytest.raises(ValueError):
-        core.billing.retry_at(failed, failed - 1)
+        core.billing.retry_at(failed, failed - 1, 1)
+    for bad in (0, True, 1.5):
+        with pytest.raises((ValueError, TypeError)):
+            core.billing.retry_at(failed, failed, bad)
 
 
 def test_a_charge_no_issuer_answered_is_retried_an_hour_later_up_to_ten_attempts(core):
