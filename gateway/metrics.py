@@ -361,8 +361,9 @@ def ledger_verified(ok: bool, at: float | None = None) -> None:
 _WEBHOOK_CHILDREN: dict[tuple[str, str], Any] = {}
 
 
-def webhook_attempt(outcome: str, status_class: str) -> None:
-    """One delivery attempt ended; ``status_class`` from ``core_ext.webhooks.status_class``."""
+def webhook_attempts(outcome: str, status_class: str, count: int) -> None:
+    """``count`` delivery attempts ended so; ``status_class`` from
+    ``core_ext.webhooks.status_class``."""
     key = (
         outcome if outcome in WEBHOOK_OUTCOMES else "other",
         status_class if status_class in _WEBHOOK_STATUS_CLASSES else "other",
@@ -370,7 +371,7 @@ def webhook_attempt(outcome: str, status_class: str) -> None:
     child = _WEBHOOK_CHILDREN.get(key)
     if child is None:
         child = _WEBHOOK_CHILDREN[key] = WEBHOOK_DELIVERIES.labels(*key)
-    child.inc()
+    child.inc(count)
 
 
 def webhook_delivered(latency_s: float, attempts: int) -> None:

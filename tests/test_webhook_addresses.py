@@ -239,7 +239,7 @@ async def loopback_server():
 
 async def fetch(allow_private: bool, url: str) -> int:
     """One POST through the deliverer's own client (gateway/webhooks/client.py)."""
-    client = WebhookClient(allow_private, "Kassa-Webhooks-test")
+    client = WebhookClient(allow_private, "Kassa-Webhooks-test", timeout_s=5.0)
     try:
         status, _ = await client.post(url, {}, b"{}")
         return status

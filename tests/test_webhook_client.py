@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -70,7 +71,7 @@ async def raw() -> AsyncIterator[RawServer]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[WebhookClient]:
-    client = WebhookClient(True, "Kassa-Webhooks/1.0")
+    client = WebhookClient(True, "Kassa-Webhooks/1.0", timeout_s=5.0)
     try:
         yield client
     finally:
@@ -165,20 +166,39 @@ async def test_an_answer_that_is_not_http_is_an_error(raw, client):
         await client.post(f"http://127.0.0.1:{raw.port}/", {}, b"{}")
 
 
-async def test_a_timeout_leaves_no_connection_to_reuse(raw, client):
+def hang_until_set(raw: RawServer) -> asyncio.Event:
+    """The server starts each answer and never finishes it, until the event is set."""
     answered = asyncio.Event()
+    raw.answer = lambda n: OK if answered.is_set() else b"HTTP/1.1 200 OK\r\n"
+    return answered
 
-    def slow(n: int) -> bytes:
-        return OK if answered.is_set() else b"HTTP/1.1 200 OK\r\n"  # never finishes
 
-    raw.answer = slow
+async def test_a_timeout_leaves_no_connection_to_reuse(raw):
+    answered = hang_until_set(raw)
+    url = f"http://127.0.0.1:{raw.port}/"
+    client = WebhookClient(True, "Kassa-Webhooks/1.0", timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no answer within 0\.3 s"):
+            await client.post(url, {}, b"{}")
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 0.3 + 0.2  # cut off by the client's own bound, in time
+        answered.set()
+        assert await client.post(url, {}, b"{}") == (200, None)
+        assert raw.connections == 2  # the cut-off connection was closed, not reused
+    finally:
+        await client.close()
+
+
+async def test_a_post_canceled_by_its_caller_leaves_no_connection_to_reuse(raw, client):
+    answered = hang_until_set(raw)
     url = f"http://127.0.0.1:{raw.port}/"
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
             await client.post(url, {}, b"{}")
     answered.set()
     assert await client.post(url, {}, b"{}") == (200, None)
-    assert raw.connections == 2  # the cut-off connection was closed, not reused
+    assert raw.connections == 2
 
 
 async def test_a_sweep_closes_the_idle_connections_too_old_to_reuse(raw, client, monkeypatch):

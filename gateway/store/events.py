@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -87,8 +87,7 @@ class NewEvent:
         )
 
 
-@dataclass(frozen=True)
-class Handoff:
+class Handoff(NamedTuple):  # a tuple: one is made per delivery, on the hot path
     """A delivery just committed, for the deliverer of the process that wrote it: the row
     was written leased to that process, which sends it with no claim of its own."""
 
@@ -518,8 +517,7 @@ async def release(conn: Conn, deliveries: Sequence[tuple[str, str]]) -> None:
     )
 
 
-@dataclass(frozen=True)
-class AttemptRecord:
+class AttemptRecord(NamedTuple):  # a tuple: one is made per attempt
     event_id: str
     endpoint_id: str
     attempt: int

@@ -36,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 import orjson
@@ -81,8 +82,7 @@ def lease_s(settings: Settings) -> float:
     return settings.webhook_timeout_s + LEASE_MARGIN_S + HANDOFF_WAIT_S
 
 
-@dataclass(frozen=True)
-class _Due:
+class _Due(NamedTuple):  # tuples: one of each is made per delivery, on the hot path
     """A delivery this process holds the lease of, to send."""
 
     event_id: str
@@ -96,13 +96,12 @@ class _Due:
 @dataclass(frozen=True)
 class _Endpoint:
     url: str
-    secret: str | None  # opened; None unless enabled
+    keys: tuple[bytes, bytes] | None  # its opened secret's signing keys; None unless enabled
     read_at: float  # monotonic
     stripe: bool  # sent Stripe Events (made through /stripe/v1), else Kassa's own
 
 
-@dataclass(frozen=True)
-class _Finished:
+class _Finished(NamedTuple):
     record: events.AttemptRecord
     ok: bool
     gone: bool
@@ -118,7 +117,7 @@ def _fresh(endpoint: _Endpoint | None, now: float) -> bool:
     since, and a delivery canceled on a stale read would be lost."""
     if endpoint is None:
         return False
-    ttl_s = ENDPOINT_CACHE_S if endpoint.secret is not None else DISABLED_ENDPOINT_CACHE_S
+    ttl_s = ENDPOINT_CACHE_S if endpoint.keys is not None else DISABLED_ENDPOINT_CACHE_S
     return now - endpoint.read_at <= ttl_s
 
 
@@ -183,7 +182,7 @@ class Deliverer:
     async def start(self) -> None:
         # The SSRF guard sits in the client's resolver: the address checked is the one
         # connected to. Attempts in flight are bounded here, overall and per endpoint.
-        self._client = WebhookClient(self._allow_private, USER_AGENT)
+        self._client = WebhookClient(self._allow_private, USER_AGENT, self._timeout_s)
         self._loops = [
             asyncio.create_task(self._dispatch_forever()),
             asyncio.create_task(self._record_forever()),
@@ -322,9 +321,12 @@ class Deliverer:
             rows = await events.endpoints(conn, stale)
         for row in rows:
             enabled = row["status"] == "enabled" and row["secret_ciphertext"] is not None
-            secret = self._box.open(bytes(row["secret_ciphertext"]), row["id"]) if enabled else None
+            keys = None
+            if enabled:
+                secret = self._box.open(bytes(row["secret_ciphertext"]), row["id"])
+                keys = webhooks.signing_keys(secret)
             self._endpoints[row["id"]] = _Endpoint(
-                row["url"], secret, now, row["event_format"] == "stripe"
+                row["url"], keys, now, row["event_format"] == "stripe"
             )
 
     # --- sending --------------------------------------------------------------------------
@@ -348,7 +350,7 @@ class Deliverer:
         started = time.monotonic()
         endpoint = self._endpoints.get(due.endpoint_id)
         body = _body_for(endpoint, due.payload)
-        if endpoint is None or endpoint.secret is None or body is None:
+        if endpoint is None or endpoint.keys is None or body is None:
             # Disabled or deleted since the delivery was written or claimed, or an event
             # Stripe has no type for, to a Stripe endpoint: not sent.
             return _Finished(
@@ -362,7 +364,7 @@ class Deliverer:
                 time.time(),
             )
         try:
-            status, retry_after = await self._post(endpoint.url, endpoint.secret, due, body)
+            status, retry_after = await self._post(endpoint.url, endpoint.keys, due, body)
         except TimeoutError:
             error = f"timeout: no answer within {self._timeout_s:g} s"
         except AddressRefused as exc:
@@ -401,12 +403,13 @@ class Deliverer:
             time.time(),
         )
 
-    async def _post(self, url: str, secret: str, due: _Due, body: bytes) -> tuple[int, str | None]:
+    async def _post(
+        self, url: str, keys: tuple[bytes, bytes], due: _Due, body: bytes
+    ) -> tuple[int, str | None]:
         if self._client is None:
             raise RuntimeError("the deliverer was not started")
-        headers = webhooks.signature_headers(secret, due.event_id, int(time.time()), body)
-        async with asyncio.timeout(self._timeout_s):  # connect, send and answer, in all
-            return await self._client.post(url, headers, body)
+        headers = webhooks.sign(keys, due.event_id, int(time.time()), body)
+        return await self._client.post(url, headers, body)  # bounded by its timeout
 
     # --- recording ------------------------------------------------------------------------
 
@@ -451,6 +454,7 @@ class Deliverer:
             reason = "gone" if row["gone"] else "failing"
             metrics.webhook_endpoint_disabled(reason)
             log.warning("webhook endpoint %s disabled (%s)", row["id"], reason)
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
         for f in batch:
             if f.record.state == "canceled":
                 continue  # not sent: no attempt to count
@@ -465,7 +469,9 @@ class Deliverer:
                 metrics.webhook_failed(f.record.attempt)
             else:
                 outcome = "retrying"
-            metrics.webhook_attempt(outcome, f.status_class)
+            counts[outcome, f.status_class] += 1
+        for (outcome, status_class), count in counts.items():
+            metrics.webhook_attempts(outcome, status_class, count)
 
     # --- gauges ---------------------------------------------------------------------------
 

@@ -89,6 +89,17 @@ def test_signature_headers_are_exactly_the_four_of_api_md(core):
     assert headers["Stripe-Signature"].startswith("t=1700000000,v1=")
 
 
+def test_signing_with_an_endpoints_keys_is_signing_with_its_secret(core):
+    secret = secret_of(core)
+    keys = core.webhooks.signing_keys(secret)  # what the deliverer keeps per endpoint
+    body = event_body("evt_7", {"object": {"amount": 1099, "currency": "eur"}})
+    assert core.webhooks.sign(keys, "evt_7", 1_700_000_000, body) == (
+        core.webhooks.signature_headers(secret, "evt_7", 1_700_000_000, body)
+    )
+    with pytest.raises(ValueError, match="whsec_"):
+        core.webhooks.signing_keys("whsec_not base64!")
+
+
 @pytest.mark.parametrize("verifier", VERIFIERS)
 def test_every_receiver_library_verifies_a_delivery(core, verifier):
     secret = secret_of(core)
