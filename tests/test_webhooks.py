@@ -745,3 +745,94 @@ async def test_the_schema_refuses_orphan_deliveries_and_attempts(api, merchant, 
 async def delivery_states_of_event(db, event_id: str) -> list[str]:
     rows = await db.fetch(DELIVERY_STATES_SQL.format(column="event_id"), event_id)
     return sorted(row["state"] for row in rows)
+
+
+# --- the outbox under a backlog --------------------------------------------------------
+
+BACKLOG = 1000  # pending deliveries not in the batch: an endpoint's outage, say
+BATCH = 32
+
+
+def queue_rows_handled(plan: dict) -> tuple[int, bool]:
+    """The rows an EXPLAIN ANALYZE plan's nodes on webhook_deliveries, and the joins above
+    them, produced or filtered out over all their loops (PostgreSQL shows the filtered
+    counts per loop); and whether the plan touches that table at all."""
+    counted = [queue_rows_handled(child) for child in plan.get("Plans", [])]
+    touches = plan.get("Relation Name") == "webhook_deliveries" or any(t for _, t in counted)
+    rows = sum(n for n, _ in counted)
+    if touches:
+        own = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+        rows += (own + plan.get("Rows Removed by Join Filter", 0)) * plan.get("Actual Loops", 0)
+    return rows, touches
+
+
+@pytest.mark.parametrize("outcome", ["delivered", "pending", "failed"])
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_recording_a_batch_reads_its_rows_not_the_backlog(
+    db, merchant, outcome, plan_cache_mode
+):
+    """The queue is analyzed while nearly empty (its rows are deleted as they are
+    delivered), so the planner believes it holds a row or so. Recording a batch of
+    attempts must not then walk the backlog once per attempt (the join it once was did:
+    32 x 1,000 rows here): each attempt's row is found by its key."""
+    from gateway.store import events
+
+    await db.execute(
+        "INSERT INTO webhook_endpoints (id, merchant_id, url, enabled_events, status, "
+        "secret_ciphertext) VALUES ('we_backlog', $1, 'https://shop.example/hook', '{*}', "
+        "'enabled', '\\x00')",
+        merchant.id,
+    )
+    total = 3 * BACKLOG
+    await db.execute(
+        "INSERT INTO events (id, merchant_id, type, object_id, payload, created_at) "
+        "SELECT 'evt_' || i, $1, 'payment.authorized', 'pay_x', '{}', now() "
+        "FROM generate_series(1, $2) i",
+        merchant.id,
+        total,
+    )
+    deliveries = (
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id) "
+        "SELECT 'evt_' || i, 'we_backlog' FROM generate_series($1::int, $2::int) i"
+    )
+    # Analyzed with one row left of many pages: the planner's 'nearly empty' queue.
+    await db.execute(deliveries, 1, BACKLOG)
+    await db.execute("DELETE FROM webhook_deliveries WHERE event_id <> $1", f"evt_{BACKLOG}")
+    await db.execute("VACUUM ANALYZE webhook_deliveries")
+    await db.execute(deliveries, BACKLOG + 1, 2 * BACKLOG + BATCH)  # the backlog and the batch
+    batch = [
+        events.AttemptRecord(
+            f"evt_{2 * BACKLOG + 1 + i}",
+            "we_backlog",
+            1,
+            200 if outcome == "delivered" else 500,
+            None,
+            3,
+            outcome,
+            60.0,
+        )
+        for i in range(BATCH)
+    ]
+    health = {"we_backlog": (outcome == "delivered", False)}
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")  # ours, no input
+        explained = await conn.fetchval(
+            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + events.RECORD_SQL,
+            *events.record_arguments(batch, health, 3600.0),
+        )
+        states = await conn.fetch(
+            "SELECT state, count(*) FROM webhook_deliveries WHERE event_id = ANY ($1) "
+            "GROUP BY state",
+            [r.event_id for r in batch],
+        )
+        attempts = await conn.fetchval("SELECT count(*) FROM webhook_attempts")
+    (plan,) = orjson.loads(explained)
+    handled, touched = queue_rows_handled(plan["Plan"])
+    # At worst one scan of the queue (the planner's choice for a small table), never one per
+    # attempt: that is BATCH x BACKLOG.
+    assert touched
+    assert handled < 2 * BACKLOG, (handled, orjson.dumps(plan).decode())
+    # And it did record them: the delivered rows go, the others take their new state.
+    expected = {} if outcome == "delivered" else {outcome: BATCH}
+    assert {row["state"]: row["count"] for row in states} == expected
+    assert attempts == BATCH

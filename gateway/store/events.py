@@ -416,7 +416,12 @@ SELECT c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at
 # A batch of finished attempts, in one statement: a delivered row is deleted, the others
 # take their new state (retrying, failed; canceled when the endpoint was no longer enabled:
 # not sent, nothing logged); each sent attempt is logged. A delivery canceled meanwhile
-# (its endpoint disabled or deleted) stays canceled. Per endpoint of the batch ($9..$11): a
+# (its endpoint disabled or deleted) stays canceled, unless this attempt delivered it.
+# Every row is found by its key, never by a join of the batch with the queue: the planner
+# would plan that join from the queue's row estimate, and a queue is analyzed while nearly
+# empty, so under a backlog it walked every pending row once per attempt (auto_explain
+# under `benchmarks.run --closed-loop-targets kassa-webhooks`: up to 13,114 rows removed
+# by the join filter for one batch). Per endpoint of the batch ($9..$11): a
 # success clears failing_since, a failure starts it, and a 410 or failing for longer than
 # $12 seconds disables it; an endpoint row is written only when one of these changes it
 # (the batches of a healthy endpoint leave it alone). Returns the endpoints disabled now.
@@ -427,18 +432,38 @@ WITH r AS (
            AS r (event_id, endpoint_id, attempt, status_code, error, duration_ms, state,
                  delay_s)
 ), delivered AS (
-    DELETE FROM webhook_deliveries d USING r
-     WHERE r.state = 'delivered' AND d.event_id = r.event_id
-       AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'
+    -- Sent and answered 2xx: the attempt log keeps it, whatever became of the row since
+    -- (canceled, or claimed again once its lease lapsed, it was delivered all the same).
+    -- The event ids are the primary key's index condition, the pairs a filter on it.
+    DELETE FROM webhook_deliveries d
+     WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM r WHERE state = 'delivered'))
+       AND (d.event_id, d.endpoint_id)
+           = ANY (ARRAY(SELECT (event_id, endpoint_id) FROM r WHERE state = 'delivered'))
+       AND EXISTS (SELECT 1 FROM r WHERE state = 'delivered')  -- else no scan at all
+), found AS (
+    -- Any other outcome's delivery, by one probe of the primary key per attempt: the
+    -- LIMIT keeps it a probe, which the planner cannot turn into a join. The state is
+    -- tested out here: inside, it would let the partial index of pending rows serve.
+    SELECT r.*, d.row_ctid, d.row_state
+      FROM (SELECT * FROM r WHERE r.state <> 'delivered') r
+     CROSS JOIN LATERAL (
+          SELECT d.ctid AS row_ctid, d.state AS row_state FROM webhook_deliveries d
+           WHERE d.event_id = r.event_id AND d.endpoint_id = r.endpoint_id
+           LIMIT 1) d
+     WHERE d.row_state = 'pending'
 ), changed AS (
+    -- A retry scheduled, or failed, or canceled: the row version probed, and not if it
+    -- changed since (its new version has another ctid): whoever changed it decides.
     UPDATE webhook_deliveries d
-       SET state = r.state, attempts = r.attempt, updated_at = now(),
-           next_attempt_at = CASE WHEN r.state = 'pending'
-                                  THEN now() + make_interval(secs => r.delay_s)
+       SET state = f.state, attempts = f.attempt, updated_at = now(),
+           next_attempt_at = CASE WHEN f.state = 'pending'
+                                  THEN now() + make_interval(secs => f.delay_s)
                                   ELSE d.next_attempt_at END
-      FROM r
-     WHERE r.state <> 'delivered' AND d.event_id = r.event_id
-       AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'
+      FROM found f
+     WHERE d.ctid = ANY (ARRAY(SELECT row_ctid FROM found))
+       AND d.event_id = ANY (ARRAY(SELECT event_id FROM found))
+       AND d.ctid = f.row_ctid AND d.state = f.row_state
+       AND EXISTS (SELECT 1 FROM found)  -- else no scan at all
 ), logged AS (
     INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, status_code, error,
                                   duration_ms, next_attempt_at)
@@ -518,6 +543,7 @@ async def release(conn: Conn, deliveries: Sequence[tuple[str, str]]) -> None:
 
 
 class AttemptRecord(NamedTuple):  # a tuple: one is made per attempt
+    # In RECORD_SQL's order: its parameters $1..$8 are these fields, a column each.
     event_id: str
     endpoint_id: str
     attempt: int
@@ -540,32 +566,28 @@ async def record(
     statement; the endpoints disabled now (``id``, ``gone``), whose pending deliveries are
     then canceled. Should the process stop in between, those deliveries are claimed and
     found not enabled: canceled all the same."""
-    columns = [
-        [getattr(r, name) for r in records]
-        for name in (
-            "event_id",
-            "endpoint_id",
-            "attempt",
-            "status_code",
-            "error",
-            "duration_ms",
-            "state",
-            "delay_s",
-        )
-    ]
+    disabled = await conn.fetch(RECORD_SQL, *record_arguments(records, health, disable_after_s))
+    disabled = [row for row in disabled if row["status"] == "disabled"]
+    if disabled:
+        await cancel_pending(conn, [row["id"] for row in disabled])
+    return disabled
+
+
+def record_arguments(
+    records: Sequence[AttemptRecord],
+    health: dict[str, tuple[bool, bool]],
+    disable_after_s: float,
+) -> list[object]:
+    """RECORD_SQL's parameters: a column per attempt field, then the endpoints' health."""
+    columns: list[object] = [[getattr(r, name) for r in records] for name in AttemptRecord._fields]
     ids = sorted(health)
-    disabled = await conn.fetch(
-        RECORD_SQL,
+    return [
         *columns,
         ids,
         [health[i][0] for i in ids],
         [health[i][1] for i in ids],
         float(disable_after_s),
-    )
-    disabled = [row for row in disabled if row["status"] == "disabled"]
-    if disabled:
-        await cancel_pending(conn, [row["id"] for row in disabled])
-    return disabled
+    ]
 
 
 GAUGES_SQL = """
