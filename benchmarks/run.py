@@ -355,9 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         closedloop.wrk_executable()  # fail now, not after the open-loop sweeps
         results["closed_loop"] = closed_loop(workdir, args)
         if args.closed_loop_only:
-            results["postgres"] = targets.postgres_version(
-                args.database_url, workdir / "data-kassa-closed"
-            )
+            results["postgres"] = targets.postgres_version(args.database_url, workdir)
             return finish(out, results, started)
         results["core"] = core_microbenchmarks(workdir, 0.2 if args.quick else 0.5)
         results["targets"] = {
@@ -377,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 args,
             ),
         }
-        results["postgres"] = targets.postgres_version(args.database_url, workdir / "data-kassa")
+        results["postgres"] = targets.postgres_version(args.database_url, workdir)
     return finish(out, results, started)
 
 

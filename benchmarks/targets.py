@@ -232,9 +232,10 @@ def framework_baseline(workdir: Path, workers: int) -> Iterator[Target]:
         testing.stop_process(process, STOP_TIMEOUT_S)
 
 
-def postgres_version(database_url: str | None, data_dir: Path) -> str:
-    """The server version of the database Kassa used (reads PG_VERSION when embedded)."""
-    version_file = data_dir / "postgres" / "PG_VERSION"
-    if database_url is None and version_file.exists():
-        return "embedded " + version_file.read_text().strip()
+def postgres_version(database_url: str | None, workdir: Path) -> str:
+    """The server version of the database Kassa used: read off PG_VERSION of the first
+    embedded data directory the run left in ``workdir`` (its targets name their own)."""
+    if database_url is None:
+        for version_file in sorted(workdir.glob("data-*/postgres/PG_VERSION")):
+            return "embedded " + version_file.read_text().strip()
     return "external"
