@@ -748,13 +748,19 @@ async def delivery_states_of_event(db, event_id: str) -> list[str]:
 
 
 # --- the outbox under a backlog --------------------------------------------------------
+#
+# The queue is analyzed while nearly empty (its rows are deleted as they are delivered), so
+# the planner believes it holds a row or so. A statement that joined its batch with the
+# queue was then planned as a walk of the whole backlog once per row of the batch: these
+# tests plan each deliverer statement against such a queue and count the rows it handled.
 
-BACKLOG = 1000  # pending deliveries not in the batch: an endpoint's outage, say
+BACKLOG = 1000  # pending deliveries besides the batch: an endpoint's outage, say
 BATCH = 32
+PLAN_CACHE_MODES = ["force_custom_plan", "force_generic_plan"]  # asyncpg prepares: both
 
 
 def queue_rows_handled(plan: dict) -> tuple[int, bool]:
-    """The rows an EXPLAIN ANALYZE plan's nodes on webhook_deliveries, and the joins above
+    """The rows an EXPLAIN ANALYZE plan's nodes on webhook_deliveries, and the nodes above
     them, produced or filtered out over all their loops (PostgreSQL shows the filtered
     counts per loop); and whether the plan touches that table at all."""
     counted = [queue_rows_handled(child) for child in plan.get("Plans", [])]
@@ -766,43 +772,52 @@ def queue_rows_handled(plan: dict) -> tuple[int, bool]:
     return rows, touches
 
 
-@pytest.mark.parametrize("outcome", ["delivered", "pending", "failed"])
-@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
-async def test_recording_a_batch_reads_its_rows_not_the_backlog(
-    db, merchant, outcome, plan_cache_mode
-):
-    """The queue is analyzed while nearly empty (its rows are deleted as they are
-    delivered), so the planner believes it holds a row or so. Recording a batch of
-    attempts must not then walk the backlog once per attempt (the join it once was did:
-    32 x 1,000 rows here): each attempt's row is found by its key."""
-    from gateway.store import events
-
+async def stale_queue_with_backlog(db, merchant, due: bool) -> list[str]:
+    """A queue analyzed when one row was left of many pages, then a backlog of BACKLOG
+    deliveries (due now, or leased) and a batch of BATCH more; the batch's event ids."""
     await db.execute(
         "INSERT INTO webhook_endpoints (id, merchant_id, url, enabled_events, status, "
         "secret_ciphertext) VALUES ('we_backlog', $1, 'https://shop.example/hook', '{*}', "
         "'enabled', '\\x00')",
         merchant.id,
     )
-    total = 3 * BACKLOG
     await db.execute(
         "INSERT INTO events (id, merchant_id, type, object_id, payload, created_at) "
         "SELECT 'evt_' || i, $1, 'payment.authorized', 'pay_x', '{}', now() "
         "FROM generate_series(1, $2) i",
         merchant.id,
-        total,
+        2 * BACKLOG + BATCH,
     )
     deliveries = (
-        "INSERT INTO webhook_deliveries (event_id, endpoint_id) "
-        "SELECT 'evt_' || i, 'we_backlog' FROM generate_series($1::int, $2::int) i"
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at) "
+        "SELECT 'evt_' || i, 'we_backlog', now() + make_interval(secs => $3) "
+        "FROM generate_series($1::int, $2::int) i"
     )
-    # Analyzed with one row left of many pages: the planner's 'nearly empty' queue.
-    await db.execute(deliveries, 1, BACKLOG)
+    await db.execute(deliveries, 1, BACKLOG, 0.0)
     await db.execute("DELETE FROM webhook_deliveries WHERE event_id <> $1", f"evt_{BACKLOG}")
     await db.execute("VACUUM ANALYZE webhook_deliveries")
-    await db.execute(deliveries, BACKLOG + 1, 2 * BACKLOG + BATCH)  # the backlog and the batch
+    await db.execute(deliveries, BACKLOG + 1, 2 * BACKLOG + BATCH, -60.0 if due else 60.0)
+    return [f"evt_{2 * BACKLOG + 1 + i}" for i in range(BATCH)]
+
+
+async def explain_analyze(conn, plan_cache_mode: str, sql: str, *arguments) -> dict:
+    await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")  # ours, no input
+    (plan,) = orjson.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *arguments))
+    return plan
+
+
+@pytest.mark.parametrize("outcome", ["delivered", "pending", "failed"])
+@pytest.mark.parametrize("plan_cache_mode", PLAN_CACHE_MODES)
+async def test_recording_a_batch_reads_its_rows_not_the_backlog(
+    db, merchant, outcome, plan_cache_mode
+):
+    """Each attempt's row is found by its key (the join the record once was handled
+    34,089 rows here)."""
+    from gateway.store import events
+
     batch = [
         events.AttemptRecord(
-            f"evt_{2 * BACKLOG + 1 + i}",
+            event_id,
             "we_backlog",
             1,
             200 if outcome == "delivered" else 500,
@@ -811,13 +826,14 @@ async def test_recording_a_batch_reads_its_rows_not_the_backlog(
             outcome,
             60.0,
         )
-        for i in range(BATCH)
+        for event_id in await stale_queue_with_backlog(db, merchant, due=False)
     ]
     health = {"we_backlog": (outcome == "delivered", False)}
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")  # ours, no input
-        explained = await conn.fetchval(
-            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + events.RECORD_SQL,
+        plan = await explain_analyze(
+            conn,
+            plan_cache_mode,
+            events.RECORD_SQL,
             *events.record_arguments(batch, health, 3600.0),
         )
         states = await conn.fetch(
@@ -826,7 +842,6 @@ async def test_recording_a_batch_reads_its_rows_not_the_backlog(
             [r.event_id for r in batch],
         )
         attempts = await conn.fetchval("SELECT count(*) FROM webhook_attempts")
-    (plan,) = orjson.loads(explained)
     handled, touched = queue_rows_handled(plan["Plan"])
     # At worst one scan of the queue (the planner's choice for a small table), never one per
     # attempt: that is BATCH x BACKLOG.
@@ -836,3 +851,60 @@ async def test_recording_a_batch_reads_its_rows_not_the_backlog(
     expected = {} if outcome == "delivered" else {outcome: BATCH}
     assert {row["state"]: row["count"] for row in states} == expected
     assert attempts == BATCH
+
+
+@pytest.mark.parametrize("plan_cache_mode", PLAN_CACHE_MODES)
+async def test_claiming_locks_its_rows_by_key_not_by_walking_the_backlog(
+    db, merchant, plan_cache_mode
+):
+    """An outage's backlog comes due: a claim reads a bounded window of the due index,
+    then locks and leases its rows by key (the joins it once made handled 504,421 rows
+    here)."""
+    from gateway.store import events
+
+    await stale_queue_with_backlog(db, merchant, due=True)
+    async with db.acquire() as conn, conn.transaction():
+        plan = await explain_analyze(
+            conn,
+            plan_cache_mode,
+            events.CLAIM_SQL,
+            100,
+            30.0,
+            [],
+            [],
+            100,
+            events.CLAIM_SCAN_ROWS,
+        )
+        leased = await conn.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE next_attempt_at > now() + '20 s'"
+        )
+    handled, touched = queue_rows_handled(plan["Plan"])
+    # The window of the due index (CLAIM_SCAN_ROWS) is read, ranked and sorted a few times
+    # over; one walk of the backlog per claimed row would be 100 x BACKLOG.
+    assert touched
+    assert handled < 10 * events.CLAIM_SCAN_ROWS, (handled, orjson.dumps(plan).decode())
+    assert plan["Plan"]["Actual Rows"] == 100
+    assert leased == 100
+
+
+@pytest.mark.parametrize("plan_cache_mode", PLAN_CACHE_MODES)
+async def test_releasing_a_stopped_deliverers_rows_finds_them_by_key(db, merchant, plan_cache_mode):
+    """A graceful stop makes its unsent deliveries due at once, by key (its join once
+    handled 2,098 rows here)."""
+    from gateway.store import events
+
+    batch = await stale_queue_with_backlog(db, merchant, due=False)
+    async with db.acquire() as conn, conn.transaction():
+        plan = await explain_analyze(
+            conn, plan_cache_mode, events.RELEASE_SQL, batch, ["we_backlog"] * BATCH
+        )
+        due_now = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE event_id = ANY ($1)) AS batch, "
+            "count(*) FILTER (WHERE NOT event_id = ANY ($1)) AS others "
+            "FROM webhook_deliveries WHERE next_attempt_at <= now()",
+            batch,
+        )
+    handled, touched = queue_rows_handled(plan["Plan"])
+    assert touched
+    assert handled < 2 * BACKLOG, (handled, orjson.dumps(plan).decode())
+    assert (due_now["batch"], due_now["others"]) == (BATCH, 1)  # 1: the one left at analyze

@@ -399,14 +399,22 @@ WITH scan AS (
 ), candidates AS (
     SELECT event_id, endpoint_id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT $1
 ), due AS (
-    SELECT d.event_id, d.endpoint_id FROM webhook_deliveries d
-     WHERE (d.event_id, d.endpoint_id) IN (SELECT event_id, endpoint_id FROM candidates)
-       AND d.state = 'pending' AND d.next_attempt_at <= now()
+    -- Locked by key (RECORD_SQL says why never by a join with the queue), and due still
+    -- in their newest version (another process may have claimed one since the scan): the
+    -- state is tested in claimed, where it cannot make the partial index a path.
+    SELECT d.event_id, d.endpoint_id, d.state, d.next_attempt_at FROM webhook_deliveries d
+     WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM candidates))
+       AND (d.event_id, d.endpoint_id)
+           = ANY (ARRAY(SELECT (event_id, endpoint_id) FROM candidates))
        FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE webhook_deliveries d
        SET next_attempt_at = now() + make_interval(secs => $2)
-      FROM due WHERE d.event_id = due.event_id AND d.endpoint_id = due.endpoint_id
+     WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM due
+                                    WHERE state = 'pending' AND next_attempt_at <= now()))
+       AND (d.event_id, d.endpoint_id) = ANY (ARRAY(
+           SELECT (event_id, endpoint_id) FROM due
+            WHERE state = 'pending' AND next_attempt_at <= now()))
     RETURNING d.event_id, d.endpoint_id, d.attempts
 )
 SELECT c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at
@@ -495,10 +503,13 @@ RETURNING w.id, w.status, h.gone
 """
 
 # Deliveries handed to a deliverer that stops before sending them: due now, for any other.
+# By key, as RECORD_SQL, and whatever their state: a row no longer pending is not claimed
+# however due it is, and testing the state here would let the partial index serve.
 RELEASE_SQL = """
 UPDATE webhook_deliveries d SET next_attempt_at = now()
-  FROM unnest($1::text[], $2::text[]) AS r (event_id, endpoint_id)
- WHERE d.event_id = r.event_id AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'
+ WHERE d.event_id = ANY ($1::text[])
+   AND (d.event_id, d.endpoint_id)
+       = ANY (ARRAY(SELECT (e, n) FROM unnest($1::text[], $2::text[]) AS r (e, n)))
 """
 
 ENDPOINTS_SQL = """
