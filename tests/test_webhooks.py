@@ -908,3 +908,33 @@ async def test_releasing_a_stopped_deliverers_rows_finds_them_by_key(db, merchan
     assert touched
     assert handled < 2 * BACKLOG, (handled, orjson.dumps(plan).decode())
     assert (due_now["batch"], due_now["others"]) == (BATCH, 1)  # 1: the one left at analyze
+
+
+@pytest.mark.parametrize("plan_cache_mode", PLAN_CACHE_MODES)
+async def test_pruning_events_past_retention_finds_their_deliveries_by_key(
+    db, merchant, plan_cache_mode
+):
+    """The sweep deletes events past retention with what is left of their deliveries, by
+    key (its semi-join once handled 33,593 rows here)."""
+    from gateway.recovery import EVENT_RETENTION_S
+    from gateway.store import events
+
+    batch = await stale_queue_with_backlog(db, merchant, due=False)
+    await db.execute(
+        "UPDATE events SET created_at = now() - make_interval(secs => $2) WHERE id = ANY ($1)",
+        batch,
+        EVENT_RETENTION_S + 600.0,
+    )
+    async with db.acquire() as conn, conn.transaction():
+        plan = await explain_analyze(
+            conn, plan_cache_mode, events.PRUNE_EVENTS_SQL, EVENT_RETENTION_S, 1000
+        )
+        left = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE event_id = ANY ($1)) AS batch, count(*) AS all "
+            "FROM webhook_deliveries",
+            batch,
+        )
+    handled, touched = queue_rows_handled(plan["Plan"])
+    assert touched
+    assert handled < 2 * BACKLOG, (handled, orjson.dumps(plan).decode())
+    assert (left["batch"], left["all"]) == (0, BACKLOG + 1)
