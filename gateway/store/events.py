@@ -421,20 +421,20 @@ WITH scan AS (
 ), due AS (
     -- Locked by key (RECORD_SQL says why never by a join with the queue), and due still
     -- in their newest version (another process may have claimed one since the scan): the
-    -- state is tested in claimed, where it cannot make the partial index a path.
+    -- state is tested after the lock, where it cannot make the partial index a path.
     SELECT d.event_id, d.endpoint_id, d.state, d.next_attempt_at FROM webhook_deliveries d
      WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM candidates))
        AND (d.event_id, d.endpoint_id)
            = ANY (ARRAY(SELECT (event_id, endpoint_id) FROM candidates))
        FOR UPDATE SKIP LOCKED
+), still_due AS (
+    SELECT event_id, endpoint_id FROM due WHERE state = 'pending' AND next_attempt_at <= now()
 ), claimed AS (
     UPDATE webhook_deliveries d
        SET next_attempt_at = now() + make_interval(secs => $2)
-     WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM due
-                                    WHERE state = 'pending' AND next_attempt_at <= now()))
-       AND (d.event_id, d.endpoint_id) = ANY (ARRAY(
-           SELECT (event_id, endpoint_id) FROM due
-            WHERE state = 'pending' AND next_attempt_at <= now()))
+     WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM still_due))
+       AND (d.event_id, d.endpoint_id)
+           = ANY (ARRAY(SELECT (event_id, endpoint_id) FROM still_due))
     RETURNING d.event_id, d.endpoint_id, d.attempts
 )
 SELECT c.event_id, c.endpoint_id, c.attempts, e.payload, e.created_at
@@ -601,8 +601,8 @@ async def record(
     statement; the endpoints disabled now (``id``, ``gone``), whose pending deliveries are
     then canceled. Should the process stop in between, those deliveries are claimed and
     found not enabled: canceled all the same."""
+    arguments = record_arguments(records, health, disable_after_s)
     async with _queue_by_key(conn):
-        arguments = record_arguments(records, health, disable_after_s)
         disabled = await conn.fetch(RECORD_SQL, *arguments)
     disabled = [row for row in disabled if row["status"] == "disabled"]
     if disabled:
