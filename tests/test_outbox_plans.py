@@ -33,6 +33,13 @@ def queue_rows_handled(plan: dict) -> tuple[int, bool]:
     return rows, touches
 
 
+def rows_handled_on_queue(plan: dict) -> int:
+    """``queue_rows_handled`` of an EXPLAIN's plan, which must touch the queue at all."""
+    handled, touched = queue_rows_handled(plan["Plan"])
+    assert touched, "the plan never reads webhook_deliveries"
+    return handled
+
+
 async def stale_queue_with_backlog(db, merchant, due: bool) -> list[str]:
     """A queue analyzed when one row was left of many pages, then a backlog of BACKLOG
     deliveries (due now, or leased) and a batch of BATCH more; the batch's event ids."""
@@ -104,10 +111,9 @@ async def test_recording_a_batch_reads_its_rows_not_the_backlog(
             [r.event_id for r in batch],
         )
         attempts = await conn.fetchval("SELECT count(*) FROM webhook_attempts")
-    handled, touched = queue_rows_handled(plan["Plan"])
+    handled = rows_handled_on_queue(plan)
     # The batch's rows, and at worst each against each (a retry's row joined with its
     # attempt): never the backlog, which a join walked once per attempt (BATCH x BACKLOG).
-    assert touched
     assert handled <= BATCH * BATCH + 10 * BATCH, (handled, orjson.dumps(plan).decode())
     # And it did record them: the delivered rows go, the others take their new state.
     expected = {} if outcome == "delivered" else {outcome: BATCH}
@@ -139,10 +145,9 @@ async def test_claiming_locks_its_rows_by_key_not_by_walking_the_backlog(
             "SELECT count(*) FROM webhook_deliveries "
             "WHERE next_attempt_at BETWEEN now() + '20 s' AND now() + '40 s'"  # the 30 s lease
         )
-    handled, touched = queue_rows_handled(plan["Plan"])
+    handled = rows_handled_on_queue(plan)
     # The window of the due index (CLAIM_SCAN_ROWS) is read, ranked and sorted a few times
     # over; one walk of the backlog per claimed row would be 100 x BACKLOG.
-    assert touched
     assert handled < 10 * events.CLAIM_SCAN_ROWS, (handled, orjson.dumps(plan).decode())
     assert plan["Plan"]["Actual Rows"] == 100
     assert leased == 100
@@ -163,8 +168,7 @@ async def test_releasing_a_stopped_deliverers_rows_finds_them_by_key(db, merchan
             "FROM webhook_deliveries WHERE next_attempt_at <= now()",
             batch,
         )
-    handled, touched = queue_rows_handled(plan["Plan"])
-    assert touched
+    handled = rows_handled_on_queue(plan)
     assert handled <= 10 * BATCH, (handled, orjson.dumps(plan).decode())  # by key alone
     assert (due_now["batch"], due_now["others"]) == (BATCH, 0)
 
@@ -190,8 +194,7 @@ async def test_pruning_events_past_retention_finds_their_deliveries_by_key(
             "FROM webhook_deliveries",
             batch,
         )
-    handled, touched = queue_rows_handled(plan["Plan"])
-    assert touched
+    handled = rows_handled_on_queue(plan)
     assert handled <= 10 * BATCH, (handled, orjson.dumps(plan).decode())  # by key alone
     assert (left["batch"], left["all"]) == (0, BACKLOG + 1)
 
