@@ -18,7 +18,7 @@ import base64
 import binascii
 import datetime
 import email.utils
-import hmac
+import hashlib
 from collections.abc import Sequence
 
 import cython
@@ -63,7 +63,11 @@ REFUSED_ADDRESS = "refused_address"
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", TIMEOUT, CONNECTION_ERROR, REFUSED_ADDRESS)
 _ANSWER_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 
-_sha256 = "sha256"
+# HMAC (RFC 2104) over SHA-256, whose blocks are 64 bytes: a key is padded to a block and
+# XORed with these bytes, as the standard library's hmac module does it.
+_HMAC_BLOCK_BYTES = 64
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
 
 
 # --- secrets and signatures -----------------------------------------------------------------
@@ -85,21 +89,52 @@ def _secret_key(secret: str) -> bytes:
         raise ValueError("a webhook secret is whsec_ followed by base64") from None
 
 
-def signing_keys(secret: str) -> tuple[bytes, bytes]:
-    """The two keys one secret signs with: the Standard Webhooks scheme's (the secret's
-    base64-decoded bytes) and Stripe's (the whole secret string). Worked out once per
-    endpoint, not once per attempt."""
-    return _secret_key(secret), secret.encode()
+# One key's HMAC-SHA256 states (``_hmac_sha256_states``), and one secret's two keys'.
+HmacStates = tuple["hashlib._Hash", "hashlib._Hash"]
+SigningKeys = tuple[HmacStates, HmacStates]
 
 
 @cython.annotation_typing(False)
-def sign(keys: tuple[bytes, bytes], event_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def _hmac_sha256_states(key: bytes) -> HmacStates:
+    """HMAC-SHA256's inner and outer hash states for ``key``, each past its padded key
+    block. ``hmac.digest`` hashes both blocks again on every call and sets up an OpenSSL
+    MAC context: about 4.6 us a signature on the benchmark machine, where two copies of
+    these states cost 1.6 us. The result is the same bytes (tests/core/test_webhooks.py
+    compares them with ``hmac.digest``, and every receiver library verifies them)."""
+    if len(key) > _HMAC_BLOCK_BYTES:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(_HMAC_BLOCK_BYTES, b"\0")
+    return hashlib.sha256(block.translate(_INNER_PAD)), hashlib.sha256(block.translate(_OUTER_PAD))
+
+
+@cython.annotation_typing(False)
+def _hmac_sha256(states: HmacStates, prefix: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256 of ``prefix + body`` from ``_hmac_sha256_states``' states."""
+    inner = states[0].copy()
+    inner.update(prefix)
+    inner.update(body)
+    outer = states[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
+@cython.annotation_typing(False)
+def signing_keys(secret: str) -> SigningKeys:
+    """What one secret signs with, worked out once per endpoint, not once per attempt: the
+    HMAC states of the Standard Webhooks scheme's key (the secret's base64-decoded bytes)
+    and of Stripe's (the whole secret string)."""
+    return _hmac_sha256_states(_secret_key(secret)), _hmac_sha256_states(secret.encode())
+
+
+@cython.annotation_typing(False)
+def sign(keys: SigningKeys, event_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The headers that sign one attempt with ``signing_keys``: ``body`` exactly as sent,
     ``timestamp`` in unix seconds of this attempt (receivers refuse old ones, so each
     attempt signs anew)."""
     stamp = str(int(timestamp))  # whole unix seconds, whatever number the clock gave
-    standard = hmac.digest(keys[0], (event_id + "." + stamp + ".").encode() + body, _sha256)
-    stripe = hmac.digest(keys[1], (stamp + ".").encode() + body, _sha256)
+    standard = _hmac_sha256(keys[0], (event_id + "." + stamp + ".").encode(), body)
+    stripe = _hmac_sha256(keys[1], (stamp + ".").encode(), body)
     return {
         "webhook-id": event_id,
         "webhook-timestamp": stamp,

@@ -96,7 +96,7 @@ class _Due(NamedTuple):  # tuples: one of each is made per delivery, on the hot 
 @dataclass(frozen=True)
 class _Endpoint:
     url: str
-    keys: tuple[bytes, bytes] | None  # its opened secret's signing keys; None unless enabled
+    keys: webhooks.SigningKeys | None  # its opened secret's signing_keys; None unless enabled
     read_at: float  # monotonic
     stripe: bool  # sent Stripe Events (made through /stripe/v1), else Kassa's own
 
@@ -404,7 +404,7 @@ class Deliverer:
         )
 
     async def _post(
-        self, url: str, keys: tuple[bytes, bytes], due: _Due, body: bytes
+        self, url: str, keys: webhooks.SigningKeys, due: _Due, body: bytes
     ) -> tuple[int, str | None]:
         if self._client is None:
             raise RuntimeError("the deliverer was not started")

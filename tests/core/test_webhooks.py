@@ -7,6 +7,7 @@ what a shop runs (``standardwebhooks``, ``svix``, ``stripe``) is the oracle.
 
 import base64
 import email.utils
+import hmac
 import json
 import secrets
 import time
@@ -98,6 +99,26 @@ def test_signing_with_an_endpoints_keys_is_signing_with_its_secret(core):
     )
     with pytest.raises(ValueError, match="whsec_"):
         core.webhooks.signing_keys("whsec_not base64!")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    random32=st.binary(min_size=32, max_size=32),
+    event_id=st.from_regex(r"evt_[0-9a-f]{1,32}", fullmatch=True),
+    timestamp=st.integers(min_value=0, max_value=2**40),
+    body=st.binary(max_size=5000),
+)
+def test_signatures_are_the_standard_librarys_hmac_sha256(
+    core, random32, event_id, timestamp, body
+):
+    """sign computes HMAC-SHA256 from hash states kept per endpoint: the same bytes as
+    hmac.digest of each scheme's signed content, for any key, id, time and body."""
+    secret = core.webhooks.new_secret(random32)
+    headers = core.webhooks.sign(core.webhooks.signing_keys(secret), event_id, timestamp, body)
+    standard = hmac.digest(random32, f"{event_id}.{timestamp}.".encode() + body, "sha256")
+    stripe_scheme = hmac.digest(secret.encode(), f"{timestamp}.".encode() + body, "sha256")
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(standard).decode()
+    assert headers["Stripe-Signature"] == f"t={timestamp},v1={stripe_scheme.hex()}"
 
 
 @pytest.mark.parametrize("verifier", VERIFIERS)
