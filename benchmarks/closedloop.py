@@ -377,28 +377,42 @@ def _drain(dsn: str, since: float) -> tuple[int, int, float]:
 WEBHOOK_ROUNDS = 2  # off, on, off, on: each a quarter of the measured seconds
 
 
-def _cpu_s(processes) -> dict[int, tuple[int, int]]:
-    """CPU ticks so far of each process ``processes()`` names: {pid: (start time, ticks)}."""
+CpuReading = dict[str, dict[int, tuple[int, int]]]
+
+
+def _cpu_s(processes) -> CpuReading:
+    """CPU ticks so far of each process ``processes()`` names, by its group:
+    {group: {pid: (start time, ticks)}}."""
     from benchmarks.anatomy import read_pid_cpu
 
-    taken = {}
-    for pid in processes():
-        cpu = read_pid_cpu(pid)
-        if cpu is not None:
-            taken[pid] = (cpu.starttime, cpu.ticks)
+    taken: CpuReading = {}
+    for group, pids in processes().items():
+        taken[group] = {}
+        for pid in pids:
+            cpu = read_pid_cpu(pid)
+            if cpu is not None:
+                taken[group][pid] = (cpu.starttime, cpu.ticks)
     return taken
 
 
-def _cpu_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
-    """CPU seconds the processes spent between two ``_cpu_s`` readings (one started in
-    between counts from zero)."""
+def _cpu_between(before: CpuReading, after: CpuReading) -> dict[str, float]:
+    """CPU seconds each group's processes spent between two ``_cpu_s`` readings (one
+    started in between counts from zero)."""
     from benchmarks.anatomy import CLOCK_TICKS_PER_S
 
-    ticks = 0
-    for pid, (start, end) in after.items():
-        earlier = before.get(pid)
-        ticks += end - (earlier[1] if earlier and earlier[0] == start else 0)
-    return ticks / CLOCK_TICKS_PER_S
+    spent = {}
+    for group, pids in after.items():
+        ticks = 0
+        for pid, (start, end) in pids.items():
+            earlier = before.get(group, {}).get(pid)
+            ticks += end - (earlier[1] if earlier and earlier[0] == start else 0)
+        spent[group] = ticks / CLOCK_TICKS_PER_S
+    return spent
+
+
+def _add(total: dict[str, float], more: dict[str, float]) -> None:
+    for group, seconds in more.items():
+        total[group] = total.get(group, 0.0) + seconds
 
 
 def measure_with_webhooks(
@@ -428,26 +442,28 @@ def measure_with_webhooks(
     created: dict[str, float] = {}
     pending_at_end = pending_left = 0
     drain_s = 0.0
-    cpu_off_s = cpu_on_s = 0.0
+    cpu_off_s: dict[str, float] = {}
+    cpu_on_s: dict[str, float] = {}
     for _ in range(rounds):
         set_endpoint_status(target, webhooks.endpoint_id, "disabled")
         before = _cpu_s(webhooks.processes)
         off.append(run_wrk(target.url, target.secret_key, window_s))
-        cpu_off_s += _cpu_between(before, _cpu_s(webhooks.processes))
+        _add(cpu_off_s, _cpu_between(before, _cpu_s(webhooks.processes)))
         set_endpoint_status(target, webhooks.endpoint_id, "enabled")
         window_start = time.time()
         before = _cpu_s(webhooks.processes)
         on.append(run_wrk(target.url, target.secret_key, window_s))
         window_end = time.time()
         at_end, left, waited = _drain(webhooks.dsn, window_end)
-        cpu_on_s += _cpu_between(before, _cpu_s(webhooks.processes))
+        _add(cpu_on_s, _cpu_between(before, _cpu_s(webhooks.processes)))
         pending_at_end, pending_left = max(pending_at_end, at_end), max(pending_left, left)
         drain_s = max(drain_s, waited)
         created.update(asyncio.run(_events_created(webhooks.dsn, window_start, window_end)))
     latencies, undelivered = delivery_latencies(created, receiver_arrivals(webhooks.receiver_url))
     off_run, on_run = combined(off), combined(on)
-    cpu_off_us = cpu_off_s * 1e6 / off_run.ok if off_run.ok else 0.0
-    cpu_on_us = cpu_on_s * 1e6 / on_run.ok if on_run.ok else 0.0
+    off_by_group = {g: s * 1e6 / off_run.ok if off_run.ok else 0.0 for g, s in cpu_off_s.items()}
+    on_by_group = {g: s * 1e6 / on_run.ok if on_run.ok else 0.0 for g, s in cpu_on_s.items()}
+    cpu_off_us, cpu_on_us = sum(off_by_group.values()), sum(on_by_group.values())
     return (
         off_run,
         on_run,
@@ -457,6 +473,14 @@ def measure_with_webhooks(
             # What the rate would be if CPU binds (it does here): off's CPU per
             # authorization over on's, the backlog's drain included.
             "cpu_ratio": round(cpu_off_us / cpu_on_us, 3) if cpu_on_us else None,
+            # The same, by process group: where the webhooks' CPU goes.
+            "cpu_us_per_authorization_by_group": {
+                group: {
+                    "off": round(off_by_group.get(group, 0.0), 1),
+                    "on": round(on_by_group[group], 1),
+                }
+                for group in on_by_group
+            },
             "latency_source": "receiver arrival - events.created_at",
             "windows": rounds,
             "events": len(created),
@@ -472,11 +496,17 @@ def measure_with_webhooks(
     )
 
 
+def _by_group(figures: dict) -> str:
+    """The CPU per authorization a delivery adds, by process group: "gateway +120 us, ..."."""
+    groups = figures.get("cpu_us_per_authorization_by_group", {})
+    return ", ".join(f"{g} {v['on'] - v['off']:+.0f} us" for g, v in groups.items())
+
+
 def describe_webhooks(figures: dict) -> str:
     return (
         f"  webhooks: CPU per authorization {figures['cpu_us_per_authorization_off']:.0f} us "
         f"without, {figures['cpu_us_per_authorization_on']:.0f} us with deliveries (drain "
-        f"included): {figures['cpu_ratio']}x; "
+        f"included): {figures['cpu_ratio']}x ({_by_group(figures)}); "
         f"{figures['delivered']} of {figures['events']} window events delivered, "
         f"commit-to-delivery p50 {figures['p50_ms']:.1f} p99 {figures['p99_ms']:.1f} "
         f"max {figures['max_ms']:.1f} ms; {figures['pending_at_end']} pending at the end, "

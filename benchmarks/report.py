@@ -79,12 +79,17 @@ def closed_loop_lines(results: dict) -> list[str]:
             f"**{times('webhooks_over_kassa')}** ({verdict} the 10 % goal)"
         )
         if hooks.get("cpu_ratio"):
+            by_group = ", ".join(
+                f"{group} {v['on'] - v['off']:+.0f} us"
+                for group, v in hooks.get("cpu_us_per_authorization_by_group", {}).items()
+            )
             lines.append(
                 f"- Webhooks' CPU (the gateway, PostgreSQL and the receiver, per "
                 f"authorization, an on-window counted until its deliveries drained): "
                 f"{hooks['cpu_us_per_authorization_off']:.0f} us without, "
                 f"{hooks['cpu_us_per_authorization_on']:.0f} us with: "
                 f"**{hooks['cpu_ratio']:.2f}x** as a rate where CPU binds"
+                + (f"; what the deliveries add, by process: {by_group}" if by_group else "")
             )
         lines.append(
             f"- Commit-to-delivery ({hooks['latency_source']}), the {hooks['events']} events "

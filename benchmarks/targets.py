@@ -94,9 +94,10 @@ class Webhooks:
     endpoint_id: str
     dsn: str  # where the events and deliveries are read
     receiver_pid: int  # its CPU shares the machine (benchmarks/anatomy.py --webhooks)
-    # Every process whose CPU a delivery costs: the gateway's, the embedded PostgreSQL's
-    # (none of a given database_url's: not ours to measure) and the receiver's, as now.
-    processes: Callable[[], set[int]]
+    # Every process whose CPU a delivery costs, as now, by group: the gateway's, the
+    # embedded PostgreSQL's (none of a given database_url's: not ours to measure) and the
+    # receiver's.
+    processes: Callable[[], dict[str, set[int]]]
 
 
 @contextlib.contextmanager
@@ -189,8 +190,12 @@ def kassa_with_webhooks(
         endpoint_id = create_endpoint(target, receiver_url + "/hook", ["*"])
         postmaster = None if database_url else postmaster_pid(server)
 
-        def processes() -> set[int]:
-            return {*process_tree(server.process.pid), *process_tree(postmaster), receiver_pid}
+        def processes() -> dict[str, set[int]]:
+            return {
+                "gateway": set(process_tree(server.process.pid)),
+                "postgres": set(process_tree(postmaster)),
+                "receiver": {receiver_pid},
+            }
 
         yield (
             server,
