@@ -98,6 +98,41 @@ async def test_a_post_carries_the_body_and_headers_and_reuses_its_connection(raw
     assert body == b'{"id":"evt_1"}'
 
 
+async def test_send_calls_back_once_from_the_loop_with_the_answer_or_the_error(raw, client):
+    """The deliverer's way in: no coroutine, one callback per POST, never from inside
+    ``send`` itself (the callback may send again at once)."""
+    calls: list[tuple] = []
+    done = asyncio.Event()
+
+    def answered(status, retry_after, exc) -> None:
+        calls.append((status, retry_after, exc))
+        done.set()
+
+    url = f"http://127.0.0.1:{raw.port}/"
+    for _ in range(2):  # a new connection, then the kept-alive one
+        done.clear()
+        before = len(calls)
+        client.send(url, {"webhook-id": "evt_1"}, b"{}", answered)
+        assert len(calls) == before  # not called from within send
+        await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0.05)  # and never a second time
+    assert calls == [(200, None, None), (200, None, None)]
+    assert raw.connections == 1
+
+    listening = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    listening.close()
+    await listening.wait_closed()
+    calls.clear()
+    done.clear()
+    client.send(f"http://127.0.0.1:{port}/", {}, b"{}", answered)
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert len(calls) == 1
+    status, retry_after, exc = calls[0]
+    assert (status, retry_after) == (None, None) and isinstance(exc, ConnectionRefusedError)
+
+
 async def test_retry_after_and_a_redirect_are_answers_not_followed(raw, client):
     raw.answer = lambda n: (
         b"HTTP/1.1 503 Busy\r\nretry-after: 120\r\nContent-Length: 0\r\n\r\n"
