@@ -109,14 +109,19 @@ async def _run(url: str, receiver_pid: int, deliveries: int, rate: float, batch:
             await asyncio.sleep(0.01)
 
     await hand(WARM_UP)
+    times = os.times()
     own, theirs, began = time.process_time(), _cpu_s(receiver_pid), time.monotonic()
     await hand(deliveries)
     own = time.process_time() - own
+    user_s, system_s = os.times().user - times.user, os.times().system - times.system
     theirs = _cpu_s(receiver_pid) - theirs
     took = time.monotonic() - began
     await deliverer.close()
     print(f"{deliveries} deliveries in {took:.2f} s ({deliveries / took:,.0f}/s, {batch} a commit)")
-    print(f"  deliverer (this process)  {own / deliveries * 1e6:7.1f} us CPU per delivery")
+    print(
+        f"  deliverer (this process)  {own / deliveries * 1e6:7.1f} us CPU per delivery "
+        f"(user {user_s / deliveries * 1e6:.1f}, system {system_s / deliveries * 1e6:.1f})"
+    )
     print(f"  receiver                  {theirs / deliveries * 1e6:7.1f} us CPU per delivery")
 
 

@@ -209,3 +209,58 @@ async def test_the_queue_statements_leave_the_pooled_session_as_it_was(db, merch
         assert not conn.is_in_transaction()
         assert len(await events.claim(conn, 10, 30.0, {}, 10)) == 10
         assert await conn.fetchval("SHOW enable_seqscan") == "on"
+
+
+async def test_a_batch_larger_than_a_statement_is_recorded_whole(db, merchant):
+    """A deliverer catching up on a backlog may finish more attempts in one gather than a
+    record statement takes (RECORD_ROWS_MAX): all are recorded, in one transaction, and
+    the endpoint's health once."""
+    count = 2 * events.RECORD_ROWS_MAX + 7
+    await db.execute(
+        "INSERT INTO webhook_endpoints (id, merchant_id, url, enabled_events, status, "
+        "secret_ciphertext, failing_since) VALUES ('we_many', $1, 'https://shop.example/hook', "
+        "'{*}', 'enabled', '\\x00', now() - interval '1 hour')",
+        merchant.id,
+    )
+    await db.execute(
+        "INSERT INTO events (id, merchant_id, type, object_id, payload, created_at) "
+        "SELECT 'evt_many' || i, $1, 'payment.authorized', 'pay_x', '{}', now() "
+        "FROM generate_series(1, $2) i",
+        merchant.id,
+        count,
+    )
+    await db.execute(
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at) "
+        "SELECT 'evt_many' || i, 'we_many', now() + interval '1 minute' "
+        "FROM generate_series(1, $1) i",
+        count,
+    )
+    # Every third attempt failed (a retry in a minute); the others delivered.
+    batch = [
+        events.AttemptRecord(
+            f"evt_many{i}",
+            "we_many",
+            1,
+            500 if i % 3 == 0 else 200,
+            None,
+            3,
+            "pending" if i % 3 == 0 else "delivered",
+            60.0,
+        )
+        for i in range(1, count + 1)
+    ]
+    async with db.acquire() as conn:
+        disabled = await events.record(conn, batch, {"we_many": (True, False)}, 3600.0)
+    assert disabled == []
+    retries = count // 3
+    states = await db.fetch(
+        "SELECT state, attempts, count(*) FROM webhook_deliveries WHERE endpoint_id = 'we_many' "
+        "GROUP BY state, attempts"
+    )
+    assert [tuple(row) for row in states] == [("pending", 1, retries)]
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == count
+    # A success in the batch: the endpoint is no longer failing.
+    assert (
+        await db.fetchval("SELECT failing_since FROM webhook_endpoints WHERE id = 'we_many'")
+        is None
+    )
