@@ -432,3 +432,72 @@ def test_deliverer_stacks_are_the_webhooks_stage_whatever_library_they_are_in():
     ]
     assert stage_of(client, line_text) == "webhooks"
     assert stage_of(request, line_text) == "HTTP"
+
+
+def test_summary_splits_the_webhooks_cpu_by_process_group():
+    from benchmarks.report import summary
+
+    results = _results(36604.0)
+    results["closed_loop"]["webhooks"].update(
+        cpu_us_per_authorization_off=1000.0,
+        cpu_us_per_authorization_on=1250.0,
+        cpu_ratio=0.8,
+        cpu_us_per_authorization_by_group={
+            "gateway": {"off": 600.0, "on": 720.0},
+            "postgres": {"off": 400.0, "on": 490.0},
+            "receiver": {"off": 0.0, "on": 40.0},
+        },
+    )
+    text = summary(results)
+    assert "1000 us without, 1250 us with: **0.80x** as a rate where CPU binds" in text
+    assert (
+        "what the deliveries add, by process: gateway +120 us, postgres +90 us, receiver +40 us"
+    ) in text
+
+
+def test_cpu_between_readings_is_kept_by_group_and_counts_new_processes_from_zero():
+    from benchmarks.closedloop import _cpu_between
+
+    before = {"gateway": {10: (5, 100), 11: (5, 50)}, "postgres": {20: (7, 300)}}
+    after = {
+        "gateway": {10: (5, 160), 11: (9, 30)},  # pid 11 is a new process (another start)
+        "postgres": {20: (7, 320), 21: (8, 40)},  # pid 21 started in between
+    }
+    spent = _cpu_between(before, after)
+    from benchmarks.anatomy import CLOCK_TICKS_PER_S
+
+    assert spent == {
+        "gateway": (60 + 30) / CLOCK_TICKS_PER_S,
+        "postgres": (20 + 40) / CLOCK_TICKS_PER_S,
+    }
+
+
+async def test_the_benchmark_receiver_notes_each_webhook_id_whatever_the_header_case():
+    import asyncio
+
+    import orjson
+
+    from benchmarks.webhook_receiver import ReceiverProtocol
+
+    arrivals: list[tuple[str, float]] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: ReceiverProtocol(arrivals), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b'{"id":"evt_1"}'
+        writer.write(  # two requests at once, the second's headers in another case
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nwebhook-id: evt_1\r\nContent-Length: %d\r\n\r\n%s"
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nWebhook-Id: evt_2\r\n\r\n%s"
+            b"GET /arrivals HTTP/1.1\r\nHost: x\r\n\r\n" % (len(body), body, len(body), body)
+        )
+        await writer.drain()
+        answers = b""
+        while answers.count(b"HTTP/1.1 200 OK") < 3 or not answers.endswith(b"]]"):
+            answers += await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+    finally:
+        server.close()
+    listed = orjson.loads(answers[answers.rindex(b"\r\n\r\n") + 4 :])
+    assert [webhook_id for webhook_id, _ in listed] == ["evt_1", "evt_2"]
+    assert [webhook_id for webhook_id, _ in arrivals] == ["evt_1", "evt_2"]
