@@ -209,6 +209,14 @@ async def test_the_queue_statements_leave_the_pooled_session_as_it_was(db, merch
         assert not conn.is_in_transaction()
         assert len(await events.claim(conn, 10, 30.0, {}, 10)) == 10
         assert await conn.fetchval("SHOW enable_seqscan") == "on"
+        delivered = [
+            events.AttemptRecord(event_id, "we_backlog", 1, 200, None, 3, "delivered", 0.0)
+            for event_id in batch
+        ]
+        await events.record(conn, delivered, {"we_backlog": (True, False)}, 3600.0)
+        assert await conn.fetchval("SHOW enable_seqscan") == "on"
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+        assert not conn.is_in_transaction()
 
 
 async def test_a_batch_larger_than_a_statement_is_recorded_whole(db, merchant):

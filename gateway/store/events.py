@@ -384,12 +384,18 @@ async def cancel_pending(conn: Conn, endpoint_ids: Sequence[str]) -> int:
 # a delivery, 39 us so). The transaction is the setting's scope (SET LOCAL): the pooled
 # session is left as it was. Two round trips more, per batch of attempts or per claim.
 QUEUE_BY_KEY_SQL = "SET LOCAL enable_seqscan = off"
+# The record also plans for its parameters' values every time (what PostgreSQL chose for
+# it by itself when measured: planning on every call in pg_stat_statements), so that its
+# list of delivered keys is a constant, which PostgreSQL hashes (RECORD_SQL). Both
+# settings in one round trip (asyncpg sends an execute without arguments as one simple
+# query).
+RECORD_SETTINGS_SQL = QUEUE_BY_KEY_SQL + "; SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 @contextlib.asynccontextmanager
-async def _queue_by_key(conn: Conn) -> AsyncIterator[None]:
+async def _queue_by_key(conn: Conn, settings: str = QUEUE_BY_KEY_SQL) -> AsyncIterator[None]:
     async with conn.transaction():
-        await conn.execute(QUEUE_BY_KEY_SQL)
+        await conn.execute(settings)
         yield
 
 
@@ -465,12 +471,16 @@ WITH r AS (
 ), delivered AS (
     -- Sent and answered 2xx: the attempt log keeps it, whatever became of the row since
     -- (canceled, or claimed again once its lease lapsed, it was delivered all the same).
-    -- The event ids are the primary key's index condition, the pairs a filter on it.
+    -- The delivered attempts' event ids ($6) are the primary key's index condition, and
+    -- their "event_id endpoint_id" keys ($7) a filter on it: given as parameters, which a
+    -- custom plan makes constants, so PostgreSQL hashes the list and the filter costs
+    -- each row one lookup. Built in the statement from r (ARRAY(SELECT ...)), the list
+    -- was searched from end to end for every row: quadratic in the batch (batches of 300
+    -- took the backend 42-63 us an attempt against 31-35 for 62). Ids hold no space.
     DELETE FROM webhook_deliveries d
-     WHERE d.event_id = ANY (ARRAY(SELECT event_id FROM r WHERE state = 'delivered'))
-       AND (d.event_id, d.endpoint_id)
-           = ANY (ARRAY(SELECT (event_id, endpoint_id) FROM r WHERE state = 'delivered'))
-       AND EXISTS (SELECT 1 FROM r WHERE state = 'delivered')  -- else no scan at all
+     WHERE d.event_id = ANY ($6::text[])
+       AND d.event_id || ' ' || d.endpoint_id = ANY ($7::text[])
+       AND cardinality($6::text[]) > 0  -- else no scan at all
 ), found AS (
     -- Any other outcome's delivery, by one probe of the primary key per attempt: the
     -- LIMIT keeps it a probe, which the planner cannot turn into a join. The state is
@@ -594,12 +604,13 @@ class AttemptRecord(NamedTuple):  # a tuple: one is made per attempt
     delay_s: float  # when pending: until the next attempt
 
 
-# Attempts per RECORD_SQL statement: its pair filters test each row against the whole
-# batch, so a statement's cost grows with the square of its size. A deliverer records
-# what finished in 0.1 s (about 60 attempts a worker under the benchmark's load, where a
-# statement cost the backend 31-35 us an attempt; one of 300, 42-63 us); one catching
-# up on a backlog may finish many more, which go in statements of this many, in the same
-# transaction.
+# Attempts per RECORD_SQL statement. A deliverer records what finished in 0.1 s (about
+# 60 attempts a worker under the benchmark's load); one catching up on a backlog may
+# finish many more, which go in statements of this many, in the same transaction. The
+# delivered rows' filter is a hashed lookup, but the retries' (the event ids tested on
+# the rows found by ctid) still searches the batch for each row: the bound keeps that
+# square small. Before the delivered filter was hashed, batches of 300 cost the backend
+# 42-63 us an attempt against 31-35 for 62.
 RECORD_ROWS_MAX = 128
 
 
@@ -614,7 +625,7 @@ async def record(
     (``id``, ``gone``), whose pending deliveries are then canceled. Should the process
     stop in between, those deliveries are claimed and found not enabled: canceled all the
     same."""
-    async with _queue_by_key(conn):
+    async with _queue_by_key(conn, RECORD_SETTINGS_SQL):
         # The endpoints' health goes with the first statement, once.
         first = record_arguments(records[:RECORD_ROWS_MAX], health, disable_after_s)
         disabled = await conn.fetch(RECORD_SQL, *first)
@@ -632,14 +643,18 @@ def record_arguments(
     health: dict[str, tuple[bool, bool]],
     disable_after_s: float,
 ) -> list[object]:
-    """RECORD_SQL's parameters: the attempts as JSON, then the endpoints' health."""
+    """RECORD_SQL's parameters: the attempts as JSON, the endpoints' health, then the
+    delivered attempts' event ids and their "event_id endpoint_id" keys."""
     ids = sorted(health)
+    delivered = [r for r in records if r.state == "delivered"]
     return [
         orjson.dumps(records, default=tuple).decode(),  # a NamedTuple is not JSON by itself
         ids,
         [health[i][0] for i in ids],
         [health[i][1] for i in ids],
         float(disable_after_s),
+        [r.event_id for r in delivered],
+        [f"{r.event_id} {r.endpoint_id}" for r in delivered],
     ]
 
 
