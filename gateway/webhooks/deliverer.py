@@ -75,8 +75,9 @@ GATHER_S = 0.01
 # Attempts are recorded in batches gathered for this long: the receiver already has the
 # event, so only the record waits (the leases keep LEASE_MARGIN_S for it), and fewer,
 # larger statements cost the workers and the database less per delivery. Up to a point:
-# a batch of 300 cost the backend 42-63 us a delivery where one of 62 cost 31-35 (the
-# record's pair filter is a linear search of the batch per row), so 0.1 s it stays.
+# the record's statements take at most events.RECORD_ROWS_MAX attempts each (its
+# retries' filter searches the batch for each row), and the attempt log and the metrics
+# lag the receiver by as long as the gather.
 RECORD_GATHER_S = 0.1
 
 
