@@ -21,9 +21,11 @@ the scraping worker samples again just before answering.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -374,15 +376,33 @@ def webhook_attempts(outcome: str, status_class: str, count: int) -> None:
     child.inc(count)
 
 
-def webhook_delivered(latency_s: float, attempts: int) -> None:
-    """A delivery got its 2xx ``latency_s`` after its event committed, on attempt ``attempts``."""
-    WEBHOOK_DELIVERY_LATENCY.observe(max(latency_s, 0.0))  # clocks of two hosts may disagree
-    WEBHOOK_DELIVERY_ATTEMPTS.observe(attempts)
+def webhooks_delivered(latencies_s: Sequence[float], attempts: Sequence[int]) -> None:
+    """Deliveries got their 2xx ``latencies_s`` after their events committed, on attempts
+    ``attempts`` (one of each per delivery, a recorded batch's)."""
+    # Clocks of two hosts may disagree: never a negative latency.
+    _observe_all(WEBHOOK_DELIVERY_LATENCY, [max(s, 0.0) for s in latencies_s])
+    _observe_all(WEBHOOK_DELIVERY_ATTEMPTS, attempts)
 
 
-def webhook_failed(attempts: int) -> None:
-    """A delivery exhausted its schedule after ``attempts`` attempts."""
-    WEBHOOK_DELIVERY_ATTEMPTS.observe(attempts)
+def webhooks_failed(attempts: Sequence[int]) -> None:
+    """Deliveries exhausted their schedule, after ``attempts`` attempts each."""
+    _observe_all(WEBHOOK_DELIVERY_ATTEMPTS, attempts)
+
+
+def _observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe`` of every value, in one write per bucket touched and one for
+    the sum. In multiprocess mode each write takes a lock, a getpid and a write to the
+    memory map: observed one by one, a delivery's two histograms cost the deliverer 3.9 us
+    (7 under the benchmark's load: py-spy), batched a tenth of that. This reads the
+    histogram's own bounds and values (prometheus_client keeps them private, stable since
+    0.4); tests/test_metrics.py checks the result against ``observe``, sample by sample."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds  # ascending, +Inf last: every value has a bucket
+    counts = collections.Counter(bisect.bisect_left(bounds, v) for v in values)
+    for index, count in counts.items():
+        histogram._buckets[index].inc(count)
+    histogram._sum.inc(sum(values))
 
 
 def billing_charge(outcome: str | None) -> None:

@@ -487,22 +487,29 @@ class Deliverer:
             reason = "gone" if row["gone"] else "failing"
             metrics.webhook_endpoint_disabled(reason)
             log.warning("webhook endpoint %s disabled (%s)", row["id"], reason)
+        # The metrics of the batch in one go: a histogram observed one value at a time
+        # costs a write to the shared memory map per value (gateway/metrics.py).
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        latencies_s: list[float] = []
+        delivered_after: list[int] = []
+        failed_after: list[int] = []
         for f in batch:
             if f.record.state == "canceled":
                 continue  # not sent: no attempt to count
             if f.ok:
                 outcome = "delivered"
-                latency_s = f.answered_at - f.created_at.timestamp()
-                metrics.webhook_delivered(latency_s, f.record.attempt)
+                latencies_s.append(f.answered_at - f.created_at.timestamp())
+                delivered_after.append(f.record.attempt)
             elif f.record.endpoint_id in disabled_ids:
                 outcome = "endpoint_disabled"
             elif f.record.state == "failed":
                 outcome = "failed"
-                metrics.webhook_failed(f.record.attempt)
+                failed_after.append(f.record.attempt)
             else:
                 outcome = "retrying"
             counts[outcome, f.status_class] += 1
+        metrics.webhooks_delivered(latencies_s, delivered_after)
+        metrics.webhooks_failed(failed_after)
         for (outcome, status_class), count in counts.items():
             metrics.webhook_attempts(outcome, status_class, count)
 
