@@ -364,17 +364,30 @@ def set_endpoint_status(target, endpoint_id: str, status: str) -> None:
         answer.read()
 
 
-def _drain(dsn: str, since: float) -> tuple[int, int, float]:
-    """Deliveries pending now, pending after waiting (bounded) for none, seconds waited."""
+def _drain(dsn: str, since: float, settle_s: float = 0.0) -> tuple[int, int, float]:
+    """Deliveries pending now, pending after waiting (bounded) for none, and the seconds
+    from ``since`` until none was first seen; it returns no sooner than ``settle_s`` after
+    ``since``, and then with none pending (or at the bound)."""
     at_end = asyncio.run(_pending_deliveries(dsn))
-    pending = at_end
-    while pending and time.time() - since < DRAIN_TIMEOUT_S:
+    pending, drained_s = at_end, None if at_end else 0.0
+    while time.time() - since < DRAIN_TIMEOUT_S:
+        if pending == 0 and drained_s is None:
+            drained_s = time.time() - since
+        if pending == 0 and time.time() - since >= settle_s:
+            break
         time.sleep(DRAIN_POLL_S)
         pending = asyncio.run(_pending_deliveries(dsn))
-    return at_end, pending, (time.time() - since if at_end else 0.0)
+    return at_end, pending, drained_s if drained_s is not None else time.time() - since
 
 
 WEBHOOK_ROUNDS = 2  # off, on, off, on: each a quarter of the measured seconds
+# After each window, before its CPU is read and the endpoint switched: wrk stops with up
+# to one request per connection still in the gateway, which commits it all the same
+# (a window's tail). Switched at once, an on-window's tail was written with deliveries,
+# then canceled by the disable and sent in the next off-window (146 of one run's 26,464
+# deliveries), and an off-window's tail could be written with the endpoint enabled. Far
+# longer than the tail (the windows' p99 is under 0.1 s).
+SETTLE_S = 0.5
 
 
 CpuReading = dict[str, dict[int, tuple[int, int]]]
@@ -428,7 +441,8 @@ def measure_with_webhooks(
     the outbox (no delivery rows), so off is the same gateway with no subscriber, and
     alternating on one server compares the two far better than two servers measured one
     after the other on a machine whose load drifts. Each on-window's deliveries drain
-    before the next off-window starts, so neither is charged with the other's work. The
+    before the next off-window starts, and every window's tail settles (SETTLE_S) before its
+    CPU is read, so neither is charged with the other's work. The
     figures are those of the on-windows: deliveries pending when each ended (the most) and
     the longest drain, the commit-to-delivery latency of the events written in them, and the
     CPU per authorization of both kinds of window (``webhooks.processes``: the gateway,
@@ -448,13 +462,14 @@ def measure_with_webhooks(
         set_endpoint_status(target, webhooks.endpoint_id, "disabled")
         before = _cpu_s(webhooks.processes)
         off.append(run_wrk(target.url, target.secret_key, window_s))
+        _drain(webhooks.dsn, time.time(), SETTLE_S)  # none pending: the same settle and polls
         _add(cpu_off_s, _cpu_between(before, _cpu_s(webhooks.processes)))
         set_endpoint_status(target, webhooks.endpoint_id, "enabled")
         window_start = time.time()
         before = _cpu_s(webhooks.processes)
         on.append(run_wrk(target.url, target.secret_key, window_s))
         window_end = time.time()
-        at_end, left, waited = _drain(webhooks.dsn, window_end)
+        at_end, left, waited = _drain(webhooks.dsn, window_end, SETTLE_S)
         _add(cpu_on_s, _cpu_between(before, _cpu_s(webhooks.processes)))
         pending_at_end, pending_left = max(pending_at_end, at_end), max(pending_left, left)
         drain_s = max(drain_s, waited)

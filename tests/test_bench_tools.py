@@ -6,8 +6,11 @@ wrong anatomy without any error, so each figure the tools report is pinned.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from benchmarks import closedloop
 from benchmarks.anatomy import (
     Frame,
     ProcCpu,
@@ -501,3 +504,20 @@ async def test_the_benchmark_receiver_notes_each_webhook_id_whatever_the_header_
     listed = orjson.loads(answers[answers.rindex(b"\r\n\r\n") + 4 :])
     assert [webhook_id for webhook_id, _ in listed] == ["evt_1", "evt_2"]
     assert [webhook_id for webhook_id, _ in arrivals] == ["evt_1", "evt_2"]
+
+
+def test_a_drain_waits_out_the_settle_and_a_tail_written_after_the_window(monkeypatch):
+    # Pending deliveries as successive polls see them: drained, then a window's tail
+    # commits more, which drain too.
+    seen = iter([40, 0, 3, 0, 0, 0, 0, 0, 0])
+
+    async def pending(dsn: str) -> int:
+        return next(seen)
+
+    monkeypatch.setattr(closedloop, "_pending_deliveries", pending)
+    monkeypatch.setattr(closedloop, "DRAIN_POLL_S", 0.01)
+    since = time.time()
+    at_end, left, drained_s = closedloop._drain("dsn", since, settle_s=0.05)
+    assert (at_end, left) == (40, 0)
+    assert 0.005 < drained_s < 0.05  # the first poll that saw none
+    assert time.time() - since >= 0.05  # and not before the settle
